@@ -1,0 +1,25 @@
+# `make demo` and `make test` each set up .venv on first use, so either works on a fresh clone.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+
+.PHONY: demo test bench lint clean
+
+$(VENV)/.installed: pyproject.toml
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip
+	$(PY) -m pip install -e '.[train,dev]'
+	touch $@
+
+demo: $(VENV)/.installed
+	$(PY) -m pmm_kernels.demo
+
+test: $(VENV)/.installed
+	$(PY) -m ruff check .
+	$(PY) -m pytest tests
+
+bench: $(VENV)/.installed
+	$(PY) -m pytest benchmarks --benchmark-only
+
+clean:
+	rm -rf $(VENV) .pytest_cache .benchmarks .hypothesis

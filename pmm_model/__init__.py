@@ -1,0 +1,1 @@
+"""The thin PMM network around :mod:`pmm_kernels`: models, losses, data, training and evaluation."""

@@ -1,0 +1,1 @@
+"""Re-identification data: dataset layouts, the synthetic set, samplers and transforms."""

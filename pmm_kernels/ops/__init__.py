@@ -1,0 +1,1 @@
+"""Op implementations: the PyTorch path, the Triton kernels and the autograd glue."""

@@ -51,7 +51,7 @@ def _saliency_copy_kernel(
     w_sn, w_sc,
     BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr,
 ):
-    """out[n, c, p] = feat[n, c, p] and partial[n, cb, p] = sum_{c in tile cb} w[n, c] * feat[n, c, p].
+    """out[n, c, p] = feat[n, c, p];  partial[n, cb, p] = sum_{c in tile cb} w[n, c] feat[n, c, p].
 
     Grid (N, ceil(C / BLOCK_C), ceil(HW / BLOCK_HW)); partials are float32 and summed later in a
     fixed order, so the saliency is deterministic without atomics.
@@ -271,7 +271,8 @@ def a_hard_mix_forward_triton(
         source = attn
         source_strides = attn.stride()
     _plan_kernel[(n,)](
-        source, labels, u if u is not None else lam, negatives if negatives is not None else partners,
+        # Pointers the constexpr flags leave unread still need a tensor: pass an output.
+        source, labels, lam if u is None else u, partners if negatives is None else negatives,
         partners, blocks, mask, lam,
         n, h, w, hw, cols, rows * cols, num_blocks, grid[1], *source_strides,
         BH=bh, BW=bw, FROM_PARTIALS=from_partials, HAS_NEGATIVES=negatives is not None,

@@ -1,0 +1,149 @@
+"""A-Hard-Mix benchmarks at the paper shape: ``pytest benchmarks/ --benchmark-only``.
+
+Each row records in ``extra_info`` the bytes the op must move at least (SPEC section 3: 2 x
+bytes(feat) per pass, plus the k-block patch with channel weights), the effective GB/s, and its
+time over ``feat.clone()`` measured in the same run (``x_clone``), the honest figure of merit on
+any machine. On CPU only the PyTorch path, the authors' op and the floor run; the Triton and
+``torch.compile`` rows are GPU rows and are skipped there with the reason.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from collections.abc import Callable
+
+import pytest
+import torch
+
+from benchmarks.authors_ops import authors_a_hard_mix, authors_mix
+from pmm_kernels import a_hard_mix
+from pmm_kernels.ops import reference
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+ON_GPU = DEVICE.type == "cuda"
+C, H, W = 2048, 24, 8
+BATCHES = [32, 64, 128, 256] if ON_GPU else [64]
+DTYPES = [torch.float32, torch.bfloat16] if ON_GPU else [torch.float32]
+BLOCK_SIZE, NUM_BLOCKS = (3, 2), 3
+PATCH_FRACTION = NUM_BLOCKS * BLOCK_SIZE[0] * BLOCK_SIZE[1] / (H * W)
+
+
+def synchronized(fn: Callable[[], object]) -> Callable[[], object]:
+    """Time kernels, not launches: wait for the device after each call."""
+    if not ON_GPU:
+        return fn
+
+    def run():
+        result = fn()
+        torch.cuda.synchronize()
+        return result
+
+    return run
+
+
+def median_seconds(fn: Callable[[], object], repeats: int = 15) -> float:
+    fn = synchronized(fn)
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+_floors: dict[tuple[int, torch.dtype], float] = {}
+
+
+def clone_floor(feat: torch.Tensor) -> float:
+    """Median seconds of ``feat.clone()`` for this shape and dtype, measured once per run."""
+    key = (feat.shape[0], feat.dtype)
+    if key not in _floors:
+        _floors[key] = median_seconds(feat.clone)
+    return _floors[key]
+
+
+def make_inputs(n: int, dtype: torch.dtype, attn_form: str):
+    generator = torch.Generator().manual_seed(0)
+    feat = torch.randn(n, C, H, W, generator=generator).to(DEVICE, dtype)
+    if attn_form == "weights":
+        attn = torch.rand(n, C, generator=generator).to(DEVICE)
+    else:
+        attn = torch.rand(n, H, W, generator=generator).to(DEVICE)
+    labels = (torch.arange(n) // 4).to(DEVICE)  # PK batches, K = 4
+    negatives = torch.randint(0, n, (n,), generator=generator).to(DEVICE)
+    return feat, attn, labels, negatives
+
+
+def record(benchmark, feat: torch.Tensor, bytes_moved: float, fn: Callable[[], object]) -> None:
+    floor = clone_floor(feat)
+    benchmark.pedantic(synchronized(fn), rounds=10, iterations=1, warmup_rounds=2)
+    mean = benchmark.stats.stats.mean
+    benchmark.extra_info.update(
+        device=str(torch.cuda.get_device_name() if ON_GPU else "cpu"),
+        bytes_moved=int(bytes_moved),
+        bytes_over_feat=round(bytes_moved / (feat.numel() * feat.element_size()), 3),
+        gb_per_s=round(bytes_moved / mean / 1e9, 2),
+        clone_seconds=floor,
+        x_clone=round(mean / floor, 2),
+    )
+
+
+def op_bytes(feat: torch.Tensor, attn_form: str, passes: str) -> float:
+    nbytes = feat.numel() * feat.element_size()
+    forward = 2 * nbytes + (2 * nbytes * PATCH_FRACTION if attn_form == "weights" else 0)
+    return forward + (2 * nbytes if passes == "forward_backward" else 0)
+
+
+def make_call(impl: str, feat, attn, labels, negatives, passes: str) -> Callable[[], object]:
+    """The benchmarked call; the backward, when asked for, takes a fixed grad_out."""
+    if impl == "authors":
+        def forward(x):
+            if attn.dim() == 2:
+                return authors_a_hard_mix(x, attn, negatives, k=NUM_BLOCKS)
+            return authors_mix(x, attn, negatives, k=NUM_BLOCKS)[0]
+    elif impl == "torch_compile":
+        compiled = torch.compile(reference.a_hard_mix_forward_torch)
+
+        def forward(x):
+            return compiled(x, attn, labels, None, negatives, BLOCK_SIZE, NUM_BLOCKS)[0]
+    else:
+        def forward(x):
+            return a_hard_mix(x, attn, labels, negatives=negatives, block_size=BLOCK_SIZE,
+                              num_blocks=NUM_BLOCKS, backend=impl)
+
+    if passes == "forward":
+        return lambda: forward(feat)
+    leaf = feat.detach().requires_grad_()
+    grad_out = torch.randn_like(feat)
+    return lambda: torch.autograd.grad(forward(leaf), leaf, grad_out)
+
+
+IMPLS = ["torch", "triton", "torch_compile", "authors"]
+
+
+@pytest.mark.parametrize("n", BATCHES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_clone_floor(benchmark, n, dtype):
+    feat, *_ = make_inputs(n, dtype, "map")
+    benchmark.group = f"a_hard_mix N={n} {dtype}"
+    record(benchmark, feat, 2 * feat.numel() * feat.element_size(), feat.clone)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("passes", ["forward", "forward_backward"])
+@pytest.mark.parametrize("attn_form", ["weights", "map"])
+@pytest.mark.parametrize("n", BATCHES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_a_hard_mix(benchmark, impl, passes, attn_form, n, dtype):
+    if impl in ("triton", "torch_compile") and not ON_GPU:
+        pytest.skip(f"the {impl} rows are GPU rows; no CUDA device here")
+    if impl == "authors" and dtype != torch.float32:
+        pytest.skip("the authors' op builds a float32 mask: float32 only")
+    feat, attn, labels, negatives = make_inputs(n, dtype, attn_form)
+    benchmark.group = f"a_hard_mix N={n} {dtype}"
+    call = make_call(impl, feat, attn, labels, negatives, passes)
+    record(benchmark, feat, op_bytes(feat, attn_form, passes), call)
+    assert math.isfinite(benchmark.stats.stats.mean)

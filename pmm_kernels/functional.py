@@ -114,8 +114,8 @@ def saliency(feat: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     return saliency_torch(feat, weights)
 
 
-def _resolve_backend(backend: str | None, device: torch.device) -> bool:
-    """True when the Triton kernels should run."""
+def _use_triton(backend: str | None, feat: torch.Tensor, num_grid_blocks: int) -> bool:
+    """Whether the Triton kernels run; "auto" picks them where they apply, "triton" insists."""
     if backend is None:
         backend = os.environ.get(BACKEND_ENV, "auto")
         source = f"the {BACKEND_ENV} environment variable"
@@ -125,15 +125,35 @@ def _resolve_backend(backend: str | None, device: torch.device) -> bool:
         raise ValueError(f"{source} must be one of {BACKENDS}, got {backend!r}")
     if backend == "torch":
         return False
+    n, _, h, w = feat.shape
     if backend == "auto":
-        return device.type == "cuda" and importlib.util.find_spec("triton") is not None
+        if not feat.is_cuda or feat.dtype == torch.float64 or not _triton_available():
+            return False
+        from pmm_kernels.ops.a_hard_mix_triton import unsupported_reason
+
+        return unsupported_reason(n, h, w, num_grid_blocks) is None
+
     interpreted = os.environ.get("TRITON_INTERPRET") == "1"
-    if device.type != "cuda" and not (device.type == "cpu" and interpreted):
+    if not feat.is_cuda and not (feat.device.type == "cpu" and interpreted):
         raise ValueError(
             f"backend='triton' runs on CUDA tensors (or on CPU tensors with TRITON_INTERPRET=1 "
-            f"set before triton is imported), got tensors on {device}"
+            f"set before triton is imported), got tensors on {feat.device}"
         )
+    if feat.dtype == torch.float64:
+        raise TypeError(
+            "backend='triton' supports float16, bfloat16 and float32 feat, got float64; "
+            "use backend='torch'"
+        )
+    from pmm_kernels.ops.a_hard_mix_triton import unsupported_reason
+
+    reason = unsupported_reason(n, h, w, num_grid_blocks)
+    if reason is not None:
+        raise ValueError(reason)
     return True
+
+
+def _triton_available() -> bool:
+    return importlib.util.find_spec("triton") is not None
 
 
 @overload
@@ -256,15 +276,7 @@ def a_hard_mix(
             )
         negatives = negatives.to(torch.int64)
 
-    use_triton = _resolve_backend(backend, feat.device)
-    if use_triton:
-        if feat.dtype == torch.float64:
-            raise TypeError("backend='triton' supports float16, bfloat16 and float32 feat, "
-                            "got float64; use backend='torch'")
-        from pmm_kernels.ops.a_hard_mix_triton import check_triton_limits
-
-        check_triton_limits(n, h, w, rows * cols)
-
+    use_triton = _use_triton(backend, feat, rows * cols)
     u = None
     if negatives is None:
         draw_device = generator.device if generator is not None else feat.device

@@ -32,14 +32,18 @@ _MAX_BLOCKS = 16384
 _MAX_BATCH = 16384
 
 
-def check_triton_limits(n: int, h: int, w: int, num_grid_blocks: int) -> None:
-    """The planning kernel holds one sample's map and the batch's labels in registers."""
-    if h * w > _MAX_MAP_CELLS or num_grid_blocks > _MAX_BLOCKS or n > _MAX_BATCH:
-        raise ValueError(
-            f"backend='triton' supports H*W <= {_MAX_MAP_CELLS}, at most {_MAX_BLOCKS} blocks and "
-            f"N <= {_MAX_BATCH}; got N={n}, H*W={h * w}, {num_grid_blocks} blocks. "
-            "Use backend='torch' for larger maps."
-        )
+def unsupported_reason(n: int, h: int, w: int, num_grid_blocks: int) -> str | None:
+    """Why the kernels can't take this shape, or None.
+
+    The planning kernel holds one sample's map, its blocks and the batch's labels in registers.
+    """
+    if h * w <= _MAX_MAP_CELLS and num_grid_blocks <= _MAX_BLOCKS and n <= _MAX_BATCH:
+        return None
+    return (
+        f"backend='triton' supports H*W <= {_MAX_MAP_CELLS}, at most {_MAX_BLOCKS} blocks and "
+        f"N <= {_MAX_BATCH}; got N={n}, H*W={h * w}, {num_grid_blocks} blocks. "
+        "Use backend='torch' for larger maps."
+    )
 
 
 @triton.jit

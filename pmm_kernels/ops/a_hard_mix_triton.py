@@ -49,9 +49,9 @@ def unsupported_reason(n: int, h: int, w: int, num_grid_blocks: int) -> str | No
 @triton.jit
 def _saliency_copy_kernel(
     feat_ptr, out_ptr, weights_ptr, partial_ptr,
-    C, W, HW,
-    f_sn, f_sc, f_sh, f_sw,
-    o_sn, o_sc, o_sh, o_sw,
+    C, HW,
+    f_sn, f_sc, f_sp,
+    o_sn, o_sc, o_sp,
     w_sn, w_sc,
     BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr,
 ):
@@ -64,18 +64,12 @@ def _saliency_copy_kernel(
     c_block = tl.program_id(1)
     c = (c_block * BLOCK_C + tl.arange(0, BLOCK_C)).to(tl.int64)
     p = (tl.program_id(2) * BLOCK_HW + tl.arange(0, BLOCK_HW)).to(tl.int64)
-    h = p // W
-    w = p % W
     in_map = p < HW
     tile = (c < C)[:, None] & in_map[None, :]
     x = tl.load(
-        feat_ptr + n * f_sn + c[:, None] * f_sc + h[None, :] * f_sh + w[None, :] * f_sw,
-        mask=tile, other=0.0,
+        feat_ptr + n * f_sn + c[:, None] * f_sc + p[None, :] * f_sp, mask=tile, other=0.0
     )
-    tl.store(
-        out_ptr + n * o_sn + c[:, None] * o_sc + h[None, :] * o_sh + w[None, :] * o_sw,
-        x, mask=tile,
-    )
+    tl.store(out_ptr + n * o_sn + c[:, None] * o_sc + p[None, :] * o_sp, x, mask=tile)
     weight = tl.load(weights_ptr + n * w_sn + c * w_sc, mask=c < C, other=0.0).to(tl.float32)
     partial = tl.sum(x.to(tl.float32) * weight[:, None], axis=0)
     num_c_blocks = tl.num_programs(1)
@@ -87,7 +81,7 @@ def _plan_kernel(
     source_ptr, labels_ptr, u_ptr, negatives_in_ptr,
     negatives_ptr, blocks_ptr, mask_ptr, lam_ptr,
     N, H, W, HW, COLS, NUM_GRID_BLOCKS, K, NUM_C_BLOCKS,
-    s_sn, s_sh, s_sw,
+    s_sn, s_sp,
     BH: tl.constexpr, BW: tl.constexpr,
     FROM_PARTIALS: tl.constexpr, HAS_NEGATIVES: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr,
@@ -117,7 +111,7 @@ def _plan_kernel(
         s = tl.where(s < 0.0, 0.0, s)
     else:
         s = tl.load(
-            source_ptr + i * s_sn + rows.to(tl.int64) * s_sh + cols.to(tl.int64) * s_sw,
+            source_ptr + i * s_sn + (rows * W + cols).to(tl.int64) * s_sp,
             mask=in_block, other=0.0,
         ).to(tl.float32)
     scores = tl.sum(s, axis=1)
@@ -156,9 +150,9 @@ def _plan_kernel(
 @triton.jit
 def _mix_kernel(
     feat_ptr, out_ptr, negatives_ptr, mask_ptr,
-    C, W, HW,
-    f_sn, f_sc, f_sh, f_sw,
-    o_sn, o_sc, o_sh, o_sw,
+    C, HW,
+    f_sn, f_sc, f_sp,
+    o_sn, o_sc, o_sp,
     PATCH_ONLY: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr,
 ):
     """out[i, c, p] = feat[negatives[i], c, p] if mask[i, p] else feat[i, c, p].
@@ -169,8 +163,6 @@ def _mix_kernel(
     i = tl.program_id(0).to(tl.int64)
     c = (tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)).to(tl.int64)
     p = (tl.program_id(2) * BLOCK_HW + tl.arange(0, BLOCK_HW)).to(tl.int64)
-    h = p // W
-    w = p % W
     in_map = p < HW
     replaced = tl.load(mask_ptr + i * HW + p, mask=in_map, other=0).to(tl.int1)
     partner = tl.load(negatives_ptr + i)
@@ -178,23 +170,17 @@ def _mix_kernel(
     tile = (c < C)[:, None] & in_map[None, :]
     if PATCH_ONLY:
         tile = tile & replaced[None, :]
-    x = tl.load(
-        feat_ptr + source[None, :] * f_sn + c[:, None] * f_sc + h[None, :] * f_sh
-        + w[None, :] * f_sw,
-        mask=tile,
-    )
-    tl.store(
-        out_ptr + i * o_sn + c[:, None] * o_sc + h[None, :] * o_sh + w[None, :] * o_sw,
-        x, mask=tile,
-    )
+    x = tl.load(feat_ptr + source[None, :] * f_sn + c[:, None] * f_sc + p[None, :] * f_sp,
+                mask=tile)
+    tl.store(out_ptr + i * o_sn + c[:, None] * o_sc + p[None, :] * o_sp, x, mask=tile)
 
 
 @triton.jit
 def _a_hard_mix_bwd_kernel(
     grad_out_ptr, grad_feat_ptr, mask_ptr, order_ptr, bucket_end_ptr,
-    C, W, HW,
-    g_sn, g_sc, g_sh, g_sw,
-    d_sn, d_sc, d_sh, d_sw,
+    C, HW,
+    g_sn, g_sc, g_sp,
+    d_sn, d_sc, d_sp,
     ROUND_TO_BF16: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr,
 ):
     """grad_feat[i] = grad_out[i] * (1 - mask[i]) + sum_{j: partner_j = i} grad_out[j] * mask[j].
@@ -205,11 +191,9 @@ def _a_hard_mix_bwd_kernel(
     i = tl.program_id(0).to(tl.int64)
     c = (tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)).to(tl.int64)
     p = (tl.program_id(2) * BLOCK_HW + tl.arange(0, BLOCK_HW)).to(tl.int64)
-    h = p // W
-    w = p % W
     in_map = p < HW
     tile = (c < C)[:, None] & in_map[None, :]
-    offsets = c[:, None] * g_sc + h[None, :] * g_sh + w[None, :] * g_sw
+    offsets = c[:, None] * g_sc + p[None, :] * g_sp
 
     replaced = tl.load(mask_ptr + i * HW + p, mask=in_map, other=0).to(tl.int1)
     acc = tl.load(
@@ -228,16 +212,23 @@ def _a_hard_mix_bwd_kernel(
         result = tl.where(acc != acc, (bits >> 16) | 0x40, rounded).to(tl.int16)
     else:
         result = acc.to(grad_feat_ptr.dtype.element_ty)
-    tl.store(
-        grad_feat_ptr + i * d_sn + c[:, None] * d_sc + h[None, :] * d_sh + w[None, :] * d_sw,
-        result, mask=tile,
-    )
+    tl.store(grad_feat_ptr + i * d_sn + c[:, None] * d_sc + p[None, :] * d_sp, result, mask=tile)
 
 
 def _launch_grid(n: int, c: int, hw: int) -> tuple[tuple[int, int, int], int]:
     """Grid (sample, channel tile, cell tile) of the streaming kernels and their cell tile."""
     block_hw = min(triton.next_power_of_2(hw), _MAX_BLOCK_HW)
     return (n, triton.cdiv(c, _BLOCK_C), triton.cdiv(hw, block_hw)), block_hw
+
+
+def _copy_back_if_flatten_copied(result: torch.Tensor, result_flat: torch.Tensor) -> None:
+    """Write the kernel's output back where ``flatten(2)`` had to copy instead of view.
+
+    Outputs keep the input's layout; only a layout that can't merge H and W (say, a transposed
+    map) makes the flat view a copy, at the price of one more pass.
+    """
+    if result_flat.data_ptr() != result.data_ptr():
+        result.copy_(result_flat.view(result.shape))
 
 
 def a_hard_mix_forward_triton(
@@ -262,18 +253,22 @@ def a_hard_mix_forward_triton(
     blocks = torch.empty(n, num_blocks, dtype=torch.int64, device=device)
     mask = torch.empty(n, h, w, dtype=torch.bool, device=device)
     lam = torch.empty(n, dtype=torch.float32, device=device)
+    # The kernels walk cells as one flat index p = h * W + w: a view for contiguous and
+    # channels_last maps, a copy only where H and W can't merge (e.g. a transposed map).
+    feat_flat, out_flat = feat.flatten(2), out.flatten(2)
 
     from_partials = attn.dim() == 2
     if from_partials:
         source = torch.empty(n, grid[1], hw, dtype=torch.float32, device=device)
         _saliency_copy_kernel[grid](
-            feat, out, attn, source, c, w, hw, *feat.stride(), *out.stride(), *attn.stride(),
+            feat_flat, out_flat, attn, source, c, hw,
+            *feat_flat.stride(), *out_flat.stride(), *attn.stride(),
             BLOCK_C=_BLOCK_C, BLOCK_HW=block_hw,
         )
-        source_strides = (0, 0, 0)
+        source_strides = (0, 0)
     else:
-        source = attn
-        source_strides = attn.stride()
+        source = attn.flatten(1)
+        source_strides = source.stride()
     _plan_kernel[(n,)](
         # Pointers the constexpr flags leave unread still need a tensor: pass an output.
         source, labels, lam if u is None else u, partners if negatives is None else negatives,
@@ -284,9 +279,10 @@ def a_hard_mix_forward_triton(
         BLOCK_Q=triton.next_power_of_2(bh * bw), BLOCK_P=triton.next_power_of_2(hw),
     )
     _mix_kernel[grid](
-        feat, out, partners, mask, c, w, hw, *feat.stride(), *out.stride(),
+        feat_flat, out_flat, partners, mask, c, hw, *feat_flat.stride(), *out_flat.stride(),
         PATCH_ONLY=from_partials, BLOCK_C=_BLOCK_C, BLOCK_HW=block_hw,
     )
+    _copy_back_if_flatten_copied(out, out_flat)
     return out, partners, blocks, mask, lam
 
 
@@ -305,10 +301,12 @@ def a_hard_mix_backward_triton(
     bucket_end = counts.cumsum(0)
 
     grad_feat = torch.empty_like(grad_out, memory_format=torch.preserve_format)
+    grad_out_flat, grad_feat_flat = grad_out.flatten(2), grad_feat.flatten(2)
     round_to_bf16 = grad_out.dtype == torch.bfloat16
     _a_hard_mix_bwd_kernel[grid](
-        grad_out, grad_feat.view(torch.int16) if round_to_bf16 else grad_feat,
-        mask, order, bucket_end, c, w, hw, *grad_out.stride(), *grad_feat.stride(),
+        grad_out_flat, grad_feat_flat.view(torch.int16) if round_to_bf16 else grad_feat_flat,
+        mask, order, bucket_end, c, hw, *grad_out_flat.stride(), *grad_feat_flat.stride(),
         ROUND_TO_BF16=round_to_bf16, BLOCK_C=_BLOCK_C, BLOCK_HW=block_hw,
     )
+    _copy_back_if_flatten_copied(grad_feat, grad_feat_flat)
     return grad_feat

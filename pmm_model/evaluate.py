@@ -1,0 +1,130 @@
+"""Evaluate a trained checkpoint on a re-identification dataset.
+
+Example:
+    python -m pmm_model.evaluate --checkpoint runs/pmm-market1501/checkpoint.pt \\
+        --data market1501 --root /data --flip --output results.json
+
+Prints rank-1/5/10, mAP and mINP in percent; ``--output`` writes them (as fractions in
+[0, 1], with the whole CMC curve) to a JSON file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from pmm_model.data.datasets import ImageDataset, build_dataset, dataset_names
+from pmm_model.data.transforms import build_transforms
+from pmm_model.evaluation import evaluate
+from pmm_model.metrics import RankResult
+
+__all__ = ["build_parser", "format_table", "load_model_for_eval", "main"]
+
+REPORTED_RANKS = (1, 5, 10)
+
+
+def load_model_for_eval(path: str) -> tuple[nn.Module, dict[str, Any]]:
+    """The model and training-args dict of a checkpoint (``args`` has ``height``/``width``).
+
+    The one place the CLI touches the checkpoint format, so tests can replace it.
+    """
+    from pmm_model.checkpoint import load_model
+
+    return load_model(path, map_location="cpu")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The CLI's argument parser."""
+    parser = argparse.ArgumentParser(
+        prog="python -m pmm_model.evaluate",
+        description="Evaluate a checkpoint: CMC rank-1/5/10, mAP and mINP (Market-1501 "
+        "protocol, Euclidean distance on the model's test feature).",
+    )
+    parser.add_argument("--checkpoint", required=True, help="checkpoint.pt written by training")
+    parser.add_argument("--data", required=True, choices=dataset_names(), help="dataset name")
+    parser.add_argument("--root", help="dataset root (optional for synthetic: its cache folder)")
+    parser.add_argument("--flip", action="store_true",
+                        help="average features with those of horizontally flipped images")
+    parser.add_argument("--rerank", action="store_true",
+                        help="k-reciprocal re-ranking (needs (Q+G)^2 memory)")
+    parser.add_argument("--batch-size", type=_positive_int, default=128,
+                        help="images per batch (default: %(default)s)")
+    parser.add_argument("--workers", type=_non_negative_int, default=4,
+                        help="loader processes (default: %(default)s)")
+    parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--output", type=Path,
+                        help="write the metrics (fractions in [0, 1]) and CMC curve to this JSON")
+    return parser
+
+
+def format_table(result: RankResult) -> str:
+    """Rank-1/5/10 (those within the CMC curve), mAP and mINP in percent, one per line."""
+    rows = [(f"Rank-{k}", result.cmc[k - 1]) for k in REPORTED_RANKS if k <= len(result.cmc)]
+    rows += [("mAP", result.mAP), ("mINP", result.mINP)]
+    return "\n".join([f"{'metric':<8} {'%':>6}"] + [f"{n:<8} {100 * v:6.2f}" for n, v in rows])
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Run the CLI; returns the dict it writes to ``--output``."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error(f"argument --device: {args.device!r} requested but CUDA is not available")
+    try:
+        data = build_dataset(args.data, args.root)
+        model, train_args = load_model_for_eval(args.checkpoint)
+    except (FileNotFoundError, ValueError) as err:
+        parser.exit(2, f"{parser.prog}: error: {err}\n")
+    missing = [key for key in ("height", "width") if key not in train_args]
+    if missing:
+        parser.exit(2, f"{parser.prog}: error: checkpoint args lack {missing}\n")
+
+    transform = build_transforms(train_args["height"], train_args["width"], is_train=False)
+    query_loader, gallery_loader = (
+        DataLoader(ImageDataset(records, transform), batch_size=args.batch_size,
+                   num_workers=args.workers, pin_memory=device.type == "cuda")
+        for records in (data.query, data.gallery)
+    )
+    result = evaluate(model.to(device), query_loader, gallery_loader, device,
+                      flip=args.flip, rerank=args.rerank)
+
+    print(f"{data.name}: {len(data.query)} queries, {len(data.gallery)} gallery images"
+          f" (flip: {'on' if args.flip else 'off'}, re-ranking: {'on' if args.rerank else 'off'})")
+    print(format_table(result))
+    report = {
+        "checkpoint": str(args.checkpoint), "data": args.data, "root": args.root,
+        "flip": args.flip, "rerank": args.rerank,
+        "num_query": len(data.query), "num_gallery": len(data.gallery),
+        **{f"rank{k}": float(result.cmc[k - 1]) for k in REPORTED_RANKS},
+        **result.to_dict(),
+    }
+    if args.output is not None:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(json.dumps(report, indent=1) + "\n")
+    return report
+
+
+if __name__ == "__main__":
+    main()

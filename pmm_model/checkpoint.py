@@ -1,0 +1,166 @@
+"""Training checkpoints: atomic save, RNG capture, and rebuilding a model from a checkpoint.
+
+A checkpoint is a dict that ``torch.load(..., weights_only=True)`` can read (no pickled
+objects): ``model``, ``optimizer``, ``scheduler`` and ``scaler`` state dicts, ``epoch`` (epochs
+completed), ``rng`` (:func:`rng_state`), ``metrics`` (the evaluations so far) and ``args``
+(the training options, including ``model``, ``backbone``, ``num_classes``, ``height`` and
+``width``).
+
+Example:
+    >>> model, args = load_model("runs/pmm-synthetic/checkpoint.pt")  # doctest: +SKIP
+    >>> args["model"], args["num_classes"]  # doctest: +SKIP
+    ('pmm', 80)
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from pmm_model.models import build_model
+
+__all__ = [
+    "load_checkpoint",
+    "load_model",
+    "model_options",
+    "rng_state",
+    "save_checkpoint",
+    "set_rng_state",
+]
+
+REQUIRED_ARGS = ("model", "backbone", "num_classes", "height", "width")
+
+
+def model_options(args: dict[str, Any]) -> dict[str, Any]:
+    """The :func:`pmm_model.build_model` keyword options recorded in a training-args dict.
+
+    Args:
+        args: training options (``vars()`` of the CLI namespace plus ``num_classes``).
+
+    Returns:
+        Options for ``build_model(args["model"], args["num_classes"], **options)``.
+
+    Example:
+        >>> model_options({"model": "baseline", "backbone": "resnet18", "pretrained": None})
+        {'backbone': 'resnet18', 'pretrained': None}
+    """
+    options = {"backbone": args["backbone"], "pretrained": args.get("pretrained")}
+    if args["model"] == "pmm":
+        options.update(
+            feature_dim=args.get("feature_dim", 512),
+            block_size=tuple(args.get("block_size", (3, 2))),
+            num_blocks=args.get("num_blocks", 3),
+            cam=args.get("cam", "fast"),
+        )
+    return options
+
+
+def rng_state() -> dict[str, Any]:
+    """The python, numpy, torch (and CUDA) RNG states, as plain data and tensors."""
+    np_state = np.random.get_state(legacy=False)
+    state = {
+        "python": random.getstate(),
+        "numpy": {
+            "bit_generator": np_state["bit_generator"],
+            "key": np_state["state"]["key"].tolist(),
+            "pos": int(np_state["state"]["pos"]),
+            "has_gauss": int(np_state["has_gauss"]),
+            "gauss": float(np_state["gauss"]),
+        },
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore the RNG states captured by :func:`rng_state`."""
+    random.setstate(state["python"])
+    np_state = state["numpy"]
+    np.random.set_state(
+        {
+            "bit_generator": np_state["bit_generator"],
+            "state": {"key": np.asarray(np_state["key"], dtype=np.uint32), "pos": np_state["pos"]},
+            "has_gauss": np_state["has_gauss"],
+            "gauss": np_state["gauss"],
+        }
+    )
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path: str | os.PathLike, checkpoint: dict[str, Any]) -> None:
+    """Write ``checkpoint`` to ``path`` atomically.
+
+    The data goes to a temporary file in the same folder, which then replaces ``path`` with
+    ``os.replace``: an interrupted save leaves the previous checkpoint intact.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(checkpoint, f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
+    """Read a checkpoint written by the training CLI (``weights_only``: no code runs).
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        ValueError: the file is not such a checkpoint (e.g. a bare state dict).
+    """
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"checkpoint {str(path)!r}: no such file")
+    checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    if not isinstance(checkpoint, dict) or not {"model", "args"} <= checkpoint.keys():
+        raise ValueError(
+            f"checkpoint {str(path)!r} is not a pmm_model training checkpoint "
+            "(expected a dict with 'model' and 'args')"
+        )
+    missing = [key for key in REQUIRED_ARGS if key not in checkpoint["args"]]
+    if missing:
+        raise ValueError(f"checkpoint {str(path)!r}: its args lack {missing}")
+    return checkpoint
+
+
+def load_model(path: str | os.PathLike, map_location: Any = "cpu") -> tuple[nn.Module, dict]:
+    """Rebuild the trained network of a checkpoint, in eval mode.
+
+    The network is built from the saved args without pretrained weights (the checkpoint
+    holds all of them), then its state dict is loaded strictly.
+
+    Args:
+        path: a checkpoint written by ``python -m pmm_model.train``.
+        map_location: where to put the tensors, as for ``torch.load``.
+
+    Returns:
+        ``(model, args)``: the model in eval mode and the saved training-args dict (with
+        ``model``, ``backbone``, ``num_classes``, ``height``, ``width``, ...).
+
+    Example:
+        >>> model, args = load_model("runs/demo/checkpoint.pt")  # doctest: +SKIP
+        >>> model(torch.zeros(1, 3, args["height"], args["width"])).shape  # doctest: +SKIP
+        torch.Size([1, 1536])
+    """
+    checkpoint = load_checkpoint(path, map_location)
+    args = checkpoint["args"]
+    options = model_options(args) | {"pretrained": None}
+    model = build_model(args["model"], args["num_classes"], **options)
+    model.load_state_dict(checkpoint["model"])
+    if isinstance(map_location, (str, torch.device)):
+        model.to(map_location)
+    return model.eval(), args

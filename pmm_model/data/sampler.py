@@ -1,0 +1,80 @@
+"""PK batch sampler: P identities x K images per batch, for the batch-hard triplet loss."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+from torch.utils.data import Sampler
+
+__all__ = ["PKSampler"]
+
+
+class PKSampler(Sampler[list[int]]):
+    """Yields batches of ``p * k`` dataset indices: ``p`` distinct ids, ``k`` images each.
+
+    Every epoch each identity's images are shuffled and cut into chunks of ``k`` (an identity
+    with fewer than ``k`` images is drawn with replacement up to ``k``; a final partial chunk
+    of a larger one is dropped), then batches take one chunk from each of ``p`` randomly chosen
+    identities that still have chunks, until fewer than ``p`` are left (that last incomplete
+    batch is dropped). The order depends only on ``seed`` and the epoch set with
+    :meth:`set_epoch`, so a resumed run replays the same batches. Use it as a DataLoader's
+    ``batch_sampler``.
+
+    Args:
+        pids: identity label of each dataset index.
+        p: identities per batch (>= 2, so every anchor has negatives).
+        k: images per identity (>= 1).
+        seed: base seed.
+
+    Example:
+        >>> sampler = PKSampler([0, 0, 1, 1, 1, 2, 2, 2], p=2, k=2, seed=0)
+        >>> batches = list(sampler)
+        >>> len(batches) == len(sampler), all(len(b) == 4 for b in batches)
+        (True, True)
+    """
+
+    def __init__(self, pids: Sequence[int], p: int, k: int, seed: int = 0) -> None:
+        if isinstance(p, bool) or not isinstance(p, int) or p < 2:
+            raise ValueError(f"p must be an int >= 2, got {p!r}")
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"k must be an int >= 1, got {k!r}")
+        self.index_by_pid: dict[int, list[int]] = defaultdict(list)
+        for index, pid in enumerate(pids):
+            self.index_by_pid[int(pid)].append(index)
+        if len(self.index_by_pid) < p:
+            raise ValueError(
+                f"p={p} identities per batch but the data has only {len(self.index_by_pid)}"
+            )
+        self.p, self.k, self.seed = p, k, seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose batch order the next iteration yields."""
+        self.epoch = epoch
+
+    def _batches(self) -> list[list[int]]:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        chunks: dict[int, list[list[int]]] = {}
+        for pid, indices in sorted(self.index_by_pid.items()):
+            if len(indices) < self.k:
+                drawn = rng.choice(indices, size=self.k, replace=True)
+            else:
+                drawn = rng.permutation(indices)[: len(indices) // self.k * self.k]
+            chunks[pid] = [drawn[i : i + self.k].tolist() for i in range(0, len(drawn), self.k)]
+        batches = []
+        while len(chunks) >= self.p:
+            batch = []
+            for pid in rng.choice(sorted(chunks), size=self.p, replace=False).tolist():
+                batch += chunks[pid].pop()
+                if not chunks[pid]:
+                    del chunks[pid]
+            batches.append(batch)
+        return batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        yield from self._batches()
+
+    def __len__(self) -> int:
+        return len(self._batches())

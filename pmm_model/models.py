@@ -1,0 +1,360 @@
+"""Re-identification networks on torchvision ResNets: PMM (SPEC section 1) and a BoT baseline.
+
+Both networks return a :class:`ReIDOutput` (per-stage features and logits) in training mode
+and a single embedding tensor in eval mode, so one loss and one evaluation path serve both.
+
+Example:
+    >>> import torch
+    >>> from pmm_model.models import build_model
+    >>> model = build_model("pmm", num_classes=4, backbone="resnet18", block_size=(1, 1))
+    >>> images, labels = torch.randn(8, 3, 64, 32), torch.arange(4).repeat_interleave(2)
+    >>> out = model(images, labels)
+    >>> [f.shape[1] for f in out.features], out.logits[0].shape
+    ([512, 512, 512], torch.Size([8, 4]))
+    >>> model.eval()(images).shape
+    torch.Size([8, 1536])
+"""
+
+from __future__ import annotations
+
+import os
+import urllib.error
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import torchvision.models as tvm
+from torch import Tensor, nn
+from torchvision.models.resnet import Bottleneck
+
+import pmm_kernels
+
+__all__ = [
+    "BACKBONES",
+    "CAM_MODES",
+    "MODELS",
+    "BaselineNet",
+    "PMMNet",
+    "ReIDOutput",
+    "build_backbone",
+    "build_model",
+]
+
+# name -> (torchvision constructor, ImageNet weights enum member)
+BACKBONES: dict[str, tuple[Callable[..., tvm.ResNet], tvm.WeightsEnum]] = {
+    "resnet18": (tvm.resnet18, tvm.ResNet18_Weights.IMAGENET1K_V1),
+    "resnet34": (tvm.resnet34, tvm.ResNet34_Weights.IMAGENET1K_V1),
+    "resnet50": (tvm.resnet50, tvm.ResNet50_Weights.IMAGENET1K_V1),
+}
+CAM_MODES = ("fast", "paper")
+
+
+@dataclass
+class ReIDOutput:
+    """What a network returns in training mode: one entry per stage, in stage order.
+
+    Attributes:
+        features: ``(N, D)`` embeddings that the triplet loss sees (PMM: three 512-d stage
+            features; baseline: the pooled feature before its BN-neck).
+        logits: ``(N, num_classes)`` identity logits for the cross-entropy loss.
+        mix_info: the ``pmm_kernels.MixInfo`` of each mixing stage (PMM: stages 2 and 3;
+            baseline: empty), kept so callers can see which blocks were replaced.
+    """
+
+    features: list[Tensor]
+    logits: list[Tensor]
+    mix_info: list[pmm_kernels.MixInfo] = field(default_factory=list)
+
+
+def _imagenet_state_dict(backbone: str) -> dict[str, Tensor]:
+    weights = BACKBONES[backbone][1]
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
+    try:
+        return weights.get_state_dict(progress=True, check_hash=True)
+    except (urllib.error.URLError, OSError) as err:
+        raise RuntimeError(
+            f"pretrained='imagenet': could not load {weights} for backbone {backbone!r} "
+            f"({err}). Offline? Download {weights.url} on a connected machine and put it at "
+            f"{cached} (the torch hub cache; set TORCH_HOME to move it), or pass "
+            "pretrained=<path to a torchvision ResNet state dict>."
+        ) from None
+
+
+def _file_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"pretrained={str(path)!r}: no such file")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise ValueError(
+            f"pretrained={str(path)!r}: expected a torchvision ResNet state dict "
+            f"(parameter name -> tensor), got {type(state).__name__}"
+        )
+    return state
+
+
+def build_backbone(
+    name: str = "resnet50", pretrained: str | os.PathLike | None = None
+) -> tuple[nn.Sequential, int]:
+    """A torchvision ResNet trunk (conv1..layer4, last stride 1) and its output channel count.
+
+    Layer 4 runs with stride 1, as in the authors' ``res_part``, so a 384x128 input gives a
+    24x8 map. Parameter names match torchvision's, so torchvision state dicts load directly.
+
+    Args:
+        name: ``"resnet18"``, ``"resnet34"`` or ``"resnet50"``.
+        pretrained: None (random init), ``"imagenet"`` (torchvision's IMAGENET1K_V1 weights
+            from the torch hub cache, downloaded when online) or the path of a torchvision
+            ResNet state dict (``fc.*`` keys are ignored; every other key must match).
+
+    Returns:
+        ``(trunk, channels)``: 512 for resnet18/34, 2048 for resnet50.
+
+    Raises:
+        ValueError: unknown name, or a state dict whose keys/shapes do not fit.
+        FileNotFoundError: ``pretrained`` names a file that does not exist.
+        RuntimeError: ``"imagenet"`` weights are neither cached nor downloadable.
+
+    Example:
+        >>> trunk, channels = build_backbone("resnet18")
+        >>> trunk(torch.zeros(1, 3, 128, 64)).shape, channels
+        (torch.Size([1, 512, 8, 4]), 512)
+    """
+    if name not in BACKBONES:
+        raise ValueError(f"backbone={name!r} is not supported; valid: {', '.join(BACKBONES)}")
+    resnet = BACKBONES[name][0]()
+    if pretrained is not None:
+        state = (
+            _imagenet_state_dict(name) if pretrained == "imagenet" else _file_state_dict(pretrained)
+        )
+        state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+        try:
+            missing, unexpected = resnet.load_state_dict(state, strict=False)
+        except RuntimeError as err:  # shape mismatch, e.g. resnet50 weights for resnet18
+            raise ValueError(f"pretrained={str(pretrained)!r} does not fit {name}: {err}") from None
+        missing = [k for k in missing if not k.startswith("fc.")]
+        if missing or unexpected:
+            raise ValueError(
+                f"pretrained={str(pretrained)!r} does not fit {name}: "
+                f"missing keys {missing[:5]}, unexpected keys {unexpected[:5]}"
+            )
+    for module in resnet.layer4[0].modules():
+        if isinstance(module, nn.Conv2d) and module.stride == (2, 2):
+            module.stride = (1, 1)
+    names = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
+    trunk = nn.Sequential(OrderedDict((n, getattr(resnet, n)) for n in names))
+    return trunk, resnet.fc.in_features
+
+
+def _init_classifier(linear: nn.Linear) -> None:
+    # Small logits at the start, as in BoT/BDB, so label-smoothed CE does not saturate early.
+    nn.init.normal_(linear.weight, std=0.001)
+    if linear.bias is not None:
+        nn.init.zeros_(linear.bias)
+
+
+class BaselineNet(nn.Module):
+    """BoT-style global-feature baseline: ResNet (last stride 1), GAP, BN-neck, classifier.
+
+    Training mode ``forward(images, labels)`` returns a one-stage :class:`ReIDOutput` (the
+    triplet loss sees the pooled feature, the classifier the BN-neck feature); eval mode
+    ``forward(images)`` returns the BN-neck feature.
+
+    Example:
+        >>> net = BaselineNet(num_classes=3, backbone="resnet18").eval()
+        >>> net(torch.zeros(2, 3, 64, 32)).shape
+        torch.Size([2, 512])
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        backbone: str = "resnet50",
+        pretrained: str | os.PathLike | None = None,
+    ) -> None:
+        super().__init__()
+        self.backbone, channels = build_backbone(backbone, pretrained)
+        self.bnneck = nn.BatchNorm1d(channels)
+        self.bnneck.bias.requires_grad_(False)  # BoT: a shift-free neck keeps the metric space
+        self.classifier = nn.Linear(channels, num_classes, bias=False)
+        _init_classifier(self.classifier)
+
+    def forward(self, images: Tensor, labels: Tensor | None = None) -> ReIDOutput | Tensor:
+        """Embeddings (eval mode) or a one-stage :class:`ReIDOutput` (training mode)."""
+        feat = F.adaptive_avg_pool2d(self.backbone(images), 1).flatten(1)
+        neck = self.bnneck(feat)
+        if not self.training:
+            return neck
+        return ReIDOutput(features=[feat], logits=[self.classifier(neck)])
+
+
+class PMMNet(nn.Module):
+    """Progressive Multi-stage feature Mix network (SPEC section 1), three stages.
+
+    Stage 1 classifies the average-pooled trunk map ``x``. Stages 2 and 3 share one extra
+    randomly initialised torchvision ``Bottleneck(C, C // 4)`` (identity shortcut; C = 2048 for
+    resnet50 as in the paper, 512 for resnet18/34) giving ``x_part``. In training, stage 2 sees
+    ``x_part`` with the blocks that are most salient for stage 1 (Grad-CAM channel weights of
+    ``x``) swapped in from a different identity; stage 3 sees the unmixed ``x_part`` mixed by
+    the Grad-CAM saliency of the mixed stage-2 map. All mixing goes through
+    ``pmm_kernels.a_hard_mix``, each call drawing its own partners.
+
+    Grad-CAM weights are ``d(sum_n logit[n, y_n]) / d(feature map)`` averaged over H and W.
+    ``cam="fast"`` obtains them as ``g / (H*W)`` with ``g`` the gradient w.r.t. the pooled
+    vector feeding the head, which equals that spatial mean for both average and max
+    pooling, so only the small head is differentiated. ``cam="paper"`` reproduces the
+    authors' computation and cost: the gradient w.r.t. the full map, averaged over H and W,
+    taken by a backward that (like their ``score.backward()``) also runs through the trunk
+    and every parameter; the parameter gradients are discarded, never stored in ``.grad``.
+
+    Args:
+        num_classes: number of training identities.
+        backbone: ``"resnet18"``, ``"resnet34"`` or ``"resnet50"``.
+        pretrained: see :func:`build_backbone`.
+        feature_dim: width of each stage's embedding (512 in the paper).
+        block_size: ``(bh, bw)`` mixing block in feature-map cells; ``(3, 2)`` on the paper's
+            24x8 map. Keep the 8x4 block grid for other inputs, e.g. ``(1, 1)`` at 128x64.
+        num_blocks: blocks replaced per sample and stage.
+        cam: ``"fast"`` or ``"paper"`` (see above; both select the same blocks).
+
+    Training mode ``forward(images, labels)`` returns a :class:`ReIDOutput` with three
+    ``(N, feature_dim)`` features, three logit tensors and the two ``MixInfo``; eval mode
+    ``forward(images)`` returns the ``(N, 3 * feature_dim)`` concatenated embedding.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        backbone: str = "resnet50",
+        pretrained: str | os.PathLike | None = None,
+        feature_dim: int = 512,
+        block_size: tuple[int, int] = (3, 2),
+        num_blocks: int = 3,
+        cam: str = "fast",
+    ) -> None:
+        super().__init__()
+        if cam not in CAM_MODES:
+            raise ValueError(f"cam={cam!r} is not supported; valid: {', '.join(CAM_MODES)}")
+        if not (
+            len(tuple(block_size)) == 2
+            and all(isinstance(b, int) and not isinstance(b, bool) and b > 0 for b in block_size)
+        ):
+            raise ValueError(f"block_size must be two positive ints, got {block_size!r}")
+        if isinstance(num_blocks, bool) or not isinstance(num_blocks, int) or num_blocks < 1:
+            raise ValueError(f"num_blocks must be a positive int, got {num_blocks!r}")
+        if isinstance(feature_dim, bool) or not isinstance(feature_dim, int) or feature_dim < 1:
+            raise ValueError(f"feature_dim must be a positive int, got {feature_dim!r}")
+        self.block_size = tuple(block_size)
+        self.num_blocks = num_blocks
+        self.cam = cam
+        self.backbone, channels = build_backbone(backbone, pretrained)
+        self.extra_block = Bottleneck(channels, channels // 4)
+        for module in self.extra_block.modules():
+            if isinstance(module, nn.Conv2d):  # torchvision's ResNet init for a fresh block
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+        self.reduction1 = nn.Sequential(
+            nn.Conv2d(channels, feature_dim, 1, bias=False),
+            nn.BatchNorm2d(feature_dim),
+            nn.ReLU(inplace=True),
+        )
+        self.reduction2, self.reduction3 = (
+            nn.Sequential(
+                nn.Linear(channels, feature_dim), nn.BatchNorm1d(feature_dim), nn.ReLU(inplace=True)
+            )
+            for _ in range(2)
+        )
+        self.classifiers = nn.ModuleList(nn.Linear(feature_dim, num_classes) for _ in range(3))
+        for linear in self.classifiers:
+            _init_classifier(linear)
+
+    def _mix(self, feat: Tensor, attn: Tensor, labels: Tensor):
+        return pmm_kernels.a_hard_mix(
+            feat,
+            attn,
+            labels,
+            block_size=self.block_size,
+            num_blocks=self.num_blocks,
+            return_info=True,
+        )
+
+    def _cam_weights(self, logits: Tensor, labels: Tensor, pooled: Tensor, fmap: Tensor) -> Tensor:
+        """Grad-CAM channel weights ``(N, C)`` (float32, no graph) of ``fmap`` for the true ids."""
+        score = logits.gather(1, labels[:, None]).sum()
+        if self.cam == "fast":
+            (grad,) = torch.autograd.grad(score, pooled, retain_graph=True)
+            return grad.flatten(1).float() / (fmap.shape[2] * fmap.shape[3])
+        params = [p for p in self.parameters() if p.requires_grad]
+        grads = torch.autograd.grad(score, [fmap, *params], retain_graph=True, allow_unused=True)
+        return grads[0].float().mean(dim=(2, 3))
+
+    def forward(self, images: Tensor, labels: Tensor | None = None) -> ReIDOutput | Tensor:
+        """Embeddings (eval mode) or a three-stage :class:`ReIDOutput` (training mode).
+
+        Raises:
+            ValueError: training mode without ``labels``.
+            RuntimeError: training mode with autograd disabled.
+        """
+        x = self.backbone(images)
+        x_part = self.extra_block(x)
+        pooled1 = F.adaptive_avg_pool2d(x, 1)
+        f1 = self.reduction1(pooled1).flatten(1)
+        if not self.training:
+            pooled_part = F.adaptive_max_pool2d(x_part, 1).flatten(1)
+            return torch.cat([f1, self.reduction2(pooled_part), self.reduction3(pooled_part)], 1)
+        if labels is None:
+            raise ValueError("labels are required in training mode (Grad-CAM needs the true ids)")
+        if not torch.is_grad_enabled():
+            raise RuntimeError(
+                "PMMNet's training-mode forward needs autograd for Grad-CAM; run it outside "
+                "torch.no_grad(), or call model.eval() for embeddings"
+            )
+        logits1 = self.classifiers[0](f1)
+
+        # Stage 2 ranks x_part's blocks by the Grad-CAM map of x, the map stage 1 classified.
+        weights1 = self._cam_weights(logits1, labels, pooled1, x)
+        mixed2, info2 = self._mix(x_part, pmm_kernels.saliency(x.detach(), weights1), labels)
+        pooled2 = F.adaptive_max_pool2d(mixed2, 1)
+        f2 = self.reduction2(pooled2.flatten(1))
+        logits2 = self.classifiers[1](f2)
+
+        # Stage 3 ranks blocks by the Grad-CAM map of the *mixed* stage-2 input but mixes the
+        # unmixed x_part, so the two masks do not accumulate.
+        weights2 = self._cam_weights(logits2, labels, pooled2, mixed2)
+        mixed3, info3 = self._mix(x_part, pmm_kernels.saliency(mixed2.detach(), weights2), labels)
+        f3 = self.reduction3(F.adaptive_max_pool2d(mixed3, 1).flatten(1))
+        logits3 = self.classifiers[2](f3)
+        return ReIDOutput(
+            features=[f1, f2, f3], logits=[logits1, logits2, logits3], mix_info=[info2, info3]
+        )
+
+
+MODELS: dict[str, type[nn.Module]] = {"baseline": BaselineNet, "pmm": PMMNet}
+
+
+def build_model(name: str, num_classes: int, **options) -> nn.Module:
+    """Build a re-identification network by name.
+
+    Args:
+        name: ``"pmm"`` (:class:`PMMNet`) or ``"baseline"`` (:class:`BaselineNet`).
+        num_classes: number of training identities (>= 1).
+        **options: keyword arguments of that class, e.g. ``backbone="resnet18"``,
+            ``pretrained="imagenet"``; PMM also takes ``feature_dim``, ``block_size``,
+            ``num_blocks`` and ``cam``.
+
+    Returns:
+        The network, in training mode.
+
+    Raises:
+        ValueError: unknown name, bad ``num_classes`` or a bad option value.
+
+    Example:
+        >>> build_model("baseline", 10, backbone="resnet18").classifier.out_features
+        10
+    """
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; valid names: {', '.join(MODELS)}")
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+    return MODELS[name](num_classes, **options)

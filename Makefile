@@ -3,16 +3,15 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test bench lint clean
+.PHONY: demo test bench clean
 
 $(VENV)/.installed: pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --upgrade pip
 	$(PY) -m pip install -e '.[train,dev]'
 	touch $@
 
 demo: $(VENV)/.installed
-	$(PY) -m pmm_kernels.demo
+	$(PY) -m pmm_model.train --preset demo
 
 test: $(VENV)/.installed
 	$(PY) -m ruff check .

@@ -10,7 +10,6 @@ any machine. On CPU only the PyTorch path, the authors' op and the floor run; th
 from __future__ import annotations
 
 import math
-import statistics
 import time
 from collections.abc import Callable
 
@@ -43,26 +42,25 @@ def synchronized(fn: Callable[[], object]) -> Callable[[], object]:
     return run
 
 
-def median_seconds(fn: Callable[[], object], repeats: int = 15) -> float:
+ROUNDS, WARMUP_ROUNDS = 10, 2
+
+
+def mean_seconds(fn: Callable[[], object]) -> float:
+    """Mean seconds per call, timed as ``benchmark.pedantic`` times the rows.
+
+    Each result is freed outside the timed region, as pedantic does: freeing 100 MB is not
+    free, and the floor must not pay for it when the rows don't.
+    """
     fn = synchronized(fn)
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+    for _ in range(WARMUP_ROUNDS):
         fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-_floors: dict[tuple[int, torch.dtype], float] = {}
-
-
-def clone_floor(feat: torch.Tensor) -> float:
-    """Median seconds of ``feat.clone()`` for this shape and dtype, measured once per run."""
-    key = (feat.shape[0], feat.dtype)
-    if key not in _floors:
-        _floors[key] = median_seconds(feat.clone)
-    return _floors[key]
+    total = 0.0
+    for _ in range(ROUNDS):
+        start = time.perf_counter()
+        result = fn()
+        total += time.perf_counter() - start
+        del result
+    return total / ROUNDS
 
 
 def make_inputs(n: int, dtype: torch.dtype, attn_form: str):
@@ -78,8 +76,9 @@ def make_inputs(n: int, dtype: torch.dtype, attn_form: str):
 
 
 def record(benchmark, feat: torch.Tensor, bytes_moved: float, fn: Callable[[], object]) -> None:
-    floor = clone_floor(feat)
-    benchmark.pedantic(synchronized(fn), rounds=10, iterations=1, warmup_rounds=2)
+    # The floor is timed right before the row, in the same process state (allocator included).
+    floor = mean_seconds(feat.clone)
+    benchmark.pedantic(synchronized(fn), rounds=ROUNDS, iterations=1, warmup_rounds=WARMUP_ROUNDS)
     mean = benchmark.stats.stats.mean
     benchmark.extra_info.update(
         device=str(torch.cuda.get_device_name() if ON_GPU else "cpu"),

@@ -153,8 +153,8 @@ def a_hard_mix_backward_torch(
     taken = grad[samples, :, rows, columns]  # (N, cells, C)
     # Adding -0.0 leaves every value, -0.0 included, exactly as it was: the padding cells and the
     # unmixed samples contribute nothing without a data-dependent (host-syncing) filter.
-    contributes = (exists & (negatives >= 0)[:, None])[..., None]
-    taken = torch.where(contributes, taken, -0.0)
+    contributes = exists & (negatives >= 0)[:, None]
+    taken.masked_fill_(~contributes[..., None], -0.0)
 
     channels = torch.arange(grad.shape[1], device=grad.device)
     s_n, s_c, s_h, s_w = grad_feat.stride()

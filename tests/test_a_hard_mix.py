@@ -111,6 +111,8 @@ def test_saliency_is_relu_of_weighted_channel_sum():
     result = pmm_kernels.saliency(feat, weights)
     assert result.dtype == torch.float32
     torch.testing.assert_close(result.double(), expected, rtol=1e-6, atol=1e-6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # scores stay float32 under autocast
+        assert torch.equal(pmm_kernels.saliency(feat, weights), result)
 
 
 @settings(max_examples=40, deadline=None)

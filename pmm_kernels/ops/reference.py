@@ -28,7 +28,9 @@ def block_grid(height: int, width: int, block_size: tuple[int, int]) -> tuple[in
 def saliency_torch(feat: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """``ReLU(sum_c weights[n, c] * feat[n, c, h, w])`` as an (N, H, W) map (NaN stays NaN)."""
     acc = accumulation_dtype(feat.dtype)
-    return torch.relu(torch.einsum("nc,nchw->nhw", weights.to(acc), feat.to(acc)))
+    # Under autocast the einsum would run in half precision; block scores accumulate in float32.
+    with torch.autocast(feat.device.type, enabled=False):
+        return torch.relu(torch.einsum("nc,nchw->nhw", weights.to(acc), feat.to(acc)))
 
 
 def block_scores_torch(saliency: torch.Tensor, block_size: tuple[int, int]) -> torch.Tensor:

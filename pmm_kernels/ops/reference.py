@@ -100,6 +100,7 @@ def plan_torch(
         accumulation_dtype(feat.dtype)
     )
     blocks = select_blocks(block_scores_torch(saliency, block_size), num_blocks)
+    # Given partners are copied: a custom op's outputs may not alias its inputs.
     partners = sample_partners(u, labels) if negatives is None else negatives.clone()
     return blocks, partners
 

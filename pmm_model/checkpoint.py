@@ -17,8 +17,9 @@ from __future__ import annotations
 import os
 import random
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
@@ -27,6 +28,7 @@ from torch import nn
 from pmm_model.models import build_model
 
 __all__ = [
+    "atomic_write",
     "load_checkpoint",
     "load_model",
     "model_options",
@@ -54,10 +56,10 @@ def model_options(args: dict[str, Any]) -> dict[str, Any]:
     options = {"backbone": args["backbone"], "pretrained": args.get("pretrained")}
     if args["model"] == "pmm":
         options.update(
-            feature_dim=args.get("feature_dim", 512),
-            block_size=tuple(args.get("block_size", (3, 2))),
-            num_blocks=args.get("num_blocks", 3),
-            cam=args.get("cam", "fast"),
+            feature_dim=args["feature_dim"],
+            block_size=tuple(args["block_size"]),
+            num_blocks=args["num_blocks"],
+            cam=args["cam"],
         )
     return options
 
@@ -98,22 +100,27 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(path: str | os.PathLike, checkpoint: dict[str, Any]) -> None:
-    """Write ``checkpoint`` to ``path`` atomically.
+def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> None:
+    """Call ``write`` on a temporary file beside ``path``, then move it into place.
 
-    The data goes to a temporary file in the same folder, which then replaces ``path`` with
-    ``os.replace``: an interrupted save leaves the previous checkpoint intact.
+    ``os.replace`` is atomic: an interrupted write leaves the previous file intact and no
+    temporary file behind.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(checkpoint, f)
+            write(f)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def save_checkpoint(path: str | os.PathLike, checkpoint: dict[str, Any]) -> None:
+    """Write ``checkpoint`` to ``path`` atomically (see :func:`atomic_write`)."""
+    atomic_write(path, lambda f: torch.save(checkpoint, f))
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:

@@ -72,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="images per batch (default: %(default)s)")
     parser.add_argument("--workers", type=_non_negative_int, default=4,
                         help="loader processes (default: %(default)s)")
+    parser.add_argument("--skip-bad-images", action="store_true",
+                        help="drop images that cannot be decoded (named and counted in a "
+                        "warning) instead of stopping at the first one")
     parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--output", type=Path,
                         help="write the metrics (fractions in [0, 1]) and CMC curve to this JSON")
@@ -89,7 +92,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the CLI; returns the dict it writes to ``--output``."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    try:
+        device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    except RuntimeError:
+        parser.error(f"argument --device: not a torch device: {args.device!r}")
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error(f"argument --device: {args.device!r} requested but CUDA is not available")
     try:
@@ -103,7 +109,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     transform = build_transforms(train_args["height"], train_args["width"], is_train=False)
     query_loader, gallery_loader = (
-        DataLoader(ImageDataset(records, transform), batch_size=args.batch_size,
+        DataLoader(ImageDataset(records, transform, skip_bad=args.skip_bad_images),
+                   batch_size=args.batch_size,
                    num_workers=args.workers, pin_memory=device.type == "cuda")
         for records in (data.query, data.gallery)
     )

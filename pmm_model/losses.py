@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from pmm_model.models import ReIDOutput
 
-__all__ = ["PMMLoss", "TripletLoss", "batch_hard_triplet_loss"]
+__all__ = ["PMMLoss", "batch_hard_triplet_loss"]
 
 
 def batch_hard_triplet_loss(
@@ -49,9 +49,12 @@ def batch_hard_triplet_loss(
             f"and {tuple(labels.shape)}"
         )
     features = features.float()
-    sq = features.pow(2).sum(1)
-    # Clamp before sqrt: the zero self-distance would otherwise give an infinite gradient.
-    dist = (sq[:, None] + sq[None, :] - 2 * features @ features.T).clamp(min=1e-12).sqrt()
+    # |a|^2 + |b|^2 - 2ab cancels badly in half precision: keep autocast from lowering the
+    # matmul, or the hardest positive and negative are picked from rounding noise.
+    with torch.autocast(features.device.type, enabled=False):
+        sq = features.pow(2).sum(1)
+        # Clamp before sqrt: the zero self-distance would otherwise give an infinite gradient.
+        dist = (sq[:, None] + sq[None, :] - 2 * features @ features.T).clamp(min=1e-12).sqrt()
     same = labels[:, None] == labels[None, :]
     d_ap = dist.masked_fill(~same, float("-inf")).amax(1)
     d_an = dist.masked_fill(same, float("inf")).amin(1)
@@ -62,21 +65,6 @@ def batch_hard_triplet_loss(
     if margin is None:
         return F.softplus(d_ap - d_an).mean()
     return F.margin_ranking_loss(d_an, d_ap, torch.ones_like(d_an), margin=margin)
-
-
-class TripletLoss(nn.Module):
-    """Module form of :func:`batch_hard_triplet_loss`.
-
-    Args:
-        margin: None for the soft margin (default, as in the paper), else the hinge margin.
-    """
-
-    def __init__(self, margin: float | None = None) -> None:
-        super().__init__()
-        self.margin = margin
-
-    def forward(self, features: Tensor, labels: Tensor) -> Tensor:
-        return batch_hard_triplet_loss(features, labels, self.margin)
 
 
 class PMMLoss(nn.Module):
@@ -101,13 +89,13 @@ class PMMLoss(nn.Module):
 
     def __init__(self, margin: float | None = None, label_smoothing: float = 0.1) -> None:
         super().__init__()
-        self.triplet = TripletLoss(margin)
+        self.margin = margin
         self.label_smoothing = label_smoothing
 
     def forward(self, output: ReIDOutput, labels: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         terms: dict[str, Tensor] = {}
         for stage, (feat, logits) in enumerate(zip(output.features, output.logits, strict=True), 1):
-            terms[f"triplet{stage}"] = self.triplet(feat, labels)
+            terms[f"triplet{stage}"] = batch_hard_triplet_loss(feat, labels, self.margin)
             terms[f"ce{stage}"] = F.cross_entropy(
                 logits.float(), labels, label_smoothing=self.label_smoothing
             )

@@ -23,10 +23,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import random
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -39,6 +37,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from pmm_model.checkpoint import (
+    atomic_write,
     load_checkpoint,
     model_options,
     rng_state,
@@ -166,6 +165,7 @@ DEFAULTS: dict[str, Any] = {
     "k": 4,
     "cutout": True,
     "random_erasing": False,
+    "skip_bad_images": False,
     "workers": 4,
     "model": "pmm",
     "backbone": "resnet50",
@@ -225,6 +225,12 @@ def build_parser(defaults: bool = True) -> argparse.ArgumentParser:
     )
     data.add_argument(
         "--random-erasing", action="store_true", help="also torchvision RandomErasing"
+    )
+    data.add_argument(
+        "--skip-bad-images",
+        action="store_true",
+        help="drop images that cannot be decoded (named and counted in the log) instead of "
+        "stopping at the first one",
     )
     data.add_argument(
         "--workers", type=_int_at_least(0), help="loader processes (default: %(default)s)"
@@ -380,22 +386,17 @@ def _evaluate(model, query_loader, gallery_loader, device):
         return evaluate(model, query_loader, gallery_loader, device)
 
 
-def _write_json(path: Path, data: Any) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2)
-    os.replace(tmp, path)
-
-
 def _setup_logging(output_dir: Path) -> list[logging.Handler]:
     handlers: list[logging.Handler] = [
         logging.FileHandler(output_dir / "train.log"),
         logging.StreamHandler(sys.stdout),
     ]
+    # On the package logger, so the data loaders' warnings (skipped images) reach the log too.
+    package_logger = logging.getLogger("pmm_model")
     for handler in handlers:
         handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
-        logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
+        package_logger.addHandler(handler)
+    package_logger.setLevel(logging.INFO)
     return handlers
 
 
@@ -410,7 +411,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
         return _run(args, checkpoint, output_dir)
     finally:
         for handler in handlers:
-            logger.removeHandler(handler)
+            logging.getLogger("pmm_model").removeHandler(handler)
             handler.close()
 
 
@@ -455,7 +456,8 @@ def _run(args: argparse.Namespace, checkpoint: dict | None, output_dir: Path) ->
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
-        scaler.load_state_dict(checkpoint["scaler"])
+        if checkpoint["scaler"]:  # a run saved without fp16 has an empty scaler state
+            scaler.load_state_dict(checkpoint["scaler"])
         start_epoch, metrics = checkpoint["epoch"], list(checkpoint["metrics"])
         set_rng_state(checkpoint["rng"])
         logger.info("resumed from %s after epoch %d", args.resume, start_epoch)
@@ -464,6 +466,7 @@ def _run(args: argparse.Namespace, checkpoint: dict | None, output_dir: Path) ->
     train_set = ImageDataset(
         data.train,
         build_transforms(args.height, args.width, True, args.cutout, args.random_erasing),
+        skip_bad=args.skip_bad_images,
     )
     sampler = PKSampler([r.pid for r in data.train], args.p, args.k, seed=args.seed)
     train_loader = DataLoader(
@@ -472,7 +475,10 @@ def _run(args: argparse.Namespace, checkpoint: dict | None, output_dir: Path) ->
     test_tf = build_transforms(args.height, args.width, is_train=False)
     query_loader, gallery_loader = (
         DataLoader(
-            ImageDataset(records, test_tf), batch_size=128, num_workers=args.workers, pin_memory=pin
+            ImageDataset(records, test_tf, skip_bad=args.skip_bad_images),
+            batch_size=128,
+            num_workers=args.workers,
+            pin_memory=pin,
         )
         for records in (data.query, data.gallery)
     )
@@ -507,7 +513,8 @@ def _run(args: argparse.Namespace, checkpoint: dict | None, output_dir: Path) ->
                 "args": vars(args),
             },
         )
-        _write_json(output_dir / "metrics.json", metrics)
+        atomic_write(output_dir / "metrics.json",
+                     lambda f: f.write(json.dumps(metrics, indent=2).encode()))
         return entry
 
     entry, train_seconds, epochs_timed = None, 0.0, 0

@@ -59,3 +59,12 @@ def test_pmm_loss_sums_six_equal_terms():
     expected_ce = -(target * F.log_softmax(logits[1], 1)).sum(1).mean()
     torch.testing.assert_close(parts["ce2"], expected_ce)
     torch.testing.assert_close(parts["triplet3"], batch_hard_triplet_loss(feats[2], LABELS))
+
+
+def test_triplet_distances_stay_float32_under_autocast():
+    # 512-d ReLU features: in bf16 the |a|^2 + |b|^2 - 2ab form loses the small positive distances.
+    features = torch.relu(torch.randn(16, 512, generator=torch.Generator().manual_seed(0)))
+    labels = torch.arange(4).repeat_interleave(4)
+    expected = batch_hard_triplet_loss(features, labels)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(batch_hard_triplet_loss(features, labels), expected)

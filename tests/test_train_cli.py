@@ -1,6 +1,7 @@
 """Tests of the training CLI on a tiny synthetic set: outputs, exact resume, argument errors."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -124,3 +125,16 @@ def test_help_and_demo_preset(capsys):
     assert (args.backbone, args.epochs) == ("resnet18", 2)  # explicit flags override the preset
     assert args.block_size == [1, 1]  # (3, 2) scaled from 384x128 to 64x32
     assert train.parse_args(["--height", "256"]).block_size == [2, 2]
+
+
+def test_skip_bad_images_drops_and_logs_a_corrupt_file(tiny_root, tmp_path):
+    root = tmp_path / "data"
+    shutil.copytree(tiny_root, root)
+    corrupt = sorted((root / "bounding_box_test").glob("*.jpg"))[-1]
+    corrupt.write_bytes(b"not a jpeg")
+    argv = _argv(root, tmp_path / "run", "--epochs", "1")
+    with pytest.raises(OSError, match=corrupt.name):
+        train.main(argv)
+    train.main([*argv, "--skip-bad-images"])
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert f"skipped 1 unreadable images: {corrupt}" in log

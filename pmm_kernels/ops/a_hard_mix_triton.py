@@ -80,7 +80,7 @@ def _saliency_copy_kernel(
 def _plan_kernel(
     source_ptr, labels_ptr, u_ptr, negatives_in_ptr,
     negatives_ptr, blocks_ptr, mask_ptr, lam_ptr,
-    N, H, W, HW, COLS, NUM_GRID_BLOCKS, K, NUM_C_BLOCKS,
+    N, H, W, HW, MAP_AREA, COLS, NUM_GRID_BLOCKS, K, NUM_C_BLOCKS,
     s_sn, s_sp,
     BH: tl.constexpr, BW: tl.constexpr,
     FROM_PARTIALS: tl.constexpr, HAS_NEGATIVES: tl.constexpr,
@@ -144,7 +144,9 @@ def _plan_kernel(
 
     replaced = selected & (p < HW) & (partner >= 0)
     tl.store(mask_ptr + i * HW + p, replaced, mask=p < HW)
-    tl.store(lam_ptr + i, tl.sum(replaced.to(tl.int32), axis=0).to(tl.float32) / HW)
+    # div_rn: a correctly rounded division (Triton's `/` may be approximate), as torch does.
+    area = tl.sum(replaced.to(tl.int32), axis=0).to(tl.float32)
+    tl.store(lam_ptr + i, tl.math.div_rn(area, MAP_AREA))
 
 
 @triton.jit
@@ -273,7 +275,7 @@ def a_hard_mix_forward_triton(
         # Pointers the constexpr flags leave unread still need a tensor: pass an output.
         source, labels, lam if u is None else u, partners if negatives is None else negatives,
         partners, blocks, mask, lam,
-        n, h, w, hw, cols, rows * cols, num_blocks, grid[1], *source_strides,
+        n, h, w, hw, float(hw), cols, rows * cols, num_blocks, grid[1], *source_strides,
         BH=bh, BW=bw, FROM_PARTIALS=from_partials, HAS_NEGATIVES=negatives is not None,
         BLOCK_N=triton.next_power_of_2(n), BLOCK_B=triton.next_power_of_2(rows * cols),
         BLOCK_Q=triton.next_power_of_2(bh * bw), BLOCK_P=triton.next_power_of_2(hw),

@@ -24,6 +24,8 @@ import torch
 import triton
 import triton.language as tl
 
+from pmm_kernels.ops.reference import block_grid
+
 # Fixed tiles: the kernels are bandwidth-bound, and the Triton interpreter wants one config.
 _BLOCK_C = 32
 _MAX_BLOCK_HW = 256
@@ -246,7 +248,7 @@ def a_hard_mix_forward_triton(
     n, c, h, w = feat.shape
     hw = h * w
     bh, bw = block_size
-    rows, cols = -(-h // bh), -(-w // bw)
+    rows, cols = block_grid(h, w, block_size)
     grid, block_hw = _launch_grid(n, c, hw)
     device = feat.device
 

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from pmm_model.cli import int_at_least
 from pmm_model.data.datasets import ImageDataset, build_dataset, dataset_names
 from pmm_model.data.transforms import build_transforms
 from pmm_model.evaluation import evaluate
@@ -40,20 +41,6 @@ def load_model_for_eval(path: str) -> tuple[nn.Module, dict[str, Any]]:
     return load_model(path, map_location="cpu")
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The CLI's argument parser."""
     parser = argparse.ArgumentParser(
@@ -68,9 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="average features with those of horizontally flipped images")
     parser.add_argument("--rerank", action="store_true",
                         help="k-reciprocal re-ranking (needs (Q+G)^2 memory)")
-    parser.add_argument("--batch-size", type=_positive_int, default=128,
+    parser.add_argument("--batch-size", type=int_at_least(1), default=128,
                         help="images per batch (default: %(default)s)")
-    parser.add_argument("--workers", type=_non_negative_int, default=4,
+    parser.add_argument("--workers", type=int_at_least(0), default=4,
                         help="loader processes (default: %(default)s)")
     parser.add_argument("--skip-bad-images", action="store_true",
                         help="drop images that cannot be decoded (named and counted in a "

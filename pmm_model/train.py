@@ -44,6 +44,7 @@ from pmm_model.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
+from pmm_model.cli import int_at_least
 from pmm_model.data.datasets import ImageDataset, build_dataset, dataset_names
 from pmm_model.data.sampler import PKSampler
 from pmm_model.data.transforms import build_transforms
@@ -114,19 +115,6 @@ _EPILOG = """examples:
   python -m pmm_model.train --data market1501 --root /data --pretrained imagenet
   python -m pmm_model.train --resume runs/pmm-market1501/checkpoint.pt
 """
-
-
-def _int_at_least(low: int):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
-        return value
-
-    return parse
 
 
 def _positive_float(text: str) -> float:
@@ -211,14 +199,14 @@ def build_parser(defaults: bool = True) -> argparse.ArgumentParser:
     data.add_argument("--data", choices=dataset_names(), help="dataset (default: %(default)s)")
     data.add_argument("--root", help="dataset root (synthetic: cache folder, optional)")
     data.add_argument(
-        "--height", type=_int_at_least(16), help="input height (default: %(default)s)"
+        "--height", type=int_at_least(16), help="input height (default: %(default)s)"
     )
-    data.add_argument("--width", type=_int_at_least(8), help="input width (default: %(default)s)")
+    data.add_argument("--width", type=int_at_least(8), help="input width (default: %(default)s)")
     data.add_argument(
-        "--p", type=_int_at_least(2), help="identities per batch, >= 2 (default: %(default)s)"
+        "--p", type=int_at_least(2), help="identities per batch, >= 2 (default: %(default)s)"
     )
     data.add_argument(
-        "--k", type=_int_at_least(1), help="images per identity (default: %(default)s)"
+        "--k", type=int_at_least(1), help="images per identity (default: %(default)s)"
     )
     data.add_argument(
         "--cutout", action=argparse.BooleanOptionalAction, help="Cutout, p=0.5 (default: on)"
@@ -233,7 +221,7 @@ def build_parser(defaults: bool = True) -> argparse.ArgumentParser:
         "stopping at the first one",
     )
     data.add_argument(
-        "--workers", type=_int_at_least(0), help="loader processes (default: %(default)s)"
+        "--workers", type=int_at_least(0), help="loader processes (default: %(default)s)"
     )
     model = parser.add_argument_group("model")
     model.add_argument("--model", choices=sorted(MODELS), help="network (default: %(default)s)")
@@ -245,26 +233,26 @@ def build_parser(defaults: bool = True) -> argparse.ArgumentParser:
     )
     model.add_argument(
         "--feature-dim",
-        type=_int_at_least(1),
+        type=int_at_least(1),
         help="PMM embedding per stage (default: %(default)s)",
     )
     model.add_argument(
         "--block-size",
-        type=_int_at_least(1),
+        type=int_at_least(1),
         nargs=2,
         metavar=("BH", "BW"),
         help="PMM mixing block in feature cells (default: (3, 2) scaled from 384x128 to the input)",
     )
     model.add_argument(
         "--num-blocks",
-        type=_int_at_least(1),
+        type=int_at_least(1),
         help="PMM blocks mixed per stage (default: %(default)s)",
     )
     model.add_argument(
         "--cam", choices=CAM_MODES, help="PMM Grad-CAM weights (default: %(default)s)"
     )
     optim = parser.add_argument_group("optimisation")
-    optim.add_argument("--epochs", type=_int_at_least(1), help="(default: %(default)s)")
+    optim.add_argument("--epochs", type=int_at_least(1), help="(default: %(default)s)")
     optim.add_argument(
         "--lr",
         type=_positive_float,
@@ -273,7 +261,7 @@ def build_parser(defaults: bool = True) -> argparse.ArgumentParser:
     )
     optim.add_argument("--weight-decay", type=float, help="Adam (default: %(default)s)")
     optim.add_argument("--margin", type=_positive_float, help="triplet margin (default: soft)")
-    optim.add_argument("--seed", type=_int_at_least(0), help="(default: %(default)s)")
+    optim.add_argument("--seed", type=int_at_least(0), help="(default: %(default)s)")
     optim.add_argument(
         "--amp",
         choices=AMP_DTYPES,
@@ -283,7 +271,7 @@ def build_parser(defaults: bool = True) -> argparse.ArgumentParser:
     run.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     run.add_argument(
         "--eval-every",
-        type=_int_at_least(1),
+        type=int_at_least(1),
         help="evaluate and checkpoint every N epochs and at the end (default: %(default)s)",
     )
     run.add_argument("--output-dir", help="default: runs/<model>-<data>, or the --resume folder")

@@ -91,9 +91,9 @@ def test_model_compiled_by_inductor_matches_eager_for_given_partners():
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
-def test_hooked_model_compiles_and_follows_eager_draws(monkeypatch):
+@torch._inductor.config.patch(fallback_random=True)
+def test_hooked_model_compiles_and_follows_eager_draws():
     # fallback_random: compiled code draws from the eager generator, so partners match too.
-    monkeypatch.setattr(torch._inductor.config, "fallback_random", True)
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 1))
     hook = insert_feature_mix(net, "1", FeatureMix("hard_mix", grid=(4, 2)))

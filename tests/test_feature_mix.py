@@ -33,19 +33,19 @@ def check_mode(feat, labels, attn, *, mode, seed=0, negatives=None, **options):
                             **options)
     expected = oracle_mix(feat, labels, attn, mode=mode, seed=seed, negatives=negatives,
                           **options)
-    assert out.dtype == feat.dtype and out.shape == feat.shape
-    assert torch.equal(out.detach(), expected.out)
+    assert out.dtype == feat.dtype and out.shape == feat.shape and out.device == feat.device
+    assert torch.equal(out.detach().cpu(), expected.out)
     assert info.negatives.tolist() == expected.negatives
     assert info.blocks.tolist() == expected.blocks
-    assert torch.equal(info.mask, expected.mask)
-    assert torch.equal(info.lam, expected.lam)
+    assert torch.equal(info.mask.cpu(), expected.mask)
+    assert torch.equal(info.lam.cpu(), expected.lam)
     assert info.negatives.dtype == info.blocks.dtype == torch.int64
     assert info.blocks.is_contiguous()
 
     grad_out = torch.randn(feat.shape, generator=torch.Generator().manual_seed(seed + 1))
     grad_out = grad_out.to(feat.dtype)
-    (grad,) = torch.autograd.grad(out, feat, grad_out)
-    assert torch.equal(grad, oracle_backward(grad_out, expected.negatives, expected.mask))
+    (grad,) = torch.autograd.grad(out, feat, grad_out.to(feat.device))
+    assert torch.equal(grad.cpu(), oracle_backward(grad_out, expected.negatives, expected.mask))
     return out, info
 
 
@@ -86,12 +86,13 @@ def test_batch_drop_matches_its_oracle(shape, ratios):
 @pytest.mark.parametrize("mode", list(MODES))
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32, torch.float64])
-def test_every_mode_dtype_and_layout(mode, layout, dtype):
+def test_every_mode_dtype_and_layout(mode, layout, dtype, device):
     shape = (6, 10, 11, 7)
-    feat = make_feat(shape, dtype=dtype, layout=layout, seed=3)
-    labels = torch.tensor([0, 0, 1, 1, 2, 2])
-    out, _ = check_mode(feat, labels, make_attn(mode, shape, "weights", 3), mode=mode, seed=4,
-                        block_size=(3, 2), num_blocks=4)
+    feat = make_feat(shape, dtype=dtype, layout=layout, seed=3, device=device)
+    labels = torch.tensor([0, 0, 1, 1, 2, 2], device=device)
+    attn = make_attn(mode, shape, "weights", 3)
+    out, _ = check_mode(feat, labels, None if attn is None else attn.to(device), mode=mode,
+                        seed=4, block_size=(3, 2), num_blocks=4)
     if layout == "channels_last":
         assert out.is_contiguous(memory_format=torch.channels_last)
 

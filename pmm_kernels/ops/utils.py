@@ -43,7 +43,9 @@ def batch_drop_size(height: int, width: int, h_ratio: float, w_ratio: float) -> 
     return max(1, round(h_ratio * height)), max(1, round(w_ratio * width))
 
 
-def batch_drop_corner(u: torch.Tensor, height: int, width: int, size: tuple[int, int]):
+def batch_drop_corner(
+    u: torch.Tensor, height: int, width: int, size: tuple[int, int]
+) -> torch.Tensor:
     """Top-left cell ``(floor(u0 * (H - rh + 1)), floor(u1 * (W - rw + 1)))`` as (2,) int64.
 
     The product is formed in float64, where a float32 ``u`` times a small integer is exact, so

@@ -142,6 +142,11 @@ def _uniform(shape: tuple[int, ...], generator: torch.Generator | None, device: 
         # No generator keyword at all: torch.compile cannot trace ``generator=None`` with a
         # symbolic batch size.
         return torch.rand(shape, device=device)
+    if torch.compiler.is_compiling():
+        raise ValueError(
+            "generator: torch.compile cannot trace draws from a torch.Generator; pass "
+            "generator=None (build the layer without one) in compiled code"
+        )
     return torch.rand(shape, generator=generator, device=generator.device).to(device)
 
 

@@ -107,3 +107,10 @@ def test_hooked_model_compiles_and_follows_eager_draws():
     eager, eager_info, compiled, compiled_info = outputs
     assert all(torch.equal(a, b) for a, b in zip(eager_info, compiled_info, strict=True))
     torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-6)
+
+
+def test_a_generator_under_fullgraph_says_what_to_do():
+    mix = FeatureMix("cutmix", grid=(4, 2), generator=torch.Generator().manual_seed(0))
+    compiled = torch.compile(lambda x: mix(x), backend="aot_eager", fullgraph=True)
+    with pytest.raises(Exception, match="pass generator=None"):
+        compiled(torch.randn(4, 3, 8, 4))

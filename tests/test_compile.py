@@ -114,3 +114,30 @@ def test_a_generator_under_fullgraph_says_what_to_do():
     compiled = torch.compile(lambda x: mix(x), backend="aot_eager", fullgraph=True)
     with pytest.raises(Exception, match="pass generator=None"):
         compiled(torch.randn(4, 3, 8, 4))
+
+
+@pytest.mark.parametrize("mode", list(pmm_kernels.MODES))
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_fake_implementations_match_the_real_outputs(mode, layout, monkeypatch):
+    # opcheck compares shapes, strides and dtypes of the fake and the real outputs, as inductor
+    # does; the op's arguments are captured from a real call of every mode.
+    calls = []
+    real = pmm_kernels.ops.feature_mix.feature_mix_forward
+
+    def capture(*args):
+        calls.append(args)
+        return real(*args)
+
+    monkeypatch.setattr(pmm_kernels.ops.feature_mix, "feature_mix_forward", capture)
+    feat = torch.randn(5, 3, 7, 5)
+    if layout == "channels_last":
+        feat = feat.contiguous(memory_format=torch.channels_last)
+    attn = torch.rand(5, 3) if pmm_kernels.MODES[mode].cells == "salient" else None
+    out, info = pmm_kernels.feature_mix(feat.requires_grad_(), torch.tensor([0, 1, 0, 2, 2]),
+                                        attn, mode=mode, block_size=(2, 2), num_blocks=4)
+    (args,) = calls
+    torch.library.opcheck(real, args, test_utils=("test_schema", "test_faketensor"))
+    backward_args = (torch.randn_like(out), *info[:3], 2, 2, mode not in ("cutout", "batch_drop"),
+                     False)
+    torch.library.opcheck(pmm_kernels.ops.feature_mix.feature_mix_backward, backward_args,
+                          test_utils=("test_schema", "test_faketensor"))

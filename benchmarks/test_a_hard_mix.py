@@ -16,9 +16,9 @@ from collections.abc import Callable
 import pytest
 import torch
 
-from benchmarks.authors_ops import authors_a_hard_mix, authors_mix
 from pmm_kernels import a_hard_mix
 from pmm_kernels.ops import reference
+from pmm_kernels.testing.authors_ops import authors_a_hard_mix, authors_mix
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 ON_GPU = DEVICE.type == "cuda"

@@ -1,12 +1,35 @@
-"""pmm_kernels: fused Attentive feature Hard-Mix (A-Hard-Mix) for person re-identification.
+"""pmm_kernels: the PMM paper's feature-mix family (A-Hard-Mix and its ablation modes) on one core.
 
 Example:
     >>> import torch, pmm_kernels
     >>> feat = torch.randn(4, 16, 24, 8)
     >>> out = pmm_kernels.a_hard_mix(feat, torch.rand(4, 16), torch.tensor([0, 0, 1, 1]))
+    >>> out, info = pmm_kernels.feature_mix(feat, None, mode="cutout")
 """
 
-from pmm_kernels.functional import BACKENDS, MixInfo, a_hard_mix, saliency
-from pmm_kernels.modules import AHardMix
+from pmm_kernels.functional import (
+    BACKENDS,
+    MODES,
+    MixInfo,
+    MixMode,
+    a_hard_mix,
+    feature_mix,
+    mixed_targets,
+    saliency,
+)
+from pmm_kernels.modules import AHardMix, FeatureMix, FeatureMixHook, insert_feature_mix
 
-__all__ = ["BACKENDS", "AHardMix", "MixInfo", "a_hard_mix", "saliency"]
+__all__ = [
+    "BACKENDS",
+    "MODES",
+    "AHardMix",
+    "FeatureMix",
+    "FeatureMixHook",
+    "MixInfo",
+    "MixMode",
+    "a_hard_mix",
+    "feature_mix",
+    "insert_feature_mix",
+    "mixed_targets",
+    "saliency",
+]

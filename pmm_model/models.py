@@ -35,6 +35,7 @@ import pmm_kernels
 __all__ = [
     "BACKBONES",
     "CAM_MODES",
+    "MIX_MODES",
     "MODELS",
     "BaselineNet",
     "PMMNet",
@@ -50,6 +51,9 @@ BACKBONES: dict[str, tuple[Callable[..., tvm.ResNet], tvm.WeightsEnum]] = {
     "resnet50": (tvm.resnet50, tvm.ResNet50_Weights.IMAGENET1K_V1),
 }
 CAM_MODES = ("fast", "paper")
+# PMMNet's stage-2/3 mixes: the feature-mix family, or "none" (stages 2 and 3 see x_part unmixed:
+# the "PMM without mixing" ablation).
+MIX_MODES = (*pmm_kernels.MODES, "none")
 
 
 @dataclass
@@ -61,12 +65,18 @@ class ReIDOutput:
             features; baseline: the pooled feature before its BN-neck).
         logits: ``(N, num_classes)`` identity logits for the cross-entropy loss.
         mix_info: the ``pmm_kernels.MixInfo`` of each mixing stage (PMM: stages 2 and 3;
-            baseline: empty), kept so callers can see which blocks were replaced.
+            baseline and ``mix="none"``: empty), kept so callers can see which blocks were
+            replaced.
+        label_mix: per stage, the ``MixInfo`` whose partners' labels that stage's
+            cross-entropy mixes in by area (``pmm_kernels.mixed_targets``), or None for the
+            plain labels; empty means plain labels everywhere (every mode but ``a_cutmix``
+            and ``cutmix``).
     """
 
     features: list[Tensor]
     logits: list[Tensor]
     mix_info: list[pmm_kernels.MixInfo] = field(default_factory=list)
+    label_mix: list[pmm_kernels.MixInfo | None] = field(default_factory=list)
 
 
 def _imagenet_state_dict(backbone: str) -> dict[str, Tensor]:
@@ -199,7 +209,8 @@ class PMMNet(nn.Module):
     ``x_part`` with the blocks that are most salient for stage 1 (Grad-CAM channel weights of
     ``x``) swapped in from a different identity; stage 3 sees the unmixed ``x_part`` mixed by
     the Grad-CAM saliency of the mixed stage-2 map. All mixing goes through
-    ``pmm_kernels.a_hard_mix``, each call drawing its own partners.
+    ``pmm_kernels.feature_mix``, each call drawing its own partners; ``mix`` picks the mode
+    (the paper's ablation), and the random modes skip Grad-CAM.
 
     Grad-CAM weights are ``d(sum_n logit[n, y_n]) / d(feature map)`` averaged over H and W.
     ``cam="fast"`` obtains them as ``g / (H*W)`` with ``g`` the gradient w.r.t. the pooled
@@ -216,8 +227,10 @@ class PMMNet(nn.Module):
         feature_dim: width of each stage's embedding (512 in the paper).
         block_size: ``(bh, bw)`` mixing block in feature-map cells; ``(3, 2)`` on the paper's
             24x8 map. Keep the 8x4 block grid for other inputs, e.g. ``(1, 1)`` at 128x64.
-        num_blocks: blocks replaced per sample and stage.
+        num_blocks: blocks replaced per sample and stage (not used by ``batch_drop``).
         cam: ``"fast"`` or ``"paper"`` (see above; both select the same blocks).
+        mix: a mode of ``pmm_kernels.MODES`` (default ``"a_hard_mix"``, the paper's PMM), or
+            ``"none"``: stages 2 and 3 see ``x_part`` unmixed (PMM without mixing).
 
     Training mode ``forward(images, labels)`` returns a :class:`ReIDOutput` with three
     ``(N, feature_dim)`` features, three logit tensors and the two ``MixInfo``; eval mode
@@ -233,10 +246,13 @@ class PMMNet(nn.Module):
         block_size: tuple[int, int] = (3, 2),
         num_blocks: int = 3,
         cam: str = "fast",
+        mix: str = "a_hard_mix",
     ) -> None:
         super().__init__()
         if cam not in CAM_MODES:
             raise ValueError(f"cam={cam!r} is not supported; valid: {', '.join(CAM_MODES)}")
+        if mix not in MIX_MODES:
+            raise ValueError(f"mix={mix!r} is not supported; valid: {', '.join(MIX_MODES)}")
         if not (
             len(tuple(block_size)) == 2
             and all(isinstance(b, int) and not isinstance(b, bool) and b > 0 for b in block_size)
@@ -249,6 +265,7 @@ class PMMNet(nn.Module):
         self.block_size = tuple(block_size)
         self.num_blocks = num_blocks
         self.cam = cam
+        self.mix = mix
         self.backbone, channels = build_backbone(backbone, pretrained)
         self.extra_block = Bottleneck(channels, channels // 4)
         for module in self.extra_block.modules():
@@ -269,14 +286,18 @@ class PMMNet(nn.Module):
         for linear in self.classifiers:
             _init_classifier(linear)
 
-    def _mix(self, feat: Tensor, attn: Tensor, labels: Tensor):
-        return pmm_kernels.a_hard_mix(
+    @property
+    def _attentive(self) -> bool:
+        return self.mix != "none" and pmm_kernels.MODES[self.mix].cells == "salient"
+
+    def _mix(self, feat: Tensor, saliency: Tensor | None, labels: Tensor):
+        return pmm_kernels.feature_mix(
             feat,
-            attn,
             labels,
+            saliency,
+            mode=self.mix,
             block_size=self.block_size,
             num_blocks=self.num_blocks,
-            return_info=True,
         )
 
     def _cam_weights(self, logits: Tensor, labels: Tensor, pooled: Tensor, fmap: Tensor) -> Tensor:
@@ -311,22 +332,39 @@ class PMMNet(nn.Module):
                 "torch.no_grad(), or call model.eval() for embeddings"
             )
         logits1 = self.classifiers[0](f1)
+        infos = []
 
         # Stage 2 ranks x_part's blocks by the Grad-CAM map of x, the map stage 1 classified.
-        weights1 = self._cam_weights(logits1, labels, pooled1, x)
-        mixed2, info2 = self._mix(x_part, pmm_kernels.saliency(x.detach(), weights1), labels)
+        mixed2 = x_part
+        if self.mix != "none":
+            saliency = None
+            if self._attentive:
+                weights1 = self._cam_weights(logits1, labels, pooled1, x)
+                saliency = pmm_kernels.saliency(x.detach(), weights1)
+            mixed2, info2 = self._mix(x_part, saliency, labels)
+            infos.append(info2)
         pooled2 = F.adaptive_max_pool2d(mixed2, 1)
         f2 = self.reduction2(pooled2.flatten(1))
         logits2 = self.classifiers[1](f2)
 
         # Stage 3 ranks blocks by the Grad-CAM map of the *mixed* stage-2 input but mixes the
         # unmixed x_part, so the two masks do not accumulate.
-        weights2 = self._cam_weights(logits2, labels, pooled2, mixed2)
-        mixed3, info3 = self._mix(x_part, pmm_kernels.saliency(mixed2.detach(), weights2), labels)
+        mixed3 = x_part
+        if self.mix != "none":
+            saliency = None
+            if self._attentive:
+                weights2 = self._cam_weights(logits2, labels, pooled2, mixed2)
+                saliency = pmm_kernels.saliency(mixed2.detach(), weights2)
+            mixed3, info3 = self._mix(x_part, saliency, labels)
+            infos.append(info3)
         f3 = self.reduction3(F.adaptive_max_pool2d(mixed3, 1).flatten(1))
         logits3 = self.classifiers[2](f3)
+        mixes_labels = self.mix != "none" and pmm_kernels.MODES[self.mix].mixes_labels
         return ReIDOutput(
-            features=[f1, f2, f3], logits=[logits1, logits2, logits3], mix_info=[info2, info3]
+            features=[f1, f2, f3],
+            logits=[logits1, logits2, logits3],
+            mix_info=infos,
+            label_mix=[None, *infos] if mixes_labels else [],
         )
 
 
@@ -341,7 +379,7 @@ def build_model(name: str, num_classes: int, **options) -> nn.Module:
         num_classes: number of training identities (>= 1).
         **options: keyword arguments of that class, e.g. ``backbone="resnet18"``,
             ``pretrained="imagenet"``; PMM also takes ``feature_dim``, ``block_size``,
-            ``num_blocks`` and ``cam``.
+            ``num_blocks``, ``cam`` and ``mix``.
 
     Returns:
         The network, in training mode.

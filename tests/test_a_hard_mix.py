@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import pmm_kernels
-from benchmarks.authors_ops import authors_a_hard_mix
 from pmm_kernels import AHardMix, MixInfo, a_hard_mix
+from pmm_kernels.testing.authors_ops import authors_a_hard_mix
 
 LAYOUTS = ("contiguous", "channels_last", "strided")
 

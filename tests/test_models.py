@@ -71,13 +71,13 @@ def test_one_step_lowers_the_loss(name):
 
 def test_model_mixes_through_the_op_twice_per_training_forward(monkeypatch):
     calls = []
-    real = pmm_kernels.a_hard_mix
+    real = pmm_kernels.feature_mix
 
     def spy(*args, **kwargs):
-        calls.append(args[1].shape)
+        calls.append(args[2].shape)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(pmm_kernels, "a_hard_mix", spy)
+    monkeypatch.setattr(pmm_kernels, "feature_mix", spy)
     model = build_model("pmm", 2, backbone="resnet18", **PMM_OPTIONS)
     model(_batch(), LABELS)
     # Both stages get an (N, H, W) Grad-CAM map: of x for stage 2, of the mixed map for stage 3.
@@ -96,13 +96,13 @@ def test_grad_cam_leaves_no_parameter_gradients(cam):
 
 def test_fast_and_paper_grad_cam_choose_the_same_blocks(monkeypatch):
     attns = []
-    real = pmm_kernels.a_hard_mix
+    real = pmm_kernels.feature_mix
 
-    def spy(feat, attn, labels, **kwargs):
+    def spy(feat, labels, attn, **kwargs):
         attns.append(attn)
-        return real(feat, attn, labels, **kwargs)
+        return real(feat, labels, attn, **kwargs)
 
-    monkeypatch.setattr(pmm_kernels, "a_hard_mix", spy)
+    monkeypatch.setattr(pmm_kernels, "feature_mix", spy)
     torch.manual_seed(0)
     model = build_model("pmm", 2, backbone="resnet18", **PMM_OPTIONS)
     infos = {}
@@ -125,6 +125,9 @@ def test_build_model_rejects_bad_names_and_options():
         build_model("bdb", 10)
     with pytest.raises(ValueError, match=r"backbone='resnet101'.*resnet18, resnet34, resnet50"):
         build_model("pmm", 10, backbone="resnet101")
+    with pytest.raises(ValueError, match=r"mix='mixup' is not supported; valid: a_hard_mix, "
+                       r"hard_mix, a_cutmix, cutmix, cutout, batch_drop, none"):
+        build_model("pmm", 10, backbone="resnet18", mix="mixup")
     with pytest.raises(ValueError, match="cam='grad'"):
         build_model("pmm", 10, backbone="resnet18", cam="grad")
     with pytest.raises(ValueError, match=r"block_size must be two positive ints, got \(3, 0\)"):
@@ -136,6 +139,29 @@ def test_build_model_rejects_bad_names_and_options():
         model(_batch())
     with torch.no_grad(), pytest.raises(RuntimeError, match="needs autograd"):
         model(_batch(), LABELS)
+
+
+@pytest.mark.parametrize("mix", [*pmm_kernels.MODES, "none"])
+def test_every_mix_mode_trains(mix):
+    torch.manual_seed(0)
+    model = build_model("pmm", 2, backbone="resnet18", mix=mix, **PMM_OPTIONS)
+    out = model(_batch(), LABELS)
+    total, _ = PMMLoss()(out, LABELS)
+    total.backward()
+    assert torch.isfinite(total)
+    assert len(out.mix_info) == (0 if mix == "none" else 2)
+    mixes_labels = mix != "none" and pmm_kernels.MODES[mix].mixes_labels
+    assert out.label_mix == ([None, *out.mix_info] if mixes_labels else [])
+    if mix != "none":
+        assert all(info.mask.any() for info in out.mix_info)
+
+
+def test_no_mix_gives_stages_2_and_3_the_same_map():
+    torch.manual_seed(0)
+    model = build_model("pmm", 2, backbone="resnet18", mix="none", **PMM_OPTIONS)
+    model.reduction3.load_state_dict(model.reduction2.state_dict())
+    out = model(_batch(), LABELS)
+    assert torch.equal(out.features[1], out.features[2])
 
 
 def test_pretrained_path_loads_torchvision_weights(tmp_path):

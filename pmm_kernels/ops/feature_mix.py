@@ -1,0 +1,144 @@
+"""The feature-mix family as two ``torch.library`` custom ops behind one autograd.Function.
+
+The custom ops (``pmm::feature_mix_forward`` and ``pmm::feature_mix_backward``) make the op opaque
+to ``torch.compile``: no graph break inside it, and fake implementations give the outputs' shapes
+and strides (the real outputs are allocated to match them). Each op runs either the Triton kernels
+or the PyTorch path, as the caller chose; :func:`_forward_triton` is the one place that picks the
+Triton launcher.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from pmm_kernels.ops import reference
+
+# Modes whose forward has Triton kernels today. The family's launcher
+# (``feature_mix_forward_triton``, same contract as ``reference.feature_mix_forward_torch``) lands
+# separately; wiring it means replacing the body of _forward_triton and listing every mode here.
+TRITON_MODES: tuple[str, ...] = ("a_hard_mix",)
+
+
+def _triton_module():
+    # Imported on first use: triton is absent on some platforms and the PyTorch path needs none.
+    from pmm_kernels.ops import a_hard_mix_triton
+
+    return a_hard_mix_triton
+
+
+def _forward_triton(feat, attn, keys, corner, labels, u, negatives, block_size, num_blocks,
+                    partner_rule):
+    """The Triton dispatch point of the forward pass."""
+    if attn is None or partner_rule != "different_label":
+        raise ValueError(
+            f"backend='triton' implements only the modes {TRITON_MODES} so far; "
+            "use backend='torch' (or 'auto') for the others"
+        )
+    return _triton_module().a_hard_mix_forward_triton(
+        feat, attn, labels, u, negatives, block_size, num_blocks
+    )
+
+
+def _forward_torch(feat, attn, keys, corner, labels, u, negatives, block_size, num_blocks,
+                   partner_rule):
+    if attn is not None and partner_rule == "different_label":
+        # a_hard_mix keeps its own entry point, with the Triton launcher's signature.
+        return reference.a_hard_mix_forward_torch(
+            feat, attn, labels, u, negatives, block_size, num_blocks
+        )
+    return reference.feature_mix_forward_torch(
+        feat, attn, keys, corner, labels, u, negatives, block_size, num_blocks, partner_rule
+    )
+
+
+@torch.library.custom_op("pmm::feature_mix_forward", mutates_args=())
+def feature_mix_forward(
+    feat: torch.Tensor,
+    attn: torch.Tensor | None,
+    keys: torch.Tensor | None,
+    corner: torch.Tensor | None,
+    labels: torch.Tensor,
+    u: torch.Tensor | None,
+    negatives: torch.Tensor | None,
+    block_h: int,
+    block_w: int,
+    num_blocks: int,
+    partner_rule: str,
+    use_triton: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Mixed features and ``(negatives, blocks, mask, lam)``; inputs are already validated.
+
+    See ``reference.feature_mix_forward_torch`` for the meaning of each argument.
+    """
+    forward = _forward_triton if use_triton else _forward_torch
+    return forward(feat, attn, keys, corner, labels, u, negatives, (block_h, block_w),
+                   num_blocks, partner_rule)
+
+
+@feature_mix_forward.register_fake
+def _(feat, attn, keys, corner, labels, u, negatives, block_h, block_w, num_blocks, partner_rule,
+      use_triton):
+    n, _, h, w = feat.shape
+    return (
+        torch.empty_like(feat, memory_format=torch.preserve_format),
+        feat.new_empty(n, dtype=torch.int64),
+        feat.new_empty(n, num_blocks, dtype=torch.int64),
+        feat.new_empty(n, h, w, dtype=torch.bool),
+        feat.new_empty(n, dtype=torch.float32),
+    )
+
+
+@torch.library.custom_op("pmm::feature_mix_backward", mutates_args=())
+def feature_mix_backward(
+    grad_out: torch.Tensor,
+    negatives: torch.Tensor,
+    blocks: torch.Tensor,
+    mask: torch.Tensor,
+    block_h: int,
+    block_w: int,
+    from_partner: bool,
+    use_triton: bool,
+) -> torch.Tensor:
+    """Gradient w.r.t. ``feat`` (SPEC section 2.5); ``from_partner`` False for the zeroing modes."""
+    if use_triton:
+        # Mode-independent: a zeroing mode's partners are all -1, so no cell has a taker.
+        return _triton_module().a_hard_mix_backward_triton(grad_out, negatives, mask)
+    if not from_partner:
+        return reference.zeroed_backward_torch(grad_out, mask)
+    return reference.a_hard_mix_backward_torch(
+        grad_out, negatives, blocks, mask, (block_h, block_w)
+    )
+
+
+@feature_mix_backward.register_fake
+def _(grad_out, negatives, blocks, mask, block_h, block_w, from_partner, use_triton):
+    return torch.empty_like(grad_out, memory_format=torch.preserve_format)
+
+
+class FeatureMixFunction(torch.autograd.Function):
+    """Forward mixes; backward routes each cell's gradient back to the sample it came from.
+
+    Only ``feat`` receives a gradient: every other input is a constant.
+    """
+
+    @staticmethod
+    def forward(ctx, feat, attn, keys, corner, labels, u, negatives, block_size, num_blocks,
+                partner_rule, use_triton):
+        out, partners, blocks, mask, lam = feature_mix_forward(
+            feat, attn, keys, corner, labels, u, negatives, *block_size, num_blocks,
+            partner_rule, use_triton,
+        )
+        ctx.save_for_backward(partners, blocks, mask)
+        ctx.block_size = block_size
+        ctx.from_partner = partner_rule != "none"
+        ctx.use_triton = use_triton
+        ctx.mark_non_differentiable(partners, blocks, mask, lam)
+        return out, partners, blocks, mask, lam
+
+    @staticmethod
+    def backward(ctx, grad_out, *_):
+        partners, blocks, mask = ctx.saved_tensors
+        grad_feat = feature_mix_backward(
+            grad_out, partners, blocks, mask, *ctx.block_size, ctx.from_partner, ctx.use_triton
+        )
+        return (grad_feat, *([None] * 10))

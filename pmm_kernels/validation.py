@@ -1,0 +1,114 @@
+"""Argument checks shared by the functional ops, the layers and the models.
+
+Each check raises a ``TypeError`` or ``ValueError`` that names the argument and what it got, and
+returns the value in its normalised form.
+"""
+
+from __future__ import annotations
+
+import torch
+
+FEATURE_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def describe(value: object) -> str:
+    """A short description of a value for error messages."""
+    if isinstance(value, torch.Tensor):
+        return f"a {value.dtype} tensor of shape {tuple(value.shape)} on {value.device}"
+    return f"{type(value).__name__} {value!r}"
+
+
+def check_tensor(name: str, value: object) -> torch.Tensor:
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {describe(value)}")
+    return value
+
+
+def check_feat(feat: object) -> torch.Tensor:
+    feat = check_tensor("feat", feat)
+    if feat.dim() != 4:
+        raise ValueError(f"feat must have shape (N, C, H, W), got {describe(feat)}")
+    if feat.dtype not in FEATURE_DTYPES:
+        raise TypeError(f"feat must be float16, bfloat16, float32 or float64, got {describe(feat)}")
+    if feat.numel() == 0:
+        raise ValueError(f"feat must not be empty, got {describe(feat)}")
+    return feat
+
+
+def check_weights(name: str, weights: object, feat: torch.Tensor) -> torch.Tensor:
+    weights = check_tensor(name, weights)
+    n, c = feat.shape[:2]
+    if weights.shape != (n, c) or not weights.is_floating_point():
+        raise ValueError(
+            f"{name} must be a floating (N, C) = ({n}, {c}) tensor of channel weights for feat "
+            f"of shape {tuple(feat.shape)}, got {describe(weights)}"
+        )
+    return weights
+
+
+def check_attn(attn: object, feat: torch.Tensor) -> torch.Tensor:
+    """(N, C) channel weights or an (N, H, W) saliency map."""
+    attn = check_tensor("attn", attn)
+    n, c, h, w = feat.shape
+    if attn.dim() == 2:
+        return check_weights("attn", attn, feat)
+    if attn.shape != (n, h, w) or not attn.is_floating_point():
+        raise ValueError(
+            f"attn must be floating (N, C) = ({n}, {c}) channel weights or an (N, H, W) = "
+            f"({n}, {h}, {w}) saliency map for feat of shape {tuple(feat.shape)}, "
+            f"got {describe(attn)}"
+        )
+    return attn
+
+
+def check_labels(name: str, value: object, n: int) -> torch.Tensor:
+    value = check_tensor(name, value)
+    if value.dtype.is_floating_point or value.dtype.is_complex or value.dtype == torch.bool:
+        raise TypeError(f"{name} must be an integer tensor, got {describe(value)}")
+    if value.shape != (n,):
+        raise ValueError(f"{name} must have shape (N,) = ({n},), got {describe(value)}")
+    return value
+
+
+def check_same_device(feat: torch.Tensor, **tensors: torch.Tensor | None) -> None:
+    for name, tensor in tensors.items():
+        if tensor is not None and tensor.device != feat.device:
+            raise ValueError(
+                f"{name} is on {tensor.device} but feat is on {feat.device}; "
+                "all tensors must be on one device"
+            )
+
+
+def check_positive_int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {describe(value)}")
+    return value
+
+
+def check_int_pair(name: str, value: object, what: str) -> tuple[int, int]:
+    """Two positive ints given as a tuple or list, e.g. ``block_size=(bh, bw)``."""
+    if (
+        not isinstance(value, tuple | list)
+        or len(value) != 2
+        or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in value)
+    ):
+        raise ValueError(f"{name} must be two positive ints {what}, got {value!r}")
+    return int(value[0]), int(value[1])
+
+
+def check_ratio(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 1:
+        raise ValueError(f"{name} must be a number in (0, 1], got {describe(value)}")
+    return float(value)
+
+
+def check_generator(generator: object) -> torch.Generator | None:
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {describe(generator)}")
+    return generator
+
+
+def check_choice(name: str, value: object, choices) -> str:
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
+    return value

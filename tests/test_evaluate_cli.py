@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 from torch import nn
 
-import pmm_model.evaluate as cli
+import pmm_model.cli.evaluate as cli
 
 COLORS = {1: (250, 0, 0), 2: (0, 250, 0), 3: (0, 0, 250)}
 

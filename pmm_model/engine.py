@@ -433,12 +433,12 @@ class Engine:
         if start_step == 0 and start_epoch > 0 and start_epoch not in evaluated and (
                 start_epoch % eval_every == 0 or start_epoch >= epochs):
             # The run stopped before this checkpoint's evaluation was recorded.
-            return self._finish(self._evaluate_and_record(start_epoch, 0.0), start_epoch)
+            evaluated[start_epoch] = self._evaluate_and_record(start_epoch, 0.0)
+        elif start_epoch >= epochs and start_step == 0 and dist.is_main:
+            logger.info("the run has trained %d epochs already (--epochs %d): nothing to do",
+                        start_epoch, epochs)
         if start_epoch >= epochs and start_step == 0:
-            if dist.is_main:
-                logger.info("the run has trained %d epochs already (--epochs %d): nothing to do",
-                            start_epoch, epochs)
-            return self._finish(evaluated[max(evaluated)], start_epoch)
+            return self._finish(evaluated[max(evaluated)])
         entry, train_seconds, epochs_timed = None, 0.0, 0
         for epoch in range(start_epoch, epochs):
             tic = time.perf_counter()
@@ -458,9 +458,9 @@ class Engine:
             if evaluate_now:
                 entry = self._evaluate_and_record(done, train_seconds / epochs_timed)
                 train_seconds, epochs_timed = 0.0, 0
-        return self._finish(entry, epochs)
+        return self._finish(entry)
 
-    def _finish(self, entry: dict[str, Any], epoch: int) -> dict[str, Any]:
+    def _finish(self, entry: dict[str, Any]) -> dict[str, Any]:
         if self.dist.is_main:
             print(f"rank-1: {100 * entry['rank1']:.1f}%  mAP: {100 * entry['mAP']:.1f}%")
         return entry

@@ -26,8 +26,7 @@ What a run guarantees:
   the log says so); resuming a finished run changes nothing.
 
 Example:
-    >>> from pmm_model.config import make_config
-    >>> metrics = run_training(make_config({"epochs": 1}, preset="demo"))  # doctest: +SKIP
+    >>> metrics = run_training({"epochs": 1}, preset="demo")  # doctest: +SKIP
     >>> sorted(metrics)  # doctest: +SKIP
     ['mAP', 'mINP', 'rank1', 'wall_seconds']
 """
@@ -50,8 +49,14 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from pmm_model.checkpoint import atomic_write, rng_state, save_checkpoint, set_rng_state
-from pmm_model.config import model_options
+from pmm_model.checkpoint import (
+    atomic_write,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from pmm_model.config import make_config, model_options, resume_config
 from pmm_model.data.datasets import ReIDDataset, build_dataset
 from pmm_model.data.loaders import build_test_loaders, build_train_loader
 from pmm_model.evaluation import evaluate
@@ -161,10 +166,10 @@ class Engine:
         overwrite: start over in an output folder that holds another run.
 
     Example:
-        >>> class WithLabelSmoothing(Engine):  # doctest: +SKIP
-        ...     def build_criterion(self):
-        ...         return PMMLoss(label_smoothing=0.1)
-        >>> WithLabelSmoothing(make_config(preset="demo")).run()  # doctest: +SKIP
+        >>> class WithSGD(Engine):  # doctest: +SKIP
+        ...     def build_optimizer(self, model):
+        ...         return torch.optim.SGD(model.parameters(), lr=self.config["lr"], momentum=0.9)
+        >>> WithSGD(make_config(preset="demo")).run()  # doctest: +SKIP
     """
 
     def __init__(self, config: dict[str, Any], checkpoint: dict[str, Any] | None = None,
@@ -175,8 +180,8 @@ class Engine:
         self.overwrite = overwrite
         self.dist = Distributed()
         self.device = torch.device("cpu")
-        self.model: nn.Module | None = None  # the bare network (no DDP / compile wrapper)
-        self.net: nn.Module | None = None  # what training calls: model, DDP and/or compiled
+        self.model: nn.Module | None = None  # the bare network (no DDP wrapper)
+        self.net: nn.Module | None = None  # what training calls: the model, or its DDP wrapper
         self.optimizer: torch.optim.Optimizer | None = None
         self.metrics: list[dict[str, Any]] = []
         self.folder: RunFolder | None = None
@@ -277,6 +282,9 @@ class Engine:
     def _setup(self) -> tuple[int, int]:
         """Build everything; returns the (epoch, global batches) the run starts from."""
         config, dist = self.config, self.dist
+        if config["sync_bn"] and dist.enabled and self.device.type != "cuda":
+            raise ValueError(f"--sync-bn needs CUDA devices (torch's SyncBatchNorm does not run "
+                             f"on {self.device.type}); drop it")
         if not dist.is_main:  # only rank 0 reports; keep the others' warnings off stderr
             logging.getLogger("pmm_model").addHandler(logging.NullHandler())
         data = self.build_data()
@@ -298,6 +306,11 @@ class Engine:
             model = model.to(memory_format=torch.channels_last)
         if config["sync_bn"] and dist.enabled:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        if config["compile"]:
+            # The trunk only: PMM's Grad-CAM differentiates tensors inside forward, which
+            # compiled graphs do not keep, and the trunk holds nearly all the compute.
+            # Module.compile keeps the state-dict keys.
+            getattr(model, "backbone", model).compile()
         self.model = model
         self.optimizer = self.build_optimizer(model)
         self.criterion = self.build_criterion()
@@ -315,7 +328,7 @@ class Engine:
         if dist.enabled:
             net = DistributedDataParallel(
                 model, device_ids=[self.device] if self.device.type == "cuda" else None)
-        self.net = torch.compile(net) if config["compile"] else net
+        self.net = net
         pin = self.device.type == "cuda"
         self.train_loader, self.sampler = build_train_loader(
             data.train, config, dist.rank, dist.world_size, pin)
@@ -505,30 +518,35 @@ class Engine:
         return total / max(steps, 1)
 
 
-def run_training(config: dict[str, Any], checkpoint: str | Path | None = None,
-                 overwrite: bool = False) -> dict[str, float]:
-    """Train one run without a command line; returns its final metrics.
+def run_training(options: dict[str, Any] | None = None, preset: str | None = None,
+                 resume: str | Path | None = None, overwrite: bool = False) -> dict[str, float]:
+    """Train one run without a command line (what ``python -m pmm_model.train`` does).
 
     Args:
-        config: a configuration from :func:`pmm_model.config.make_config` (for a resumed run:
-            :func:`~pmm_model.config.resume_config`).
-        checkpoint: continue this checkpoint (its folder's run, or into ``output_dir``).
+        options: configuration keys (:data:`pmm_model.config.DEFAULTS`) to set; with
+            ``resume`` only the runtime options (:data:`~pmm_model.config.RUNTIME_OPTIONS`)
+            take effect, others are logged and ignored.
+        preset: a key of :data:`pmm_model.config.PRESETS` whose values ``options`` override.
+        resume: continue this checkpoint (in its folder unless ``options["output_dir"]``).
         overwrite: start over in an output folder that holds another run.
 
     Returns:
         ``{"rank1", "mAP", "mINP"}`` of the last evaluation (fractions in [0, 1]) and
-        ``"wall_seconds"`` of this call.
+        ``"wall_seconds"``, the duration of this call.
 
     Raises:
+        ConfigError: a bad option (before any data is read).
         TrainingError, RunFolderError, ValueError, FileNotFoundError: see :meth:`Engine.run`.
 
     Example:
-        >>> from pmm_model.config import make_config
-        >>> config = make_config({"epochs": 2, "output_dir": "runs/a"}, preset="demo")
-        >>> run_training(config)["mAP"]  # doctest: +SKIP
-        0.41
+        >>> run_training({"epochs": 2, "output_dir": "runs/a"}, preset="demo")  # doctest: +SKIP
+        {'rank1': 0.52, 'mAP': 0.41, 'mINP': 0.17, 'wall_seconds': 61.3}
     """
-    from pmm_model.checkpoint import load_checkpoint
-
-    loaded = load_checkpoint(checkpoint) if checkpoint is not None else None
-    return Engine(config, loaded, checkpoint, overwrite).run()
+    options = dict(options or {})
+    if resume is None:
+        return Engine(make_config(options, preset), overwrite=overwrite).run()
+    checkpoint = load_checkpoint(resume)
+    config, notes = resume_config(dict(checkpoint["args"]), options, str(Path(resume).parent))
+    for note in notes:
+        logger.warning("%s", note)
+    return Engine(config, checkpoint, resume, overwrite).run()

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from pmm_model.checkpoint import load_checkpoint
-from pmm_model.cli import train
 from pmm_model.data.synthetic import ensure_synthetic
+from pmm_model.engine import run_training
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -52,11 +52,13 @@ def test_two_process_gloo_job_and_resume(tmp_path):
     # 6 ids x 4 images, P=2 x K=4: three global batches, so one step per rank and epoch.
     root = ensure_synthetic(tmp_path / "data", num_train_ids=6, num_test_ids=3, num_cameras=2,
                             images_per_id_per_camera=2, height=64, width=32, num_distractors=2)
-    options = ["--data", "folder", "--root", str(root), "--backbone", "resnet18",
-               "--height", "64", "--width", "32", "--ids-per-batch", "2", "--images-per-id", "4",
-               "--block-size", "1", "1", "--eval-every", "1", "--workers", "0", "--device", "cpu"]
+    # A 1-process run, through the plain-Python entry point.
     single = tmp_path / "single"
-    train.main([*options, "--epochs", "1", "--output-dir", str(single)])
+    result = run_training({"data": "folder", "root": str(root), "backbone": "resnet18",
+                           "height": 64, "width": 32, "p": 2, "k": 4, "block_size": [1, 1],
+                           "eval_every": 1, "workers": 0, "device": "cpu", "epochs": 1,
+                           "output_dir": str(single)})
+    assert set(result) == {"rank1", "mAP", "mINP", "wall_seconds"}
 
     # A 1-process checkpoint continued by 2 processes in a new folder.
     ddp = tmp_path / "ddp"

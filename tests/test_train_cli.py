@@ -237,7 +237,7 @@ def test_skip_bad_images_in_the_train_split_keeps_pk_batches(tiny_root, tmp_path
 
     monkeypatch.setattr(Engine, "forward_loss", record)
     train.main(_argv(root, tmp_path / "run", "--model", "baseline", "--epochs", "1",
-                     "--skip-bad-images"))
+                     "--skip-bad-images", "--channels-last"))
     assert len(batches) == 3
     for pids in batches:  # P=2 identities x K=4 images each
         assert len(set(pids)) == 2 and all(pids.count(p) == 4 for p in set(pids))

@@ -121,7 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     run = parser.add_argument_group("run")
     run.add_argument("--device", help="torch device (default: cuda if available, else cpu; "
                      "under torchrun cuda means the GPU of the local rank)")
-    run.add_argument("--compile", action="store_true", help="torch.compile the network")
+    run.add_argument("--compile", action="store_true",
+                     help="torch.compile the network's trunk (the ResNet)")
     run.add_argument("--channels-last", action="store_true",
                      help="channels_last memory format for the network and images")
     run.add_argument("--eval-every", type=int_at_least(1),

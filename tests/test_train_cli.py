@@ -41,7 +41,7 @@ def _argv(root, out, *extra):
     return [
         "--data", "folder", "--root", str(root), "--output-dir", str(out),
         "--backbone", "resnet18", "--height", "64", "--width", "32", "--ids-per-batch", "2",
-        "--images-per-id", "4", "--block-size", "1", "1", "--epochs", "3", "--eval-every", "1",
+        "--images-per-id", "4", "--block-size", "1", "1", "--epochs", "2", "--eval-every", "1",
         "--workers", "0", "--device", "cpu", "--seed", "3", *extra,
     ]  # fmt: skip
 
@@ -60,7 +60,7 @@ def _same_weights(a, b):
 
 @pytest.fixture(scope="module")
 def straight(tiny_root, tmp_path_factory):
-    """An uninterrupted 3-epoch PMM run: (final metrics, its folder)."""
+    """An uninterrupted 2-epoch PMM run: (final metrics, its folder)."""
     out = tmp_path_factory.mktemp("straight")
     return train.main(_argv(tiny_root, out)), out
 
@@ -92,10 +92,10 @@ def test_resume_continues_exactly(tiny_root, straight, tmp_path, monkeypatch, ca
     def interrupt(self):
         raise KeyboardInterrupt("simulated hard interruption")
 
-    _calls_after(monkeypatch, "_train_epoch", 3, interrupt)
+    _calls_after(monkeypatch, "_train_epoch", 2, interrupt)
     assert _exit_code(_argv(tiny_root, tmp_path)) == 130
     monkeypatch.undo()
-    assert load_checkpoint(tmp_path / "checkpoint.pt")["epoch"] == 2
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["epoch"] == 1
 
     resumed = train.main(["--resume", str(tmp_path / "checkpoint.pt")])
     metrics, straight_dir = straight
@@ -103,11 +103,11 @@ def test_resume_continues_exactly(tiny_root, straight, tmp_path, monkeypatch, ca
         k: metrics[k] for k in ("rank1", "mAP", "mINP")}
     a = load_checkpoint(tmp_path / "checkpoint.pt")
     b = load_checkpoint(straight_dir / "checkpoint.pt")
-    assert a["epoch"] == b["epoch"] == 3
+    assert a["epoch"] == b["epoch"] == 2
     _same_weights(a["model"], b["model"])
     assert a["optimizer"]["param_groups"] == b["optimizer"]["param_groups"]
     saved = json.loads((tmp_path / "metrics.json").read_text())
-    assert [m["epoch"] for m in saved] == [1, 2, 3]
+    assert [m["epoch"] for m in saved] == [1, 2]
     assert set(saved[0]) == {"epoch", "rank1", "mAP", "mINP", "seconds_per_epoch"}
     assert "resumed from" in (tmp_path / "train.log").read_text()
     assert "rank-1: " in capsys.readouterr().out
@@ -210,14 +210,15 @@ def test_failed_evaluation_keeps_the_checkpoint_and_resume_may_skip_bad_images(
 
 
 def test_epochs_changed_on_resume_rescale_the_schedule(straight, tmp_path):
-    # Case 8: a 3-epoch run continued to 4 epochs trains epoch 4 with the 4-epoch schedule.
+    # Case 8: a 2-epoch run continued to 3 epochs trains epoch 3 with the 3-epoch schedule.
     run = tmp_path / "run"
     shutil.copytree(straight[1], run)
-    train.main(["--resume", str(run / "checkpoint.pt"), "--epochs", "4"])
+    train.main(["--resume", str(run / "checkpoint.pt"), "--epochs", "3"])
     checkpoint = load_checkpoint(run / "checkpoint.pt")
-    assert checkpoint["epoch"] == 4
-    assert checkpoint["optimizer"]["param_groups"][0]["lr"] == pytest.approx(1e-3 * lr_factor(3, 4))
-    assert "--epochs 3 -> 4: the learning-rate schedule is rescaled to 4 epochs" in (
+    assert checkpoint["epoch"] == 3
+    assert checkpoint["optimizer"]["param_groups"][0]["lr"] == pytest.approx(1e-3 * lr_factor(2, 3))
+    assert lr_factor(2, 3) != lr_factor(2, 2)  # the old schedule would differ
+    assert "--epochs 2 -> 3: the learning-rate schedule is rescaled to 3 epochs" in (
         run / "train.log").read_text()
 
 

@@ -8,8 +8,10 @@ import contextlib
 import io
 import json
 import os
+import runpy
 import shutil
 import signal
+import sys
 
 import pytest
 import torch
@@ -372,3 +374,14 @@ def test_help_and_demo_preset(capsys):
     assert (config["backbone"], config["epochs"]) == ("resnet18", 2)  # flags override presets
     assert config["block_size"] == [1, 1]  # (3, 2) scaled from 384x128 to 128x64
     assert train.parse_args(["--height", "256"])[0]["block_size"] == [2, 2]
+
+
+@pytest.mark.parametrize("module", ["pmm_model.train", "pmm_model.cli.train"])
+def test_module_entry_points(module, monkeypatch, capsys):
+    # runpy runs the module as `python -m` would, without a second interpreter start-up.
+    monkeypatch.setattr(sys, "argv", [module, "--help"])
+    monkeypatch.delitem(sys.modules, module, raising=False)
+    with pytest.raises(SystemExit) as excinfo:
+        runpy.run_module(module, run_name="__main__")
+    assert excinfo.value.code == 0
+    assert "--ids-per-batch" in capsys.readouterr().out

@@ -47,6 +47,7 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from pmm_model.checkpoint import (
@@ -59,6 +60,7 @@ from pmm_model.checkpoint import (
 from pmm_model.config import make_config, model_options, resume_config
 from pmm_model.data.datasets import ReIDDataset, build_dataset
 from pmm_model.data.loaders import build_test_loaders, build_train_loader
+from pmm_model.data.sampler import PKSampler
 from pmm_model.evaluation import evaluate
 from pmm_model.losses import PMMLoss
 from pmm_model.models import build_model
@@ -183,6 +185,12 @@ class Engine:
         self.model: nn.Module | None = None  # the bare network (no DDP wrapper)
         self.net: nn.Module | None = None  # what training calls: the model, or its DDP wrapper
         self.optimizer: torch.optim.Optimizer | None = None
+        self.criterion: nn.Module | None = None
+        self.scaler: torch.amp.GradScaler | None = None
+        self.amp_dtype: torch.dtype | None = None
+        self.train_loader: DataLoader | None = None
+        self.sampler: PKSampler | None = None
+        self._test_loaders: tuple[DataLoader, DataLoader] | None = None  # rank 0 only
         self.metrics: list[dict[str, Any]] = []
         self.folder: RunFolder | None = None
         self._signals = _StopSignals()
@@ -280,7 +288,7 @@ class Engine:
         torch.manual_seed(seed)
 
     def _setup(self) -> tuple[int, int]:
-        """Build everything; returns the (epoch, global batches) the run starts from."""
+        """Build everything; returns the epoch and this rank's step the run starts from."""
         config, dist = self.config, self.dist
         if config["sync_bn"] and dist.enabled and self.device.type != "cuda":
             raise ValueError(f"--sync-bn needs CUDA devices (torch's SyncBatchNorm does not run "

@@ -12,6 +12,7 @@ Example:
 
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Any
 
@@ -20,7 +21,6 @@ from pmm_model.models import BACKBONES, CAM_MODES, MODELS
 
 __all__ = [
     "DEFAULTS",
-    "MODEL_OPTIONS",
     "PRESETS",
     "RUNTIME_OPTIONS",
     "ConfigError",
@@ -98,15 +98,6 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
 }
 
-# Keyword options of each network's class that a configuration carries, passed through to
-# build_model by model_options. A new network option (say PMMNet's ``mix``) needs an entry
-# here and in DEFAULTS, plus its flag in pmm_model/cli/train.py; checkpoints written before
-# it existed simply lack the key and get the class default.
-MODEL_OPTIONS: dict[str, tuple[str, ...]] = {
-    "baseline": ("backbone", "pretrained"),
-    "pmm": ("backbone", "pretrained", "feature_dim", "block_size", "num_blocks", "cam"),
-}
-
 # Options that may differ on --resume without changing what is being trained (where and how
 # fast it runs, how often it is evaluated, how far it goes). Everything else comes from the
 # checkpoint. A changed ``epochs`` rescales the learning-rate schedule (see pmm_model.engine).
@@ -134,15 +125,20 @@ def feature_map_size(height: int, width: int) -> tuple[int, int]:
 def model_options(config: dict[str, Any]) -> dict[str, Any]:
     """The :func:`pmm_model.build_model` keyword options a configuration records.
 
-    Only the keys present are passed, so an option a checkpoint predates takes the class
-    default.
+    Every configuration key that names a parameter of the network's class is passed, unless
+    its value is None (the class default). So a new network option needs only its key in
+    :data:`DEFAULTS` (and a flag in :mod:`pmm_model.cli.train`), and a checkpoint written
+    before the option existed gets the class default.
 
     Example:
-        >>> model_options({"model": "baseline", "backbone": "resnet18", "pretrained": None})
-        {'backbone': 'resnet18', 'pretrained': None}
+        >>> model_options({"model": "baseline", "backbone": "resnet18", "pretrained": None,
+        ...                "cam": "fast"})
+        {'backbone': 'resnet18'}
     """
-    options = {key: config[key] for key in MODEL_OPTIONS[config["model"]] if key in config}
-    if options.get("block_size") is not None:
+    parameters = inspect.signature(MODELS[config["model"]]).parameters
+    options = {key: value for key, value in config.items()
+               if key in parameters and key != "num_classes" and value is not None}
+    if "block_size" in options:
         options["block_size"] = tuple(options["block_size"])
     return options
 

@@ -9,6 +9,10 @@ small head, w.r.t. the pooled vector. Both select the same blocks (tests/test_mo
 
 CPU: resnet18, batch 16 (4 ids x 4) at 128x64. CUDA: the paper's resnet50, batch 64 at 384x128,
 bf16 autocast.
+
+``test_pmm_train_step_switches`` times the training CLI's two speed switches on the fast step:
+``--channels-last`` (network and images in channels_last) and ``--compile`` (torch.compile of
+the network's trunk, timed after its compilation in the warm-up rounds).
 """
 
 from __future__ import annotations
@@ -25,19 +29,22 @@ DEVICE = torch.device("cuda" if ON_GPU else "cpu")
 CONFIG = ("resnet50", 64, 384, 128, (3, 2)) if ON_GPU else ("resnet18", 16, 128, 64, (1, 1))
 
 
-@pytest.mark.parametrize("cam", ["fast", "paper"])
-def test_pmm_train_step(benchmark, cam):
+def _step(cam: str, channels_last: bool = False, compile: bool = False):
+    """A closure running one training step of the benchmark's configuration."""
     backbone, batch, height, width, block_size = CONFIG
-    benchmark.group = f"pmm train step: {backbone}, batch {batch}, {height}x{width}, {DEVICE.type}"
-    benchmark.extra_info.update(cam=cam, backbone=backbone, batch=batch, input=[height, width])
     torch.manual_seed(0)
     num_ids = batch // 4
     model = build_model("pmm", num_ids, backbone=backbone, block_size=block_size, cam=cam).to(
         DEVICE
     )
+    images = torch.randn(batch, 3, height, width, device=DEVICE)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        images = images.contiguous(memory_format=torch.channels_last)
+    if compile:
+        model.backbone.compile()  # what --compile does (pmm_model.engine)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, weight_decay=5e-4)
     criterion = PMMLoss()
-    images = torch.randn(batch, 3, height, width, device=DEVICE)
     labels = torch.arange(num_ids, device=DEVICE).repeat_interleave(4)
 
     def step():
@@ -49,4 +56,26 @@ def test_pmm_train_step(benchmark, cam):
         if ON_GPU:
             torch.cuda.synchronize()
 
-    benchmark.pedantic(step, warmup_rounds=1, rounds=5 if ON_GPU else 3, iterations=1)
+    return step
+
+
+def _group(what: str) -> str:
+    backbone, batch, height, width, _ = CONFIG
+    return f"{what}: {backbone}, batch {batch}, {height}x{width}, {DEVICE.type}"
+
+
+@pytest.mark.parametrize("cam", ["fast", "paper"])
+def test_pmm_train_step(benchmark, cam):
+    benchmark.group = _group("pmm train step")
+    backbone, batch, height, width, _ = CONFIG
+    benchmark.extra_info.update(cam=cam, backbone=backbone, batch=batch, input=[height, width])
+    benchmark.pedantic(_step(cam), warmup_rounds=1, rounds=5 if ON_GPU else 3, iterations=1)
+
+
+@pytest.mark.parametrize("switch", ["eager", "channels_last", "compile"])
+def test_pmm_train_step_switches(benchmark, switch):
+    benchmark.group = _group("pmm train step, --channels-last / --compile")
+    benchmark.extra_info.update(switch=switch)
+    step = _step("fast", channels_last=switch == "channels_last", compile=switch == "compile")
+    # Two warm-up rounds: torch.compile compiles on the first call (and may recompile once).
+    benchmark.pedantic(step, warmup_rounds=2, rounds=5 if ON_GPU else 3, iterations=1)

@@ -1,10 +1,12 @@
 """Training checkpoints: atomic save, RNG capture, and rebuilding a model from a checkpoint.
 
 A checkpoint is a dict that ``torch.load(..., weights_only=True)`` can read (no pickled
-objects): ``model``, ``optimizer``, ``scheduler`` and ``scaler`` state dicts, ``epoch`` (epochs
-completed), ``rng`` (:func:`rng_state`), ``metrics`` (the evaluations so far) and ``args``
-(the training options, including ``model``, ``backbone``, ``num_classes``, ``height`` and
-``width``).
+objects): ``model`` (the bare network's state dict: no DDP or torch.compile prefixes),
+``optimizer`` and ``scaler`` state dicts, ``epoch`` (epochs completed), ``batches`` (global
+batches of epoch ``epoch + 1`` already trained: nonzero only for a checkpoint written on a
+signal), ``rng`` (:func:`rng_state` of every rank, in rank order), ``metrics`` (the evaluations
+so far) and ``args`` (the training configuration, see :mod:`pmm_model.config`, including
+``model``, ``backbone``, ``num_classes``, ``height`` and ``width``).
 
 Example:
     >>> model, args = load_model("runs/pmm-synthetic/checkpoint.pt")  # doctest: +SKIP
@@ -25,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from pmm_model.config import model_options
 from pmm_model.models import build_model
 
 __all__ = [
@@ -32,36 +35,13 @@ __all__ = [
     "load_checkpoint",
     "load_model",
     "model_options",
+    "remove_temp_files",
     "rng_state",
     "save_checkpoint",
     "set_rng_state",
 ]
 
 REQUIRED_ARGS = ("model", "backbone", "num_classes", "height", "width")
-
-
-def model_options(args: dict[str, Any]) -> dict[str, Any]:
-    """The :func:`pmm_model.build_model` keyword options recorded in a training-args dict.
-
-    Args:
-        args: training options (``vars()`` of the CLI namespace plus ``num_classes``).
-
-    Returns:
-        Options for ``build_model(args["model"], args["num_classes"], **options)``.
-
-    Example:
-        >>> model_options({"model": "baseline", "backbone": "resnet18", "pretrained": None})
-        {'backbone': 'resnet18', 'pretrained': None}
-    """
-    options = {"backbone": args["backbone"], "pretrained": args.get("pretrained")}
-    if args["model"] == "pmm":
-        options.update(
-            feature_dim=args["feature_dim"],
-            block_size=tuple(args["block_size"]),
-            num_blocks=args["num_blocks"],
-            cam=args["cam"],
-        )
-    return options
 
 
 def rng_state() -> dict[str, Any]:
@@ -103,8 +83,10 @@ def set_rng_state(state: dict[str, Any]) -> None:
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> None:
     """Call ``write`` on a temporary file beside ``path``, then move it into place.
 
-    ``os.replace`` is atomic: an interrupted write leaves the previous file intact and no
-    temporary file behind.
+    The data is fsynced before ``os.replace`` (atomic) and the folder after it, so after an
+    exception, a signal or a power cut ``path`` holds either the previous or the new file,
+    complete. An exception removes the temporary file; a process killed mid-write leaves it
+    (``.<name>.*.tmp``) for :func:`remove_temp_files`.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -112,10 +94,29 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) ->
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
+
+
+def remove_temp_files(folder: str | os.PathLike, name: str) -> list[Path]:
+    """Remove the temporary files a killed :func:`atomic_write` of ``folder/name`` left.
+
+    Call it only while no other process writes there (the training run holds a lock).
+    Returns the removed paths.
+    """
+    removed = sorted(Path(folder).glob(f".{name}.*.tmp"))
+    for tmp in removed:
+        tmp.unlink(missing_ok=True)
+    return removed
 
 
 def save_checkpoint(path: str | os.PathLike, checkpoint: dict[str, Any]) -> None:
@@ -128,11 +129,21 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
 
     Raises:
         FileNotFoundError: no file at ``path``.
-        ValueError: the file is not such a checkpoint (e.g. a bare state dict).
+        ValueError: the file is not such a checkpoint (a bare state dict, an empty, truncated
+            or text file).
     """
     if not Path(path).is_file():
         raise FileNotFoundError(f"checkpoint {str(path)!r}: no such file")
-    checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # torch.load fails on junk in many ways (EOFError, IndexError, ...)
+        detail = type(err).__name__
+        if str(err).strip():
+            detail += f": {str(err).strip().splitlines()[0][:200]}"
+        raise ValueError(
+            f"checkpoint {str(path)!r} cannot be read ({detail}); it is empty, truncated or "
+            "not a checkpoint"
+        ) from None
     if not isinstance(checkpoint, dict) or not {"model", "args"} <= checkpoint.keys():
         raise ValueError(
             f"checkpoint {str(path)!r} is not a pmm_model training checkpoint "

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 from torch import nn
 
-import pmm_model.evaluate as cli
+import pmm_model.cli.evaluate as cli
 
 COLORS = {1: (250, 0, 0), 2: (0, 250, 0), 3: (0, 0, 250)}
 
@@ -85,7 +85,7 @@ def test_load_model_for_eval_uses_checkpoint_module(monkeypatch):
 def test_module_help(monkeypatch, capsys):
     # runpy runs the module as `python -m` would, without a second interpreter start-up.
     monkeypatch.setattr(sys, "argv", ["python -m pmm_model.evaluate", "--help"])
-    monkeypatch.delitem(sys.modules, "pmm_model.evaluate")  # as in a fresh interpreter
+    monkeypatch.delitem(sys.modules, "pmm_model.evaluate", raising=False)  # a fresh start
     with pytest.raises(SystemExit) as exit_info:
         runpy.run_module("pmm_model.evaluate", run_name="__main__")
     assert exit_info.value.code == 0

@@ -1,19 +1,32 @@
-"""Tests of the training CLI on a tiny synthetic set: outputs, exact resume, argument errors."""
+"""The training CLI on a tiny synthetic set: outputs, exact resume, and every fault case.
 
+Runs are tiny (resnet18 at 64x32, 6 ids, 3 steps of 8 images per epoch); the baseline network
+serves where the fault handling, not PMM, is under test.
+"""
+
+import contextlib
+import io
 import json
+import os
+import runpy
 import shutil
+import signal
+import sys
 
 import pytest
 import torch
+from torch.distributed.run import get_args_parser
 
-from pmm_model import train
 from pmm_model.checkpoint import load_checkpoint, load_model
+from pmm_model.cli import train
 from pmm_model.data.synthetic import ensure_synthetic
+from pmm_model.engine import Engine, lr_factor
+from pmm_model.run_folder import RunFolder
 
 
 @pytest.fixture(scope="module")
 def tiny_root(tmp_path_factory):
-    # 6 training ids x 2 cameras x 2 images: with --p 2 --k 4, three batches of 8 per epoch.
+    # 6 training ids x 2 cameras x 2 images: with P=2, K=4, three batches of 8 per epoch.
     return ensure_synthetic(
         tmp_path_factory.mktemp("data"),
         num_train_ids=6,
@@ -29,83 +42,290 @@ def tiny_root(tmp_path_factory):
 def _argv(root, out, *extra):
     return [
         "--data", "folder", "--root", str(root), "--output-dir", str(out),
-        "--backbone", "resnet18", "--height", "64", "--width", "32", "--p", "2", "--k", "4",
-        "--block-size", "1", "1", "--epochs", "3", "--eval-every", "1", "--workers", "0",
-        "--device", "cpu", "--seed", "3", *extra,
+        "--backbone", "resnet18", "--height", "64", "--width", "32", "--ids-per-batch", "2",
+        "--images-per-id", "4", "--block-size", "1", "1", "--epochs", "2", "--eval-every", "1",
+        "--workers", "0", "--device", "cpu", "--seed", "3", *extra,
     ]  # fmt: skip
 
 
+def _exit_code(argv):
+    with pytest.raises(SystemExit) as excinfo:
+        train.main(argv)
+    return excinfo.value.code
+
+
+def _same_weights(a, b):
+    assert a.keys() == b.keys()
+    for name, tensor in b.items():
+        assert torch.equal(a[name], tensor), name
+
+
+@pytest.fixture(scope="module")
+def straight(tiny_root, tmp_path_factory):
+    """An uninterrupted 2-epoch PMM run: (final metrics, its folder)."""
+    out = tmp_path_factory.mktemp("straight")
+    return train.main(_argv(tiny_root, out)), out
+
+
+def _calls_after(monkeypatch, method, n, action):
+    """Patch ``Engine.<method>`` to run ``action(self)`` before its ``n``-th call (1-based)."""
+    real = getattr(Engine, method)
+    calls = []
+
+    def patched(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == n:
+            action(self)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Engine, method, patched)
+    return calls
+
+
 def test_lr_schedule_is_the_papers_scaled_to_the_epochs():
-    paper = [train.lr_factor(e, 400) for e in range(400)]
+    paper = [lr_factor(e, 400) for e in range(400)]
     assert paper[:50] == [(e // 5 + 1) / 10 for e in range(50)]
     assert set(paper[50:200]) == {1.0} and set(paper[200:300]) == {0.1}
     assert set(paper[300:]) == {0.01}
-    assert [train.lr_factor(e, 8) for e in range(8)] == [0.1, 1, 1, 1, 0.1, 0.1, 0.01, 0.01]
+    assert [lr_factor(e, 8) for e in range(8)] == [0.1, 1, 1, 1, 0.1, 0.1, 0.01, 0.01]
 
 
-def test_resume_continues_exactly(tiny_root, tmp_path, monkeypatch, capsys):
-    real_epoch = train.train_one_epoch
-    calls = []
+def test_resume_continues_exactly(tiny_root, straight, tmp_path, monkeypatch, capsys):
+    def interrupt(self):
+        raise KeyboardInterrupt("simulated hard interruption")
 
-    def crash_in_third_epoch(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt("simulated interruption")
-        return real_epoch(*args, **kwargs)
+    _calls_after(monkeypatch, "_train_epoch", 2, interrupt)
+    assert _exit_code(_argv(tiny_root, tmp_path)) == 130
+    monkeypatch.undo()
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["epoch"] == 1
 
-    monkeypatch.setattr(train, "train_one_epoch", crash_in_third_epoch)
-    with pytest.raises(KeyboardInterrupt):
-        train.main(_argv(tiny_root, tmp_path / "interrupted"))
-    monkeypatch.setattr(train, "train_one_epoch", real_epoch)
-    assert load_checkpoint(tmp_path / "interrupted" / "checkpoint.pt")["epoch"] == 2
-
-    resumed = train.main(["--resume", str(tmp_path / "interrupted" / "checkpoint.pt")])
-    straight = train.main(_argv(tiny_root, tmp_path / "straight"))
-    assert resumed == straight
-    a = load_checkpoint(tmp_path / "interrupted" / "checkpoint.pt")
-    b = load_checkpoint(tmp_path / "straight" / "checkpoint.pt")
-    assert a["epoch"] == b["epoch"] == 3
-    for name, tensor in b["model"].items():
-        assert torch.equal(a["model"][name], tensor), name
+    resumed = train.main(["--resume", str(tmp_path / "checkpoint.pt")])
+    metrics, straight_dir = straight
+    assert {k: resumed[k] for k in ("rank1", "mAP", "mINP")} == {
+        k: metrics[k] for k in ("rank1", "mAP", "mINP")}
+    a = load_checkpoint(tmp_path / "checkpoint.pt")
+    b = load_checkpoint(straight_dir / "checkpoint.pt")
+    assert a["epoch"] == b["epoch"] == 2
+    _same_weights(a["model"], b["model"])
     assert a["optimizer"]["param_groups"] == b["optimizer"]["param_groups"]
-
-    metrics = json.loads((tmp_path / "interrupted" / "metrics.json").read_text())
-    assert [m["epoch"] for m in metrics] == [1, 2, 3]
-    assert set(metrics[0]) == {"epoch", "rank1", "mAP", "mINP", "seconds_per_epoch"}
-    assert "resumed from" in (tmp_path / "interrupted" / "train.log").read_text()
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert [m["epoch"] for m in saved] == [1, 2]
+    assert set(saved[0]) == {"epoch", "rank1", "mAP", "mINP", "seconds_per_epoch"}
+    assert "resumed from" in (tmp_path / "train.log").read_text()
     assert "rank-1: " in capsys.readouterr().out
 
 
-def test_checkpoint_rebuilds_the_model(tiny_root, tmp_path):
-    train.main(_argv(tiny_root, tmp_path, "--model", "baseline", "--epochs", "1"))
-    model, args = load_model(tmp_path / "checkpoint.pt")
-    assert {"model", "backbone", "num_classes", "height", "width"} <= args.keys()
-    assert (args["model"], args["backbone"], args["num_classes"]) == ("baseline", "resnet18", 6)
-    assert not model.training
-    with torch.no_grad():
-        assert model(torch.zeros(2, 3, args["height"], args["width"])).shape == (2, 512)
+def test_sigterm_checkpoints_the_step_and_resume_is_exact_with_workers(
+        tiny_root, straight, tmp_path, monkeypatch, capsys):
+    # Case 7: SIGTERM in the 2nd step of epoch 2 (the 5th step): finish it, checkpoint, exit.
+    _calls_after(monkeypatch, "forward_loss", 5,
+                 lambda self: os.kill(os.getpid(), signal.SIGTERM))
+    assert _exit_code(_argv(tiny_root, tmp_path)) == 128 + signal.SIGTERM
+    monkeypatch.undo()
+    checkpoint = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert (checkpoint["epoch"], checkpoint["batches"]) == (1, 2)
+    err = capsys.readouterr().err
+    assert "stopped by SIGTERM after epoch 2, global batch 2" in err
+    assert f"--resume {tmp_path / 'checkpoint.pt'}" in err
+    assert "stopped by SIGTERM" in (tmp_path / "train.log").read_text()
+    # The resumed run (now with 2 loader processes) finishes exactly as the straight one.
+    train.main(["--resume", str(tmp_path / "checkpoint.pt"), "--workers", "2"])
+    _same_weights(load_checkpoint(tmp_path / "checkpoint.pt")["model"],
+                  load_checkpoint(straight[1] / "checkpoint.pt")["model"])
+
+
+def test_ctrl_c_during_a_checkpoint_write_completes_it(tiny_root, tmp_path, monkeypatch):
+    # Case 7: SIGINT arriving while the checkpoint is written neither breaks the write nor
+    # leaves a temporary file; the run then stops (status 130) with a loadable checkpoint.
+    import pmm_model.engine as engine
+
+    real_save = engine.save_checkpoint
+
+    def save_interrupted(path, checkpoint):
+        def write_with_signal(f):
+            os.kill(os.getpid(), signal.SIGINT)
+            torch.save(checkpoint, f)
+
+        engine.atomic_write(path, write_with_signal)
+
+    monkeypatch.setattr(engine, "save_checkpoint", save_interrupted)
+    assert _exit_code(_argv(tiny_root, tmp_path, "--model", "baseline")) == 130
+    monkeypatch.setattr(engine, "save_checkpoint", real_save)
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["epoch"] == 1
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_leftover_temp_files_are_removed(tiny_root, straight, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(straight[1], run)
+    stale = run / ".checkpoint.pt.abc123.tmp"
+    stale.write_bytes(b"x" * 1000)  # what SIGKILL during a write leaves
+    train.main(["--resume", str(run / "checkpoint.pt")])
+    assert not stale.exists()
+    assert "removed 1 temporary files" in (run / "train.log").read_text()
+
+
+def test_resuming_a_finished_run_adds_nothing(straight, tmp_path):
+    # Case 5.
+    run = tmp_path / "run"
+    shutil.copytree(straight[1], run)
+    before = {name: (run / name).read_bytes() for name in ("checkpoint.pt", "metrics.json")}
+    for _ in range(2):
+        result = train.main(["--resume", str(run / "checkpoint.pt")])
+    assert result["rank1"] == straight[0]["rank1"]
+    for name, data in before.items():
+        assert (run / name).read_bytes() == data, name
+    assert "nothing to do" in (run / "train.log").read_text()
+
+
+@pytest.fixture(scope="module")
+def failed_evaluation(tiny_root, tmp_path_factory):
+    """A baseline run whose first evaluation fails on a truncated gallery image."""
+    base = tmp_path_factory.mktemp("failed_eval")
+    root = base / "data"
+    shutil.copytree(tiny_root, root)
+    corrupt = sorted((root / "bounding_box_test").glob("*.jpg"))[-1]
+    corrupt.write_bytes(corrupt.read_bytes()[:100])
+    out = base / "run"
+    argv = _argv(root, out, "--model", "baseline", "--epochs", "2")
+    err = io.StringIO()
+    with pytest.raises(SystemExit) as excinfo, contextlib.redirect_stderr(err):
+        train.main(argv)
+    return excinfo.value.code, err.getvalue(), out, corrupt
+
+
+def test_failed_evaluation_keeps_the_checkpoint_and_resume_may_skip_bad_images(
+        failed_evaluation):
+    # Cases 2 and 3: the epoch is saved before evaluation fails, and the message says so;
+    # --skip-bad-images may be added on resume, which evaluates that epoch, then continues.
+    code, err, out, corrupt = failed_evaluation
+    err = err.strip().splitlines()[-1]  # above it: the progress bar
+    assert code == 1 and err.startswith(
+        "python -m pmm_model.train: error: evaluation after epoch 1 failed (OSError: cannot read")
+    assert corrupt.name in err and f"--resume {out / 'checkpoint.pt'}" in err
+    assert load_checkpoint(out / "checkpoint.pt")["epoch"] == 1
+    assert not (out / "metrics.json").exists()
+    train.main(["--resume", str(out / "checkpoint.pt"), "--skip-bad-images"])
+    assert [m["epoch"] for m in json.loads((out / "metrics.json").read_text())] == [1, 2]
+    assert f"skipped 1 unreadable images: {corrupt}" in (out / "train.log").read_text()
+    assert load_checkpoint(out / "checkpoint.pt")["args"]["skip_bad_images"] is True
+
+
+def test_epochs_changed_on_resume_rescale_the_schedule(straight, tmp_path):
+    # Case 8: a 2-epoch run continued to 3 epochs trains epoch 3 with the 3-epoch schedule.
+    run = tmp_path / "run"
+    shutil.copytree(straight[1], run)
+    train.main(["--resume", str(run / "checkpoint.pt"), "--epochs", "3"])
+    checkpoint = load_checkpoint(run / "checkpoint.pt")
+    assert checkpoint["epoch"] == 3
+    assert checkpoint["optimizer"]["param_groups"][0]["lr"] == pytest.approx(1e-3 * lr_factor(2, 3))
+    assert lr_factor(2, 3) != lr_factor(2, 2)  # the old schedule would differ
+    assert "--epochs 2 -> 3: the learning-rate schedule is rescaled to 3 epochs" in (
+        run / "train.log").read_text()
+
+
+def test_skip_bad_images_in_the_train_split_keeps_pk_batches(tiny_root, tmp_path, monkeypatch):
+    # Case 1: a corrupt image and a directory named like an image in the train split.
+    root = tmp_path / "data"
+    shutil.copytree(tiny_root, root)
+    train_dir = root / "bounding_box_train"
+    sorted(train_dir.glob("*.jpg"))[0].write_bytes(b"not a jpeg")
+    (train_dir / "0099_c1s1_000001_01.jpg").symlink_to(root / "query", target_is_directory=True)
+    batches = []
+    real = Engine.forward_loss
+
+    def record(self, images, pids):
+        batches.append(sorted(pids.tolist()))
+        return real(self, images, pids)
+
+    monkeypatch.setattr(Engine, "forward_loss", record)
+    train.main(_argv(root, tmp_path / "run", "--model", "baseline", "--epochs", "1",
+                     "--skip-bad-images", "--channels-last"))
+    assert len(batches) == 3
+    for pids in batches:  # P=2 identities x K=4 images each
+        assert len(set(pids)) == 2 and all(pids.count(p) == 4 for p in set(pids))
+    assert "skipped 2 unreadable images" in (tmp_path / "run" / "train.log").read_text()
+
+
+def test_an_existing_run_folder_is_refused_unless_overwrite(tiny_root, straight, tmp_path,
+                                                            capsys):
+    # Case 4: refuse with both choices named; a second run on a locked folder fails at once.
+    before = (straight[1] / "metrics.json").read_bytes()
+    assert _exit_code(_argv(tiny_root, straight[1])) == 1
+    err = capsys.readouterr().err
+    assert "holds another run" in err and "--resume" in err and "--overwrite" in err
+    assert (straight[1] / "metrics.json").read_bytes() == before
+    with RunFolder(tmp_path / "busy", resuming=False):
+        assert _exit_code(_argv(tiny_root, tmp_path / "busy")) == 1
+    assert "in use by another run" in capsys.readouterr().err
+    run = tmp_path / "old"
+    run.mkdir()
+    for name in ("checkpoint.pt", "metrics.json", "train.log"):
+        (run / name).write_text("an older run")
+    train.main(_argv(tiny_root, run, "--model", "baseline", "--epochs", "1", "--overwrite"))
+    assert "an older run" not in (run / "train.log").read_text()
+    assert [m["epoch"] for m in json.loads((run / "metrics.json").read_text())] == [1]
+
+
+def test_non_finite_loss_stops_at_once_keeping_the_checkpoint(tiny_root, tmp_path,
+                                                              monkeypatch, capsys):
+    # Case 6: a NaN loss in epoch 2, step 2 stops the run before the step is applied.
+    real = Engine.forward_loss
+    calls = []
+
+    def diverge(self, images, pids):
+        calls.append(1)
+        loss = real(self, images, pids)
+        return loss * float("nan") if len(calls) == 5 else loss
+
+    monkeypatch.setattr(Engine, "forward_loss", diverge)
+    argv = _argv(tiny_root, tmp_path, "--model", "baseline", "--epochs", "2", "--eval-every", "5")
+    assert _exit_code(argv) == 1
+    err = capsys.readouterr().err
+    assert "loss is not finite" in err and "epoch 2, step 2/3" in err and "lower --lr" in err
+    assert len(calls) == 5
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["epoch"] == 1
 
 
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--p", "1"], "argument --p: must be >= 2, got 1"),
-        (["--k", "0"], "argument --k: must be >= 1, got 0"),
-        (["--p", "two"], "argument --p: expected an integer, got 'two'"),
+        (["--ids-per-batch", "1"], "argument --ids-per-batch: must be >= 2, got 1"),
+        (["--images-per-id", "0"], "argument --images-per-id: must be >= 1, got 0"),
+        (["--ids-per-batch", "two"], "argument --ids-per-batch: expected an integer, got 'two'"),
         (["--lr", "-1"], "argument --lr: must be > 0, got -1"),
+        (["--lr", "inf"], "argument --lr: must be a finite number, got inf"),
+        (["--weight-decay", "nan"], "argument --weight-decay: must be a finite number, got nan"),
+        (["--height", "16", "--width", "8"], "argument --num-blocks: must be <= 1"),
+        (["--block-size", "50", "50"], "argument --block-size: 50 50 does not fit the 24x8"),
+        (["--num-blocks", "100"], "argument --num-blocks: must be <= 32"),
         (["--model", "bdb"], "argument --model: invalid choice: 'bdb'"),
         (["--backbone", "resnet101"], "argument --backbone: invalid choice: 'resnet101'"),
         (["--data", "imagenet"], "argument --data: invalid choice: 'imagenet'"),
         (["--resume", "/no/such/checkpoint.pt"], "argument --resume: no such file"),
         (["--pretrained", "/no/such.pth"], "argument --pretrained: expected 'imagenet' or"),
+        (["--p", "4"], "unrecognized arguments: --p 4"),
         (["--device", "tpu:x"], "argument --device: not a torch device: 'tpu:x'"),
     ],
 )
 def test_bad_arguments_give_clear_errors(argv, message, capsys):
+    # Case 9: each fails in parsing, before any data is read.
     with pytest.raises(SystemExit) as excinfo:
         train.parse_args(argv)
     assert excinfo.value.code == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("content", [b"", b"this is a text file\n"])
+def test_resume_rejects_an_unreadable_checkpoint_in_one_line(content, tmp_path, capsys):
+    path = tmp_path / "checkpoint.pt"
+    path.write_bytes(content)
+    with pytest.raises(SystemExit):
+        train.parse_args(["--resume", str(path)])
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith(
+        f"python -m pmm_model.train: error: argument --resume: checkpoint '{path}' cannot be read")
 
 
 def test_resume_rejects_a_file_that_is_no_checkpoint(tmp_path, capsys):
@@ -116,25 +336,52 @@ def test_resume_rejects_a_file_that_is_no_checkpoint(tmp_path, capsys):
     assert "is not a pmm_model training checkpoint" in capsys.readouterr().err
 
 
+def test_an_unusable_output_folder_gives_one_line(tiny_root, tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    assert _exit_code(_argv(tiny_root, blocker / "run")) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("python -m pmm_model.train: error: cannot use output folder")
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_every_option_passes_through_torchrun():
+    # torchrun's own parser accepts abbreviations of its options: `--p` would be one.
+    options = [o for a in train.build_parser()._actions for o in a.option_strings
+               if o.startswith("--")]
+    assert len(options) > 30
+    for option in options:
+        args = get_args_parser().parse_args(["--nproc-per-node", "2", "-m", "pmm_model.train",
+                                             option, "1"])
+        assert args.training_script_args == [option, "1"], option
+
+
+def test_checkpoint_rebuilds_the_model(straight):
+    model, args = load_model(straight[1] / "checkpoint.pt")
+    assert {"model", "backbone", "num_classes", "height", "width"} <= args.keys()
+    assert (args["model"], args["backbone"], args["num_classes"]) == ("pmm", "resnet18", 6)
+    assert not model.training
+    with torch.no_grad():
+        assert model(torch.zeros(2, 3, args["height"], args["width"])).shape == (2, 1536)
+
+
 def test_help_and_demo_preset(capsys):
     with pytest.raises(SystemExit) as excinfo:
         train.parse_args(["--help"])
     assert excinfo.value.code == 0
     assert "--preset" in capsys.readouterr().out
-    args = train.parse_args(["--preset", "demo", "--epochs", "2"])
-    assert (args.backbone, args.epochs) == ("resnet18", 2)  # explicit flags override the preset
-    assert args.block_size == [1, 1]  # (3, 2) scaled from 384x128 to 64x32
-    assert train.parse_args(["--height", "256"]).block_size == [2, 2]
+    config, _ = train.parse_args(["--preset", "demo", "--epochs", "2"])
+    assert (config["backbone"], config["epochs"]) == ("resnet18", 2)  # flags override presets
+    assert config["block_size"] == [1, 1]  # (3, 2) scaled from 384x128 to 128x64
+    assert train.parse_args(["--height", "256"])[0]["block_size"] == [2, 2]
 
 
-def test_skip_bad_images_drops_and_logs_a_corrupt_file(tiny_root, tmp_path):
-    root = tmp_path / "data"
-    shutil.copytree(tiny_root, root)
-    corrupt = sorted((root / "bounding_box_test").glob("*.jpg"))[-1]
-    corrupt.write_bytes(b"not a jpeg")
-    argv = _argv(root, tmp_path / "run", "--epochs", "1")
-    with pytest.raises(OSError, match=corrupt.name):
-        train.main(argv)
-    train.main([*argv, "--skip-bad-images"])
-    log = (tmp_path / "run" / "train.log").read_text()
-    assert f"skipped 1 unreadable images: {corrupt}" in log
+@pytest.mark.parametrize("module", ["pmm_model.train", "pmm_model.cli.train"])
+def test_module_entry_points(module, monkeypatch, capsys):
+    # runpy runs the module as `python -m` would, without a second interpreter start-up.
+    monkeypatch.setattr(sys, "argv", [module, "--help"])
+    monkeypatch.delitem(sys.modules, module, raising=False)
+    with pytest.raises(SystemExit) as excinfo:
+        runpy.run_module(module, run_name="__main__")
+    assert excinfo.value.code == 0
+    assert "--ids-per-batch" in capsys.readouterr().out

@@ -1,4 +1,9 @@
-"""PK batch sampler: P identities x K images per batch, for the batch-hard triplet loss."""
+"""PK batch sampler: P identities x K images per batch, for the batch-hard triplet loss.
+
+With several processes (DDP) every rank draws the same seeded global order of batches and
+takes every ``num_replicas``-th one, so the ranks train on distinct batches that together are
+the one-process order.
+"""
 
 from __future__ import annotations
 
@@ -22,11 +27,16 @@ class PKSampler(Sampler[list[int]]):
     :meth:`set_epoch`, so a resumed run replays the same batches. Use it as a DataLoader's
     ``batch_sampler``.
 
+    Distributed: global batch ``j`` goes to rank ``j % num_replicas``; the global order is cut
+    to a multiple of ``num_replicas`` batches so every rank runs the same number of steps.
+
     Args:
         pids: identity label of each dataset index.
         p: identities per batch (>= 2, so every anchor has negatives).
         k: images per identity (>= 1).
         seed: base seed.
+        num_replicas: processes sharing the epoch (the DDP world size).
+        rank: this process's rank, in ``[0, num_replicas)``.
 
     Example:
         >>> sampler = PKSampler([0, 0, 1, 1, 1, 2, 2, 2], p=2, k=2, seed=0)
@@ -35,7 +45,8 @@ class PKSampler(Sampler[list[int]]):
         (True, True)
     """
 
-    def __init__(self, pids: Sequence[int], p: int, k: int, seed: int = 0) -> None:
+    def __init__(self, pids: Sequence[int], p: int, k: int, seed: int = 0,
+                 num_replicas: int = 1, rank: int = 0) -> None:
         if isinstance(p, bool) or not isinstance(p, int) or p < 2:
             raise ValueError(f"p must be an int >= 2, got {p!r}")
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
@@ -47,14 +58,25 @@ class PKSampler(Sampler[list[int]]):
             raise ValueError(
                 f"p={p} identities per batch but the data has only {len(self.index_by_pid)}"
             )
+        if isinstance(num_replicas, bool) or not isinstance(num_replicas, int) or num_replicas < 1:
+            raise ValueError(f"num_replicas must be an int >= 1, got {num_replicas!r}")
+        if not isinstance(rank, int) or not 0 <= rank < num_replicas:
+            raise ValueError(f"rank must be an int in [0, {num_replicas}), got {rank!r}")
         self.p, self.k, self.seed = p, k, seed
-        self.epoch = 0
+        self.num_replicas, self.rank = num_replicas, rank
+        self.epoch, self.start = 0, 0
+        if self.steps() == 0:
+            raise ValueError(
+                f"{len(self._global_batches())} batches of p={p} identities x k={k} images per "
+                f"epoch cannot be shared by {num_replicas} processes"
+            )
 
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch whose batch order the next iteration yields."""
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Select the epoch whose batches the next iteration yields, from this rank's step
+        ``start`` on (a run resumed within an epoch skips the steps it already took)."""
+        self.epoch, self.start = epoch, start
 
-    def _batches(self) -> list[list[int]]:
+    def _global_batches(self) -> list[list[int]]:
         rng = np.random.default_rng([self.seed, self.epoch])
         chunks: dict[int, list[list[int]]] = {}
         for pid, indices in sorted(self.index_by_pid.items()):
@@ -73,8 +95,20 @@ class PKSampler(Sampler[list[int]]):
             batches.append(batch)
         return batches
 
+    def steps(self) -> int:
+        """Batches per epoch for each rank (the whole epoch, whatever ``start`` is)."""
+        return len(self._global_batches()) // self.num_replicas
+
+    def indexed_batches(self) -> Iterator[tuple[int, list[int]]]:
+        """This rank's batches from step ``start``, each with its index in the global order."""
+        batches = self._global_batches()
+        for step in range(self.start, len(batches) // self.num_replicas):
+            index = step * self.num_replicas + self.rank
+            yield index, batches[index]
+
     def __iter__(self) -> Iterator[list[int]]:
-        yield from self._batches()
+        for _, batch in self.indexed_batches():
+            yield batch
 
     def __len__(self) -> int:
-        return len(self._batches())
+        return self.steps() - self.start

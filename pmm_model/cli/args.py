@@ -1,0 +1,69 @@
+"""Argument types shared by the training and evaluation CLIs (argparse ``type=`` callables).
+
+Each raises ``argparse.ArgumentTypeError`` with a message naming what it got, which argparse
+prints as ``argument --name: <message>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+__all__ = ["existing_file", "finite_float", "int_at_least", "pretrained_weights"]
+
+
+def int_at_least(low: int) -> Callable[[str], int]:
+    """An argparse ``type`` accepting integers >= ``low``, with a message naming the bound."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        return value
+
+    return parse
+
+
+def finite_float(low: float, inclusive: bool = False) -> Callable[[str], float]:
+    """An argparse ``type`` accepting finite numbers > ``low`` (>= with ``inclusive``).
+
+    Example:
+        >>> finite_float(0.0)("1e-3")
+        0.001
+    """
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+        if value < low or (value == low and not inclusive):
+            raise argparse.ArgumentTypeError(f"must be {'>=' if inclusive else '>'} {low:g}, "
+                                             f"got {text}")
+        return value
+
+    return parse
+
+
+def existing_file(text: str) -> str:
+    """An argparse ``type`` accepting the path of an existing file."""
+    if not Path(text).is_file():
+        raise argparse.ArgumentTypeError(f"no such file: {text!r}")
+    return text
+
+
+def pretrained_weights(text: str) -> str:
+    """``"imagenet"`` or the path of an existing state-dict file."""
+    if text != "imagenet" and not Path(text).is_file():
+        raise argparse.ArgumentTypeError(
+            f"expected 'imagenet' or the path of a torchvision ResNet state dict, got {text!r} "
+            "(no such file)"
+        )
+    return text

@@ -1,0 +1,213 @@
+"""Train a PMM or baseline re-identification network: ``python -m pmm_model.train``.
+
+Examples:
+    The small CPU demo (synthetic data, resnet18 at 128x64, about 3.5 minutes on 2 cores)::
+
+        python -m pmm_model.train --preset demo
+
+    The paper's setting on Market-1501, on one GPU or on 4 GPUs of one machine::
+
+        python -m pmm_model.train --data market1501 --root /data --pretrained imagenet
+        torchrun --standalone --nproc-per-node 4 -m pmm_model.train --data market1501 ...
+
+    Continue an interrupted or preempted run exactly where its last checkpoint left it::
+
+        python -m pmm_model.train --resume runs/pmm-market1501/checkpoint.pt
+
+Each run writes ``train.log``, ``metrics.json`` (one entry per evaluation) and
+``checkpoint.pt`` into ``--output-dir``. Exit status: 0 done, 2 bad arguments, 1 a failure
+(the message says what was saved), 128 + signal number when SIGTERM/SIGINT stopped the run
+after checkpointing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from pmm_model.checkpoint import load_checkpoint
+from pmm_model.cli.args import existing_file, finite_float, int_at_least, pretrained_weights
+from pmm_model.config import DEFAULTS, PRESETS, ConfigError, make_config, resume_config
+from pmm_model.data.datasets import dataset_names
+from pmm_model.engine import AMP_DTYPES, Engine, TrainingError, TrainingInterrupted
+from pmm_model.models import BACKBONES, CAM_MODES, MODELS
+from pmm_model.run_folder import RunFolderError
+from pmm_model.runtime import resolve_device
+
+__all__ = ["build_parser", "main", "parse_args"]
+
+PROG = "python -m pmm_model.train"
+
+_EPILOG = """examples:
+  python -m pmm_model.train --preset demo                 # CPU demo, synthetic data
+  python -m pmm_model.train --data market1501 --root /data --pretrained imagenet
+  torchrun --standalone --nproc-per-node 2 -m pmm_model.train --preset demo
+  python -m pmm_model.train --resume runs/pmm-market1501/checkpoint.pt
+"""
+
+
+def _default(key: str) -> str:
+    return f"(default: {DEFAULTS[key]})"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line parser; the namespace holds only the options given.
+
+    Every long option is spelled out in full, and none is a prefix of a ``torchrun`` option, so
+    ``torchrun ... -m pmm_model.train <options>`` passes them all through.
+    """
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Train a PMM or baseline re-identification network (one process, or one "
+        "per device under torchrun).",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        argument_default=argparse.SUPPRESS,
+        allow_abbrev=False,
+    )
+    demo = " ".join(f"{key}={value}" for key, value in PRESETS["demo"].items())
+    parser.add_argument("--preset", choices=sorted(PRESETS),
+                        help=f"named defaults that explicit options override; demo: {demo}")
+    data = parser.add_argument_group("data")
+    data.add_argument("--data", choices=dataset_names(), help=f"dataset {_default('data')}")
+    data.add_argument("--root", help="dataset root (synthetic: cache folder, optional)")
+    data.add_argument("--height", type=int_at_least(16), help=f"input height {_default('height')}")
+    data.add_argument("--width", type=int_at_least(8), help=f"input width {_default('width')}")
+    data.add_argument("--ids-per-batch", dest="p", type=int_at_least(2), metavar="P",
+                      help=f"identities per batch and process, >= 2 {_default('p')}")
+    data.add_argument("--images-per-id", dest="k", type=int_at_least(1), metavar="K",
+                      help=f"images per identity {_default('k')}")
+    data.add_argument("--cutout", action=argparse.BooleanOptionalAction,
+                      help="Cutout, p=0.5 (default: on)")
+    data.add_argument("--random-erasing", action="store_true",
+                      help="also torchvision RandomErasing")
+    data.add_argument("--skip-bad-images", action="store_true",
+                      help="drop images that cannot be decoded (named and counted in the log) "
+                      "instead of stopping at the first one")
+    data.add_argument("--workers", type=int_at_least(0),
+                      help=f"loader processes per training process {_default('workers')}")
+    model = parser.add_argument_group("model")
+    model.add_argument("--model", choices=sorted(MODELS), help=f"network {_default('model')}")
+    model.add_argument("--backbone", choices=sorted(BACKBONES),
+                       help=f"torchvision ResNet {_default('backbone')}")
+    model.add_argument("--pretrained", type=pretrained_weights,
+                       help="'imagenet' or a torchvision ResNet state dict")
+    model.add_argument("--feature-dim", type=int_at_least(1),
+                       help=f"PMM embedding per stage {_default('feature_dim')}")
+    model.add_argument("--block-size", type=int_at_least(1), nargs=2, metavar=("BH", "BW"),
+                       help="PMM mixing block in feature cells (default: (3, 2) scaled from "
+                       "384x128 to the input)")
+    model.add_argument("--num-blocks", type=int_at_least(1),
+                       help=f"PMM blocks mixed per stage {_default('num_blocks')}")
+    model.add_argument("--cam", choices=CAM_MODES,
+                       help=f"PMM Grad-CAM weights {_default('cam')}")
+    model.add_argument("--sync-bn", action="store_true",
+                       help="synchronise BatchNorm statistics across processes (DDP)")
+    optim = parser.add_argument_group("optimisation")
+    optim.add_argument("--epochs", type=int_at_least(1), help=_default("epochs"))
+    optim.add_argument("--lr", type=finite_float(0.0),
+                       help="base Adam lr, with the paper's warm-up and steps scaled to --epochs "
+                       f"{_default('lr')}")
+    optim.add_argument("--weight-decay", type=finite_float(0.0, inclusive=True),
+                       help=f"Adam {_default('weight_decay')}")
+    optim.add_argument("--margin", type=finite_float(0.0), help="triplet margin (default: soft)")
+    optim.add_argument("--seed", type=int_at_least(0), help=_default("seed"))
+    optim.add_argument("--amp", choices=AMP_DTYPES,
+                       help=f"autocast dtype on CUDA, off on CPU {_default('amp')}")
+    run = parser.add_argument_group("run")
+    run.add_argument("--device", help="torch device (default: cuda if available, else cpu; "
+                     "under torchrun cuda means the GPU of the local rank)")
+    run.add_argument("--compile", action="store_true",
+                     help="torch.compile the network's trunk (the ResNet)")
+    run.add_argument("--channels-last", action="store_true",
+                     help="channels_last memory format for the network and images")
+    run.add_argument("--eval-every", type=int_at_least(1),
+                     help=f"evaluate every N epochs and at the end {_default('eval_every')}")
+    run.add_argument("--checkpoint-every", type=int_at_least(1),
+                     help="checkpoint every N epochs, before every evaluation and at the end "
+                     f"{_default('checkpoint_every')}")
+    run.add_argument("--output-dir",
+                     help="default: runs/<model>-<data>, or the --resume checkpoint's folder")
+    run.add_argument("--resume", type=existing_file,
+                     help="checkpoint.pt to continue; only where/how-long options may change: "
+                     "--epochs (rescales the lr schedule), --eval-every, --checkpoint-every, "
+                     "--device, --workers, --output-dir, --root, --amp, --skip-bad-images, "
+                     "--compile, --channels-last, --sync-bn")
+    run.add_argument("--overwrite", action="store_true",
+                     help="start over in an --output-dir that holds another run, replacing it")
+    return parser
+
+
+def _config_error(parser: argparse.ArgumentParser, err: ConfigError) -> None:
+    if err.option is None:
+        parser.error(str(err))
+    parser.error(f"argument --{err.option.replace('_', '-')}: {err.reason}")
+
+
+def parse_args(argv: Sequence[str] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The configuration of the command line and how to start it.
+
+    Returns:
+        ``(config, start)``: ``start`` has ``checkpoint`` (loaded, or None),
+        ``checkpoint_path`` and ``overwrite``.
+
+    Bad values end the program with an argparse error (exit status 2) naming the option,
+    before any data is read.
+    """
+    parser = build_parser()
+    explicit = vars(parser.parse_args(argv))
+    preset = explicit.pop("preset", None)
+    resume = explicit.pop("resume", None)
+    overwrite = explicit.pop("overwrite", False)
+    checkpoint = None
+    try:
+        if resume is not None:
+            try:
+                checkpoint = load_checkpoint(resume)
+            except (ValueError, FileNotFoundError) as err:
+                parser.error(f"argument --resume: {err}")
+            config, notes = resume_config(dict(checkpoint["args"]), explicit,
+                                          str(Path(resume).parent))
+            for note in notes:
+                print(f"note: {note}", file=sys.stderr)
+        else:
+            config = make_config(explicit, preset)
+    except ConfigError as err:
+        _config_error(parser, err)
+    try:
+        resolve_device(config["device"])
+    except ValueError as err:
+        parser.error(f"argument --device: {err}")
+    return config, {"checkpoint": checkpoint, "checkpoint_path": resume, "overwrite": overwrite}
+
+
+def _fail(status: int, message: str) -> NoReturn:
+    # Every rank gets the same error; rank 0 reports it.
+    if os.environ.get("RANK", "0") == "0":
+        print(f"{PROG}: error: {message}", file=sys.stderr)
+    sys.exit(status)
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, float]:
+    """Run the CLI; returns the final ``{"rank1", "mAP", "mINP", "wall_seconds"}``.
+
+    Errors end the program: status 2 for arguments, 1 for a failed run,
+    128 + signal number for a run stopped (and checkpointed) by SIGTERM or SIGINT.
+    """
+    config, start = parse_args(argv)
+    try:
+        return Engine(config, **start).run()
+    except TrainingInterrupted as err:
+        _fail(128 + err.signum, str(err))
+    except (TrainingError, RunFolderError, ValueError, FileNotFoundError) as err:
+        _fail(1, str(err))
+    except KeyboardInterrupt:
+        _fail(128 + 2, "interrupted by a second Ctrl-C before checkpointing")
+
+
+if __name__ == "__main__":
+    main()

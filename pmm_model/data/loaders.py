@@ -1,0 +1,125 @@
+"""DataLoaders for training (PK batches, seeded augmentation) and testing (query, gallery).
+
+Training augmentation is seeded per sample from ``(seed, epoch, global batch, position)``
+rather than by the loader workers' random streams, so the images of a step do not depend on
+the number of workers or processes, and a run resumed in the middle of an epoch sees exactly
+the images the uninterrupted run would have seen.
+
+Example:
+    >>> loader, sampler = build_train_loader(data.train, config)  # doctest: +SKIP
+    >>> sampler.set_epoch(0)  # doctest: +SKIP
+    >>> images, pids, camids = next(iter(loader))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from pmm_model.data.datasets import ImageDataset, Record, ReIDDataset
+from pmm_model.data.sampler import PKSampler
+from pmm_model.data.transforms import build_transforms
+
+__all__ = ["SeededBatches", "SeededDataset", "build_test_loaders", "build_train_loader"]
+
+
+class SeededBatches(Sampler[list[tuple[int, int]]]):
+    """A :class:`PKSampler`'s batches with a seed for each sample: ``[(index, seed), ...]``."""
+
+    def __init__(self, sampler: PKSampler) -> None:
+        self.sampler = sampler
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        s = self.sampler
+        for global_index, batch in s.indexed_batches():
+            seeds = np.random.SeedSequence([s.seed, s.epoch, global_index]).generate_state(
+                len(batch), dtype=np.uint64)
+            yield [(index, int(seed)) for index, seed in zip(batch, seeds, strict=True)]
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+
+class SeededDataset(Dataset):
+    """Item ``(index, seed)`` is ``dataset[index]`` with torch's RNG seeded by ``seed``.
+
+    The caller's RNG state is restored afterwards, so loading in the main process
+    (``workers=0``) does not shift the training stream.
+    """
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, item: tuple[int, int]) -> Any:
+        index, seed = item
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.dataset[index]
+
+
+def _ignore_stop_signals(worker_id: int) -> None:
+    # SIGINT (Ctrl-C reaches the whole process group) and SIGTERM (a scheduler may signal every
+    # process) are for the main process, which finishes the step and checkpoints; a worker
+    # that died of them would break that step. Workers still exit when the main process does.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def build_train_loader(records: Sequence[Record], config: dict[str, Any], rank: int = 0,
+                       world_size: int = 1, pin_memory: bool = False
+                       ) -> tuple[DataLoader, PKSampler]:
+    """The training loader and its sampler (call ``sampler.set_epoch`` before each epoch).
+
+    With ``config["skip_bad_images"]`` unreadable images are dropped first and the sampler is
+    built on the images that remain.
+
+    Args:
+        records: the train split.
+        config: a training configuration (``height``, ``width``, ``p``, ``k``, ``seed``,
+            ``workers``, ``cutout``, ``random_erasing``, ``skip_bad_images``).
+        rank: this process's rank.
+        world_size: the number of processes sharing each epoch.
+        pin_memory: pin batches (for CUDA).
+
+    Raises:
+        ValueError: no images left, or too few identities / batches for ``p``, ``k`` and
+            ``world_size``.
+    """
+    transform = build_transforms(config["height"], config["width"], True, config["cutout"],
+                                 config["random_erasing"])
+    dataset = ImageDataset(records, transform, skip_bad=config["skip_bad_images"])
+    sampler = PKSampler([r.pid for r in dataset.records], config["p"], config["k"],
+                        seed=config["seed"], num_replicas=world_size, rank=rank)
+    loader = DataLoader(
+        SeededDataset(dataset),
+        batch_sampler=SeededBatches(sampler),
+        num_workers=config["workers"],
+        pin_memory=pin_memory,
+        worker_init_fn=_ignore_stop_signals,
+        # Workers draw their base seed from this generator, not from the global RNG that the
+        # model's mixing uses, so creating an epoch's iterator leaves the training stream alone.
+        generator=torch.Generator().manual_seed(config["seed"]),
+    )
+    return loader, sampler
+
+
+def build_test_loaders(data: ReIDDataset, height: int, width: int, batch_size: int = 128,
+                       workers: int = 0, skip_bad_images: bool = False,
+                       pin_memory: bool = False) -> tuple[DataLoader, DataLoader]:
+    """Unshuffled ``(query_loader, gallery_loader)`` with the test transform."""
+    transform = build_transforms(height, width, is_train=False)
+    query_loader, gallery_loader = (
+        DataLoader(ImageDataset(records, transform, skip_bad=skip_bad_images),
+                   batch_size=batch_size, num_workers=workers, pin_memory=pin_memory,
+                   worker_init_fn=_ignore_stop_signals)
+        for records in (data.query, data.gallery)
+    )
+    return query_loader, gallery_loader

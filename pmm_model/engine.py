@@ -1,0 +1,560 @@
+"""The training engine: epoch loop, checkpoints, evaluation, DDP, faults and signals.
+
+:class:`Engine` runs one training run from a configuration (:mod:`pmm_model.config`), in one
+process or under ``torchrun`` with one process per device (DDP). Subclass it to change a part
+(torchreid style): :meth:`Engine.build_data`, :meth:`Engine.build_model`,
+:meth:`Engine.build_optimizer`, :meth:`Engine.build_criterion`, :meth:`Engine.forward_loss`,
+:meth:`Engine.evaluate`. :func:`run_training` is the plain-Python entry point.
+
+What a run guarantees:
+
+* **Distributed.** Every rank trains on distinct P x K batches of one seeded global order
+  (:class:`~pmm_model.data.sampler.PKSampler`), so the global batch is ``world_size * P * K``;
+  gradients are averaged by DDP. PMM's mixing partners are drawn within each rank's own batch.
+  Rank 0 alone writes the log, checkpoints and metrics, and evaluates alone (the network is
+  the same on every rank) while the others wait.
+* **Checkpoints** (``checkpoint.pt``) are written every ``checkpoint_every`` epochs, before
+  every evaluation and at the end, atomically and fsynced. A failing evaluation stops the run
+  with an :class:`EvaluationFailed` naming the saved checkpoint; resuming it evaluates first.
+* **Signals.** SIGTERM or SIGINT (the first one) lets the current step finish, writes a
+  checkpoint that records the step, logs how to resume and raises :class:`TrainingInterrupted`.
+  A second SIGINT stops at once. Resuming continues exactly where the signal stopped it.
+* **Divergence.** A non-finite loss raises :class:`TrainingDiverged` before the step is
+  applied; the last checkpoint is not touched.
+* **Resume** reproduces the uninterrupted run exactly (same world size; any number of loader
+  workers). A changed ``epochs`` rescales the learning-rate schedule to the new length (and
+  the log says so); resuming a finished run changes nothing.
+
+Example:
+    >>> metrics = run_training({"epochs": 1}, preset="demo")  # doctest: +SKIP
+    >>> sorted(metrics)  # doctest: +SKIP
+    ['mAP', 'mINP', 'rank1', 'wall_seconds']
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from pmm_model.checkpoint import (
+    atomic_write,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from pmm_model.config import make_config, model_options, resume_config
+from pmm_model.data.datasets import ReIDDataset, build_dataset
+from pmm_model.data.loaders import build_test_loaders, build_train_loader
+from pmm_model.data.sampler import PKSampler
+from pmm_model.evaluation import evaluate
+from pmm_model.losses import PMMLoss
+from pmm_model.models import build_model
+from pmm_model.run_folder import RunFolder
+from pmm_model.runtime import Distributed, init_distributed
+
+__all__ = [
+    "AMP_DTYPES",
+    "Engine",
+    "EvaluationFailed",
+    "TrainingDiverged",
+    "TrainingError",
+    "TrainingInterrupted",
+    "lr_factor",
+    "run_training",
+]
+
+logger = logging.getLogger("pmm_model.engine")
+
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}
+METRIC_KEYS = ("rank1", "mAP", "mINP")
+
+
+class TrainingError(RuntimeError):
+    """A run stopped; the message says what happened and what was kept."""
+
+
+class TrainingDiverged(TrainingError):
+    """The loss became NaN or infinite."""
+
+
+class EvaluationFailed(TrainingError):
+    """Evaluation raised; the training before it is checkpointed."""
+
+
+class TrainingInterrupted(TrainingError):
+    """SIGTERM or SIGINT stopped the run after checkpointing; ``signum`` says which."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.signum = signum
+
+    def __reduce__(self):  # picklable, so a rank can pass it to the others
+        return type(self), (str(self), self.signum)
+
+
+def lr_factor(epoch: int, epochs: int) -> float:
+    """The paper's learning-rate multiplier for 0-based ``epoch`` of ``epochs``, scaled.
+
+    The paper (400 epochs, base 1e-3): warm-up 1e-4 -> 1e-3 over the first 50 epochs in ten
+    steps of 5 epochs, 1e-3 until 200, 1e-4 until 300, 1e-5 until 400. Here every milestone
+    is the same fraction of ``epochs`` (1/8, 1/80 per warm-up step, 1/2, 3/4), in integer
+    arithmetic so no milestone shifts by rounding.
+
+    Example:
+        >>> [lr_factor(e, 400) for e in (0, 5, 45, 50, 199, 200, 300)]
+        [0.1, 0.2, 1.0, 1.0, 1.0, 0.1, 0.01]
+    """
+    if 8 * epoch < epochs:
+        return (80 * epoch // epochs + 1) / 10
+    if 2 * epoch < epochs:
+        return 1.0
+    if 4 * epoch < 3 * epochs:
+        return 0.1
+    return 0.01
+
+
+class _StopSignals:
+    """Records SIGTERM/SIGINT instead of dying; a second SIGINT raises KeyboardInterrupt."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.received == signal.SIGINT and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        if self.received is None:
+            self.received = signum
+
+    def __enter__(self) -> _StopSignals:
+        # Python delivers signals to the main thread only; elsewhere keep the defaults.
+        if threading.current_thread() is threading.main_thread():
+            for signum in self.SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+
+class Engine:
+    """One training run of a configuration; :meth:`run` trains and returns the final metrics.
+
+    Args:
+        config: a full configuration (:func:`pmm_model.config.make_config` or
+            :func:`~pmm_model.config.resume_config`).
+        checkpoint: a loaded checkpoint (:func:`pmm_model.checkpoint.load_checkpoint`) to
+            continue, or None to start afresh.
+        checkpoint_path: where ``checkpoint`` was read from (for messages, and to tell
+            whether the run continues in its own folder).
+        overwrite: start over in an output folder that holds another run.
+
+    Example:
+        >>> class WithSGD(Engine):  # doctest: +SKIP
+        ...     def build_optimizer(self, model):
+        ...         return torch.optim.SGD(model.parameters(), lr=self.config["lr"], momentum=0.9)
+        >>> WithSGD(make_config(preset="demo")).run()  # doctest: +SKIP
+    """
+
+    def __init__(self, config: dict[str, Any], checkpoint: dict[str, Any] | None = None,
+                 checkpoint_path: str | Path | None = None, overwrite: bool = False) -> None:
+        self.config = dict(config)
+        self.checkpoint = checkpoint
+        self.checkpoint_path = checkpoint_path
+        self.overwrite = overwrite
+        self.dist = Distributed()
+        self.device = torch.device("cpu")
+        self.model: nn.Module | None = None  # the bare network (no DDP wrapper)
+        self.net: nn.Module | None = None  # what training calls: the model, or its DDP wrapper
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.criterion: nn.Module | None = None
+        self.scaler: torch.amp.GradScaler | None = None
+        self.amp_dtype: torch.dtype | None = None
+        self.train_loader: DataLoader | None = None
+        self.sampler: PKSampler | None = None
+        self._test_loaders: tuple[DataLoader, DataLoader] | None = None  # rank 0 only
+        self.metrics: list[dict[str, Any]] = []
+        self.folder: RunFolder | None = None
+        self._signals = _StopSignals()
+
+    # ---- parts a subclass may replace -------------------------------------------------
+
+    def build_data(self) -> ReIDDataset:
+        """The dataset named by ``config["data"]`` (under ``config["root"]``)."""
+        return build_dataset(self.config["data"], self.config["root"])
+
+    def build_model(self, num_classes: int) -> nn.Module:
+        """The network; options come from :func:`pmm_model.config.model_options`."""
+        options = model_options(self.config)
+        if self.checkpoint is not None:
+            options["pretrained"] = None  # the checkpoint holds every weight
+        return build_model(self.config["model"], num_classes, **options)
+
+    def build_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+        """Adam with ``config["lr"]`` and ``config["weight_decay"]``."""
+        return torch.optim.Adam(model.parameters(), lr=self.config["lr"],
+                                weight_decay=self.config["weight_decay"])
+
+    def build_criterion(self) -> nn.Module:
+        """The loss: maps ``(model output, pids)`` to ``(loss, parts)``."""
+        return PMMLoss(margin=self.config["margin"])
+
+    def forward_loss(self, images: torch.Tensor, pids: torch.Tensor) -> torch.Tensor:
+        """The training loss of one batch (called under autocast; backward is the engine's)."""
+        loss, _ = self.criterion(self.net(images, pids), pids)
+        return loss
+
+    def evaluate(self) -> dict[str, float]:
+        """Rank-1, mAP and mINP of the bare network on query/gallery (rank 0 only)."""
+        query_loader, gallery_loader = self._test_loaders
+        # Forked RNG: evaluation must not shift the training stream, or a resumed run would
+        # differ from an uninterrupted one depending on when it evaluated.
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            result = evaluate(self.model, query_loader, gallery_loader, self.device)
+        return {"rank1": float(result.cmc[0]), "mAP": float(result.mAP),
+                "mINP": float(result.mINP)}
+
+    # ---- the run ------------------------------------------------------------------------
+
+    def run(self) -> dict[str, float]:
+        """Train (or continue) the run; returns the last evaluation's ``rank1``, ``mAP``,
+        ``mINP`` (fractions) and ``wall_seconds`` (this call's duration).
+
+        Under ``torchrun`` it joins the process group and leaves it at the end.
+
+        Raises:
+            TrainingError: the run stopped (divergence, failed evaluation, signal); what
+                was saved is in the message.
+            RunFolderError: the output folder is in use, holds another run or is unwritable.
+            ValueError, FileNotFoundError: data or model options that do not work.
+        """
+        tic = time.perf_counter()
+        self.dist, self.device = init_distributed(self.config["device"])
+        try:
+            with self._signals:
+                self._main_only(self._open_folder)
+                try:
+                    entry = self._train()
+                finally:
+                    if self.folder is not None:
+                        self.folder.__exit__(None, None, None)
+        finally:
+            self.dist.close()
+        return {**{key: entry[key] for key in METRIC_KEYS},
+                "wall_seconds": time.perf_counter() - tic}
+
+    def _main_only(self, fn, *args):
+        """Run ``fn`` on rank 0; its result, or its exception, reaches every rank."""
+        outcome: tuple[bool, Any] = (True, None)
+        if self.dist.is_main:
+            try:
+                outcome = (True, fn(*args))
+            except Exception as err:  # re-raised below on every rank
+                outcome = (False, err)
+        outcome = self.dist.broadcast(outcome)
+        if not outcome[0]:
+            raise outcome[1]
+        return outcome[1]
+
+    def _open_folder(self) -> None:
+        path = Path(self.config["output_dir"])
+        resuming = (self.checkpoint_path is not None
+                    and Path(self.checkpoint_path).resolve().parent == path.resolve())
+        self.folder = RunFolder(path, resuming=resuming, overwrite=self.overwrite).__enter__()
+
+    def _seed(self) -> None:
+        seed = self.config["seed"]
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+
+    def _setup(self) -> tuple[int, int]:
+        """Build everything; returns the epoch and this rank's step the run starts from."""
+        config, dist = self.config, self.dist
+        if config["sync_bn"] and dist.enabled and self.device.type != "cuda":
+            raise ValueError(f"--sync-bn needs CUDA devices (torch's SyncBatchNorm does not run "
+                             f"on {self.device.type}); drop it")
+        if not dist.is_main:  # only rank 0 reports; keep the others' warnings off stderr
+            logging.getLogger("pmm_model").addHandler(logging.NullHandler())
+        data = self.build_data()
+        if self.checkpoint is None:
+            # Seeded after loading the data: generating the synthetic set on first use must
+            # not change the run.
+            self._seed()
+        elif data.num_train_pids != config["num_classes"]:
+            raise ValueError(
+                f"the checkpoint was trained on {config['num_classes']} identities, but "
+                f"{config['data']!r} has {data.num_train_pids}"
+            )
+        config["num_classes"] = data.num_train_pids
+        if dist.is_main:
+            logger.info("%s", data.summary())
+            logger.info("options: %s", json.dumps(config, sort_keys=True))
+        model = self.build_model(config["num_classes"]).to(self.device)
+        if config["channels_last"]:
+            model = model.to(memory_format=torch.channels_last)
+        if config["sync_bn"] and dist.enabled:
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        if config["compile"]:
+            # The trunk only: PMM's Grad-CAM differentiates tensors inside forward, which
+            # compiled graphs do not keep, and the trunk holds nearly all the compute.
+            # Module.compile keeps the state-dict keys.
+            getattr(model, "backbone", model).compile()
+        self.model = model
+        self.optimizer = self.build_optimizer(model)
+        self.criterion = self.build_criterion()
+        self.amp_dtype = AMP_DTYPES[config["amp"]] if self.device.type == "cuda" else None
+        self.scaler = torch.amp.GradScaler(self.device.type,
+                                           enabled=self.amp_dtype == torch.float16)
+        start = (0, 0)
+        if self.checkpoint is not None:
+            start = self._restore(self.checkpoint)
+        elif dist.rank:
+            # Distinct mixing draws per rank; DDP gives every rank rank 0's initial weights.
+            torch.manual_seed(int(np.random.SeedSequence([config["seed"], dist.rank])
+                                  .generate_state(1)[0]))
+        net = model
+        if dist.enabled:
+            net = DistributedDataParallel(
+                model, device_ids=[self.device] if self.device.type == "cuda" else None)
+        self.net = net
+        pin = self.device.type == "cuda"
+        self.train_loader, self.sampler = build_train_loader(
+            data.train, config, dist.rank, dist.world_size, pin)
+        if dist.is_main:
+            self._test_loaders = build_test_loaders(
+                data, config["height"], config["width"], 128, config["workers"],
+                config["skip_bad_images"], pin)
+            per_rank = config["p"] * config["k"]
+            logger.info(
+                "world size %d: %d x %d = %d images per rank and step, %d per global batch, "
+                "%d steps per epoch on %s", dist.world_size, config["p"], config["k"], per_rank,
+                per_rank * dist.world_size, self.sampler.steps(), self.device)
+        return start
+
+    def _restore(self, checkpoint: dict[str, Any]) -> tuple[int, int]:
+        config, dist = self.config, self.dist
+        self.model.load_state_dict(checkpoint["model"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        if checkpoint.get("scaler"):  # a run saved without fp16 has an empty scaler state
+            self.scaler.load_state_dict(checkpoint["scaler"])
+        self.metrics = list(checkpoint["metrics"])
+        epoch, batches = checkpoint["epoch"], checkpoint.get("batches", 0)
+        states = checkpoint["rng"] if isinstance(checkpoint["rng"], list) else [checkpoint["rng"]]
+        saved_world = len(states)
+        set_rng_state(states[dist.rank] if saved_world == dist.world_size else states[0])
+        if saved_world != dist.world_size and dist.rank:
+            torch.manual_seed(int(np.random.SeedSequence([config["seed"], dist.rank, epoch])
+                                  .generate_state(1)[0]))
+        if dist.is_main:
+            where = f"epoch {epoch}" + (f", global batch {batches}" if batches else "")
+            logger.info("resumed from %s after %s", self.checkpoint_path, where)
+            if saved_world != dist.world_size:
+                logger.info("the checkpoint was written by %d processes, this run has %d: it "
+                            "continues, but not bit-identically to an unchanged run",
+                            saved_world, dist.world_size)
+            saved_epochs = checkpoint["args"]["epochs"]
+            if saved_epochs != config["epochs"]:
+                logger.info("--epochs %d -> %d: the learning-rate schedule is rescaled to %d "
+                            "epochs (next epoch's lr %.2e)", saved_epochs, config["epochs"],
+                            config["epochs"], self._lr(epoch))
+        step, rest = divmod(batches, dist.world_size)
+        if rest and dist.is_main:
+            logger.info("%d global batches done do not split over %d processes: %d are "
+                        "repeated", batches, dist.world_size, dist.world_size - rest)
+        return epoch, step
+
+    def _lr(self, epoch: int) -> float:
+        return self.config["lr"] * lr_factor(epoch, self.config["epochs"])
+
+    def _save(self, epoch: int, batches: int = 0) -> None:
+        """Checkpoint (rank 0 writes; every rank contributes its RNG state)."""
+        states = self.dist.gather(rng_state())
+        if not self.dist.is_main:
+            return
+        save_checkpoint(self.folder.checkpoint_path, {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "epoch": epoch,
+            "batches": batches,
+            "rng": states,
+            "metrics": self.metrics,
+            "args": self.config,
+        })
+
+    def _write_metrics(self) -> None:
+        atomic_write(self.folder.metrics_path,
+                     lambda f: f.write(json.dumps(self.metrics, indent=2).encode()))
+
+    def _evaluate_and_record(self, epoch: int, seconds: float) -> dict[str, Any]:
+        """Evaluate on rank 0 after the checkpoint of ``epoch`` is written."""
+
+        def on_main() -> dict[str, Any]:
+            try:
+                entry = {"epoch": epoch, **self.evaluate(), "seconds_per_epoch": seconds}
+            except Exception as err:
+                raise EvaluationFailed(
+                    f"evaluation after epoch {epoch} failed ({type(err).__name__}: {err}); the "
+                    f"training up to epoch {epoch} is saved in {self.folder.checkpoint_path}: "
+                    f"fix the cause (e.g. --skip-bad-images for unreadable images) and continue "
+                    f"with --resume {self.folder.checkpoint_path}, which evaluates first"
+                ) from err
+            self.metrics.append(entry)
+            logger.info("epoch %d: rank-1 %.1f%%  mAP %.1f%%  mINP %.1f%%", epoch,
+                        100 * entry["rank1"], 100 * entry["mAP"], 100 * entry["mINP"])
+            self._write_metrics()
+            return entry
+
+        entry = self._main_only(on_main)
+        self.metrics = self.dist.broadcast(self.metrics)
+        self._save(epoch)  # again, now with this evaluation in its metrics
+        return entry
+
+    def _stop_requested(self, nonfinite: bool = False) -> tuple[bool, bool]:
+        stop, diverged = self.dist.any([self._signals.received is not None, nonfinite],
+                                       self.device)
+        return stop, diverged
+
+    def _interrupt(self, epoch: int, batches: int, saved: bool = False) -> TrainingInterrupted:
+        signum = self._signals.received or signal.SIGTERM
+        if not saved:
+            self._save(epoch, batches)
+        where = f"epoch {epoch + 1}, global batch {batches}" if batches else f"epoch {epoch}"
+        message = (f"stopped by {signal.Signals(signum).name} after {where}; checkpoint saved: "
+                   f"continue with --resume {Path(self.config['output_dir']) / 'checkpoint.pt'}")
+        if self.dist.is_main:
+            logger.info("%s", message)
+        return TrainingInterrupted(message, signum)
+
+    def _train(self) -> dict[str, Any]:
+        start_epoch, start_step = self._setup()
+        config, dist = self.config, self.dist
+        epochs, eval_every = config["epochs"], config["eval_every"]
+        evaluated = {m["epoch"]: m for m in self.metrics}
+        if start_step == 0 and start_epoch > 0 and start_epoch not in evaluated and (
+                start_epoch % eval_every == 0 or start_epoch >= epochs):
+            # The run stopped before this checkpoint's evaluation was recorded.
+            evaluated[start_epoch] = self._evaluate_and_record(start_epoch, 0.0)
+        elif start_epoch >= epochs and start_step == 0 and dist.is_main:
+            logger.info("the run has trained %d epochs already (--epochs %d): nothing to do",
+                        start_epoch, epochs)
+        if start_epoch >= epochs and start_step == 0:
+            return self._finish(evaluated[max(evaluated)])
+        entry, train_seconds, epochs_timed = None, 0.0, 0
+        for epoch in range(start_epoch, epochs):
+            tic = time.perf_counter()
+            loss = self._train_epoch(epoch, start_step if epoch == start_epoch else 0)
+            train_seconds += time.perf_counter() - tic
+            epochs_timed += 1
+            if dist.is_main:
+                logger.info("epoch %d/%d: loss %.4f  lr %.2e  %.1fs", epoch + 1, epochs, loss,
+                            self._lr(epoch), time.perf_counter() - tic)
+            done = epoch + 1
+            evaluate_now = done % eval_every == 0 or done == epochs
+            saved = evaluate_now or done % config["checkpoint_every"] == 0
+            if saved:
+                self._save(done)
+            if self._stop_requested()[0]:
+                raise self._interrupt(done, 0, saved)
+            if evaluate_now:
+                entry = self._evaluate_and_record(done, train_seconds / epochs_timed)
+                train_seconds, epochs_timed = 0.0, 0
+        return self._finish(entry)
+
+    def _finish(self, entry: dict[str, Any]) -> dict[str, Any]:
+        if self.dist.is_main:
+            print(f"rank-1: {100 * entry['rank1']:.1f}%  mAP: {100 * entry['mAP']:.1f}%")
+        return entry
+
+    def _train_epoch(self, epoch: int, start_step: int) -> float:
+        """Train one epoch from ``start_step``; returns the mean loss of this rank."""
+        config, dist = self.config, self.dist
+        for group in self.optimizer.param_groups:
+            group["lr"] = self._lr(epoch)
+        self.sampler.set_epoch(epoch, start_step)
+        self.net.train()
+        total, steps = 0.0, 0
+        bar = tqdm(self.train_loader, desc=f"epoch {epoch + 1}/{config['epochs']}", leave=False,
+                   dynamic_ncols=True, disable=not dist.is_main)
+        for step, (images, pids, _) in enumerate(bar, start=start_step):
+            images = images.to(self.device, non_blocking=True)
+            if config["channels_last"]:
+                images = images.contiguous(memory_format=torch.channels_last)
+            pids = pids.to(self.device, non_blocking=True)
+            with torch.autocast(self.device.type, dtype=self.amp_dtype,
+                                enabled=self.amp_dtype is not None):
+                loss = self.forward_loss(images, pids)
+            value = loss.item()
+            stop, diverged = self._stop_requested(not math.isfinite(value))
+            if diverged:
+                where = f"epoch {epoch + 1}, step {step + 1}/{self.sampler.steps()}"
+                last = Path(config["output_dir"]) / "checkpoint.pt"
+                saved = (f"the last checkpoint ({last}) is kept" if last.is_file()
+                         else "no checkpoint was written")
+                raise TrainingDiverged(
+                    f"the loss is not finite ({value} on rank {dist.rank}) at {where}: training "
+                    f"diverged, {saved}. Try a lower --lr (now {config['lr']:g})"
+                    + (" or --amp off" if self.amp_dtype is not None else ""))
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            total, steps = total + value, steps + 1
+            bar.set_postfix(loss=f"{value:.3f}", lr=f"{self._lr(epoch):.1e}")
+            if stop and step + 1 < self.sampler.steps():
+                raise self._interrupt(epoch, (step + 1) * dist.world_size)
+        return total / max(steps, 1)
+
+
+def run_training(options: dict[str, Any] | None = None, preset: str | None = None,
+                 resume: str | Path | None = None, overwrite: bool = False) -> dict[str, float]:
+    """Train one run without a command line (what ``python -m pmm_model.train`` does).
+
+    Args:
+        options: configuration keys (:data:`pmm_model.config.DEFAULTS`) to set; with
+            ``resume`` only the runtime options (:data:`~pmm_model.config.RUNTIME_OPTIONS`)
+            take effect, others are logged and ignored.
+        preset: a key of :data:`pmm_model.config.PRESETS` whose values ``options`` override.
+        resume: continue this checkpoint (in its folder unless ``options["output_dir"]``).
+        overwrite: start over in an output folder that holds another run.
+
+    Returns:
+        ``{"rank1", "mAP", "mINP"}`` of the last evaluation (fractions in [0, 1]) and
+        ``"wall_seconds"``, the duration of this call.
+
+    Raises:
+        ConfigError: a bad option (before any data is read).
+        TrainingError, RunFolderError, ValueError, FileNotFoundError: see :meth:`Engine.run`.
+
+    Example:
+        >>> run_training({"epochs": 2, "output_dir": "runs/a"}, preset="demo")  # doctest: +SKIP
+        {'rank1': 0.52, 'mAP': 0.41, 'mINP': 0.17, 'wall_seconds': 61.3}
+    """
+    options = dict(options or {})
+    if resume is None:
+        return Engine(make_config(options, preset), overwrite=overwrite).run()
+    checkpoint = load_checkpoint(resume)
+    config, notes = resume_config(dict(checkpoint["args"]), options, str(Path(resume).parent))
+    for note in notes:
+        logger.warning("%s", note)
+    return Engine(config, checkpoint, resume, overwrite).run()

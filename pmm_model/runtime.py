@@ -1,0 +1,133 @@
+"""Where training runs: device resolution and the torch.distributed process group.
+
+One process per device. Under ``torchrun`` (which sets ``RANK``, ``WORLD_SIZE`` and
+``LOCAL_RANK``) :func:`init_distributed` joins the process group (NCCL on CUDA, gloo on CPU)
+and each process takes the GPU of its local rank; without those variables it is a plain
+one-process run and nothing touches ``torch.distributed``.
+
+Example:
+    >>> resolve_device("cpu")
+    device(type='cpu')
+    >>> Distributed().world_size  # a plain run
+    1
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+__all__ = ["Distributed", "init_distributed", "resolve_device"]
+
+# Rank 0 evaluates alone while the others wait in a collective; the default 10-30 minute
+# timeouts would kill a long evaluation on a large gallery.
+COLLECTIVE_TIMEOUT = datetime.timedelta(hours=2)
+
+
+def resolve_device(name: str | None, local_rank: int = 0) -> torch.device:
+    """The torch device for ``name``; ``None`` means CUDA when available, else CPU.
+
+    Under ``torchrun`` a bare ``"cuda"`` (or the default) becomes ``cuda:<local_rank>``, one
+    GPU per process.
+
+    Raises:
+        ValueError: ``name`` is not a torch device, or names CUDA on a machine without it.
+
+    Example:
+        >>> resolve_device(None if not torch.cuda.is_available() else "cpu").type
+        'cpu'
+    """
+    if name is None:
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"not a torch device: {name!r}") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"{name!r} requested but CUDA is not available")
+        if device.index is None:
+            device = torch.device("cuda", local_rank)
+    return device
+
+
+@dataclass(frozen=True)
+class Distributed:
+    """This process's place in the job: ``rank`` of ``world_size``, ``local_rank`` on its node.
+
+    The collectives below are no-ops (or identities) in a one-process run.
+    """
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        """True when the job has more than one process."""
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the only process that logs, checkpoints and writes metrics."""
+        return self.rank == 0
+
+    def any(self, flags: list[bool], device: torch.device) -> list[bool]:
+        """Element-wise OR of ``flags`` over all ranks (every rank must call it)."""
+        if not self.enabled:
+            return list(flags)
+        backend_device = device if dist.get_backend() == "nccl" else torch.device("cpu")
+        tensor = torch.tensor([float(f) for f in flags], device=backend_device)
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+        return [bool(v) for v in tensor.tolist()]
+
+    def broadcast(self, value: Any) -> Any:
+        """Rank 0's ``value`` on every rank (picklable objects)."""
+        if not self.enabled:
+            return value
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def gather(self, value: Any) -> list[Any]:
+        """Every rank's ``value``, in rank order, on every rank."""
+        if not self.enabled:
+            return [value]
+        out: list[Any] = [None] * self.world_size
+        dist.all_gather_object(out, value)
+        return out
+
+    def close(self) -> None:
+        """Leave the process group (if this object's job joined one)."""
+        if self.enabled and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def init_distributed(device_name: str | None) -> tuple[Distributed, torch.device]:
+    """Join the ``torchrun`` process group if there is one; returns it and this rank's device.
+
+    Raises:
+        ValueError: a bad device name (see :func:`resolve_device`).
+        RuntimeError: the rendezvous fails.
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    ctx = Distributed(
+        rank=int(os.environ.get("RANK", "0")),
+        world_size=world_size,
+        local_rank=int(os.environ.get("LOCAL_RANK", "0")),
+    )
+    device = resolve_device(device_name, ctx.local_rank)
+    if ctx.enabled and not dist.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group(
+            "nccl" if device.type == "cuda" else "gloo",
+            timeout=COLLECTIVE_TIMEOUT,
+            device_id=device if device.type == "cuda" else None,
+        )
+    return ctx, device

@@ -17,7 +17,7 @@ import math
 from typing import Any
 
 from pmm_kernels.ops.reference import block_grid
-from pmm_model.models import BACKBONES, CAM_MODES, MODELS
+from pmm_model.models import BACKBONES, CAM_MODES, MIX_MODES, MODELS
 
 __all__ = [
     "DEFAULTS",
@@ -64,6 +64,7 @@ DEFAULTS: dict[str, Any] = {
     "block_size": None,  # (3, 2) scaled from 384x128 to the input
     "num_blocks": 3,
     "cam": "fast",
+    "mix": "a_hard_mix",
     "epochs": 400,
     "lr": 1e-3,
     "weight_decay": 5e-4,
@@ -181,6 +182,8 @@ def check_config(config: dict[str, Any]) -> None:
               f"must be a finite number {'> 0' if positive else '>= 0'}, got {value!r}", key)
     _need(config["cam"] in CAM_MODES, f"must be one of {CAM_MODES}, got {config['cam']!r}",
           "cam")
+    _need(config["mix"] in MIX_MODES, f"must be one of {MIX_MODES}, got {config['mix']!r}",
+          "mix")
     if config["model"] != "pmm":
         return
     block = config["block_size"]

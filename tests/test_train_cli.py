@@ -365,6 +365,16 @@ def test_checkpoint_rebuilds_the_model(straight):
         assert model(torch.zeros(2, 3, args["height"], args["width"])).shape == (2, 1536)
 
 
+def test_mix_flag_trains_that_mode_and_the_checkpoint_keeps_it(tiny_root, tmp_path):
+    out = tmp_path / "cutout"
+    train.main(_argv(tiny_root, out, "--mix", "cutout", "--epochs", "1"))
+    model, args = load_model(out / "checkpoint.pt")
+    assert args["mix"] == "cutout"
+    assert model.mix == "cutout"
+    config, _ = train.parse_args(["--preset", "demo"])
+    assert config["mix"] == "a_hard_mix"  # the paper's op unless asked otherwise
+
+
 def test_help_and_demo_preset(capsys):
     with pytest.raises(SystemExit) as excinfo:
         train.parse_args(["--help"])

@@ -34,7 +34,7 @@ from pmm_model.cli.args import existing_file, finite_float, int_at_least, pretra
 from pmm_model.config import DEFAULTS, PRESETS, ConfigError, make_config, resume_config
 from pmm_model.data.datasets import dataset_names
 from pmm_model.engine import AMP_DTYPES, Engine, TrainingError, TrainingInterrupted
-from pmm_model.models import BACKBONES, CAM_MODES, MODELS
+from pmm_model.models import BACKBONES, CAM_MODES, MIX_MODES, MODELS
 from pmm_model.run_folder import RunFolderError
 from pmm_model.runtime import resolve_device
 
@@ -105,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"PMM blocks mixed per stage {_default('num_blocks')}")
     model.add_argument("--cam", choices=CAM_MODES,
                        help=f"PMM Grad-CAM weights {_default('cam')}")
+    model.add_argument("--mix", choices=MIX_MODES,
+                       help=f"PMM feature-mix mode of stages 2 and 3; 'none' trains the three "
+                       f"stages without mixing {_default('mix')}")
     model.add_argument("--sync-bn", action="store_true",
                        help="synchronise BatchNorm statistics across processes (DDP)")
     optim = parser.add_argument_group("optimisation")

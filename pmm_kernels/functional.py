@@ -129,7 +129,7 @@ def _use_triton(backend: str | None, feat: torch.Tensor, num_grid_blocks: int) -
     if backend == "auto":
         if not feat.is_cuda or feat.dtype == torch.float64 or not _triton_available():
             return False
-        from pmm_kernels.ops.a_hard_mix_triton import unsupported_reason
+        from pmm_kernels.ops.feature_mix_triton import unsupported_reason
 
         return unsupported_reason(n, h, w, num_grid_blocks) is None
 
@@ -144,7 +144,7 @@ def _use_triton(backend: str | None, feat: torch.Tensor, num_grid_blocks: int) -
             "backend='triton' supports float16, bfloat16 and float32 feat, got float64; "
             "use backend='torch'"
         )
-    from pmm_kernels.ops.a_hard_mix_triton import unsupported_reason
+    from pmm_kernels.ops.feature_mix_triton import unsupported_reason
 
     reason = unsupported_reason(n, h, w, num_grid_blocks)
     if reason is not None:

@@ -12,9 +12,9 @@ from pmm_kernels.ops import reference
 
 def _triton_module():
     # Imported on first use: triton is absent on some platforms and the PyTorch path needs none.
-    from pmm_kernels.ops import a_hard_mix_triton
+    from pmm_kernels.ops import feature_mix_triton
 
-    return a_hard_mix_triton
+    return feature_mix_triton
 
 
 @torch.library.custom_op("pmm::a_hard_mix_forward", mutates_args=())

@@ -62,7 +62,7 @@ def a_hard_mix_backward(
 ) -> torch.Tensor:
     """Gradient w.r.t. ``feat`` (SPEC step 5)."""
     if use_triton:
-        return _triton_module().a_hard_mix_backward_triton(grad_out, negatives, mask)
+        return _triton_module().feature_mix_backward_triton(grad_out, negatives, mask)
     return reference.a_hard_mix_backward_torch(
         grad_out, negatives, blocks, mask, (block_h, block_w)
     )

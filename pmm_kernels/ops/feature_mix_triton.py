@@ -1,18 +1,35 @@
-"""Triton kernels of A-Hard-Mix and their launchers.
+"""Triton kernels of the feature-mix family (A-Hard-Mix, CutMix, CutOut, Batch DropBlock, ...).
 
-Forward, for N samples of a (C, H, W) map with block size (bh, bw), k blocks and B = bytes(feat):
+Every mode is "choose cells, then take those cells from a partner or zero them" (SPEC section 6),
+so one planning kernel decides and one of two copy kernels moves the data. N samples of a
+(C, H, W) map, B = bytes(feat), f = the replaced fraction of the map (k*bh*bw / HW at most):
 
 * channel weights ``w`` (N, C): :func:`_saliency_copy_kernel` copies ``feat`` to ``out`` while it
   reduces ``sum_c w[n, c] * feat[n, c, p]`` over its channel tile into a float32 partial sum;
-  :func:`_plan_kernel` adds the partials, chooses blocks and partners; :func:`_mix_kernel` then
-  rewrites only the masked cells from the partner. Bytes: B read + B written + 2 * B * k*bh*bw / HW
-  for the patch (2.19 B at the paper shape, plus 4 * N * HW * ceil(C / BLOCK_C) for the partials).
-* saliency map (N, H, W): :func:`_plan_kernel` reads the map, then one :func:`_mix_kernel` pass
-  reads every output element once, from the sample or its partner, and writes it once: 2.0 B.
+  :func:`_plan_kernel` adds the partials, chooses blocks and partners; :func:`_patch_kernel` then
+  rewrites only the selected blocks, one program per (sample, selected block, channel tile), so its
+  work is proportional to the patched area. Bytes: 2 B + 2 f B (2.19 B at the paper shape), plus
+  4 * N * HW * ceil(C / 32) for the partials.
+* saliency map (N, H, W), random block keys or a rectangle: :func:`_plan_kernel` reads the map
+  (or keys), then one :func:`_mix_kernel` pass reads the sample's own tile at full width, the
+  partner only at replaced cells, selects in registers and stores at full width: (2 + f) B.
 
-Backward: :func:`_a_hard_mix_bwd_kernel` gathers, for every cell of sample i, its own gradient where
-it was kept plus the gradients of the samples that took it from i, in ascending sample order, in
-float32: B read + B written, no atomics, bit-reproducible.
+Backward: :func:`_feature_mix_bwd_kernel` reads the own gradient at full width, zeroes the
+replaced cells in registers, then adds the gradients of the samples that took cells from i, read
+only at their cells, in ascending sample order, in float32: (2 + f) B, no atomics, bit-reproducible.
+
+Why 16-byte accesses: a streaming kernel on Ampere/Hopper reaches DRAM bandwidth only when each
+thread issues wide (16-byte) loads and stores, coalesced across the warp, with several in flight.
+The streaming kernels work on a 2-D (channel, cell) tile. Triton lays the tile out along the axis
+whose stride is 1 (the cell axis for NCHW, the channel axis for channels_last) and vectorises when
+it can prove contiguity and 16-byte alignment: the JIT specialises a stride equal to 1 as a
+constant and marks integer arguments divisible by 16, and the only masks on the dense streams are
+the tile bounds (``c < C``, ``p < HW``), which are constant over 16 consecutive elements when C or
+HW is a multiple of 16. The dense tiles are sized so that each thread moves 64 bytes per stream
+(four 16-byte vectors in flight) within a budget of 96 registers; ``pmm_kernels.static_check``
+compiles every launch for sm_80 and sm_90 and checks exactly that. NCHW maps whose H*W*elem is not
+a multiple of 16 bytes (e.g. 7x5) cannot be 16-byte aligned per channel row and stream in
+narrower accesses.
 
 All offsets are int64, every load and store takes the tensors' own strides (channels_last and
 other layouts need no copy), and nothing is read back to the host.
@@ -20,24 +37,70 @@ other layouts need no copy), and nothing is read back to the host.
 
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
 
 from pmm_kernels.ops.reference import block_grid
 
-# Fixed tiles: the kernels are bandwidth-bound, and the Triton interpreter wants one config.
-_BLOCK_C = 32
-_MAX_BLOCK_HW = 256
 _MAX_MAP_CELLS = 16384
 _MAX_BLOCKS = 16384
 _MAX_BATCH = 16384
+# The saliency reduction's tile is fixed: its float32 partial sums, hence the chosen blocks, must
+# not depend on an autotuning outcome. Channels are reduced 32 at a time.
+_SALIENCY_BLOCK_C = 32
+# Bytes each thread moves per dense stream: four 16-byte vectors in flight.
+_BYTES_PER_THREAD = 64
+_LABEL_CHUNK = 512
+_PATCH_TILE = 2048
+_PARTNER_RULES = {"different_label": 1, "any_other": 2, "none": 3}
+_SOURCE_PARTIALS, _SOURCE_MAP, _SOURCE_KEYS, _SOURCE_CORNER = 0, 1, 2, 3
+_RULE_GIVEN = 0
+_RULE_NONE = _PARTNER_RULES["none"]
+
+
+def _interpreted() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _stream_configs() -> list[triton.Config]:
+    """(BLOCK_C, BLOCK_HW, num_warps) candidates of the copy kernels, 64 bytes per thread each.
+
+    Under the interpreter there is nothing to tune: one config.
+    """
+    tiles = [(32, 64, 4), (16, 128, 4), (64, 64, 8), (64, 64, 4), (32, 128, 4), (128, 64, 8)]
+    if _interpreted():
+        tiles = tiles[:1]
+    return [
+        triton.Config({"BLOCK_C": block_c, "BLOCK_HW": block_hw}, num_warps=num_warps)
+        for block_c, block_hw, num_warps in tiles
+    ]
+
+
+def _configs_for_dtype(configs, named_args, **kwargs):
+    """Keep the configs whose tile gives each thread 64 bytes of this launch's element type.
+
+    The first argument of every autotuned kernel is the map it streams.
+    """
+    element_size = next(iter(named_args.values())).element_size()
+    return [
+        config for config in configs
+        if config.kwargs["BLOCK_C"] * config.kwargs["BLOCK_HW"] * element_size
+        == _BYTES_PER_THREAD * 32 * config.num_warps
+    ]
+
+
+def _saliency_tile(element_size: int) -> tuple[int, int]:
+    """(BLOCK_HW, num_warps) of the saliency copy: 64 bytes per thread at 32 channels."""
+    return _BYTES_PER_THREAD * 32 * 4 // (_SALIENCY_BLOCK_C * element_size), 4
 
 
 def unsupported_reason(n: int, h: int, w: int, num_grid_blocks: int) -> str | None:
     """Why the kernels can't take this shape, or None.
 
-    The planning kernel holds one sample's map, its blocks and the batch's labels in registers.
+    The planning kernel holds one sample's map and its blocks in registers.
     """
     if h * w <= _MAX_MAP_CELLS and num_grid_blocks <= _MAX_BLOCKS and n <= _MAX_BATCH:
         return None
@@ -80,107 +143,190 @@ def _saliency_copy_kernel(
 
 @triton.jit
 def _plan_kernel(
-    source_ptr, labels_ptr, u_ptr, negatives_in_ptr,
+    source_ptr, corner_ptr, labels_ptr, u_ptr, negatives_in_ptr,
     negatives_ptr, blocks_ptr, mask_ptr, lam_ptr,
     N, H, W, HW, MAP_AREA, COLS, NUM_GRID_BLOCKS, K, NUM_C_BLOCKS,
     s_sn, s_sp,
-    BH: tl.constexpr, BW: tl.constexpr,
-    FROM_PARTIALS: tl.constexpr, HAS_NEGATIVES: tl.constexpr,
+    BH: tl.constexpr, BW: tl.constexpr, SOURCE: tl.constexpr, RULE: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
-    """One program per sample i: block scores, top-k blocks, partner, mask and lam.
+    """One program per sample i: selected cells, partner, mask and lam.
 
-    score[b] = sum_{p in block b} s[p], with s = ReLU(sum_cb partial[i, cb, p]) (NaN kept) or the
-    given map. Blocks are taken greedily: highest score, ties to the lower index, non-finite
-    scores below all finite ones. Partner: the r-th j with labels[j] != labels[i] (ascending j),
-    r = min(floor(u[i] * m), m - 1), m = number of such j; -1 when m = 0.
+    Cells (SOURCE): 0, 1 -- the k best blocks by score[b] = sum_{p in block b} s[p], with
+    s = ReLU(sum_cb partial[i, cb, p]) (NaN kept) or the given map; 2 -- the k blocks with the
+    largest keys[i, b]; either way taken greedily, ties to the lower index, non-finite values
+    below all finite ones. 3 -- the rectangle [top, top + BH) x [left, left + BW) (clipped), and
+    blocks[i, 0] = -1.
+    Partner (RULE): 0 -- given; 1 -- the r-th j with labels[j] != labels[i] (ascending j),
+    r = min(floor(u[i] * m), m - 1), m = number of such j, -1 when m = 0; 2 -- the r-th j != i,
+    m = N - 1 (-1 when N = 1); 3 -- -1.
+    mask = selected & (partner >= 0), or selected for RULE 3 (zeroed cells);
+    lam = sum(mask) / HW, correctly rounded.
     """
     i = tl.program_id(0).to(tl.int64)
-
-    # Block scores over a (block, cell-in-block) tile; cells past the map's edge read as zero.
-    b = tl.arange(0, BLOCK_B)
-    q = tl.arange(0, BLOCK_Q)
-    rows = (b // COLS)[:, None] * BH + (q // BW)[None, :]
-    cols = (b % COLS)[:, None] * BW + (q % BW)[None, :]
-    in_block = (b < NUM_GRID_BLOCKS)[:, None] & (q < BH * BW)[None, :] & (rows < H) & (cols < W)
-    if FROM_PARTIALS:
-        s = tl.zeros((BLOCK_B, BLOCK_Q), dtype=tl.float32)
-        for cb in range(NUM_C_BLOCKS):
-            s += tl.load(
-                source_ptr + (i * NUM_C_BLOCKS + cb) * HW + rows * W + cols,
-                mask=in_block, other=0.0,
-            )
-        s = tl.where(s < 0.0, 0.0, s)
-    else:
-        s = tl.load(
-            source_ptr + i * s_sn + (rows * W + cols).to(tl.int64) * s_sp,
-            mask=in_block, other=0.0,
-        ).to(tl.float32)
-    scores = tl.sum(s, axis=1)
-
-    finite = (scores == scores) & (tl.abs(scores) < float("inf"))
-    keys = tl.where(finite, scores, float("-inf"))
-    taken = b >= NUM_GRID_BLOCKS
     p = tl.arange(0, BLOCK_P)
-    cell_block = (p // W) // BH * COLS + (p % W) // BW
-    selected = p < 0
-    for t in range(K):
-        best = tl.max(tl.where(taken, float("-inf"), keys), axis=0)
-        pick = tl.min(tl.where(~taken & (keys == best), b, BLOCK_B), axis=0)
-        tl.store(blocks_ptr + i * K + t, pick.to(tl.int64))
-        taken = taken | (b == pick)
-        selected = selected | (cell_block == pick)
-
-    if HAS_NEGATIVES:
-        partner = tl.load(negatives_in_ptr + i)
+    if SOURCE == 3:
+        top = tl.load(corner_ptr)
+        left = tl.load(corner_ptr + 1)
+        row = p // W
+        col = p % W
+        selected = (row >= top) & (row < top + BH) & (col >= left) & (col < left + BW)
+        tl.store(blocks_ptr + i, -1)
     else:
-        j = tl.arange(0, BLOCK_N)
+        b = tl.arange(0, BLOCK_B)
+        if SOURCE == 2:
+            scores = tl.load(source_ptr + i * s_sn + b * s_sp, mask=b < NUM_GRID_BLOCKS, other=0.0)
+        else:
+            # Block scores over a (block, cell-in-block) tile; cells past the map's edge read 0.
+            q = tl.arange(0, BLOCK_Q)
+            rows = (b // COLS)[:, None] * BH + (q // BW)[None, :]
+            cols = (b % COLS)[:, None] * BW + (q % BW)[None, :]
+            in_block = (
+                (b < NUM_GRID_BLOCKS)[:, None] & (q < BH * BW)[None, :] & (rows < H) & (cols < W)
+            )
+            if SOURCE == 0:
+                s = tl.zeros((BLOCK_B, BLOCK_Q), dtype=tl.float32)
+                for cb in range(NUM_C_BLOCKS):
+                    s += tl.load(
+                        source_ptr + (i * NUM_C_BLOCKS + cb) * HW + rows * W + cols,
+                        mask=in_block, other=0.0,
+                    )
+                s = tl.where(s < 0.0, 0.0, s)
+            else:
+                s = tl.load(
+                    source_ptr + i * s_sn + (rows * W + cols).to(tl.int64) * s_sp,
+                    mask=in_block, other=0.0,
+                ).to(tl.float32)
+            scores = tl.sum(s, axis=1)
+
+        finite = (scores == scores) & (tl.abs(scores) < float("inf"))
+        keys = tl.where(finite, scores, float("-inf"))
+        taken = b >= NUM_GRID_BLOCKS
+        cell_block = (p // W) // BH * COLS + (p % W) // BW
+        selected = p < 0
+        for t in range(K):
+            best = tl.max(tl.where(taken, float("-inf"), keys), axis=0)
+            pick = tl.min(tl.where(~taken & (keys == best), b, BLOCK_B), axis=0)
+            tl.store(blocks_ptr + i * K + t, pick.to(tl.int64))
+            taken = taken | (b == pick)
+            selected = selected | (cell_block == pick)
+
+    if RULE == 0:
+        partner = tl.load(negatives_in_ptr + i)
+    elif RULE == 1:
+        # Two passes over the labels in chunks, so registers don't grow with N: count the
+        # candidates, then find the r-th one.
         label_i = tl.load(labels_ptr + i)
-        differs = (tl.load(labels_ptr + j, mask=j < N, other=0) != label_i) & (j < N)
-        m = tl.sum(differs.to(tl.int32), axis=0)
+        m = 0
+        for start in range(0, N, BLOCK_N):
+            j = start + tl.arange(0, BLOCK_N)
+            differs = (tl.load(labels_ptr + j, mask=j < N, other=0) != label_i) & (j < N)
+            m += tl.sum(differs.to(tl.int32), axis=0)
         # u * m is exact in float64 and non-negative, so truncation is the floor.
         r = tl.minimum((tl.load(u_ptr + i).to(tl.float64) * m).to(tl.int32), m - 1)
-        hit = differs & (tl.cumsum(differs.to(tl.int32), axis=0) - 1 == r)
-        partner = tl.where(m > 0, tl.min(tl.where(hit, j, BLOCK_N), axis=0), -1)
+        partner = tl.full([], -1, tl.int32)
+        seen = 0
+        for start in range(0, N, BLOCK_N):
+            j = start + tl.arange(0, BLOCK_N)
+            differs = (tl.load(labels_ptr + j, mask=j < N, other=0) != label_i) & (j < N)
+            hit = differs & (seen + tl.cumsum(differs.to(tl.int32), axis=0) - 1 == r)
+            partner = tl.maximum(partner, tl.max(tl.where(hit, j, -1), axis=0))
+            seen += tl.sum(differs.to(tl.int32), axis=0)
+    elif RULE == 2:
+        m = N - 1
+        r = tl.minimum((tl.load(u_ptr + i).to(tl.float64) * m).to(tl.int64), m - 1)
+        partner = tl.where(m > 0, tl.where(r < i, r, r + 1), -1)
+    else:
+        partner = tl.full([], -1, tl.int64)
     tl.store(negatives_ptr + i, partner.to(tl.int64))
 
-    replaced = selected & (p < HW) & (partner >= 0)
+    replaced = selected & (p < HW)
+    if RULE != 3:  # rule "none" zeroes the cells; the others mix only with a partner
+        replaced = replaced & (partner >= 0)
     tl.store(mask_ptr + i * HW + p, replaced, mask=p < HW)
     # div_rn: a correctly rounded division (Triton's `/` may be approximate), as torch does.
     area = tl.sum(replaced.to(tl.int32), axis=0).to(tl.float32)
     tl.store(lam_ptr + i, tl.math.div_rn(area, MAP_AREA))
 
 
+@triton.autotune(
+    configs=_stream_configs(), key=["C", "HW", "f_sc", "f_sp"],
+    prune_configs_by={"early_config_prune": _configs_for_dtype},
+)
 @triton.jit
 def _mix_kernel(
     feat_ptr, out_ptr, negatives_ptr, mask_ptr,
     C, HW,
     f_sn, f_sc, f_sp,
     o_sn, o_sc, o_sp,
-    PATCH_ONLY: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr,
+    BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr,
 ):
-    """out[i, c, p] = feat[negatives[i], c, p] if mask[i, p] else feat[i, c, p].
+    """out[i, c, p] = mask[i, p] ? (j >= 0 ? feat[j, c, p] : 0) : feat[i, c, p], j = negatives[i].
 
-    With PATCH_ONLY, ``out`` already holds ``feat`` and only the masked cells are read and written.
-    Values are copied, never computed on, so the output is bit-exact in every dtype.
+    The own tile is read and the output written at full width (masked on the tile bounds only,
+    so both vectorise); the partner is read only at replaced cells and the choice is made in
+    registers. Values are copied, never computed on, so the output is bit-exact in every dtype.
     """
     i = tl.program_id(0).to(tl.int64)
     c = (tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)).to(tl.int64)
     p = (tl.program_id(2) * BLOCK_HW + tl.arange(0, BLOCK_HW)).to(tl.int64)
     in_map = p < HW
-    replaced = tl.load(mask_ptr + i * HW + p, mask=in_map, other=0).to(tl.int1)
-    partner = tl.load(negatives_ptr + i)
-    source = tl.where(replaced, partner, i)
     tile = (c < C)[:, None] & in_map[None, :]
-    if PATCH_ONLY:
-        tile = tile & replaced[None, :]
-    x = tl.load(feat_ptr + source[None, :] * f_sn + c[:, None] * f_sc + p[None, :] * f_sp,
-                mask=tile)
-    tl.store(out_ptr + i * o_sn + c[:, None] * o_sc + p[None, :] * o_sp, x, mask=tile)
+    offsets = c[:, None] * f_sc + p[None, :] * f_sp
+    own = tl.load(feat_ptr + i * f_sn + offsets, mask=tile)
+    replaced = tl.load(mask_ptr + i * HW + p, mask=in_map, other=0).to(tl.int1)[None, :]
+    partner = tl.load(negatives_ptr + i)
+    theirs = tl.load(
+        feat_ptr + tl.maximum(partner, 0) * f_sn + offsets,
+        mask=tile & replaced & (partner >= 0), other=0.0,
+    )
+    tl.store(
+        out_ptr + i * o_sn + c[:, None] * o_sc + p[None, :] * o_sp,
+        tl.where(replaced, theirs, own), mask=tile,
+    )
 
 
 @triton.jit
-def _a_hard_mix_bwd_kernel(
+def _patch_kernel(
+    feat_ptr, out_ptr, negatives_ptr, blocks_ptr, mask_ptr,
+    C, H, W, HW, COLS, K,
+    f_sn, f_sc, f_sp,
+    o_sn, o_sc, o_sp,
+    BH: tl.constexpr, BW: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_Q: tl.constexpr,
+):
+    """Rewrite one selected block of one sample: out[i, c, p] = (j >= 0 ? feat[j, c, p] : 0)
+    for the cells p of block blocks[i, t] where mask[i, p], j = negatives[i].
+
+    Grid (N, K, ceil(C / BLOCK_C)): the work is proportional to the patched area, not to the map.
+    ``out`` already holds ``feat`` everywhere else.
+    """
+    i = tl.program_id(0).to(tl.int64)
+    block = tl.load(blocks_ptr + i * K + tl.program_id(1))
+    c = (tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)).to(tl.int64)
+    partner = tl.load(negatives_ptr + i)
+    top = block // COLS * BH
+    left = block % COLS * BW
+    for start in range(0, BH * BW, BLOCK_Q):
+        q = start + tl.arange(0, BLOCK_Q)
+        row = top + q // BW
+        col = left + q % BW
+        in_block = (q < BH * BW) & (row < H) & (col < W)
+        p = tl.where(in_block, row * W + col, 0).to(tl.int64)
+        replaced = tl.load(mask_ptr + i * HW + p, mask=in_block, other=0).to(tl.int1)
+        tile = (c < C)[:, None] & replaced[None, :]
+        x = tl.load(
+            feat_ptr + tl.maximum(partner, 0) * f_sn + c[:, None] * f_sc + p[None, :] * f_sp,
+            mask=tile & (partner >= 0), other=0.0,
+        )
+        tl.store(out_ptr + i * o_sn + c[:, None] * o_sc + p[None, :] * o_sp, x, mask=tile)
+
+
+@triton.autotune(
+    configs=_stream_configs(), key=["C", "HW", "g_sc", "g_sp"],
+    prune_configs_by={"early_config_prune": _configs_for_dtype},
+)
+@triton.jit
+def _feature_mix_bwd_kernel(
     grad_out_ptr, grad_feat_ptr, mask_ptr, order_ptr, bucket_end_ptr,
     C, HW,
     g_sn, g_sc, g_sp,
@@ -189,8 +335,9 @@ def _a_hard_mix_bwd_kernel(
 ):
     """grad_feat[i] = grad_out[i] * (1 - mask[i]) + sum_{j: partner_j = i} grad_out[j] * mask[j].
 
-    The takers j of sample i are ``order[bucket_end[i]:bucket_end[i + 1]]`` (ascending j), and
-    they are added one after another in float32: a fixed order, so the result is reproducible.
+    The own gradient is read at full width and the replaced cells zeroed in registers; the takers
+    j of sample i are ``order[bucket_end[i]:bucket_end[i + 1]]`` (ascending j), read only at their
+    cells and added one after another in float32: a fixed order, so the result is reproducible.
     """
     i = tl.program_id(0).to(tl.int64)
     c = (tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)).to(tl.int64)
@@ -199,10 +346,9 @@ def _a_hard_mix_bwd_kernel(
     tile = (c < C)[:, None] & in_map[None, :]
     offsets = c[:, None] * g_sc + p[None, :] * g_sp
 
-    replaced = tl.load(mask_ptr + i * HW + p, mask=in_map, other=0).to(tl.int1)
-    acc = tl.load(
-        grad_out_ptr + i * g_sn + offsets, mask=tile & ~replaced[None, :], other=0.0
-    ).to(tl.float32)
+    replaced = tl.load(mask_ptr + i * HW + p, mask=in_map, other=0).to(tl.int1)[None, :]
+    own = tl.load(grad_out_ptr + i * g_sn + offsets, mask=tile, other=0.0).to(tl.float32)
+    acc = tl.where(replaced, 0.0, own)
     for t in range(tl.load(bucket_end_ptr + i), tl.load(bucket_end_ptr + i + 1)):
         j = tl.load(order_ptr + t)
         taken = tl.load(mask_ptr + j * HW + p, mask=in_map, other=0).to(tl.int1)[None, :]
@@ -219,10 +365,18 @@ def _a_hard_mix_bwd_kernel(
     tl.store(grad_feat_ptr + i * d_sn + c[:, None] * d_sc + p[None, :] * d_sp, result, mask=tile)
 
 
-def _launch_grid(n: int, c: int, hw: int) -> tuple[tuple[int, int, int], int]:
-    """Grid (sample, channel tile, cell tile) of the streaming kernels and their cell tile."""
-    block_hw = min(triton.next_power_of_2(hw), _MAX_BLOCK_HW)
-    return (n, triton.cdiv(c, _BLOCK_C), triton.cdiv(hw, block_hw)), block_hw
+def chosen_configs() -> dict[str, str]:
+    """The tile each autotuned kernel last ran with (for benchmark records), by kernel name."""
+    return {
+        kernel.base_fn.__name__: str(kernel.best_config)
+        for kernel in (_mix_kernel, _feature_mix_bwd_kernel)
+        if getattr(kernel, "best_config", None) is not None
+    }
+
+
+def _stream_grid(n: int, c: int, hw: int):
+    """Grid (sample, channel tile, cell tile) of the autotuned streaming kernels."""
+    return lambda meta: (n, triton.cdiv(c, meta["BLOCK_C"]), triton.cdiv(hw, meta["BLOCK_HW"]))
 
 
 def _copy_back_if_flatten_copied(result: torch.Tensor, result_flat: torch.Tensor) -> None:
@@ -235,6 +389,118 @@ def _copy_back_if_flatten_copied(result: torch.Tensor, result_flat: torch.Tensor
         result.copy_(result_flat.view(result.shape))
 
 
+def feature_mix_forward_triton(
+    feat: torch.Tensor,
+    attn: torch.Tensor | None,
+    keys: torch.Tensor | None,
+    corner: torch.Tensor | None,
+    labels: torch.Tensor,
+    u: torch.Tensor | None,
+    negatives: torch.Tensor | None,
+    block_size: tuple[int, int],
+    num_blocks: int,
+    partner_rule: str,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Launch the forward kernels of any feature-mix mode (SPEC section 6).
+
+    Args:
+        feat: (N, C, H, W) float32/float16/bfloat16 map, any strides.
+        attn: (N, C) channel weights or an (N, H, W) map: the k most salient blocks.
+        keys: (N, rows * cols) float32 random keys: the k blocks with the largest keys.
+        corner: (2,) int64 (top, left) of a ``block_size`` rectangle (batch_drop), on feat's
+            device. Exactly one of ``attn``, ``keys`` and ``corner`` is given.
+        labels: (N,) integer labels (read by ``partner_rule="different_label"``).
+        u: (N,) float32 partner draws; None when ``negatives`` is given or the rule is "none".
+        negatives: (N,) int64 given partners in [-1, N); used as is.
+        block_size: (bh, bw) block size, or the rectangle's (rh, rw) with ``corner``.
+        num_blocks: k (1 with ``corner``).
+        partner_rule: "different_label", "any_other" or "none" (no partner: cells are zeroed).
+
+    Returns:
+        ``out`` (feat's dtype and memory format), ``negatives`` (N,) int64, ``blocks`` (N, k)
+        int64 ((N, 1) of -1 with ``corner``), ``mask`` (N, H, W) bool and ``lam`` (N,) float32.
+
+    Example:
+        >>> feat = torch.randn(4, 8, 6, 4, device="cuda")
+        >>> keys = torch.rand(4, 12, device="cuda")
+        >>> out, negatives, blocks, mask, lam = feature_mix_forward_triton(
+        ...     feat, None, keys, None, torch.arange(4, device="cuda"), None, None,
+        ...     (2, 2), 3, "none")  # CutOut of 3 random 2x2 blocks
+    """
+    if sum(x is not None for x in (attn, keys, corner)) != 1:
+        raise ValueError("exactly one of attn, keys and corner must be given")
+    if partner_rule not in _PARTNER_RULES:
+        raise ValueError(
+            f"partner_rule must be one of {tuple(_PARTNER_RULES)}, got {partner_rule!r}"
+        )
+    rule = _RULE_GIVEN if negatives is not None else _PARTNER_RULES[partner_rule]
+    if u is None and rule in (1, 2):
+        raise ValueError(f"partner_rule={partner_rule!r} without negatives needs u")
+    n, c, h, w = feat.shape
+    hw = h * w
+    bh, bw = block_size
+    rows, cols = block_grid(h, w, block_size)
+    device = feat.device
+
+    out = torch.empty_like(feat, memory_format=torch.preserve_format)
+    partners = torch.empty(n, dtype=torch.int64, device=device)
+    blocks = torch.empty(n, 1 if corner is not None else num_blocks, dtype=torch.int64,
+                         device=device)
+    mask = torch.empty(n, h, w, dtype=torch.bool, device=device)
+    lam = torch.empty(n, dtype=torch.float32, device=device)
+    # The kernels walk cells as one flat index p = h * W + w: a view for contiguous and
+    # channels_last maps, a copy only where H and W can't merge (e.g. a transposed map).
+    feat_flat, out_flat = feat.flatten(2), out.flatten(2)
+
+    num_c_blocks = 1
+    source_strides = (0, 0)
+    if corner is not None:
+        source, plan_source = corner, _SOURCE_CORNER
+    elif keys is not None:
+        source, plan_source, source_strides = keys, _SOURCE_KEYS, keys.stride()
+    elif attn.dim() == 2:
+        num_c_blocks = triton.cdiv(c, _SALIENCY_BLOCK_C)
+        block_hw, num_warps = _saliency_tile(feat.element_size())
+        source, plan_source = torch.empty(n, num_c_blocks, hw, dtype=torch.float32,
+                                          device=device), _SOURCE_PARTIALS
+        _saliency_copy_kernel[(n, num_c_blocks, triton.cdiv(hw, block_hw))](
+            feat_flat, out_flat, attn, source, c, hw,
+            *feat_flat.stride(), *out_flat.stride(), *attn.stride(),
+            BLOCK_C=_SALIENCY_BLOCK_C, BLOCK_HW=block_hw, num_warps=num_warps,
+        )
+    else:
+        source, plan_source = attn.flatten(1), _SOURCE_MAP
+        source_strides = source.stride()
+    block_b = triton.next_power_of_2(rows * cols)
+    block_q = triton.next_power_of_2(bh * bw)
+    block_p = triton.next_power_of_2(hw)
+    # Pointers the constexpr switches leave unread still need a tensor: pass an output.
+    _plan_kernel[(n,)](
+        source, lam if corner is None else corner, labels, lam if u is None else u,
+        partners if negatives is None else negatives,
+        partners, blocks, mask, lam,
+        n, h, w, hw, float(hw), cols, rows * cols, num_blocks, num_c_blocks, *source_strides,
+        BH=bh, BW=bw, SOURCE=plan_source, RULE=rule,
+        BLOCK_N=min(triton.next_power_of_2(n), _LABEL_CHUNK), BLOCK_B=block_b,
+        BLOCK_Q=block_q, BLOCK_P=block_p,
+        num_warps=min(16, max(4, max(block_b * block_q, block_p) // 256)),
+    )
+    if plan_source == _SOURCE_PARTIALS:
+        patch_q = min(block_q, _PATCH_TILE // 16)
+        patch_c = min(triton.next_power_of_2(c), _PATCH_TILE // patch_q)
+        _patch_kernel[(n, num_blocks, triton.cdiv(c, patch_c))](
+            feat_flat, out_flat, partners, blocks, mask, c, h, w, hw, cols, num_blocks,
+            *feat_flat.stride(), *out_flat.stride(),
+            BH=bh, BW=bw, BLOCK_C=patch_c, BLOCK_Q=patch_q,
+        )
+    else:
+        _mix_kernel[_stream_grid(n, c, hw)](
+            feat_flat, out_flat, partners, mask, c, hw, *feat_flat.stride(), *out_flat.stride(),
+        )
+    _copy_back_if_flatten_copied(out, out_flat)
+    return out, partners, blocks, mask, lam
+
+
 def a_hard_mix_forward_triton(
     feat: torch.Tensor,
     attn: torch.Tensor,
@@ -244,59 +510,21 @@ def a_hard_mix_forward_triton(
     block_size: tuple[int, int],
     num_blocks: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Launch the forward kernels; same contract as ``a_hard_mix_forward_torch``."""
-    n, c, h, w = feat.shape
-    hw = h * w
-    bh, bw = block_size
-    rows, cols = block_grid(h, w, block_size)
-    grid, block_hw = _launch_grid(n, c, hw)
-    device = feat.device
-
-    out = torch.empty_like(feat, memory_format=torch.preserve_format)
-    partners = torch.empty(n, dtype=torch.int64, device=device)
-    blocks = torch.empty(n, num_blocks, dtype=torch.int64, device=device)
-    mask = torch.empty(n, h, w, dtype=torch.bool, device=device)
-    lam = torch.empty(n, dtype=torch.float32, device=device)
-    # The kernels walk cells as one flat index p = h * W + w: a view for contiguous and
-    # channels_last maps, a copy only where H and W can't merge (e.g. a transposed map).
-    feat_flat, out_flat = feat.flatten(2), out.flatten(2)
-
-    from_partials = attn.dim() == 2
-    if from_partials:
-        source = torch.empty(n, grid[1], hw, dtype=torch.float32, device=device)
-        _saliency_copy_kernel[grid](
-            feat_flat, out_flat, attn, source, c, hw,
-            *feat_flat.stride(), *out_flat.stride(), *attn.stride(),
-            BLOCK_C=_BLOCK_C, BLOCK_HW=block_hw,
-        )
-        source_strides = (0, 0)
-    else:
-        source = attn.flatten(1)
-        source_strides = source.stride()
-    _plan_kernel[(n,)](
-        # Pointers the constexpr flags leave unread still need a tensor: pass an output.
-        source, labels, lam if u is None else u, partners if negatives is None else negatives,
-        partners, blocks, mask, lam,
-        n, h, w, hw, float(hw), cols, rows * cols, num_blocks, grid[1], *source_strides,
-        BH=bh, BW=bw, FROM_PARTIALS=from_partials, HAS_NEGATIVES=negatives is not None,
-        BLOCK_N=triton.next_power_of_2(n), BLOCK_B=triton.next_power_of_2(rows * cols),
-        BLOCK_Q=triton.next_power_of_2(bh * bw), BLOCK_P=triton.next_power_of_2(hw),
+    """A-Hard-Mix: :func:`feature_mix_forward_triton` with saliency cells and label partners."""
+    return feature_mix_forward_triton(
+        feat, attn, None, None, labels, u, negatives, block_size, num_blocks, "different_label"
     )
-    _mix_kernel[grid](
-        feat_flat, out_flat, partners, mask, c, hw, *feat_flat.stride(), *out_flat.stride(),
-        PATCH_ONLY=from_partials, BLOCK_C=_BLOCK_C, BLOCK_HW=block_hw,
-    )
-    _copy_back_if_flatten_copied(out, out_flat)
-    return out, partners, blocks, mask, lam
 
 
-def a_hard_mix_backward_triton(
+def feature_mix_backward_triton(
     grad_out: torch.Tensor, negatives: torch.Tensor, mask: torch.Tensor
 ) -> torch.Tensor:
-    """Launch the backward kernel; same result as ``a_hard_mix_backward_torch``, bit for bit."""
+    """Launch the backward kernel of any feature-mix mode; bit-exact to the PyTorch path on CPU.
+
+    Cells zeroed (mask set, partner -1) get a zero gradient; no sample takes from -1.
+    """
     n, c, h, w = grad_out.shape
     hw = h * w
-    grid, block_hw = _launch_grid(n, c, hw)
     # Takers grouped by the sample they took from, ascending within a group (stable sort); the
     # group of sample i ends at bucket_end[i + 1], the unmixed samples (-1) come first.
     order = torch.sort(negatives, stable=True).indices
@@ -307,10 +535,10 @@ def a_hard_mix_backward_triton(
     grad_feat = torch.empty_like(grad_out, memory_format=torch.preserve_format)
     grad_out_flat, grad_feat_flat = grad_out.flatten(2), grad_feat.flatten(2)
     round_to_bf16 = grad_out.dtype == torch.bfloat16
-    _a_hard_mix_bwd_kernel[grid](
+    _feature_mix_bwd_kernel[_stream_grid(n, c, hw)](
         grad_out_flat, grad_feat_flat.view(torch.int16) if round_to_bf16 else grad_feat_flat,
         mask, order, bucket_end, c, hw, *grad_out_flat.stride(), *grad_feat_flat.stride(),
-        ROUND_TO_BF16=round_to_bf16, BLOCK_C=_BLOCK_C, BLOCK_HW=block_hw,
+        ROUND_TO_BF16=round_to_bf16,
     )
     _copy_back_if_flatten_copied(grad_feat, grad_feat_flat)
     return grad_feat

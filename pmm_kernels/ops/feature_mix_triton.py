@@ -25,14 +25,18 @@ whose stride is 1 (the cell axis for NCHW, the channel axis for channels_last) a
 it can prove contiguity and 16-byte alignment: the JIT specialises a stride equal to 1 as a
 constant and marks integer arguments divisible by 16, and the only masks on the dense streams are
 the tile bounds (``c < C``, ``p < HW``), which are constant over 16 consecutive elements when C or
-HW is a multiple of 16. The dense tiles are sized so that each thread moves 64 bytes per stream
-(four 16-byte vectors in flight) within a budget of 96 registers; ``pmm_kernels.static_check``
-compiles every launch for sm_80 and sm_90 and checks exactly that. NCHW maps whose H*W*elem is not
-a multiple of 16 bytes (e.g. 7x5) cannot be 16-byte aligned per channel row and stream in
-narrower accesses.
+HW is a multiple of 16. The dense tiles give each thread 16 elements per stream (four 16-byte
+vectors in float32, two in 16-bit types) within a budget of 96 registers: more elements per
+thread push the backward (float32 accumulator, taker loop) past it. ``pmm_kernels.static_check``
+compiles every launch for sm_80 and sm_90 and checks exactly that. NCHW maps whose H*W*elem is
+not a multiple of 16 bytes (e.g. 7x5) cannot be 16-byte aligned per channel row and stream in
+narrower accesses. With channels_last the per-cell mask is constant along the contiguous channel
+axis, so even the partner's and takers' reads are 16 bytes wide.
 
-All offsets are int64, every load and store takes the tensors' own strides (channels_last and
-other layouts need no copy), and nothing is read back to the host.
+The sample index and each sample's base offset are int64; offsets inside one sample are int32
+(the launchers check the span), which halves the registers of unvectorised addresses. Every load
+and store takes the tensors' own strides (channels_last and other layouts need no copy), and
+nothing is read back to the host.
 """
 
 from __future__ import annotations
@@ -48,53 +52,31 @@ from pmm_kernels.ops.reference import block_grid
 _MAX_MAP_CELLS = 16384
 _MAX_BLOCKS = 16384
 _MAX_BATCH = 16384
-# The saliency reduction's tile is fixed: its float32 partial sums, hence the chosen blocks, must
-# not depend on an autotuning outcome. Channels are reduced 32 at a time.
-_SALIENCY_BLOCK_C = 32
-# Bytes each thread moves per dense stream: four 16-byte vectors in flight.
-_BYTES_PER_THREAD = 64
+# Offsets inside one sample are int32 (the sample's base offset is int64): half the registers of
+# int64 addresses, which the unvectorised (unaligned) layouts need one of per element.
+_MAX_SAMPLE_SPAN = 2**31
+# The saliency reduction's tile (BLOCK_C, BLOCK_HW, num_warps) is fixed: its float32 partial
+# sums, hence the chosen blocks, must not depend on an autotuning outcome.
+_SALIENCY_TILE = (32, 64, 4)
 _LABEL_CHUNK = 512
 _PATCH_TILE = 2048
 _PARTNER_RULES = {"different_label": 1, "any_other": 2, "none": 3}
 _SOURCE_PARTIALS, _SOURCE_MAP, _SOURCE_KEYS, _SOURCE_CORNER = 0, 1, 2, 3
 _RULE_GIVEN = 0
-_RULE_NONE = _PARTNER_RULES["none"]
-
-
-def _interpreted() -> bool:
-    return os.environ.get("TRITON_INTERPRET") == "1"
 
 
 def _stream_configs() -> list[triton.Config]:
-    """(BLOCK_C, BLOCK_HW, num_warps) candidates of the copy kernels, 64 bytes per thread each.
+    """(BLOCK_C, BLOCK_HW, num_warps) candidates of the copy kernels: 16 elements per thread.
 
     Under the interpreter there is nothing to tune: one config.
     """
-    tiles = [(32, 64, 4), (16, 128, 4), (64, 64, 8), (64, 64, 4), (32, 128, 4), (128, 64, 8)]
-    if _interpreted():
+    tiles = [(32, 64, 4), (16, 128, 4), (64, 32, 4)]
+    if os.environ.get("TRITON_INTERPRET") == "1":
         tiles = tiles[:1]
     return [
         triton.Config({"BLOCK_C": block_c, "BLOCK_HW": block_hw}, num_warps=num_warps)
         for block_c, block_hw, num_warps in tiles
     ]
-
-
-def _configs_for_dtype(configs, named_args, **kwargs):
-    """Keep the configs whose tile gives each thread 64 bytes of this launch's element type.
-
-    The first argument of every autotuned kernel is the map it streams.
-    """
-    element_size = next(iter(named_args.values())).element_size()
-    return [
-        config for config in configs
-        if config.kwargs["BLOCK_C"] * config.kwargs["BLOCK_HW"] * element_size
-        == _BYTES_PER_THREAD * 32 * config.num_warps
-    ]
-
-
-def _saliency_tile(element_size: int) -> tuple[int, int]:
-    """(BLOCK_HW, num_warps) of the saliency copy: 64 bytes per thread at 32 channels."""
-    return _BYTES_PER_THREAD * 32 * 4 // (_SALIENCY_BLOCK_C * element_size), 4
 
 
 def unsupported_reason(n: int, h: int, w: int, num_grid_blocks: int) -> str | None:
@@ -127,8 +109,8 @@ def _saliency_copy_kernel(
     """
     n = tl.program_id(0).to(tl.int64)
     c_block = tl.program_id(1)
-    c = (c_block * BLOCK_C + tl.arange(0, BLOCK_C)).to(tl.int64)
-    p = (tl.program_id(2) * BLOCK_HW + tl.arange(0, BLOCK_HW)).to(tl.int64)
+    c = c_block * BLOCK_C + tl.arange(0, BLOCK_C)
+    p = tl.program_id(2) * BLOCK_HW + tl.arange(0, BLOCK_HW)
     in_map = p < HW
     tile = (c < C)[:, None] & in_map[None, :]
     x = tl.load(
@@ -251,7 +233,6 @@ def _plan_kernel(
 
 @triton.autotune(
     configs=_stream_configs(), key=["C", "HW", "f_sc", "f_sp"],
-    prune_configs_by={"early_config_prune": _configs_for_dtype},
 )
 @triton.jit
 def _mix_kernel(
@@ -268,8 +249,8 @@ def _mix_kernel(
     registers. Values are copied, never computed on, so the output is bit-exact in every dtype.
     """
     i = tl.program_id(0).to(tl.int64)
-    c = (tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)).to(tl.int64)
-    p = (tl.program_id(2) * BLOCK_HW + tl.arange(0, BLOCK_HW)).to(tl.int64)
+    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    p = tl.program_id(2) * BLOCK_HW + tl.arange(0, BLOCK_HW)
     in_map = p < HW
     tile = (c < C)[:, None] & in_map[None, :]
     offsets = c[:, None] * f_sc + p[None, :] * f_sp
@@ -302,7 +283,7 @@ def _patch_kernel(
     """
     i = tl.program_id(0).to(tl.int64)
     block = tl.load(blocks_ptr + i * K + tl.program_id(1))
-    c = (tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)).to(tl.int64)
+    c = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
     partner = tl.load(negatives_ptr + i)
     top = block // COLS * BH
     left = block % COLS * BW
@@ -311,7 +292,7 @@ def _patch_kernel(
         row = top + q // BW
         col = left + q % BW
         in_block = (q < BH * BW) & (row < H) & (col < W)
-        p = tl.where(in_block, row * W + col, 0).to(tl.int64)
+        p = tl.where(in_block, row * W + col, 0)
         replaced = tl.load(mask_ptr + i * HW + p, mask=in_block, other=0).to(tl.int1)
         tile = (c < C)[:, None] & replaced[None, :]
         x = tl.load(
@@ -323,7 +304,6 @@ def _patch_kernel(
 
 @triton.autotune(
     configs=_stream_configs(), key=["C", "HW", "g_sc", "g_sp"],
-    prune_configs_by={"early_config_prune": _configs_for_dtype},
 )
 @triton.jit
 def _feature_mix_bwd_kernel(
@@ -340,8 +320,8 @@ def _feature_mix_bwd_kernel(
     cells and added one after another in float32: a fixed order, so the result is reproducible.
     """
     i = tl.program_id(0).to(tl.int64)
-    c = (tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)).to(tl.int64)
-    p = (tl.program_id(2) * BLOCK_HW + tl.arange(0, BLOCK_HW)).to(tl.int64)
+    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    p = tl.program_id(2) * BLOCK_HW + tl.arange(0, BLOCK_HW)
     in_map = p < HW
     tile = (c < C)[:, None] & in_map[None, :]
     offsets = c[:, None] * g_sc + p[None, :] * g_sp
@@ -377,6 +357,17 @@ def chosen_configs() -> dict[str, str]:
 def _stream_grid(n: int, c: int, hw: int):
     """Grid (sample, channel tile, cell tile) of the autotuned streaming kernels."""
     return lambda meta: (n, triton.cdiv(c, meta["BLOCK_C"]), triton.cdiv(hw, meta["BLOCK_HW"]))
+
+
+def _check_sample_span(name: str, tensor: torch.Tensor) -> None:
+    """The kernels address inside one sample with int32 offsets."""
+    span = 1 + sum((size - 1) * abs(stride)
+                   for size, stride in zip(tensor.shape[1:], tensor.stride()[1:], strict=True))
+    if span >= _MAX_SAMPLE_SPAN:
+        raise ValueError(
+            f"backend='triton' needs each sample of {name} to span fewer than 2**31 elements, "
+            f"got {span} (shape {tuple(tensor.shape)}, strides {tensor.stride()})"
+        )
 
 
 def _copy_back_if_flatten_copied(result: torch.Tensor, result_flat: torch.Tensor) -> None:
@@ -436,6 +427,7 @@ def feature_mix_forward_triton(
     rule = _RULE_GIVEN if negatives is not None else _PARTNER_RULES[partner_rule]
     if u is None and rule in (1, 2):
         raise ValueError(f"partner_rule={partner_rule!r} without negatives needs u")
+    _check_sample_span("feat", feat)
     n, c, h, w = feat.shape
     hw = h * w
     bh, bw = block_size
@@ -459,14 +451,14 @@ def feature_mix_forward_triton(
     elif keys is not None:
         source, plan_source, source_strides = keys, _SOURCE_KEYS, keys.stride()
     elif attn.dim() == 2:
-        num_c_blocks = triton.cdiv(c, _SALIENCY_BLOCK_C)
-        block_hw, num_warps = _saliency_tile(feat.element_size())
+        num_c_blocks = triton.cdiv(c, _SALIENCY_TILE[0])
+        block_c, block_hw, num_warps = _SALIENCY_TILE
         source, plan_source = torch.empty(n, num_c_blocks, hw, dtype=torch.float32,
                                           device=device), _SOURCE_PARTIALS
         _saliency_copy_kernel[(n, num_c_blocks, triton.cdiv(hw, block_hw))](
             feat_flat, out_flat, attn, source, c, hw,
             *feat_flat.stride(), *out_flat.stride(), *attn.stride(),
-            BLOCK_C=_SALIENCY_BLOCK_C, BLOCK_HW=block_hw, num_warps=num_warps,
+            BLOCK_C=block_c, BLOCK_HW=block_hw, num_warps=num_warps,
         )
     else:
         source, plan_source = attn.flatten(1), _SOURCE_MAP
@@ -523,6 +515,7 @@ def feature_mix_backward_triton(
 
     Cells zeroed (mask set, partner -1) get a zero gradient; no sample takes from -1.
     """
+    _check_sample_span("grad_out", grad_out)
     n, c, h, w = grad_out.shape
     hw = h * w
     # Takers grouped by the sample they took from, ascending within a group (stable sort); the

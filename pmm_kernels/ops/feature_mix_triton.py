@@ -130,6 +130,7 @@ def _plan_kernel(
     N, H, W, HW, MAP_AREA, COLS, NUM_GRID_BLOCKS, K, NUM_C_BLOCKS,
     s_sn, s_sp,
     BH: tl.constexpr, BW: tl.constexpr, SOURCE: tl.constexpr, RULE: tl.constexpr,
+    ZERO_UNPAIRED: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
     """One program per sample i: selected cells, partner, mask and lam.
@@ -142,7 +143,8 @@ def _plan_kernel(
     Partner (RULE): 0 -- given; 1 -- the r-th j with labels[j] != labels[i] (ascending j),
     r = min(floor(u[i] * m), m - 1), m = number of such j, -1 when m = 0; 2 -- the r-th j != i,
     m = N - 1 (-1 when N = 1); 3 -- -1.
-    mask = selected & (partner >= 0), or selected for RULE 3 (zeroed cells);
+    mask = selected & (partner >= 0), or with ZERO_UNPAIRED (rule "none") selected: the cells
+    of a sample without a partner are zeroed;
     lam = sum(mask) / HW, correctly rounded.
     """
     i = tl.program_id(0).to(tl.int64)
@@ -223,7 +225,7 @@ def _plan_kernel(
     tl.store(negatives_ptr + i, partner.to(tl.int64))
 
     replaced = selected & (p < HW)
-    if RULE != 3:  # rule "none" zeroes the cells; the others mix only with a partner
+    if not ZERO_UNPAIRED:
         replaced = replaced & (partner >= 0)
     tl.store(mask_ptr + i * HW + p, replaced, mask=p < HW)
     # div_rn: a correctly rounded division (Triton's `/` may be approximate), as torch does.
@@ -472,7 +474,7 @@ def feature_mix_forward_triton(
         partners if negatives is None else negatives,
         partners, blocks, mask, lam,
         n, h, w, hw, float(hw), cols, rows * cols, num_blocks, num_c_blocks, *source_strides,
-        BH=bh, BW=bw, SOURCE=plan_source, RULE=rule,
+        BH=bh, BW=bw, SOURCE=plan_source, RULE=rule, ZERO_UNPAIRED=partner_rule == "none",
         BLOCK_N=min(triton.next_power_of_2(n), _LABEL_CHUNK), BLOCK_B=block_b,
         BLOCK_Q=block_q, BLOCK_P=block_p,
         num_warps=min(16, max(4, max(block_b * block_q, block_p) // 256)),

@@ -65,6 +65,11 @@ _SOURCE_PARTIALS, _SOURCE_MAP, _SOURCE_KEYS, _SOURCE_CORNER = 0, 1, 2, 3
 _RULE_GIVEN = 0
 
 
+def _tuning_bench(kernel_call, quantiles):
+    """Timing of one candidate tile: short runs suffice to rank three tiles."""
+    return triton.testing.do_bench(kernel_call, warmup=5, rep=20, quantiles=quantiles)
+
+
 def _stream_configs() -> list[triton.Config]:
     """(BLOCK_C, BLOCK_HW, num_warps) candidates of the copy kernels: 16 elements per thread.
 
@@ -234,7 +239,7 @@ def _plan_kernel(
 
 
 @triton.autotune(
-    configs=_stream_configs(), key=["C", "HW", "f_sc", "f_sp"],
+    configs=_stream_configs(), key=["C", "HW", "f_sc", "f_sp"], do_bench=_tuning_bench,
 )
 @triton.jit
 def _mix_kernel(
@@ -305,7 +310,7 @@ def _patch_kernel(
 
 
 @triton.autotune(
-    configs=_stream_configs(), key=["C", "HW", "g_sc", "g_sp"],
+    configs=_stream_configs(), key=["C", "HW", "g_sc", "g_sp"], do_bench=_tuning_bench,
 )
 @triton.jit
 def _feature_mix_bwd_kernel(

@@ -8,7 +8,8 @@ any machine. For each target (sm_80 = A100, sm_90 = H100) this module
    attn forms, given partners, random keys, Batch DropBlock's rectangle, every partner rule) and
    the backward, for float32, bfloat16 and float16, NCHW and channels_last, at the paper's 24x8
    map and an odd 7x5 map, N=8 and C=64 (the compiled code depends only on dtypes, constexprs,
-   which strides equal 1 and which integers are multiples of 16, so C=64 stands for C=2048);
+   which strides equal 1 and which integers are multiples of 16, so C=64 stands for C=2048),
+   plus the planning kernel at N=1100 (labels read in several chunks);
 2. compiles each launch with the JIT's own specialization (``JITFunction.warmup``, never launched)
    for ``GPUTarget("cuda", cap, 32)`` behind a stand-in driver, once per config the autotuner may
    pick for it;
@@ -52,6 +53,7 @@ CAPS = (80, 90)
 MAX_REGISTERS = 96
 KERNEL_MODULE = "pmm_kernels.ops.feature_mix_triton"
 BATCH, CHANNELS = 8, 64
+LARGE_BATCH = 1100
 MAPS = ((24, 8), (7, 5))
 BLOCK_SIZE, NUM_BLOCKS = (3, 2), 3
 DTYPES = ("float32", "bfloat16", "float16")
@@ -151,10 +153,10 @@ def unavailable() -> str | None:
     return None
 
 
-def _make_feat(dtype, layout: str, hw: tuple[int, int]):
+def _make_feat(dtype, layout: str, hw: tuple[int, int], batch: int = BATCH):
     import torch
 
-    feat = torch.zeros(BATCH, CHANNELS, *hw, dtype=getattr(torch, dtype))
+    feat = torch.zeros(batch, CHANNELS, *hw, dtype=getattr(torch, dtype))
     return feat.contiguous(memory_format=torch.channels_last) if layout == "channels_last" else feat
 
 
@@ -227,6 +229,16 @@ def record_launches() -> list[Launch]:
                     case.update(mode="backward", f=min(NUM_BLOCKS * 6, h * w) / (h * w))
                     mask = torch.rand(BATCH, h, w, generator=generator) < 0.1
                     module.feature_mix_backward_triton(feat, torch.arange(BATCH).roll(1), mask)
+        # The planning kernel reads the labels in chunks: a batch of several chunks.
+        h, w = MAPS[0]
+        feat = _make_feat("float32", "nchw", (h, w), LARGE_BATCH)
+        case.update(feat=feat, dtype="float32", layout="nchw", map=f"{h}x{w}",
+                    mode=f"a_hard_mix, N={LARGE_BATCH}", f=NUM_BLOCKS * 6 / (h * w))
+        module.feature_mix_forward_triton(
+            feat, torch.rand(LARGE_BATCH, h, w), None, None, torch.arange(LARGE_BATCH) // 4,
+            torch.rand(LARGE_BATCH, generator=generator), None, BLOCK_SIZE, NUM_BLOCKS,
+            "different_label",
+        )
     finally:
         for name, kernel in kernels.items():
             setattr(module, name, kernel)

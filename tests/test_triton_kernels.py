@@ -381,3 +381,21 @@ def test_feature_mix_launcher_rejects_bad_calls(triton_device):
     with pytest.raises(ValueError, match="needs u"):
         feature_mix_forward_triton(feat, None, keys, None, labels, None, None, (2, 2), 1,
                                    "any_other")
+
+
+def test_partner_search_crosses_label_chunks(triton_device):
+    # 700 samples: the planning kernel reads the labels in two chunks of 512.
+    n = 700
+    generator = torch.Generator().manual_seed(3)
+    labels = torch.randint(0, 5, (n,), generator=generator)
+    u = torch.rand(n, generator=generator)
+    feat = torch.randn(n, 1, 1, 2, generator=generator).to(triton_device)
+    _, partners, *_ = feature_mix_forward_triton(
+        feat, None, torch.rand(n, 2, generator=generator).to(triton_device), None,
+        labels.to(triton_device), u.to(triton_device), None, (1, 1), 1, "different_label")
+    expected, label_list = [], labels.tolist()
+    for i in range(n):
+        candidates = [j for j in range(n) if label_list[j] != label_list[i]]
+        expected.append(candidates[min(math.floor(float(u[i]) * len(candidates)),
+                                       len(candidates) - 1)])
+    assert partners.tolist() == expected

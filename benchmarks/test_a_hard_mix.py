@@ -121,7 +121,8 @@ def make_call(impl: str, feat, attn, labels, negatives, passes: str) -> Callable
                 return authors_a_hard_mix(x, attn, negatives, k=NUM_BLOCKS)
             return authors_mix(x, attn, negatives, k=NUM_BLOCKS)[0]
     elif impl == "torch_compile":
-        compiled = torch.compile(reference.a_hard_mix_forward_torch, dynamic=False)
+        # N symbolic: one graph per dtype, attn form and grad mode, whatever the batch.
+        compiled = torch.compile(reference.a_hard_mix_forward_torch, dynamic=True)
 
         def forward(x):
             return compiled(x, attn, labels, None, negatives, BLOCK_SIZE, NUM_BLOCKS)[0]

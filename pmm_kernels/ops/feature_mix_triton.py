@@ -60,9 +60,10 @@ _MAX_SAMPLE_SPAN = 2**31
 _SALIENCY_TILE = (32, 64, 4)
 _LABEL_CHUNK = 512
 _PATCH_TILE = 2048
-_PARTNER_RULES = {"different_label": 1, "any_other": 2, "none": 3}
+# The planning kernel's SOURCE (where the cells come from) and RULE (how partners are found).
 _SOURCE_PARTIALS, _SOURCE_MAP, _SOURCE_KEYS, _SOURCE_CORNER = 0, 1, 2, 3
 _RULE_GIVEN = 0
+_PARTNER_RULES = {"different_label": 1, "any_other": 2, "none": 3}
 
 
 def _tuning_bench(kernel_call, quantiles):
@@ -432,7 +433,7 @@ def feature_mix_forward_triton(
             f"partner_rule must be one of {tuple(_PARTNER_RULES)}, got {partner_rule!r}"
         )
     rule = _RULE_GIVEN if negatives is not None else _PARTNER_RULES[partner_rule]
-    if u is None and rule in (1, 2):
+    if u is None and rule != _RULE_GIVEN and partner_rule != "none":
         raise ValueError(f"partner_rule={partner_rule!r} without negatives needs u")
     _check_sample_span("feat", feat)
     n, c, h, w = feat.shape

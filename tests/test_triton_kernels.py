@@ -339,6 +339,7 @@ def check_family(feat, source, partner_rule, given, block_size, num_blocks, seed
                          ids=[mode for mode, *_ in FAMILY])
 @pytest.mark.parametrize(("n", "c", "hw", "block_size", "k"), [
     (5, 7, (7, 5), (3, 2), 2),    # odd map, clipped edge blocks
+    (4, 5, (5, 3), (2, 2), 1),    # k = 1
     (1, 3, (6, 4), (2, 2), 6),    # N = 1 (no partner), every block
     (9, 16, (24, 8), (3, 2), 3),  # the paper's map and block grid
 ])

@@ -48,7 +48,7 @@ import re
 import subprocess
 import sys
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 CAPS = (80, 90)
 MAX_REGISTERS = 96
@@ -114,7 +114,6 @@ class Row:
     stores_16b: int = 0
     tile_bytes_per_thread: int | None = None
     error: str | None = None
-    extra: dict = field(default_factory=dict)
 
 
 def _triton_bin(name: str) -> str:

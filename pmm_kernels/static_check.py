@@ -7,9 +7,9 @@ any machine. For each target (sm_80 = A100, sm_90 = H100) this module
    them on CPU tensors with every kernel replaced by a recorder (nothing runs): all modes (both
    attn forms, given partners, random keys, Batch DropBlock's rectangle, every partner rule) and
    the backward, for float32, bfloat16 and float16, NCHW and channels_last, at the paper's 24x8
-   map and an odd 7x5 map, N=8 and C=64 (the compiled code depends only on dtypes, constexprs,
-   which strides equal 1 and which integers are multiples of 16, so C=64 stands for C=2048),
-   plus the planning kernel at N=1100 (labels read in several chunks);
+   map and an odd 7x5 map with C=64, and at 7x5 with C=130, N=8 (the compiled code depends only
+   on dtypes, constexprs, which strides equal 1 and which integers are multiples of 16, so C=64
+   stands for C=2048), plus the planning kernel at N=1100 (labels read in several chunks);
 2. compiles each launch with the JIT's own specialization (``JITFunction.warmup``, never launched)
    for ``GPUTarget("cuda", cap, 32)`` behind a stand-in driver, once per config the autotuner may
    pick for it;
@@ -19,8 +19,8 @@ any machine. For each target (sm_80 = A100, sm_90 = H100) this module
 
 A problem is: a launch that doesn't compile, local memory, more than ``MAX_REGISTERS`` registers
 per thread, or a streaming kernel whose dense tiles (see ``DENSE_STREAMS``) are not moved in
-16-byte accesses where the layout allows it (NCHW needs H*W*elem, channels_last C*elem to be a
-multiple of 16 bytes: otherwise rows start misaligned and no compiler can use 16-byte accesses).
+16-byte accesses where the layout allows it (NCHW needs H*W, channels_last C to be a multiple
+of 16, see :func:`_vectorisable`).
 
 It relies on these Triton internals (3.x), checked by :func:`unavailable` first:
 ``triton.backends.compiler.GPUTarget``, ``triton.runtime.driver.set_active``,
@@ -53,9 +53,10 @@ from dataclasses import asdict, dataclass
 CAPS = (80, 90)
 MAX_REGISTERS = 96
 KERNEL_MODULE = "pmm_kernels.ops.feature_mix_triton"
-BATCH, CHANNELS = 8, 64
+BATCH = 8
 LARGE_BATCH = 1100
-MAPS = ((24, 8), (7, 5))
+# ((H, W), C): the paper's map, an odd map, and an odd map with C not a multiple of 16.
+SHAPES = (((24, 8), 64), ((7, 5), 64), ((7, 5), 130))
 BLOCK_SIZE, NUM_BLOCKS = (3, 2), 3
 DTYPES = ("float32", "bfloat16", "float16")
 LAYOUTS = ("nchw", "channels_last")
@@ -90,6 +91,7 @@ class Launch:
     layout: str
     map: str
     mode: str
+    aligned: bool
     bytes_over_feat: float
 
 
@@ -153,10 +155,15 @@ def unavailable() -> str | None:
     return None
 
 
-def _make_feat(dtype, layout: str, hw: tuple[int, int], batch: int = BATCH):
+def shape_label(hw: tuple[int, int], channels: int) -> str:
+    """How rows name a shape: "24x8", or "7x5, C=130" where C is not the usual 64."""
+    return f"{hw[0]}x{hw[1]}" + ("" if channels == SHAPES[0][1] else f", C={channels}")
+
+
+def _make_feat(dtype, layout: str, hw: tuple[int, int], channels: int, batch: int = BATCH):
     import torch
 
-    feat = torch.zeros(batch, CHANNELS, *hw, dtype=getattr(torch, dtype))
+    feat = torch.zeros(batch, channels, *hw, dtype=getattr(torch, dtype))
     return feat.contiguous(memory_format=torch.channels_last) if layout == "channels_last" else feat
 
 
@@ -192,8 +199,10 @@ def record_launches() -> list[Launch]:
             def record(*args, **kwargs):
                 feat_bytes = case["feat"].numel() * case["feat"].element_size()
                 launches.append(Launch(
-                    self.name, args, kwargs, case["dtype"], case["layout"], case["map"],
-                    case["mode"], round(_bytes_model(self.name, case["f"], args, feat_bytes), 4),
+                    kernel=self.name, args=args, kwargs=kwargs, dtype=case["dtype"],
+                    layout=case["layout"], map=case["map"], mode=case["mode"],
+                    aligned=_vectorisable(case["feat"]),
+                    bytes_over_feat=round(_bytes_model(self.name, case["f"], args, feat_bytes), 4),
                 ))
             return record
 
@@ -203,8 +212,8 @@ def record_launches() -> list[Launch]:
             setattr(module, name, Recorder(name))
         for dtype in DTYPES:
             for layout in LAYOUTS:
-                for h, w in MAPS:
-                    feat = _make_feat(dtype, layout, (h, w))
+                for (h, w), channels in SHAPES:
+                    feat = _make_feat(dtype, layout, (h, w), channels)
                     rows, cols = -(-h // BLOCK_SIZE[0]), -(-w // BLOCK_SIZE[1])
                     labels = torch.arange(BATCH) // 2
                     u = torch.rand(BATCH, generator=generator)
@@ -213,10 +222,11 @@ def record_launches() -> list[Launch]:
                         if source == "corner":
                             block_size, num_blocks = (max(1, round(0.33 * h)), w), 1
                         area = min(num_blocks * block_size[0] * block_size[1], h * w)
-                        case.update(feat=feat, dtype=dtype, layout=layout, map=f"{h}x{w}",
+                        case.update(feat=feat, dtype=dtype, layout=layout,
+                                    map=shape_label((h, w), channels),
                                     mode=mode, f=area / (h * w))
                         cells = {
-                            "weights": (torch.rand(BATCH, CHANNELS), None, None),
+                            "weights": (torch.rand(BATCH, channels), None, None),
                             "map": (torch.rand(BATCH, h, w), None, None),
                             "keys": (None, torch.rand(BATCH, rows * cols), None),
                             "corner": (None, None, torch.tensor([1, 0])),
@@ -230,9 +240,9 @@ def record_launches() -> list[Launch]:
                     mask = torch.rand(BATCH, h, w, generator=generator) < 0.1
                     module.feature_mix_backward_triton(feat, torch.arange(BATCH).roll(1), mask)
         # The planning kernel reads the labels in chunks: a batch of several chunks.
-        h, w = MAPS[0]
-        feat = _make_feat("float32", "nchw", (h, w), LARGE_BATCH)
-        case.update(feat=feat, dtype="float32", layout="nchw", map=f"{h}x{w}",
+        (h, w), channels = SHAPES[0]
+        feat = _make_feat("float32", "nchw", (h, w), channels, LARGE_BATCH)
+        case.update(feat=feat, dtype="float32", layout="nchw", map=shape_label((h, w), channels),
                     mode=f"a_hard_mix, N={LARGE_BATCH}", f=NUM_BLOCKS * 6 / (h * w))
         module.feature_mix_forward_triton(
             feat, torch.rand(LARGE_BATCH, h, w), None, None, torch.arange(LARGE_BATCH) // 4,
@@ -296,14 +306,15 @@ def _global_accesses(ptx: str, op: str) -> tuple[int, int]:
     return len(accesses), sum(bool(_WIDE.search(access)) for access in accesses)
 
 
-def _aligned(launch: Launch) -> bool:
-    """Whether every row of the launch's dense stream can start on a 16-byte boundary."""
-    import torch
+def _vectorisable(feat) -> bool:
+    """Whether the compiler can prove 16-byte alignment of ``feat``'s dense rows.
 
-    element_size = torch.empty((), dtype=getattr(torch, launch.dtype)).element_size()
-    h, w = map(int, launch.map.split("x"))
-    contiguous_run = h * w if launch.layout == "nchw" else CHANNELS
-    return contiguous_run * element_size % 16 == 0
+    The JIT marks integer arguments divisible by 16 (elements); a stride it doesn't see as such
+    leaves rows possibly misaligned, and no compiler may then use 16-byte accesses: so NCHW needs
+    H*W and channels_last needs C to be a multiple of 16.
+    """
+    sn, sc, sp = feat.flatten(2).stride()
+    return sn % 16 == 0 and ((sp == 1 and sc % 16 == 0) or (sc == 1 and sp % 16 == 0))
 
 
 def _describe(kwargs: dict) -> str:
@@ -333,7 +344,7 @@ def compile_for(cap: int) -> list[dict]:
         for jit, kwargs in variants:
             kwargs.setdefault("num_warps", 4)
             row = Row(cap, launch.kernel, launch.dtype, launch.layout, launch.map, launch.mode,
-                      _describe(kwargs), launch.bytes_over_feat, _aligned(launch))
+                      _describe(kwargs), launch.bytes_over_feat, launch.aligned)
             try:
                 compiled = jit.warmup(*launch.args, grid=(1,), **kwargs)
             except Exception as error:  # a failed compile is a finding, reported with the rest
@@ -417,7 +428,7 @@ def summarize(rows: list[dict]) -> str:
             return f"{min(values)}-{max(values)}" if min(values) != max(values) else str(values[0])
 
         lines.append(
-            f"| {cap} | {kernel} | {'yes' if aligned else 'no (NCHW 7x5)'} | {len(rs)} | "
+            f"| {cap} | {kernel} | {'yes' if aligned else 'no'} | {len(rs)} | "
             f"{span('registers')} | {span('local_bytes')} | {span('loads_16b')} / "
             f"{span('loads')} | {span('stores_16b')} / {span('stores')} |"
         )

@@ -48,10 +48,11 @@ def test_every_launch_compiles_for_sm80_and_sm90(report):
     for cap in static_check.CAPS:
         for dtype in static_check.DTYPES:
             for layout in static_check.LAYOUTS:
-                for h, w in static_check.MAPS:
+                for hw, channels in static_check.SHAPES:
                     for kernel in ("_saliency_copy_kernel", "_plan_kernel", "_patch_kernel",
                                    "_mix_kernel", "_feature_mix_bwd_kernel"):
-                        assert (cap, kernel, dtype, layout, f"{h}x{w}") in compiled
+                        shape = static_check.shape_label(hw, channels)
+                        assert (cap, kernel, dtype, layout, shape) in compiled
     modes = {row["mode"] for row in report["rows"] if row["kernel"] == "_plan_kernel"}
     assert modes == {mode for mode, *_ in static_check.MODES} | {
         f"a_hard_mix, N={static_check.LARGE_BATCH}"}

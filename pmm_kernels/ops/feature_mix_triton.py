@@ -25,13 +25,14 @@ whose stride is 1 (the cell axis for NCHW, the channel axis for channels_last) a
 it can prove contiguity and 16-byte alignment: the JIT specialises a stride equal to 1 as a
 constant and marks integer arguments divisible by 16, and the only masks on the dense streams are
 the tile bounds (``c < C``, ``p < HW``), which are constant over 16 consecutive elements when C or
-HW is a multiple of 16. The dense tiles give each thread 16 elements per stream (four 16-byte
-vectors in float32, two in 16-bit types) within a budget of 96 registers: more elements per
-thread push the backward (float32 accumulator, taker loop) past it. ``pmm_kernels.static_check``
-compiles every launch for sm_80 and sm_90 and checks exactly that. NCHW maps whose H*W*elem is
-not a multiple of 16 bytes (e.g. 7x5) cannot be 16-byte aligned per channel row and stream in
-narrower accesses. With channels_last the per-cell mask is constant along the contiguous channel
-axis, so even the partner's and takers' reads are 16 bytes wide.
+HW is a multiple of 16. So NCHW maps need H*W, channels_last maps C to be a multiple of 16 (the
+paper's 24x8 map with any C, or C=2048 with any map); otherwise rows may start misaligned and the
+kernels stream in narrower accesses. Vectorised launches give each thread 16 elements per stream
+(four 16-byte vectors in float32, two in 16-bit types), the others 8 (each element then needs its
+own address): both stay within 96 registers, where more elements per thread push the backward
+(float32 accumulator, taker loop) past it. ``pmm_kernels.static_check`` compiles every launch for
+sm_80 and sm_90 and checks exactly that. With channels_last the per-cell mask is constant along
+the contiguous channel axis, so even the partner's and takers' reads are 16 bytes wide.
 
 The sample index and each sample's base offset are int64; offsets inside one sample are int32
 (the launchers check the span), which halves the registers of unvectorised addresses. Every load
@@ -72,17 +73,30 @@ def _tuning_bench(kernel_call, quantiles):
 
 
 def _stream_configs() -> list[triton.Config]:
-    """(BLOCK_C, BLOCK_HW, num_warps) candidates of the copy kernels: 16 elements per thread.
+    """(BLOCK_C, BLOCK_HW, num_warps) candidates of the copy kernels: 16 elements per thread for
+    launches that vectorise, 8 for the others (see :func:`_tiles_for_layout`).
 
     Under the interpreter there is nothing to tune: one config.
     """
-    tiles = [(32, 64, 4), (16, 128, 4), (64, 32, 4)]
+    tiles = [(32, 64, 4), (16, 128, 4), (64, 32, 4), (32, 32, 4), (16, 64, 4), (8, 128, 4)]
     if os.environ.get("TRITON_INTERPRET") == "1":
         tiles = tiles[:1]
     return [
         triton.Config({"BLOCK_C": block_c, "BLOCK_HW": block_hw}, num_warps=num_warps)
         for block_c, block_hw, num_warps in tiles
     ]
+
+
+def _tiles_for_layout(configs, named_args, **kwargs):
+    """The candidates for this launch: 16 elements per thread where the streamed map's rows can
+    be proven 16-byte aligned (a stride of 1, the others multiples of 16), else 8."""
+    sn, sc, sp = [value for name, value in named_args.items()
+                  if name.endswith(("_sn", "_sc", "_sp"))][:3]  # the streamed map's strides
+    vectorised = sn % 16 == 0 and ((sp == 1 and sc % 16 == 0) or (sc == 1 and sp % 16 == 0))
+    per_thread = 16 if vectorised else 8
+    return [config for config in configs
+            if config.kwargs["BLOCK_C"] * config.kwargs["BLOCK_HW"]
+            == per_thread * 32 * config.num_warps]
 
 
 def unsupported_reason(n: int, h: int, w: int, num_grid_blocks: int) -> str | None:
@@ -240,7 +254,8 @@ def _plan_kernel(
 
 
 @triton.autotune(
-    configs=_stream_configs(), key=["C", "HW", "f_sc", "f_sp"], do_bench=_tuning_bench,
+    configs=_stream_configs(), key=["C", "HW", "f_sn", "f_sc", "f_sp"], do_bench=_tuning_bench,
+    prune_configs_by={"early_config_prune": _tiles_for_layout},
 )
 @triton.jit
 def _mix_kernel(
@@ -311,7 +326,8 @@ def _patch_kernel(
 
 
 @triton.autotune(
-    configs=_stream_configs(), key=["C", "HW", "g_sc", "g_sp"], do_bench=_tuning_bench,
+    configs=_stream_configs(), key=["C", "HW", "g_sn", "g_sc", "g_sp"], do_bench=_tuning_bench,
+    prune_configs_by={"early_config_prune": _tiles_for_layout},
 )
 @triton.jit
 def _feature_mix_bwd_kernel(

@@ -385,7 +385,7 @@ def test_feature_mix_launcher_rejects_bad_calls(triton_device):
 
 
 def test_partner_search_crosses_label_chunks(triton_device):
-    # 700 samples: the planning kernel reads the labels in two chunks of 512.
+    # 700 samples: the planning kernel reads the labels in three chunks of 256.
     n = 700
     generator = torch.Generator().manual_seed(3)
     labels = torch.randint(0, 5, (n,), generator=generator)

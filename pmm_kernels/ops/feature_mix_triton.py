@@ -59,7 +59,7 @@ _MAX_SAMPLE_SPAN = 2**31
 # The saliency reduction's tile (BLOCK_C, BLOCK_HW, num_warps) is fixed: its float32 partial
 # sums, hence the chosen blocks, must not depend on an autotuning outcome.
 _SALIENCY_TILE = (32, 64, 4)
-_LABEL_CHUNK = 512
+_LABEL_CHUNK = 256
 _PATCH_TILE = 2048
 # The planning kernel's SOURCE (where the cells come from) and RULE (how partners are found).
 _SOURCE_PARTIALS, _SOURCE_MAP, _SOURCE_KEYS, _SOURCE_CORNER = 0, 1, 2, 3

@@ -3,7 +3,12 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test bench clean
+# The GPU check runs on a CUDA machine with torch, triton, pytest and hypothesis already
+# installed (no venv): `make gpu-check GPU_RESULTS=/some/folder`.
+GPU_PYTHON ?= python3
+GPU_RESULTS ?= gpu-results
+
+.PHONY: demo test bench static-check gpu-check clean
 
 $(VENV)/.installed: pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -20,5 +25,11 @@ test: $(VENV)/.installed
 bench: $(VENV)/.installed
 	$(PY) -m pytest benchmarks --benchmark-only
 
+static-check: $(VENV)/.installed
+	$(PY) -m pmm_kernels.static_check
+
+gpu-check:
+	PYTHONPATH=. $(GPU_PYTHON) benchmarks/gpu_check.py --out $(GPU_RESULTS)
+
 clean:
-	rm -rf $(VENV) .pytest_cache .benchmarks .hypothesis
+	rm -rf $(VENV) .pytest_cache .benchmarks .hypothesis $(GPU_RESULTS)

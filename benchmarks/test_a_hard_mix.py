@@ -3,8 +3,11 @@
 Each row records in ``extra_info`` the bytes the op must move at least (SPEC section 3: 2 x
 bytes(feat) per pass, plus the k-block patch with channel weights), the effective GB/s, and its
 time over ``feat.clone()`` measured in the same run (``x_clone``), the honest figure of merit on
-any machine. On CPU only the PyTorch path, the authors' op and the floor run; the Triton and
-``torch.compile`` rows are GPU rows and are skipped there with the reason.
+any machine. On a GPU those figures come from ``triton.testing.do_bench`` (CUDA events, L2
+flushed before each run, median), and the Triton rows also record the tile the autotuner chose.
+On CPU only the PyTorch path, the authors' op and the floor run; the Triton and ``torch.compile``
+rows are GPU rows and are skipped there with the reason. ``benchmarks/gpu_check.py`` times the
+same rows without pytest-benchmark.
 """
 
 from __future__ import annotations
@@ -75,11 +78,22 @@ def make_inputs(n: int, dtype: torch.dtype, attn_form: str):
     return feat, attn, labels, negatives
 
 
+def gpu_seconds(fn: Callable[[], object]) -> float:
+    """Median seconds per call on the GPU: CUDA events, L2 flushed before each run."""
+    from triton.testing import do_bench
+
+    return do_bench(fn, return_mode="median") / 1e3
+
+
 def record(benchmark, feat: torch.Tensor, bytes_moved: float, fn: Callable[[], object]) -> None:
     # The floor is timed right before the row, in the same process state (allocator included).
-    floor = mean_seconds(feat.clone)
+    floor = gpu_seconds(feat.clone) if ON_GPU else mean_seconds(feat.clone)
     benchmark.pedantic(synchronized(fn), rounds=ROUNDS, iterations=1, warmup_rounds=WARMUP_ROUNDS)
-    mean = benchmark.stats.stats.mean
+    mean = gpu_seconds(fn) if ON_GPU else benchmark.stats.stats.mean
+    if ON_GPU:
+        from pmm_kernels.ops.feature_mix_triton import chosen_configs
+
+        benchmark.extra_info.update(seconds=mean, triton_configs=chosen_configs())
     benchmark.extra_info.update(
         device=str(torch.cuda.get_device_name() if ON_GPU else "cpu"),
         bytes_moved=int(bytes_moved),
@@ -93,21 +107,26 @@ def record(benchmark, feat: torch.Tensor, bytes_moved: float, fn: Callable[[], o
 def op_bytes(feat: torch.Tensor, attn_form: str, passes: str) -> float:
     nbytes = feat.numel() * feat.element_size()
     forward = 2 * nbytes + (2 * nbytes * PATCH_FRACTION if attn_form == "weights" else 0)
+    if passes == "backward":
+        return 2 * nbytes
     return forward + (2 * nbytes if passes == "forward_backward" else 0)
 
 
 def make_call(impl: str, feat, attn, labels, negatives, passes: str) -> Callable[[], object]:
-    """The benchmarked call; the backward, when asked for, takes a fixed grad_out."""
+    """The benchmarked call (passes: forward, forward_backward or backward); the backward takes a
+    fixed grad_out."""
     if impl == "authors":
         def forward(x):
             if attn.dim() == 2:
                 return authors_a_hard_mix(x, attn, negatives, k=NUM_BLOCKS)
             return authors_mix(x, attn, negatives, k=NUM_BLOCKS)[0]
     elif impl == "torch_compile":
-        compiled = torch.compile(reference.a_hard_mix_forward_torch)
+        # N symbolic: one graph per dtype, attn form and grad mode, whatever the batch.
+        compiled = torch.compile(reference.feature_mix_forward_torch, dynamic=True)
 
         def forward(x):
-            return compiled(x, attn, labels, None, negatives, BLOCK_SIZE, NUM_BLOCKS)[0]
+            return compiled(x, attn, None, None, labels, None, negatives, BLOCK_SIZE, NUM_BLOCKS,
+                            "different_label")[0]
     else:
         def forward(x):
             return a_hard_mix(x, attn, labels, negatives=negatives, block_size=BLOCK_SIZE,
@@ -117,6 +136,9 @@ def make_call(impl: str, feat, attn, labels, negatives, passes: str) -> Callable
         return lambda: forward(feat)
     leaf = feat.detach().requires_grad_()
     grad_out = torch.randn_like(feat)
+    if passes == "backward":  # one forward, then its backward alone, again and again
+        out = forward(leaf)
+        return lambda: torch.autograd.grad(out, leaf, grad_out, retain_graph=True)
     return lambda: torch.autograd.grad(forward(leaf), leaf, grad_out)
 
 

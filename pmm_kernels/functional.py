@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from pmm_kernels import validation as check
-from pmm_kernels.ops.feature_mix import TRITON_MODES, FeatureMixFunction
+from pmm_kernels.ops.feature_mix import FeatureMixFunction
 from pmm_kernels.ops.reference import saliency_torch
 from pmm_kernels.ops.utils import batch_drop_corner, batch_drop_size, block_grid
 
@@ -84,7 +84,7 @@ def saliency(feat: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     return saliency_torch(feat, weights)
 
 
-def _use_triton(backend: str | None, feat: torch.Tensor, num_grid_blocks: int, mode: str) -> bool:
+def _use_triton(backend: str | None, feat: torch.Tensor, num_grid_blocks: int) -> bool:
     """Whether the Triton kernels run; "auto" picks them where they apply, "triton" insists."""
     if backend is None:
         backend = os.environ.get(BACKEND_ENV, "auto")
@@ -97,22 +97,12 @@ def _use_triton(backend: str | None, feat: torch.Tensor, num_grid_blocks: int, m
         return False
     n, _, h, w = feat.shape
     if backend == "auto":
-        if (
-            mode not in TRITON_MODES
-            or not feat.is_cuda
-            or feat.dtype == torch.float64
-            or not _triton_available()
-        ):
+        if not feat.is_cuda or feat.dtype == torch.float64 or not _triton_available():
             return False
-        from pmm_kernels.ops.a_hard_mix_triton import unsupported_reason
+        from pmm_kernels.ops.feature_mix_triton import unsupported_reason
 
         return unsupported_reason(n, h, w, num_grid_blocks) is None
 
-    if mode not in TRITON_MODES:
-        raise ValueError(
-            f"backend='triton' implements the modes {TRITON_MODES} so far, got mode={mode!r}; "
-            "use backend='torch' or 'auto'"
-        )
     interpreted = os.environ.get("TRITON_INTERPRET") == "1"
     if not feat.is_cuda and not (feat.device.type == "cpu" and interpreted):
         raise ValueError(
@@ -124,7 +114,7 @@ def _use_triton(backend: str | None, feat: torch.Tensor, num_grid_blocks: int, m
             "backend='triton' supports float16, bfloat16 and float32 feat, got float64; "
             "use backend='torch'"
         )
-    from pmm_kernels.ops.a_hard_mix_triton import unsupported_reason
+    from pmm_kernels.ops.feature_mix_triton import unsupported_reason
 
     reason = unsupported_reason(n, h, w, num_grid_blocks)
     if reason is not None:
@@ -222,8 +212,8 @@ def feature_mix(
         h_ratio: ``batch_drop``'s rectangle height, ``max(1, round(h_ratio * H))`` cells.
         w_ratio: ``batch_drop``'s rectangle width, ``max(1, round(w_ratio * W))`` cells.
         backend: "triton" (CUDA, or CPU under ``TRITON_INTERPRET=1``), "torch", or "auto"
-            (Triton for CUDA tensors where it has kernels). ``None`` reads
-            ``PMM_KERNELS_BACKEND``, default "auto". Triton runs ``a_hard_mix`` only so far.
+            (Triton for CUDA tensors where it applies). ``None`` reads
+            ``PMM_KERNELS_BACKEND``, default "auto".
 
     Returns:
         The (N, C, H, W) output, in ``feat``'s dtype and memory format, and a :class:`MixInfo`.
@@ -278,7 +268,7 @@ def feature_mix(
     check.check_same_device(feat, attn=attn, labels=labels, negatives=negatives)
     if negatives is not None:
         negatives = _check_negatives(negatives, n)
-    use_triton = _use_triton(backend, feat, rows * cols, mode)
+    use_triton = _use_triton(backend, feat, rows * cols)
 
     # The draws of SPEC section 6, in its order.
     keys = corner = u = None

@@ -11,7 +11,6 @@ from torch import nn
 
 from pmm_kernels import validation as check
 from pmm_kernels.functional import BACKENDS, MODES, MixInfo, feature_mix, mixed_targets
-from pmm_kernels.ops.feature_mix import TRITON_MODES
 from pmm_kernels.ops.utils import grid_block_size
 
 PAPER_GRID = (8, 4)  # PMM: an 8x4 grid of 3x2 blocks on its 24x8 map
@@ -109,11 +108,6 @@ class FeatureMix(nn.Module):
                 )
         if backend is not None:
             check.check_choice("backend", backend, BACKENDS)
-            if backend == "triton" and mode not in TRITON_MODES:
-                raise ValueError(
-                    f"backend='triton' implements the modes {TRITON_MODES} so far, got "
-                    f"mode={mode!r}; use backend='torch' or 'auto'"
-                )
         self.mode = mode
         self.num_blocks = num_blocks
         # A plain attribute, not a submodule: the head stays where its model registered it.

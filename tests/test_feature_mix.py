@@ -203,8 +203,6 @@ BAD_INPUTS = [
     ({"mode": "cutmix", "negatives": torch.tensor([0, 1, 2, 4])}, ValueError,
      r"negatives must lie in \[-1, 4\)"),
     ({"mode": "cutmix", "labels": torch.tensor([0, 1])}, ValueError, r"labels must have shape"),
-    ({"mode": "cutmix", "backend": "triton"}, ValueError,
-     r"backend='triton' implements the modes \('a_hard_mix',\) so far, got mode='cutmix'"),
 ]
 
 

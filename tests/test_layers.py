@@ -115,7 +115,6 @@ BAD_LAYERS = [
     ({"mode": "cutmix", "classifier": nn.Linear(3, 2)}, ValueError, "does not use"),
     ({"classifier": nn.Conv2d(3, 2, 1)}, TypeError, "classifier must be an nn.Linear"),
     ({"backend": "cuda"}, ValueError, "backend must be one of"),
-    ({"mode": "cutout", "backend": "triton"}, ValueError, "implements the modes"),
     ({"mode": "batch_drop", "h_ratio": 2}, ValueError, "h_ratio must be a number"),
     ({"generator": 0}, TypeError, "generator must be a torch.Generator"),
 ]

@@ -1,7 +1,8 @@
 """The Triton kernels against the PyTorch path: out, MixInfo and grad must agree bit for bit.
 
-On CPU the kernels run under ``TRITON_INTERPRET=1`` (set in conftest.py), so shapes stay small;
-on a machine with a GPU the same tests run on CUDA as well.
+Without a GPU the kernels run under ``TRITON_INTERPRET=1`` (set in conftest.py), so shapes stay
+small; on a machine with a GPU they are compiled and run on CUDA (``triton_device``), against
+the PyTorch path on CPU, whose backward adds in a fixed order (on CUDA it adds atomically).
 """
 
 from __future__ import annotations
@@ -14,21 +15,34 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_a_hard_mix import check_against_oracle, make_feat
 
-from pmm_kernels import a_hard_mix
+from pmm_kernels import MODES, a_hard_mix, feature_mix
 from pmm_kernels.ops import reference
+from pmm_kernels.ops.feature_mix_triton import (
+    feature_mix_backward_triton,
+    feature_mix_forward_triton,
+)
+
+
+def on(device, value):
+    return value.to(device) if isinstance(value, torch.Tensor) else value
 
 
 def run_both(feat, attn, labels, *, seed=0, **kwargs):
-    """Forward and backward on both backends with the same generator seed and grad_out."""
+    """Forward and backward on both backends with the same generator seed and grad_out.
+
+    The kernels run on ``feat``'s device, the PyTorch path on CPU; results come back on CPU.
+    """
     results = {}
     grad_out = torch.randn(feat.shape, generator=torch.Generator().manual_seed(seed + 1))
     grad_out = grad_out.to(device=feat.device, dtype=feat.dtype)
-    for backend in ("torch", "triton"):
-        x = feat.detach().clone().requires_grad_()
-        out, info = a_hard_mix(x, attn, labels, generator=torch.Generator().manual_seed(seed),
-                               return_info=True, backend=backend, **kwargs)
-        (grad,) = torch.autograd.grad(out, x, grad_out)
-        results[backend] = (out.detach(), info, grad)
+    for backend, device in (("torch", torch.device("cpu")), ("triton", feat.device)):
+        # .to keeps the memory format, so both backends see the same layout.
+        x = feat.detach().to(device, copy=True).requires_grad_()
+        out, info = a_hard_mix(x, on(device, attn), on(device, labels),
+                               generator=torch.Generator().manual_seed(seed), return_info=True,
+                               backend=backend, **{k: on(device, v) for k, v in kwargs.items()})
+        (grad,) = torch.autograd.grad(out, x, grad_out.to(device))
+        results[backend] = (out.detach().cpu(), type(info)(*(t.cpu() for t in info)), grad.cpu())
     return results
 
 
@@ -62,30 +76,30 @@ CASES = [
 @pytest.mark.parametrize(("n", "c", "hw", "block"), CASES)
 @pytest.mark.parametrize("attn_form", ["weights", "map"])
 @pytest.mark.parametrize("partners", ["sampled", "given"])
-def test_triton_equals_torch(n, c, hw, block, attn_form, partners, device):
+def test_triton_equals_torch(n, c, hw, block, attn_form, partners, triton_device):
     h, w = hw
     block_size = (h, w) if block == "full" else block
     num_grid_blocks = math.ceil(h / block_size[0]) * math.ceil(w / block_size[1])
-    labels = torch.randint(0, 3, (n,), device=device)
-    negatives = torch.randint(-1, n, (n,), device=device) if partners == "given" else None
+    labels = torch.randint(0, 3, (n,), device=triton_device)
+    negatives = torch.randint(-1, n, (n,), device=triton_device) if partners == "given" else None
     for k in sorted({1, (num_grid_blocks + 1) // 2, num_grid_blocks}):
-        feat = make_feat((n, c, h, w), device=device)
-        attn = (torch.randn(n, c) if attn_form == "weights" else torch.randn(n, h, w)).to(device)
-        results = run_both(feat, attn, labels, block_size=block_size, num_blocks=k,
-                           negatives=negatives)
+        feat = make_feat((n, c, h, w), device=triton_device)
+        attn = torch.randn(n, c) if attn_form == "weights" else torch.randn(n, h, w)
+        results = run_both(feat, attn.to(triton_device), labels, block_size=block_size,
+                           num_blocks=k, negatives=negatives)
         assert_backends_agree(results)
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("attn_form", ["weights", "map"])
-def test_triton_dtypes_and_layouts(dtype, layout, attn_form, device):
+def test_triton_dtypes_and_layouts(dtype, layout, attn_form, triton_device):
     n, c, h, w = 6, 35, 7, 5
-    feat = make_feat((n, c, h, w), dtype=dtype, layout=layout, device=device) * 50
+    feat = make_feat((n, c, h, w), dtype=dtype, layout=layout, device=triton_device) * 50
     attn = torch.rand(n, c) if attn_form == "weights" else torch.rand(n, h, w, dtype=dtype)
     # Sample 0 is taken by four others: the backward adds four gradients in a fixed order.
-    negatives = torch.tensor([2, 0, 0, 0, 0, -1], device=device)
-    results = run_both(feat, attn.to(device), torch.arange(n, device=device),
+    negatives = torch.tensor([2, 0, 0, 0, 0, -1], device=triton_device)
+    results = run_both(feat, attn.to(triton_device), torch.arange(n, device=triton_device),
                        block_size=(2, 2), num_blocks=3, negatives=negatives)
     assert_backends_agree(results)
 
@@ -103,47 +117,49 @@ def test_triton_dtypes_and_layouts(dtype, layout, attn_form, device):
     data=st.data(),
 )
 def test_triton_equals_torch_on_random_shapes(n, c, h, w, bh, bw, seed, attn_form, data):
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # no fixtures here
     generator = torch.Generator().manual_seed(seed)
     k = data.draw(st.integers(1, math.ceil(h / bh) * math.ceil(w / bw)), label="num_blocks")
     feat = torch.randn(n, c, h, w, generator=generator)
     attn = torch.randn(n, c, generator=generator) if attn_form == "weights" else \
         torch.randn(n, h, w, generator=generator)
     labels = torch.randint(0, 3, (n,), generator=generator)
-    assert_backends_agree(run_both(feat, attn, labels, seed=seed, block_size=(bh, bw),
-                                   num_blocks=k))
+    assert_backends_agree(run_both(feat.to(device), attn, labels, seed=seed,
+                                   block_size=(bh, bw), num_blocks=k))
 
 
-def test_triton_matches_the_oracle(device):
-    feat = make_feat((5, 7, 7, 5), device=device)
-    check_against_oracle(feat, torch.rand(5, 7, device=device), torch.tensor(
-        [0, 1, 0, 1, 2], device=device), block_size=(3, 2), num_blocks=4, backend="triton")
+def test_triton_matches_the_oracle(triton_device):
+    feat = make_feat((5, 7, 7, 5), device=triton_device)
+    check_against_oracle(feat, torch.rand(5, 7, device=triton_device), torch.tensor(
+        [0, 1, 0, 1, 2], device=triton_device), block_size=(3, 2), num_blocks=4, backend="triton")
 
 
-def test_triton_kernels_really_run(monkeypatch, device):
+def test_triton_kernels_really_run(monkeypatch, triton_device):
     def no_fallback(*args, **kwargs):
         raise AssertionError("the PyTorch path ran instead of the Triton kernels")
 
-    monkeypatch.setattr(reference, "a_hard_mix_forward_torch", no_fallback)
+    monkeypatch.setattr(reference, "feature_mix_forward_torch", no_fallback)
     monkeypatch.setattr(reference, "a_hard_mix_backward_torch", no_fallback)
-    feat = torch.randn(4, 3, 6, 4, device=device, requires_grad=True)
-    out = a_hard_mix(feat, torch.rand(4, 3, device=device), torch.tensor([0, 0, 1, 1],
-                     device=device), backend="triton")
+    feat = torch.randn(4, 3, 6, 4, device=triton_device, requires_grad=True)
+    out = a_hard_mix(feat, torch.rand(4, 3, device=triton_device), torch.tensor([0, 0, 1, 1],
+                     device=triton_device), backend="triton")
     out.sum().backward()
     with pytest.raises(AssertionError, match="PyTorch path ran"):
-        a_hard_mix(feat, torch.rand(4, 3, device=device),
-                   torch.tensor([0, 0, 1, 1], device=device), backend="torch")
+        a_hard_mix(feat, torch.rand(4, 3, device=triton_device),
+                   torch.tensor([0, 0, 1, 1], device=triton_device), backend="torch")
 
 
-def test_environment_variable_selects_the_backend(monkeypatch):
+def test_environment_variable_selects_the_backend(monkeypatch, triton_device):
     calls = []
-    original = reference.a_hard_mix_forward_torch
+    original = reference.feature_mix_forward_torch
 
     def spy(*args, **kwargs):
         calls.append(1)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(reference, "a_hard_mix_forward_torch", spy)
-    args = (torch.randn(2, 3, 6, 4), torch.rand(2, 3), torch.tensor([0, 1]))
+    monkeypatch.setattr(reference, "feature_mix_forward_torch", spy)
+    args = (torch.randn(2, 3, 6, 4, device=triton_device), torch.rand(2, 3, device=triton_device),
+            torch.tensor([0, 1], device=triton_device))
     monkeypatch.setenv("PMM_KERNELS_BACKEND", "triton")
     a_hard_mix(*args)
     assert calls == []
@@ -152,22 +168,24 @@ def test_environment_variable_selects_the_backend(monkeypatch):
     assert calls == [1]
 
 
-def test_triton_rejects_maps_beyond_its_limits():
-    feat = torch.randn(1, 1, 200, 100)
+def test_triton_rejects_maps_beyond_its_limits(triton_device):
+    feat = torch.randn(1, 1, 200, 100, device=triton_device)
     with pytest.raises(ValueError, match=r"backend='triton' supports H\*W <= 16384"):
-        a_hard_mix(feat, torch.rand(1, 1), torch.tensor([0]), backend="triton")
+        a_hard_mix(feat, torch.rand(1, 1, device=triton_device),
+                   torch.tensor([0], device=triton_device), backend="triton")
 
 
 @pytest.mark.parametrize("backend", ["torch", "triton"])
-def test_works_under_torch_compile_without_graph_breaks(backend):
+def test_works_under_torch_compile_without_graph_breaks(backend, triton_device):
     torch._dynamo.reset()
 
     def step(feat, attn, labels):
         return (a_hard_mix(feat, attn, labels, backend=backend) * 2).sum()
 
     compiled = torch.compile(step, backend="aot_eager", fullgraph=True)
-    feat = torch.randn(4, 3, 6, 4, requires_grad=True)
-    attn, labels = torch.rand(4, 3), torch.tensor([0, 0, 1, 1])
+    feat = torch.randn(4, 3, 6, 4, device=triton_device, requires_grad=True)
+    attn = torch.rand(4, 3, device=triton_device)
+    labels = torch.tensor([0, 0, 1, 1], device=triton_device)
     torch.manual_seed(0)
     compiled(feat, attn, labels).backward()
     grad_compiled = feat.grad.clone()
@@ -175,3 +193,154 @@ def test_works_under_torch_compile_without_graph_breaks(backend):
     torch.manual_seed(0)
     step(feat, attn, labels).backward()
     assert torch.equal(grad_compiled, feat.grad)
+
+
+# ---------------------------------------------------------------------------------------------
+# The feature-mix family (SPEC section 6): the Triton launcher against the PyTorch launcher, which
+# shares its signature and is itself checked against the loop oracle in test_feature_mix.py.
+
+FAMILY = [
+    # (mode, cells, partner rule, given partners)
+    ("a_hard_mix", "weights", "different_label", False),
+    ("a_hard_mix, map", "map", "different_label", False),
+    ("a_cutmix", "weights", "any_other", False),
+    ("a_cutmix, map", "map", "any_other", False),
+    ("hard_mix", "keys", "different_label", False),
+    ("cutmix", "keys", "any_other", False),
+    ("cutmix, given", "keys", "any_other", True),
+    ("cutout", "keys", "none", False),
+    ("batch_drop", "corner", "none", False),
+]
+
+
+def family_inputs(source, n, c, h, w, block_size, given, device, generator):
+    rows, cols = math.ceil(h / block_size[0]), math.ceil(w / block_size[1])
+    cells = {
+        "weights": (torch.randn(n, c, generator=generator), None, None),
+        "map": (torch.randn(n, h, w, generator=generator), None, None),
+        "keys": (None, torch.rand(n, rows * cols, generator=generator), None),
+        "corner": (None, None, torch.tensor([h // 3, w // 4])),
+    }[source]
+    cells = tuple(None if t is None else t.to(device) for t in cells)
+    negatives = torch.randint(-1, n, (n,), generator=generator).to(device) if given else None
+    return cells, negatives
+
+
+def check_family(feat, source, partner_rule, given, block_size, num_blocks, seed=0):
+    """Forward and backward launchers of both backends agree bit for bit."""
+    device = feat.device
+    n, c, h, w = feat.shape
+    generator = torch.Generator().manual_seed(seed)
+    cells, negatives = family_inputs(source, n, c, h, w, block_size, given, device, generator)
+    labels = torch.randint(0, 3, (n,), generator=generator).to(device)
+    u = torch.rand(n, generator=generator).to(device)
+    u = None if given or partner_rule == "none" else u
+    args = (*cells, labels, u, negatives, block_size, num_blocks, partner_rule)
+    got = feature_mix_forward_triton(feat, *args)
+    expected = reference.feature_mix_forward_torch(feat.cpu(), *(on("cpu", a) for a in args))
+    assert got[0].dtype == feat.dtype and got[0].stride() == feat.stride()
+    for name, a, b in zip(("out", "negatives", "blocks", "mask", "lam"), got, expected,
+                          strict=True):
+        assert a.dtype == b.dtype, name
+        assert torch.equal(a.cpu(), b), name
+    _, partners, blocks, mask, _ = expected
+    grad_out = torch.randn(feat.shape, generator=generator).to(dtype=feat.dtype)
+    # grad_out in feat's layout, so the backward sees the strides the forward produced.
+    grad_out = torch.empty_like(feat, dtype=feat.dtype, device="cpu").copy_(grad_out)
+    grad = feature_mix_backward_triton(grad_out.to(device), partners.to(device), mask.to(device))
+    if partner_rule == "none":
+        want = reference.zeroed_backward_torch(grad_out, mask)
+    else:
+        want = reference.a_hard_mix_backward_torch(grad_out, partners, blocks, mask, block_size)
+    assert grad.stride() == grad_out.stride()
+    assert torch.equal(grad.cpu(), want)
+
+
+@pytest.mark.parametrize(("mode", "source", "partner_rule", "given"), FAMILY,
+                         ids=[mode for mode, *_ in FAMILY])
+@pytest.mark.parametrize(("n", "c", "hw", "block_size", "k"), [
+    (5, 7, (7, 5), (3, 2), 2),    # odd map, clipped edge blocks
+    (4, 5, (5, 3), (2, 2), 1),    # k = 1
+    (1, 3, (6, 4), (2, 2), 6),    # N = 1 (no partner), every block
+    (9, 16, (24, 8), (3, 2), 3),  # the paper's map and block grid
+])
+def test_feature_mix_launchers_agree(mode, source, partner_rule, given, n, c, hw,
+                                            block_size, k, triton_device):
+    h, w = hw
+    if source == "corner":  # Batch DropBlock: one rectangle of a third of the height
+        block_size, k = (max(1, round(0.33 * h)), w), 1
+    feat = make_feat((n, c, h, w), device=triton_device, seed=n)
+    check_family(feat, source, partner_rule, given, block_size, k)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+@pytest.mark.parametrize(("source", "partner_rule"), [("keys", "any_other"), ("corner", "none"),
+                                                      ("weights", "none")])
+def test_feature_mix_dtypes_and_layouts(source, partner_rule, dtype, layout, triton_device):
+    feat = make_feat((6, 5, 7, 5), dtype=dtype, layout=layout, device=triton_device, seed=1) * 50
+    block_size, k = ((2, 5), 1) if source == "corner" else ((2, 2), 3)
+    check_family(feat, source, partner_rule, False, block_size, k)
+
+
+def test_feature_mix_keys_ties_go_to_the_lower_block(triton_device):
+    feat = make_feat((2, 3, 4, 4), device=triton_device, seed=0)
+    keys = torch.tensor([[0.5, 0.9, 0.5, 0.9], [0.1, 0.1, 0.1, 0.1]], device=triton_device)
+    _, _, blocks, _, _ = feature_mix_forward_triton(
+        feat, None, keys, None, torch.tensor([0, 1], device=triton_device), None, None,
+        (2, 2), 3, "none")
+    assert blocks.tolist() == [[1, 3, 0], [0, 1, 2]]
+
+
+def test_feature_mix_launcher_rejects_bad_calls(triton_device):
+    feat = torch.randn(2, 3, 4, 4, device=triton_device)
+    labels = torch.tensor([0, 1], device=triton_device)
+    keys = torch.rand(2, 4, device=triton_device)
+    with pytest.raises(ValueError, match="exactly one of attn, keys and corner"):
+        feature_mix_forward_triton(feat, None, None, None, labels, None, None, (2, 2), 1, "none")
+    with pytest.raises(ValueError, match="partner_rule must be one of"):
+        feature_mix_forward_triton(feat, None, keys, None, labels, None, None, (2, 2), 1, "all")
+    with pytest.raises(ValueError, match="needs u"):
+        feature_mix_forward_triton(feat, None, keys, None, labels, None, None, (2, 2), 1,
+                                   "any_other")
+
+
+def test_partner_search_crosses_label_chunks(triton_device):
+    # 700 samples: the planning kernel reads the labels in three chunks of 256.
+    n = 700
+    generator = torch.Generator().manual_seed(3)
+    labels = torch.randint(0, 5, (n,), generator=generator)
+    u = torch.rand(n, generator=generator)
+    feat = torch.randn(n, 1, 1, 2, generator=generator).to(triton_device)
+    _, partners, *_ = feature_mix_forward_triton(
+        feat, None, torch.rand(n, 2, generator=generator).to(triton_device), None,
+        labels.to(triton_device), u.to(triton_device), None, (1, 1), 1, "different_label")
+    expected, label_list = [], labels.tolist()
+    for i in range(n):
+        candidates = [j for j in range(n) if label_list[j] != label_list[i]]
+        expected.append(candidates[min(math.floor(float(u[i]) * len(candidates)),
+                                       len(candidates) - 1)])
+    assert partners.tolist() == expected
+
+
+@pytest.mark.parametrize("mode", sorted(MODES))
+def test_every_mode_agrees_across_backends_with_its_draws(mode, triton_device):
+    """The public op: the same CPU generator gives the same draws, hence the same result."""
+    n, c, h, w = 6, 5, 7, 5
+    feat = make_feat((n, c, h, w), device=triton_device, seed=4)
+    labels = torch.tensor([0, 0, 1, 1, 2, 2])
+    attn = torch.rand(n, c, generator=torch.Generator().manual_seed(5))
+    grad_out = torch.randn(feat.shape, generator=torch.Generator().manual_seed(6))
+    results = {}
+    for backend, device in (("torch", torch.device("cpu")), ("triton", triton_device)):
+        x = feat.detach().to(device, copy=True).requires_grad_()
+        out, info = feature_mix(
+            x, labels.to(device), attn.to(device) if MODES[mode].cells == "salient" else None,
+            mode=mode, block_size=(2, 2), num_blocks=3,
+            generator=torch.Generator().manual_seed(7), backend=backend,
+        )
+        (grad,) = torch.autograd.grad(out, x, grad_out.to(device))
+        results[backend] = (out.detach().cpu(), type(info)(*(t.cpu() for t in info)), grad.cpu())
+    assert_backends_agree(results)
+    assert results["torch"][1].mask.any()  # the mode did something to compare
+

@@ -3,8 +3,8 @@
 The custom ops (``pmm::feature_mix_forward`` and ``pmm::feature_mix_backward``) make the op opaque
 to ``torch.compile``: no graph break inside it, and fake implementations give the outputs' shapes
 and strides (the real outputs are allocated to match them). Each op runs either the Triton kernels
-or the PyTorch path, as the caller chose; :func:`_forward_triton` is the one place that picks the
-Triton launcher.
+(``feature_mix_triton``) or the PyTorch path (``reference``), as the caller chose: the two
+launchers share one signature and one contract.
 """
 
 from __future__ import annotations
@@ -13,42 +13,12 @@ import torch
 
 from pmm_kernels.ops import reference
 
-# Modes whose forward has Triton kernels today. The family's launcher
-# (``feature_mix_forward_triton``, same contract as ``reference.feature_mix_forward_torch``) lands
-# separately; wiring it means replacing the body of _forward_triton and listing every mode here.
-TRITON_MODES: tuple[str, ...] = ("a_hard_mix",)
-
 
 def _triton_module():
     # Imported on first use: triton is absent on some platforms and the PyTorch path needs none.
-    from pmm_kernels.ops import a_hard_mix_triton
+    from pmm_kernels.ops import feature_mix_triton
 
-    return a_hard_mix_triton
-
-
-def _forward_triton(feat, attn, keys, corner, labels, u, negatives, block_size, num_blocks,
-                    partner_rule):
-    """The Triton dispatch point of the forward pass."""
-    if attn is None or partner_rule != "different_label":
-        raise ValueError(
-            f"backend='triton' implements only the modes {TRITON_MODES} so far; "
-            "use backend='torch' (or 'auto') for the others"
-        )
-    return _triton_module().a_hard_mix_forward_triton(
-        feat, attn, labels, u, negatives, block_size, num_blocks
-    )
-
-
-def _forward_torch(feat, attn, keys, corner, labels, u, negatives, block_size, num_blocks,
-                   partner_rule):
-    if attn is not None and partner_rule == "different_label":
-        # a_hard_mix keeps its own entry point, with the Triton launcher's signature.
-        return reference.a_hard_mix_forward_torch(
-            feat, attn, labels, u, negatives, block_size, num_blocks
-        )
-    return reference.feature_mix_forward_torch(
-        feat, attn, keys, corner, labels, u, negatives, block_size, num_blocks, partner_rule
-    )
+    return feature_mix_triton
 
 
 @torch.library.custom_op("pmm::feature_mix_forward", mutates_args=())
@@ -70,7 +40,11 @@ def feature_mix_forward(
 
     See ``reference.feature_mix_forward_torch`` for the meaning of each argument.
     """
-    forward = _forward_triton if use_triton else _forward_torch
+    forward = (
+        _triton_module().feature_mix_forward_triton
+        if use_triton
+        else reference.feature_mix_forward_torch
+    )
     return forward(feat, attn, keys, corner, labels, u, negatives, (block_h, block_w),
                    num_blocks, partner_rule)
 
@@ -102,7 +76,7 @@ def feature_mix_backward(
     """Gradient w.r.t. ``feat`` (SPEC section 2.5); ``from_partner`` False for the zeroing modes."""
     if use_triton:
         # Mode-independent: a zeroing mode's partners are all -1, so no cell has a taker.
-        return _triton_module().a_hard_mix_backward_triton(grad_out, negatives, mask)
+        return _triton_module().feature_mix_backward_triton(grad_out, negatives, mask)
     if not from_partner:
         return reference.zeroed_backward_torch(grad_out, mask)
     return reference.a_hard_mix_backward_torch(

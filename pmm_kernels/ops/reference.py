@@ -25,7 +25,6 @@ from pmm_kernels.ops.utils import (
 
 __all__ = [
     "a_hard_mix_backward_torch",
-    "a_hard_mix_forward_torch",
     "block_grid",
     "feature_mix_forward_torch",
     "saliency_torch",
@@ -95,22 +94,6 @@ def feature_mix_forward_torch(
             out[samples, :, rows, columns] = feat[sources, :, rows, columns]
     lam = mask.sum(dim=(1, 2)).to(torch.float32) / (h * w)
     return out, partners, blocks, mask, lam
-
-
-def a_hard_mix_forward_torch(
-    feat: torch.Tensor,
-    attn: torch.Tensor,
-    labels: torch.Tensor,
-    u: torch.Tensor | None,
-    negatives: torch.Tensor | None,
-    block_size: tuple[int, int],
-    num_blocks: int,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The ``a_hard_mix`` case of :func:`feature_mix_forward_torch`, with the Triton launcher's
-    signature (``a_hard_mix_forward_triton``)."""
-    return feature_mix_forward_torch(
-        feat, attn, None, None, labels, u, negatives, block_size, num_blocks, "different_label"
-    )
 
 
 def a_hard_mix_backward_torch(

@@ -1,0 +1,482 @@
+"""Static GPU check: compile every Triton launch of the feature-mix op for real GPUs, without one.
+
+The interpreter says nothing about what a GPU would execute; Triton's compiler, however, runs on
+any machine. For each target (sm_80 = A100, sm_90 = H100) this module
+
+1. records the launches that ``pmm_kernels.ops.feature_mix_triton``'s launchers make, by calling
+   them on CPU tensors with every kernel replaced by a recorder (nothing runs): all modes (both
+   attn forms, given partners, random keys, Batch DropBlock's rectangle, every partner rule) and
+   the backward, for float32, bfloat16 and float16, NCHW and channels_last, at the paper's 24x8
+   map and an odd 7x5 map with C=64, and at 7x5 with C=130, N=8 (the compiled code depends only
+   on dtypes, constexprs, which strides equal 1 and which integers are multiples of 16, so C=64
+   stands for C=2048), plus the planning kernel at N=1100 (labels read in several chunks);
+2. compiles each launch with the JIT's own specialization (``JITFunction.warmup``, never launched)
+   for ``GPUTarget("cuda", cap, 32)`` behind a stand-in driver, once per config the autotuner may
+   pick for it;
+3. reads registers and local memory (spills) from ``cuobjdump -res-usage`` on the cubin, counts
+   the global loads and stores in the PTX and how many are 16 bytes wide, and models the bytes
+   the launch moves (as a multiple of B = bytes(feat)).
+
+A problem is: a launch that doesn't compile, local memory, more than ``MAX_REGISTERS`` registers
+per thread, or a streaming kernel whose dense tiles (see ``DENSE_STREAMS``) are not moved in
+16-byte accesses where the layout allows it (NCHW needs H*W, channels_last C to be a multiple
+of 16, see :func:`_vectorisable`).
+
+It relies on these Triton internals (3.x), checked by :func:`unavailable` first:
+``triton.backends.compiler.GPUTarget``, ``triton.runtime.driver.set_active``,
+``JITFunction.warmup`` returning a kernel whose ``asm`` holds "ptx" and "cubin",
+``Autotuner.fn/.configs/.early_config_prune``, ``Config.all_kwargs`` and the ``cuobjdump`` and
+``ptxas`` that the triton wheel ships under ``triton/backends/nvidia/bin``. Checked with
+triton 3.6.0 and 3.8.0: both compile every launch with the same verdict.
+
+Usage::
+
+    python -m pmm_kernels.static_check [--cap 80 90] [--max-registers 96] [--json PATH]
+
+Exit status 0 when every launch passes, 1 on problems, 2 when the check can't run here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import importlib
+import json
+import multiprocessing
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from dataclasses import asdict, dataclass
+
+CAPS = (80, 90)
+MAX_REGISTERS = 96
+KERNEL_MODULE = "pmm_kernels.ops.feature_mix_triton"
+BATCH = 8
+LARGE_BATCH = 1100
+# ((H, W), C): the paper's map, an odd map, and an odd map with C not a multiple of 16.
+SHAPES = (((24, 8), 64), ((7, 5), 64), ((7, 5), 130))
+BLOCK_SIZE, NUM_BLOCKS = (3, 2), 3
+DTYPES = ("float32", "bfloat16", "float16")
+LAYOUTS = ("nchw", "channels_last")
+# The op's calls: (mode, cell source, partner rule, given partners).
+MODES = (
+    ("a_hard_mix, channel weights", "weights", "different_label", False),
+    ("a_hard_mix, saliency map", "map", "different_label", False),
+    ("a_hard_mix, given partners", "map", "different_label", True),
+    ("a_cutmix", "weights", "any_other", False),
+    ("hard_mix", "keys", "different_label", False),
+    ("cutmix", "keys", "any_other", False),
+    ("cutout", "keys", "none", False),
+    ("batch_drop", "corner", "none", False),
+)
+# Dense tiles per program of each kernel that streams the map: (loads, stores). Each must move
+# its tile in 16-byte accesses. The partner's and takers' reads are sparse (replaced cells only).
+DENSE_STREAMS = {
+    "_saliency_copy_kernel": (1, 1),
+    "_mix_kernel": (1, 1),
+    "_feature_mix_bwd_kernel": (1, 1),
+}
+
+
+@dataclass
+class Launch:
+    """One recorded kernel launch and the case that made it."""
+
+    kernel: str
+    args: tuple
+    kwargs: dict
+    dtype: str
+    layout: str
+    map: str
+    mode: str
+    aligned: bool
+    bytes_over_feat: float
+
+
+@dataclass
+class Row:
+    """What the compiler made of one launch for one target and config."""
+
+    cap: int
+    kernel: str
+    dtype: str
+    layout: str
+    map: str
+    mode: str
+    config: str
+    bytes_over_feat: float
+    aligned: bool
+    registers: int | None = None
+    local_bytes: int | None = None
+    loads: int = 0
+    loads_16b: int = 0
+    stores: int = 0
+    stores_16b: int = 0
+    tile_bytes_per_thread: int | None = None
+    error: str | None = None
+
+
+def _triton_bin(name: str) -> str:
+    import triton
+
+    return os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", name)
+
+
+def unavailable() -> str | None:
+    """Why the check can't run with this Triton, or None."""
+    try:
+        import triton
+        from triton.backends.compiler import GPUTarget  # noqa: F401
+        from triton.runtime import driver
+        from triton.runtime.autotuner import Autotuner, Config
+        from triton.runtime.jit import JITFunction
+    except ImportError as error:
+        return f"triton's compiler API is missing: {error}"
+    missing = [
+        name for name, ok in (
+            ("driver.set_active", hasattr(driver, "set_active")),
+            ("JITFunction.warmup", hasattr(JITFunction, "warmup")),
+            ("Config.all_kwargs", hasattr(Config, "all_kwargs")),
+        ) if not ok
+    ]
+    tuned = [obj for obj in vars(importlib.import_module(KERNEL_MODULE)).values()
+             if isinstance(obj, Autotuner)]
+    missing += [
+        f"Autotuner.{name}" for name in ("fn", "configs", "early_config_prune", "arg_names")
+        if tuned and not hasattr(tuned[0], name)
+    ]
+    if missing:
+        return f"triton {triton.__version__} lacks {', '.join(missing)}"
+    for tool in ("cuobjdump", "ptxas"):
+        if not os.access(_triton_bin(tool), os.X_OK):
+            return f"the triton wheel ships no {tool} at {_triton_bin(tool)}"
+    return None
+
+
+def shape_label(hw: tuple[int, int], channels: int) -> str:
+    """How rows name a shape: "24x8", or "7x5, C=130" where C is not the usual 64."""
+    return f"{hw[0]}x{hw[1]}" + ("" if channels == SHAPES[0][1] else f", C={channels}")
+
+
+def _make_feat(dtype, layout: str, hw: tuple[int, int], channels: int, batch: int = BATCH):
+    import torch
+
+    feat = torch.zeros(batch, channels, *hw, dtype=getattr(torch, dtype))
+    return feat.contiguous(memory_format=torch.channels_last) if layout == "channels_last" else feat
+
+
+def _bytes_model(kernel: str, f: float, launch_args: tuple, feat_bytes: int) -> float:
+    """Bytes a launch moves over bytes(feat); f = replaced fraction of the map (upper bound)."""
+    if kernel == "_saliency_copy_kernel":
+        return 2 + launch_args[3].numel() * 4 / feat_bytes  # + float32 partials
+    if kernel == "_patch_kernel":
+        return 2 * f
+    if kernel in ("_mix_kernel", "_feature_mix_bwd_kernel"):
+        return 2 + f
+    return sum(a.numel() * a.element_size() for a in launch_args[:9]
+               if hasattr(a, "numel")) / feat_bytes  # plan: its inputs and outputs at most
+
+
+def record_launches() -> list[Launch]:
+    """Every launch the launchers make over the check's cases; nothing runs."""
+    import torch
+    from triton.runtime.autotuner import Autotuner
+    from triton.runtime.jit import JITFunction
+
+    module = importlib.import_module(KERNEL_MODULE)
+    kernels = {name: obj for name, obj in vars(module).items()
+               if isinstance(obj, JITFunction | Autotuner)}
+    launches: list[Launch] = []
+    case: dict = {}
+
+    class Recorder:
+        def __init__(self, name: str):
+            self.name = name
+
+        def __getitem__(self, grid):
+            def record(*args, **kwargs):
+                feat_bytes = case["feat"].numel() * case["feat"].element_size()
+                launches.append(Launch(
+                    kernel=self.name, args=args, kwargs=kwargs, dtype=case["dtype"],
+                    layout=case["layout"], map=case["map"], mode=case["mode"],
+                    aligned=_vectorisable(case["feat"]),
+                    bytes_over_feat=round(_bytes_model(self.name, case["f"], args, feat_bytes), 4),
+                ))
+            return record
+
+    generator = torch.Generator().manual_seed(0)
+    try:
+        for name in kernels:
+            setattr(module, name, Recorder(name))
+        for dtype in DTYPES:
+            for layout in LAYOUTS:
+                for (h, w), channels in SHAPES:
+                    feat = _make_feat(dtype, layout, (h, w), channels)
+                    rows, cols = -(-h // BLOCK_SIZE[0]), -(-w // BLOCK_SIZE[1])
+                    labels = torch.arange(BATCH) // 2
+                    u = torch.rand(BATCH, generator=generator)
+                    for mode, source, rule, given in MODES:
+                        block_size, num_blocks = BLOCK_SIZE, NUM_BLOCKS
+                        if source == "corner":
+                            block_size, num_blocks = (max(1, round(0.33 * h)), w), 1
+                        area = min(num_blocks * block_size[0] * block_size[1], h * w)
+                        case.update(feat=feat, dtype=dtype, layout=layout,
+                                    map=shape_label((h, w), channels),
+                                    mode=mode, f=area / (h * w))
+                        cells = {
+                            "weights": (torch.rand(BATCH, channels), None, None),
+                            "map": (torch.rand(BATCH, h, w), None, None),
+                            "keys": (None, torch.rand(BATCH, rows * cols), None),
+                            "corner": (None, None, torch.tensor([1, 0])),
+                        }[source]
+                        negatives = torch.arange(BATCH).roll(1) if given else None
+                        module.feature_mix_forward_triton(
+                            feat, *cells, labels, None if given or rule == "none" else u,
+                            negatives, block_size, num_blocks, rule,
+                        )
+                    case.update(mode="backward", f=min(NUM_BLOCKS * 6, h * w) / (h * w))
+                    mask = torch.rand(BATCH, h, w, generator=generator) < 0.1
+                    module.feature_mix_backward_triton(feat, torch.arange(BATCH).roll(1), mask)
+        # The planning kernel reads the labels in chunks: a batch of several chunks.
+        (h, w), channels = SHAPES[0]
+        feat = _make_feat("float32", "nchw", (h, w), channels, LARGE_BATCH)
+        case.update(feat=feat, dtype="float32", layout="nchw", map=shape_label((h, w), channels),
+                    mode=f"a_hard_mix, N={LARGE_BATCH}", f=NUM_BLOCKS * 6 / (h * w))
+        module.feature_mix_forward_triton(
+            feat, torch.rand(LARGE_BATCH, h, w), None, None, torch.arange(LARGE_BATCH) // 4,
+            torch.rand(LARGE_BATCH, generator=generator), None, BLOCK_SIZE, NUM_BLOCKS,
+            "different_label",
+        )
+    finally:
+        for name, kernel in kernels.items():
+            setattr(module, name, kernel)
+    return launches
+
+
+class _StandInDriver:
+    """The few driver calls the JIT makes to compile (not launch) for a chosen target."""
+
+    def __init__(self, cap: int):
+        from triton.backends.compiler import GPUTarget
+
+        self.target = GPUTarget("cuda", cap, 32)
+
+    def get_current_target(self):
+        return self.target
+
+    def get_current_device(self):
+        return 0
+
+    def get_current_stream(self, device=None):
+        return 0
+
+    def get_active_torch_device(self):
+        import torch
+
+        return torch.device("cpu")
+
+    def is_active(self):
+        return True
+
+
+def _resource_usage(cubin: bytes) -> tuple[int | None, int | None]:
+    """(registers, local bytes) of the kernel in ``cubin``, from ``cuobjdump -res-usage``."""
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as file:
+        file.write(cubin)
+        file.flush()
+        text = subprocess.run([_triton_bin("cuobjdump"), "-res-usage", file.name],
+                              capture_output=True, text=True, check=True).stdout
+    registers = re.search(r"REG:(\d+)", text)
+    local = re.search(r"LOCAL:(\d+)", text)
+    stack = re.search(r"STACK:(\d+)", text)
+    return (
+        int(registers.group(1)) if registers else None,
+        int(local.group(1)) + (int(stack.group(1)) if stack else 0) if local else None,
+    )
+
+
+_WIDE = re.compile(r"\.v4\.(b32|f32|u32|s32)|\.v2\.(b64|f64|u64|s64)|\.v8\.(b32|f32)")
+
+
+def _global_accesses(ptx: str, op: str) -> tuple[int, int]:
+    """Number of ``op.global`` instructions in ``ptx`` and how many move 16 bytes or more."""
+    accesses = re.findall(rf"\b{op}\.global[^;]*", ptx)
+    return len(accesses), sum(bool(_WIDE.search(access)) for access in accesses)
+
+
+def _vectorisable(feat) -> bool:
+    """Whether the compiler can prove 16-byte alignment of ``feat``'s dense rows.
+
+    The JIT marks integer arguments divisible by 16 (elements); a stride it doesn't see as such
+    leaves rows possibly misaligned, and no compiler may then use 16-byte accesses: so NCHW needs
+    H*W and channels_last needs C to be a multiple of 16.
+    """
+    sn, sc, sp = feat.flatten(2).stride()
+    return sn % 16 == 0 and ((sp == 1 and sc % 16 == 0) or (sc == 1 and sp % 16 == 0))
+
+
+def _describe(kwargs: dict) -> str:
+    keys = ("BLOCK_C", "BLOCK_HW", "BLOCK_Q", "BLOCK_P", "num_warps")
+    return " ".join(f"{k}={kwargs[k]}" for k in keys if k in kwargs)
+
+
+def compile_for(cap: int) -> list[dict]:
+    """Record the launches and compile each for ``sm_<cap>``: one row per distinct kernel."""
+    from triton.runtime import driver
+    from triton.runtime.autotuner import Autotuner
+
+    driver.set_active(_StandInDriver(cap))
+    launches = record_launches()
+    module = importlib.import_module(KERNEL_MODULE)
+    rows, seen = [], set()
+    for launch in launches:
+        kernel = getattr(module, launch.kernel)
+        if isinstance(kernel, Autotuner):
+            named = dict(zip(kernel.arg_names, launch.args, strict=False))
+            configs = (kernel.early_config_prune(kernel.configs, named)
+                       if kernel.early_config_prune else kernel.configs)
+            variants = [(kernel.fn, {**launch.kwargs, **config.all_kwargs()})
+                        for config in configs]
+        else:
+            variants = [(kernel, dict(launch.kwargs))]
+        for jit, kwargs in variants:
+            kwargs.setdefault("num_warps", 4)
+            row = Row(cap, launch.kernel, launch.dtype, launch.layout, launch.map, launch.mode,
+                      _describe(kwargs), launch.bytes_over_feat, launch.aligned)
+            try:
+                compiled = jit.warmup(*launch.args, grid=(1,), **kwargs)
+            except Exception as error:  # a failed compile is a finding, reported with the rest
+                row.error = f"{type(error).__name__}: {str(error)[-300:]}"
+                rows.append(asdict(row))
+                continue
+            key = (launch.kernel, launch.dtype, launch.layout, launch.map, compiled.hash)
+            if key in seen:
+                continue
+            seen.add(key)
+            row.registers, row.local_bytes = _resource_usage(compiled.asm["cubin"])
+            row.loads, row.loads_16b = _global_accesses(compiled.asm["ptx"], "ld")
+            row.stores, row.stores_16b = _global_accesses(compiled.asm["ptx"], "st")
+            if launch.kernel in DENSE_STREAMS:
+                element_size = launch.args[0].element_size()
+                threads = 32 * kwargs["num_warps"]
+                row.tile_bytes_per_thread = (
+                    kwargs["BLOCK_C"] * kwargs["BLOCK_HW"] * element_size // threads
+                )
+            rows.append(asdict(row))
+    return rows
+
+
+def row_problems(row: dict, max_registers: int = MAX_REGISTERS) -> list[tuple[str, str]]:
+    """(kind, message) for each way a row misses the bar; kinds: compile, local, registers,
+    loads_16b, stores_16b."""
+    where = (f"{row['kernel']} sm_{row['cap']} {row['dtype']} {row['layout']} {row['map']} "
+             f"({row['mode']}; {row['config']})")
+    if row["error"]:
+        return [("compile", f"{where}: {row['error']}")]
+    problems = []
+    if row["local_bytes"] is None or row["local_bytes"] > 0:
+        problems.append(("local", f"{where}: {row['local_bytes']} bytes of local memory"))
+    if row["registers"] is None or row["registers"] > max_registers:
+        problems.append(("registers", f"{where}: {row['registers']} registers > {max_registers}"))
+    if row["kernel"] in DENSE_STREAMS and row["aligned"]:
+        dense_loads, dense_stores = DENSE_STREAMS[row["kernel"]]
+        for kind, count, tiles in (("loads_16b", row["loads_16b"], dense_loads),
+                                   ("stores_16b", row["stores_16b"], dense_stores)):
+            if 16 * count < tiles * row["tile_bytes_per_thread"]:
+                problems.append((kind, (
+                    f"{where}: {count} 16-byte {kind[:-4]} move less than the "
+                    f"{tiles} x {row['tile_bytes_per_thread']} dense bytes per thread"
+                )))
+    return problems
+
+
+def format_table(rows: list[dict]) -> str:
+    """One markdown line per compiled kernel."""
+    lines = [
+        "| sm | kernel | dtype | layout | map | mode (first) | config | regs | local | "
+        "ld (16B) | st (16B) | bytes / B |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['cap']} | {r['kernel']} | {r['dtype']} | {r['layout']} | {r['map']} | "
+            f"{r['mode']} | {r['config']} | {r['registers']} | {r['local_bytes']} | "
+            f"{r['loads']} ({r['loads_16b']}) | {r['stores']} ({r['stores_16b']}) | "
+            f"{r['bytes_over_feat']} |"
+            if not r["error"] else f"| {r['cap']} | {r['kernel']} | compile error: {r['error']} |"
+        )
+    return "\n".join(lines)
+
+
+def summarize(rows: list[dict]) -> str:
+    """Per target and kernel, split by whether rows can be 16-byte aligned: register range,
+    local memory and the 16-byte share of the global accesses."""
+    groups: dict = {}
+    for r in rows:
+        if not r["error"]:
+            groups.setdefault((r["cap"], r["kernel"], r["aligned"]), []).append(r)
+    lines = [
+        "| sm | kernel | rows 16-byte alignable | compilations | registers | local bytes | "
+        "ld 16B / all | st 16B / all |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for (cap, kernel, aligned), rs in sorted(groups.items()):
+        def span(key, rs=rs):
+            values = [r[key] for r in rs]
+            return f"{min(values)}-{max(values)}" if min(values) != max(values) else str(values[0])
+
+        lines.append(
+            f"| {cap} | {kernel} | {'yes' if aligned else 'no'} | {len(rs)} | "
+            f"{span('registers')} | {span('local_bytes')} | {span('loads_16b')} / "
+            f"{span('loads')} | {span('stores_16b')} / {span('stores')} |"
+        )
+    return "\n".join(lines)
+
+
+def run(caps=CAPS, max_registers: int = MAX_REGISTERS) -> dict:
+    """The whole check: rows for every target (one process per target) and the problems."""
+    reason = unavailable()
+    if reason:
+        return {"unavailable": reason}
+    import triton
+
+    context = multiprocessing.get_context("spawn")
+    # The stand-in driver is process-wide state: one fresh process per target.
+    with concurrent.futures.ProcessPoolExecutor(max_workers=len(caps),
+                                                mp_context=context) as pool:
+        rows = [row for part in pool.map(compile_for, caps) for row in part]
+    problems = [message for row in rows for _, message in row_problems(row, max_registers)]
+    return {"triton": triton.__version__, "caps": list(caps), "max_registers": max_registers,
+            "rows": rows, "problems": problems}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cap", type=int, nargs="+", default=list(CAPS),
+                        help="compute capabilities to compile for (default: 80 90)")
+    parser.add_argument("--max-registers", type=int, default=MAX_REGISTERS)
+    parser.add_argument("--json", help="also write the rows and problems to this file")
+    parser.add_argument("--all-rows", action="store_true",
+                        help="print every compiled kernel, not only the summary")
+    args = parser.parse_args(argv)
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        parser.error("unset TRITON_INTERPRET: the check compiles, it doesn't interpret")
+    report = run(tuple(args.cap), args.max_registers)
+    if args.json:
+        with open(args.json, "w") as file:
+            json.dump(report, file, indent=1)
+    if "unavailable" in report:
+        print(f"static GPU check can't run: {report['unavailable']}")
+        return 2
+    print(format_table(report["rows"]) if args.all_rows else summarize(report["rows"]))
+    for message in report["problems"]:
+        print("  -", message)
+    print(f"static GPU check (triton {report['triton']}, sm_{', sm_'.join(map(str, args.cap))}): "
+          f"{len(report['rows'])} compiled kernels, {len(report['problems'])} problems")
+    return 1 if report["problems"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

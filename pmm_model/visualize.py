@@ -342,7 +342,7 @@ def plot_mixing(
     for i in range(rows):
         panel(i, 0, pictures[i], name(i))
         for s in range(len(infos)):
-            ax = panel(i, 1 + 2 * s, pictures[i], f"saliency {s + 1}")
+            ax = panel(i, 1 + 2 * s, pictures[i], f"mix {s + 1}: saliency")
             ax.imshow(
                 maps[s][i],
                 extent=(0, img_w, img_h, 0),
@@ -356,10 +356,10 @@ def plot_mixing(
             _outline(ax, rects[s][i], MIX_OUTLINE)
             j = partners[s][i]
             if j >= 0:
-                _outline(panel(i, 2 + 2 * s, pictures[j], f"from {name(j)}"), rects[s][i],
-                         MIX_OUTLINE)
+                _outline(panel(i, 2 + 2 * s, pictures[j], f"mix {s + 1}: from {name(j)}"),
+                         rects[s][i], MIX_OUTLINE)
             else:
-                panel(i, 2 + 2 * s, None, "not mixed")
+                panel(i, 2 + 2 * s, None, f"mix {s + 1}: not mixed")
     _save(fig, path)
     return grid
 
@@ -524,6 +524,7 @@ def plot_training_curves(
         axes[1].plot(epochs, [entry[extra] for entry in metrics], marker="o", color="tab:gray")
         axes[1].set_xlabel("epoch")
         axes[1].set_ylabel(extra.replace("_", " "))
+        axes[1].set_ylim(bottom=0)
         axes[1].grid(alpha=0.3)
     if title:
         fig.suptitle(title)

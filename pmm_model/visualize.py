@@ -667,6 +667,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
         written["mixing"] = out / "mixing.png"
         plot_mixing(written["mixing"], denormalize(images), saliencies, infos,
                     tuple(train_args["block_size"]), labels=labels)
+    else:
+        print(f"mixing: skipped, a {train_args['model']!r} model does not mix features")
 
     loaders = [
         DataLoader(ImageDataset(records, transform), batch_size=128)

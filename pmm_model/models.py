@@ -71,12 +71,15 @@ class ReIDOutput:
             cross-entropy mixes in by area (``pmm_kernels.mixed_targets``), or None for the
             plain labels; empty means plain labels everywhere (every mode but ``a_cutmix``
             and ``cutmix``).
+        saliency: per mixing stage, in ``mix_info``'s order, the detached ``(N, h, w)``
+            Grad-CAM map that ranked the blocks, or None for a mode that draws them at random.
     """
 
     features: list[Tensor]
     logits: list[Tensor]
     mix_info: list[pmm_kernels.MixInfo] = field(default_factory=list)
     label_mix: list[pmm_kernels.MixInfo | None] = field(default_factory=list)
+    saliency: list[Tensor | None] = field(default_factory=list)
 
 
 def _imagenet_state_dict(backbone: str) -> dict[str, Tensor]:
@@ -332,7 +335,7 @@ class PMMNet(nn.Module):
                 "torch.no_grad(), or call model.eval() for embeddings"
             )
         logits1 = self.classifiers[0](f1)
-        infos = []
+        infos, saliencies = [], []
 
         # Stage 2 ranks x_part's blocks by the Grad-CAM map of x, the map stage 1 classified.
         mixed2 = x_part
@@ -343,6 +346,7 @@ class PMMNet(nn.Module):
                 saliency = pmm_kernels.saliency(x.detach(), weights1)
             mixed2, info2 = self._mix(x_part, saliency, labels)
             infos.append(info2)
+            saliencies.append(saliency)
         pooled2 = F.adaptive_max_pool2d(mixed2, 1)
         f2 = self.reduction2(pooled2.flatten(1))
         logits2 = self.classifiers[1](f2)
@@ -357,6 +361,7 @@ class PMMNet(nn.Module):
                 saliency = pmm_kernels.saliency(mixed2.detach(), weights2)
             mixed3, info3 = self._mix(x_part, saliency, labels)
             infos.append(info3)
+            saliencies.append(saliency)
         f3 = self.reduction3(F.adaptive_max_pool2d(mixed3, 1).flatten(1))
         logits3 = self.classifiers[2](f3)
         mixes_labels = self.mix != "none" and pmm_kernels.MODES[self.mix].mixes_labels
@@ -365,6 +370,7 @@ class PMMNet(nn.Module):
             logits=[logits1, logits2, logits3],
             mix_info=infos,
             label_mix=[None, *infos] if mixes_labels else [],
+            saliency=saliencies,
         )
 
 

@@ -30,14 +30,12 @@ Example:
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -47,6 +45,7 @@ from torch import Tensor, nn
 
 from pmm_kernels import MixInfo
 from pmm_model.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from pmm_model.models import PMMNet
 
 __all__ = [
     "MIX_OUTLINE",
@@ -267,7 +266,7 @@ def _save(fig: Figure, path: str | os.PathLike) -> Path:
 def plot_mixing(
     path: str | os.PathLike,
     images: Tensor | np.ndarray,
-    saliencies: Sequence[Tensor],
+    saliencies: Sequence[Tensor | None],
     infos: Sequence[MixInfo],
     block_size: tuple[int, int],
     *,
@@ -279,15 +278,16 @@ def plot_mixing(
 
     Columns: the image; then for each stage ``s`` the image under ``saliencies[s]`` (jet,
     normalised per sample) with the blocks ``infos[s]`` replaced outlined in
-    :data:`MIX_OUTLINE`, and the partner image with the same blocks outlined (the cells that
-    were copied), or an empty panel titled "not mixed". For PMM, ``saliencies`` are the
+    :data:`MIX_OUTLINE` (no overlay where the mode drew its blocks at random), and the partner
+    image with the same blocks outlined (the cells that were copied), or an empty panel titled
+    "zeroed" (the dropping modes) or "not mixed". For PMM, ``saliencies`` are the
     stage-1 and stage-2 Grad-CAM maps and ``infos`` the MixInfo of the stage-2 and stage-3
     mixes (see :func:`pmm_saliency`).
 
     Args:
         path: PNG file to write (folders are created).
         images: ``(N, 3, H, W)`` RGB in [0, 1] (see :func:`denormalize`).
-        saliencies: per stage, the ``(N, h, w)`` map that ranked the blocks.
+        saliencies: per stage, the ``(N, h, w)`` map that ranked the blocks, or None.
         infos: per stage, that mix's ``MixInfo``; its mask is ``(N, h, w)`` too.
         block_size: ``(bh, bw)`` map cells per block, as given to the mix.
         labels: ``(N,)`` identities for the titles.
@@ -311,8 +311,11 @@ def plot_mixing(
             f"need one saliency map per MixInfo and at least one stage, got {len(saliencies)} "
             f"maps and {len(infos)} infos"
         )
-    maps = []
+    maps: list[np.ndarray | None] = []
     for s, (sal, info) in enumerate(zip(saliencies, infos, strict=True)):
+        if sal is None:
+            maps.append(None)
+            continue
         sal = torch.as_tensor(sal).detach().cpu().float()
         if sal.ndim != 3 or len(sal) != n or tuple(info.mask.shape) != tuple(sal.shape):
             raise ValueError(
@@ -342,24 +345,28 @@ def plot_mixing(
     for i in range(rows):
         panel(i, 0, pictures[i], name(i))
         for s in range(len(infos)):
-            ax = panel(i, 1 + 2 * s, pictures[i], f"mix {s + 1}: saliency")
-            ax.imshow(
-                maps[s][i],
-                extent=(0, img_w, img_h, 0),
-                cmap="jet",
-                vmin=0.0,
-                vmax=1.0,
-                alpha=0.45,
-                interpolation="bilinear",
-                aspect="auto",
-            )
+            attentive = maps[s] is not None
+            ax = panel(i, 1 + 2 * s, pictures[i],
+                       f"mix {s + 1}: {'saliency' if attentive else 'random blocks'}")
+            if attentive:
+                ax.imshow(
+                    maps[s][i],
+                    extent=(0, img_w, img_h, 0),
+                    cmap="jet",
+                    vmin=0.0,
+                    vmax=1.0,
+                    alpha=0.45,
+                    interpolation="bilinear",
+                    aspect="auto",
+                )
             _outline(ax, rects[s][i], MIX_OUTLINE)
             j = partners[s][i]
             if j >= 0:
                 _outline(panel(i, 2 + 2 * s, pictures[j], f"mix {s + 1}: from {name(j)}"),
                          rects[s][i], MIX_OUTLINE)
             else:
-                panel(i, 2 + 2 * s, None, f"mix {s + 1}: not mixed")
+                panel(i, 2 + 2 * s, None,
+                      f"mix {s + 1}: {'zeroed' if rects[s][i] else 'not mixed'}")
     _save(fig, path)
     return grid
 
@@ -534,14 +541,11 @@ def plot_training_curves(
 
 def pmm_saliency(
     model: nn.Module, images: Tensor, labels: Tensor
-) -> tuple[list[Tensor], list[MixInfo]]:
+) -> tuple[list[Tensor | None], list[MixInfo]]:
     """Run a PMM network's training forward once; return its mixes' saliency maps and MixInfo.
 
-    This is the one place that knows how :class:`~pmm_model.models.PMMNet` obtains them:
-    every mix goes through its ``_mix(feat, attn, labels)`` method with the ``(N, H, W)``
-    saliency map as ``attn``, so the instance's ``_mix`` is wrapped for one forward to record
-    it. Batch-norm layers use their running statistics, as at test time, and are not updated;
-    the model's modes are restored afterwards. No parameter gradient is kept.
+    Batch-norm layers use their running statistics, as at test time, and are not updated; the
+    model's modes are restored afterwards. No parameter gradient is kept.
 
     Args:
         model: a ``PMMNet`` (any mode).
@@ -550,159 +554,28 @@ def pmm_saliency(
 
     Returns:
         ``(saliencies, infos)``: per mixing stage (PMM: stages 2 and 3) the ``(N, h, w)``
-        float32 map that ranked the blocks (stage 1's and stage 2's Grad-CAM) and the mix's
-        ``MixInfo``.
+        float32 map that ranked the blocks (stage 1's and stage 2's Grad-CAM; None for the
+        modes that draw blocks at random) and the mix's ``MixInfo``.
     """
-    if not hasattr(model, "_mix"):
+    if not isinstance(model, PMMNet):
         raise TypeError(f"model must be a PMMNet (it mixes features), got {type(model).__name__}")
     modes = {module: module.training for module in model.modules()}
-    saliencies: list[Tensor] = []
-    real_mix = model._mix
-
-    def recording_mix(feat: Tensor, attn: Tensor, labels: Tensor):
-        saliencies.append(attn.detach().float().cpu())
-        return real_mix(feat, attn, labels)
-
     model.train()
     for module in model.modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
             module.eval()
-    model._mix = recording_mix
     try:
         with torch.enable_grad():
             out = model(images, labels)
     finally:
-        del model._mix
         for module, training in modes.items():
             module.train(training)
+    saliencies = [None if s is None else s.detach().float().cpu() for s in out.saliency]
     infos = [MixInfo(*(t.detach().cpu() for t in info)) for info in out.mix_info]
     return saliencies, infos
 
 
-# --- command line --------------------------------------------------------------------------
-
-
-def _load(checkpoint: str) -> tuple[nn.Module, dict[str, Any]]:
-    """The trained network and its training args. Kept here alone: the loading API may move."""
-    from pmm_model.checkpoint import load_model
-
-    return load_model(checkpoint)
-
-
-def _batch(records, transform) -> tuple[Tensor, Tensor]:
-    from pmm_model.data.datasets import ImageDataset
-
-    dataset = ImageDataset(records, transform)
-    items = [dataset[i] for i in range(len(dataset))]
-    return torch.stack([image for image, _, _ in items]), torch.tensor([p for _, p, _ in items])
-
-
-def _training_batch(train, num_ids: int, per_id: int, seed: int):
-    """``per_id`` records of each of ``num_ids`` random identities, grouped by identity."""
-    by_pid: dict[int, list] = {}
-    for record in train:
-        by_pid.setdefault(record.pid, []).append(record)
-    rng = np.random.default_rng(seed)
-    eligible = sorted(pid for pid, recs in by_pid.items() if len(recs) >= per_id)
-    chosen = rng.choice(eligible, size=min(num_ids, len(eligible)), replace=False)
-    return [rec for pid in chosen for rec in by_pid[int(pid)][:per_id]]
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The command-line parser of ``python -m pmm_model.visualize``."""
-    from pmm_model.cli import int_at_least
-    from pmm_model.data.datasets import dataset_names
-
-    parser = argparse.ArgumentParser(
-        prog="python -m pmm_model.visualize",
-        description="Draw the mixing, ranked-list and training-curve pictures of a checkpoint.",
-    )
-    parser.add_argument("--checkpoint", required=True, help="checkpoint.pt of a training run")
-    parser.add_argument("--data", default="synthetic", choices=dataset_names(),
-                        help="dataset (default: %(default)s)")
-    parser.add_argument("--root", help="dataset root (synthetic: cache folder, optional)")
-    parser.add_argument("--out", required=True, help="folder for the PNG files")
-    parser.add_argument("--metrics",
-                        help="metrics.json to plot (default: the one beside the checkpoint)")
-    parser.add_argument("--ids", type=int_at_least(2), default=4,
-                        help="identities in the mixing picture (default: %(default)s)")
-    parser.add_argument("--per-id", type=int_at_least(1), default=2,
-                        help="images per identity in the mixing picture (default: %(default)s)")
-    parser.add_argument("--queries", type=int_at_least(1), default=6,
-                        help="queries in the ranked-list picture (default: %(default)s)")
-    parser.add_argument("--topk", type=int_at_least(1), default=10,
-                        help="gallery images per query (default: %(default)s)")
-    parser.add_argument("--seed", type=int_at_least(0), default=0,
-                        help="choice of images and partners (default: %(default)s)")
-    parser.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
-    """Run the CLI; returns the written pictures by name (``mixing``, ``ranked``, ``curves``)."""
-    from torch.utils.data import DataLoader
-
-    from pmm_model.data.datasets import ImageDataset, build_dataset
-    from pmm_model.data.transforms import build_transforms
-    from pmm_model.evaluation import extract_features, pairwise_distance
-
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        model, train_args = _load(args.checkpoint)
-        data = build_dataset(args.data, args.root)
-    except (FileNotFoundError, ValueError) as err:
-        parser.error(str(err))
-    device = torch.device(args.device)
-    model.to(device)
-    torch.manual_seed(args.seed)
-    transform = build_transforms(train_args["height"], train_args["width"], is_train=False)
-    out = Path(args.out)
-    written: dict[str, Path] = {}
-
-    if hasattr(model, "_mix"):
-        images, labels = _batch(_training_batch(data.train, args.ids, args.per_id, args.seed),
-                                transform)
-        saliencies, infos = pmm_saliency(model, images.to(device), labels.to(device))
-        written["mixing"] = out / "mixing.png"
-        plot_mixing(written["mixing"], denormalize(images), saliencies, infos,
-                    tuple(train_args["block_size"]), labels=labels)
-    else:
-        print(f"mixing: skipped, a {train_args['model']!r} model does not mix features")
-
-    loaders = [
-        DataLoader(ImageDataset(records, transform), batch_size=128)
-        for records in (data.query, data.gallery)
-    ]
-    qf, q_pids, q_cams = extract_features(model, loaders[0], device)
-    gf, g_pids, g_cams = extract_features(model, loaders[1], device)
-    picked = np.linspace(0, len(qf) - 1, min(args.queries, len(qf))).round().astype(int)
-    dist = pairwise_distance(qf[picked], gf)
-    ranked = [rank_gallery(row, q_pids[q], q_cams[q], g_pids, g_cams, args.topk)
-              for row, q in zip(dist, picked, strict=True)]
-    queries, _ = _batch([data.query[q] for q in picked], transform)
-    gallery = torch.stack([_batch([data.gallery[g] for g in order], transform)[0]
-                           for order, _ in ranked])
-    written["ranked"] = out / "ranked.png"
-    plot_ranked_list(
-        written["ranked"],
-        denormalize(queries),
-        denormalize(gallery),
-        [verdicts for _, verdicts in ranked],
-        query_titles=[f"query id {q_pids[q]} c{q_cams[q] + 1}" for q in picked],
-        ranked_titles=[[f"{r + 1}: id {g_pids[g]} c{g_cams[g] + 1}" for r, g in enumerate(order)]
-                       for order, _ in ranked],
-    )
-
-    metrics_path = Path(args.metrics or Path(args.checkpoint).parent / "metrics.json")
-    if metrics_path.is_file():
-        written["curves"] = out / "curves.png"
-        plot_training_curves(written["curves"], json.loads(metrics_path.read_text()),
-                             title=f"{train_args['model']} on {args.data}")
-    for name, path in written.items():
-        print(f"{name}: {path}")
-    return written
-
-
 if __name__ == "__main__":
+    from pmm_model.cli.visualize import main
+
     main()

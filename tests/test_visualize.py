@@ -12,6 +12,7 @@ from PIL import Image
 import pmm_kernels
 from pmm_kernels import MixInfo
 from pmm_model.checkpoint import save_checkpoint
+from pmm_model.cli.visualize import main
 from pmm_model.data.synthetic import ensure_synthetic
 from pmm_model.models import build_model
 from pmm_model.visualize import (
@@ -20,7 +21,6 @@ from pmm_model.visualize import (
     Box,
     PanelGrid,
     denormalize,
-    main,
     mix_rectangles,
     plot_mixing,
     plot_ranked_list,
@@ -244,9 +244,21 @@ def test_pmm_saliency_returns_the_maps_that_chose_the_blocks(tiny_pmm) -> None:
         assert torch.equal(info.blocks[:, 0], best)
         assert (info.negatives >= 0).all()
         assert (labels[info.negatives] != labels).all()
-    assert not model.training and "_mix" not in vars(model)
+    assert not model.training
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
     assert all(p.grad is None for p in model.parameters())
+
+
+def test_random_and_dropping_modes_draw_without_saliency(tmp_path) -> None:
+    model = build_model("pmm", 3, backbone="resnet18", block_size=(1, 1), num_blocks=2,
+                        mix="cutout")
+    images, labels = torch.rand(4, 3, 64, 32), torch.tensor([0, 0, 1, 1])
+    saliencies, infos = pmm_saliency(model, images, labels)
+    assert saliencies == [None, None]  # cutout draws its blocks: no map ranked them
+    assert all(info.mask.flatten(1).sum(1).eq(2).all() for info in infos)
+    path = tmp_path / "cutout.png"
+    grid = plot_mixing(path, images, saliencies, infos, (1, 1))
+    assert _png(path).shape[:2] == grid.size[::-1]
 
 
 def test_pmm_saliency_needs_a_mixing_model() -> None:

@@ -15,10 +15,11 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -e '.[train,dev]'
 	touch $@
 
+# The demo's run folder is disposable: each `make demo` starts it afresh.
 DEMO_RUN := runs/pmm-synthetic
 
 demo: $(VENV)/.installed
-	$(PY) -m pmm_model.train --preset demo --output-dir $(DEMO_RUN)
+	$(PY) -m pmm_model.train --preset demo --output-dir $(DEMO_RUN) --overwrite
 	$(PY) -m pmm_model.visualize --checkpoint $(DEMO_RUN)/checkpoint.pt --data synthetic --out $(DEMO_RUN)
 
 test: $(VENV)/.installed

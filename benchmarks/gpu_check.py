@@ -13,8 +13,8 @@ Needs torch, triton, pytest and hypothesis already installed (no network, no ins
   alone (Triton and eager only): the ``clone()`` floor, the Triton kernels, eager PyTorch,
   ``torch.compile(dynamic=True)`` of the PyTorch path and the authors' op (float32 only).
   Times are ``triton.testing.do_bench`` medians (CUDA events, L2 flushed before each run); GB/s
-  is over the bytes the op must move (SPEC section 3); ``x clone`` is the time over one
-  ``feat.clone()`` (which moves 2 B), so a forward+backward at the floor would read 2.0.
+  is over the bytes the op must move (docs/performance.md#bytes-per-pass); ``x clone`` is the time
+  over one ``feat.clone()`` (which moves 2 B), so a forward+backward at the floor would read 2.0.
 """
 
 from __future__ import annotations

@@ -1,13 +1,13 @@
 """A-Hard-Mix benchmarks at the paper shape: ``pytest benchmarks/ --benchmark-only``.
 
-Each row records in ``extra_info`` the bytes the op must move at least (SPEC section 3: 2 x
-bytes(feat) per pass, plus the k-block patch with channel weights), the effective GB/s, and its
-time over ``feat.clone()`` measured in the same run (``x_clone``), the honest figure of merit on
-any machine. On a GPU those figures come from ``triton.testing.do_bench`` (CUDA events, L2
-flushed before each run, median), and the Triton rows also record the tile the autotuner chose.
-On CPU only the PyTorch path, the authors' op and the floor run; the Triton and ``torch.compile``
-rows are GPU rows and are skipped there with the reason. ``benchmarks/gpu_check.py`` times the
-same rows without pytest-benchmark.
+Each row records in ``extra_info`` the bytes the op must move at least
+(docs/performance.md#bytes-per-pass: 2 x bytes(feat) per pass, plus the k-block patch with channel
+weights), the effective GB/s, and its time over ``feat.clone()`` measured in the same run
+(``x_clone``), the honest figure of merit on any machine. On a GPU those figures come from
+``triton.testing.do_bench`` (CUDA events, L2 flushed before each run, median), and the Triton rows
+also record the tile the autotuner chose. On CPU only the PyTorch path, the authors' op and the
+floor run; the Triton and ``torch.compile`` rows are GPU rows and are skipped there with the reason.
+``benchmarks/gpu_check.py`` times the same rows without pytest-benchmark.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ BACKEND_ENV = "PMM_KERNELS_BACKEND"
 
 
 class MixMode(NamedTuple):
-    """How a mode chooses its cells and fills them (SPEC section 6).
+    """How a mode chooses its cells and fills them (docs/op.md#feature-mix-family).
 
     Attributes:
         cells: ``"salient"`` (the k most salient blocks), ``"random"`` (k random blocks) or
@@ -170,7 +170,7 @@ def feature_mix(
     w_ratio: float = 1.0,
     backend: Backend | None = None,
 ) -> tuple[torch.Tensor, MixInfo]:
-    """Mix a feature map with one of the modes of SPEC section 6 and say what was done.
+    """Mix a feature map with one of the modes of docs/op.md#modes and say what was done.
 
     Every mode cuts the map into ``block_size`` blocks (row-major, edge blocks clipped), chooses
     cells for each sample and either copies them, in all channels, from a partner sample or
@@ -270,7 +270,7 @@ def feature_mix(
         negatives = _check_negatives(negatives, n)
     use_triton = _use_triton(backend, feat, rows * cols)
 
-    # The draws of SPEC section 6, in its order.
+    # The draws of docs/op.md#draws, in that order.
     keys = corner = u = None
     if spec.cells == "random":
         keys = _uniform((n, rows * cols), generator, feat.device)
@@ -331,7 +331,7 @@ def a_hard_mix(
 ) -> torch.Tensor | tuple[torch.Tensor, MixInfo]:
     """Attentive feature Hard-Mix: swap each sample's most salient blocks with a negative's.
 
-    :func:`feature_mix` with ``mode="a_hard_mix"`` (SPEC section 2). The map is cut into
+    :func:`feature_mix` with ``mode="a_hard_mix"`` (docs/op.md#a_hard_mix). The map is cut into
     ``block_size`` blocks (row-major, edge blocks clipped). Each sample keeps its
     ``num_blocks`` highest-saliency blocks' positions and takes the values there, in all
     channels, from a partner of a different identity; values are copied bit-exactly. The
@@ -381,7 +381,8 @@ def a_hard_mix(
 def mixed_targets(
     labels: torch.Tensor, info: MixInfo | None, num_classes: int, smoothing: float = 0.0
 ) -> torch.Tensor:
-    """Soft targets of the label-mixing modes (``a_cutmix``, ``cutmix``), SPEC section 6.
+    """Soft targets of the label-mixing modes (``a_cutmix``, ``cutmix``),
+    docs/op.md#feature-mix-family.
 
     ``t_i = (1 - lam_i) * onehot(y_i) + lam_i * onehot(y_partner(i))``, and ``onehot(y_i)`` where
     the partner is -1; label smoothing then gives ``t * (1 - smoothing) + smoothing / classes``.

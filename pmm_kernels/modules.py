@@ -19,10 +19,10 @@ PAPER_GRID = (8, 4)  # PMM: an 8x4 grid of 3x2 blocks on its 24x8 map
 class FeatureMix(nn.Module):
     """A feature-mix mode as a layer: mixes in training mode, returns ``feat`` in eval mode.
 
-    Geometry (SPEC section 7): ``grid=(rows, cols)`` cuts every map it sees into about that many
-    blocks, with ``block_size = (ceil(H / rows), ceil(W / cols))``, so the mixed fraction stays
-    about ``num_blocks / (rows * cols)`` on any map size; ``block_size=`` pins the block instead.
-    The default is the PMM paper's 8x4 grid with 3 blocks.
+    Geometry (docs/op.md#layer-geometry): ``grid=(rows, cols)`` cuts every map it sees into about
+    that many blocks, with ``block_size = (ceil(H / rows), ceil(W / cols))``, so the mixed fraction
+    stays about ``num_blocks / (rows * cols)`` on any map size; ``block_size=`` pins the block
+    instead. The default is the PMM paper's 8x4 grid with 3 blocks.
 
     Saliency of the attentive modes (``a_hard_mix``, ``a_cutmix``), first that applies:
 

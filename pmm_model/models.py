@@ -1,4 +1,6 @@
-"""Re-identification networks on torchvision ResNets: PMM (SPEC section 1) and a BoT baseline.
+"""Re-identification networks on torchvision ResNets: PMM and a BoT baseline.
+
+PMM's three stages are described in docs/method.md#network.
 
 Both networks return a :class:`ReIDOutput` (per-stage features and logits) in training mode
 and a single embedding tensor in eval mode, so one loss and one evaluation path serve both.
@@ -204,7 +206,7 @@ class BaselineNet(nn.Module):
 
 
 class PMMNet(nn.Module):
-    """Progressive Multi-stage feature Mix network (SPEC section 1), three stages.
+    """Progressive Multi-stage feature Mix network (docs/method.md#network), three stages.
 
     Stage 1 classifies the average-pooled trunk map ``x``. Stages 2 and 3 share one extra
     randomly initialised torchvision ``Bottleneck(C, C // 4)`` (identity shortcut; C = 2048 for

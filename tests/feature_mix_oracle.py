@@ -1,9 +1,9 @@
-"""An independent, deliberately simple feature-mix family (SPEC section 6): Python loops.
+"""An independent, deliberately simple feature-mix family (docs/op.md#feature-mix-family): loops.
 
-It makes its own random draws from a fresh CPU generator, in the SPEC's order, so a test that
-seeds the op's generator the same way checks the draws too. Saliency and block scores are float64;
-partner ranks use Python floats. The backward is ``a_hard_mix_oracle.oracle_backward`` (the family
-shares SPEC section 2.5's backward; zeroing modes have partner -1 everywhere).
+It makes its own random draws from a fresh CPU generator, in the order of docs/op.md#draws, so a
+test that seeds the op's generator the same way checks the draws too. Saliency and block scores are
+float64; partner ranks use Python floats. The backward is ``a_hard_mix_oracle.oracle_backward`` (the
+family shares the backward of docs/op.md#gradient; zeroing modes have partner -1 everywhere).
 """
 
 from __future__ import annotations

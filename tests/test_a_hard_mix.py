@@ -1,4 +1,4 @@
-"""The a_hard_mix contract (SPEC section 2) on the PyTorch path, against a loop oracle."""
+"""The a_hard_mix contract (docs/op.md#a_hard_mix) on the PyTorch path, against a loop oracle."""
 
 from __future__ import annotations
 

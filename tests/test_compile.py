@@ -21,7 +21,8 @@ def fresh_dynamo():
 
 
 def assert_is_a_mix(out, feat, info):
-    """Every cell of out comes from the sample itself, its partner, or zeros (SPEC section 6)."""
+    """Every cell of out comes from the sample itself, its partner, or zeros
+    (docs/op.md#feature-mix-family)."""
     for i in range(feat.shape[0]):
         m, j = info.mask[i], int(info.negatives[i])
         assert torch.equal(out[i][:, ~m], feat[i][:, ~m])

@@ -1,4 +1,4 @@
-"""The feature-mix family (SPEC section 6) on the PyTorch path, each mode against a loop oracle."""
+"""The feature-mix family (docs/op.md#feature-mix-family) on the PyTorch path, against loops."""
 
 from __future__ import annotations
 

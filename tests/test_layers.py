@@ -1,4 +1,4 @@
-"""The drop-in layers (SPEC section 7) and insert_feature_mix on torchvision models."""
+"""The drop-in layers (docs/op.md#layer-geometry) and insert_feature_mix on torchvision models."""
 
 from __future__ import annotations
 

@@ -196,8 +196,9 @@ def test_works_under_torch_compile_without_graph_breaks(backend, triton_device):
 
 
 # ---------------------------------------------------------------------------------------------
-# The feature-mix family (SPEC section 6): the Triton launcher against the PyTorch launcher, which
-# shares its signature and is itself checked against the loop oracle in test_feature_mix.py.
+# The feature-mix family (docs/op.md#feature-mix-family): the Triton launcher against the PyTorch
+# launcher, which shares its signature and is itself checked against the loop oracle in
+# test_feature_mix.py.
 
 FAMILY = [
     # (mode, cells, partner rule, given partners)

@@ -73,7 +73,8 @@ def feature_mix_backward(
     from_partner: bool,
     use_triton: bool,
 ) -> torch.Tensor:
-    """Gradient w.r.t. ``feat`` (SPEC section 2.5); ``from_partner`` False for the zeroing modes."""
+    """Gradient w.r.t. ``feat`` (docs/op.md#gradient); ``from_partner`` False for the zeroing
+    modes."""
     if use_triton:
         # Mode-independent: a zeroing mode's partners are all -1, so no cell has a taker.
         return _triton_module().feature_mix_backward_triton(grad_out, negatives, mask)

@@ -1,8 +1,9 @@
 """Triton kernels of the feature-mix family (A-Hard-Mix, CutMix, CutOut, Batch DropBlock, ...).
 
-Every mode is "choose cells, then take those cells from a partner or zero them" (SPEC section 6),
-so one planning kernel decides and one of two copy kernels moves the data. N samples of a
-(C, H, W) map, B = bytes(feat), f = the replaced fraction of the map (k*bh*bw / HW at most):
+Every mode is "choose cells, then take those cells from a partner or zero them"
+(docs/op.md#feature-mix-family), so one planning kernel decides and one of two copy kernels moves
+the data. N samples of a (C, H, W) map, B = bytes(feat), f = the replaced fraction of the map
+(k*bh*bw / HW at most):
 
 * channel weights ``w`` (N, C): :func:`_saliency_copy_kernel` copies ``feat`` to ``out`` while it
   reduces ``sum_c w[n, c] * feat[n, c, p]`` over its channel tile into a float32 partial sum;
@@ -416,7 +417,7 @@ def feature_mix_forward_triton(
     num_blocks: int,
     partner_rule: str,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Launch the forward kernels of any feature-mix mode (SPEC section 6).
+    """Launch the forward kernels of any feature-mix mode (docs/op.md#feature-mix-family).
 
     Args:
         feat: (N, C, H, W) float32/float16/bfloat16 map, any strides.

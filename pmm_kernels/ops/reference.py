@@ -52,7 +52,8 @@ def feature_mix_forward_torch(
     num_blocks: int,
     partner_rule: str,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Mixed features and ``(negatives, blocks, mask, lam)`` for every mode (SPEC section 6).
+    """Mixed features and ``(negatives, blocks, mask, lam)`` for every mode
+    (docs/op.md#feature-mix-family).
 
     Exactly one of ``attn`` (saliency top-k), ``keys`` (top-k of random keys) and ``corner``
     (``batch_drop``'s rectangle of size ``block_size``, ``blocks`` all -1) chooses the cells.
@@ -103,7 +104,8 @@ def a_hard_mix_backward_torch(
     mask: torch.Tensor,
     block_size: tuple[int, int],
 ) -> torch.Tensor:
-    """Gradient w.r.t. ``feat`` of every mode that takes blocks from a partner (SPEC section 2.5).
+    """Gradient w.r.t. ``feat`` of every mode that takes blocks from a partner
+    (docs/op.md#gradient).
 
     Accumulates in float32 (float64 for float64): each cell starts from its own gradient where it
     was kept, then receives the gradients of the samples that took it, in ascending sample order.

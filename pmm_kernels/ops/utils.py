@@ -1,8 +1,9 @@
 """Mode-independent pieces of the feature-mix family, shared by every mode and backend.
 
 The block grid and its cells, top-k selection, partner sampling and the ``batch_drop`` rectangle
-(SPEC sections 2 and 6). Everything is vectorised over samples, runs on any device and never reads
-a value back to the host, so it also traces under ``torch.compile``.
+(docs/op.md#a_hard_mix and docs/op.md#feature-mix-family). Everything is vectorised over samples,
+runs on any device and never reads a value back to the host, so it also traces under
+``torch.compile``.
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ def block_grid(height: int, width: int, block_size: tuple[int, int]) -> tuple[in
 def grid_block_size(height: int, width: int, grid: tuple[int, int]) -> tuple[int, int]:
     """The block size that cuts a ``height x width`` map into about ``grid = (rows, cols)`` blocks.
 
-    ``(ceil(H / rows), ceil(W / cols))`` (SPEC section 7); a map smaller than the grid gets 1x1
-    blocks, so the grid then has fewer blocks than asked for.
+    ``(ceil(H / rows), ceil(W / cols))`` (docs/op.md#layer-geometry); a map smaller than the grid
+    gets 1x1 blocks, so the grid then has fewer blocks than asked for.
 
     Example:
         >>> grid_block_size(24, 8, (8, 4)), grid_block_size(8, 4, (8, 4))
@@ -98,9 +99,9 @@ def sample_partners(
     """Partner of each sample, (N,) int64, -1 for none.
 
     ``negatives`` given: those partners (copied). ``"different_label"``: the r-th sample whose label
-    differs from i's (SPEC section 2.3); ``"any_other"``: the r-th sample j != i (SPEC section 6);
-    ``"none"``: -1 everywhere. Here r = min(floor(u_i * m_i), m_i - 1) over the m_i candidates in
-    ascending index order.
+    differs from i's (docs/op.md#partner); ``"any_other"``: the r-th sample j != i
+    (docs/op.md#feature-mix-family); ``"none"``: -1 everywhere. Here
+    r = min(floor(u_i * m_i), m_i - 1) over the m_i candidates in ascending index order.
     """
     if negatives is not None:
         # Copied: a custom op's outputs may not alias its inputs.

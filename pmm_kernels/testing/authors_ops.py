@@ -1,11 +1,11 @@
 """The authors' A-Hard-Mix step, ported to run on any device: a baseline, never a product path.
 
-It keeps the reference implementation's cost structure (SPEC section 1): a per-sample Grad-CAM loop
-that also converts each map to a normalised uint8 image on the host, block sums through
-split/stack/cat, a descending sort, a per-sample, per-block Python loop that zeroes a full-size
-float mask (one host sync per block through ``int(idx)``), block-to-cell arithmetic that only knows
-an 8x4 grid of 3x2 blocks (column-major block order), and ``mask * x + (1 - mask) * x[partner]``.
-Only ``.cuda()`` became ``device=x.device`` and the partner indices are passed in.
+It keeps the reference implementation's cost structure (docs/performance.md#authors-op): a
+per-sample Grad-CAM loop that also converts each map to a normalised uint8 image on the host, block
+sums through split/stack/cat, a descending sort, a per-sample, per-block Python loop that zeroes a
+full-size float mask (one host sync per block through ``int(idx)``), block-to-cell arithmetic that
+only knows an 8x4 grid of 3x2 blocks (column-major block order), and ``mask * x + (1 - mask) *
+x[partner]``. Only ``.cuda()`` became ``device=x.device`` and the partner indices are passed in.
 """
 
 from __future__ import annotations

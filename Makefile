@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench study clean
 
 $(VENV)/.installed: pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -12,6 +12,11 @@ $(VENV)/.installed: pyproject.toml
 
 demo: $(VENV)/.installed
 	$(PY) -m pmm_model.train --preset demo
+
+# The ablation study on the synthetic set: 8 variants x 3 seeds on the CPU (resumes if rerun).
+STUDY_ARGS ?= --seeds 3 --epochs 4 --eval-every 4 --out runs/study
+study: $(VENV)/.installed
+	$(PY) -m pmm_model.study $(STUDY_ARGS)
 
 test: $(VENV)/.installed
 	$(PY) -m ruff check .

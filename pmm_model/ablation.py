@@ -32,7 +32,7 @@ On a GPU, the same grid with ``data="market1501"`` and the paper's setting (no p
         --pretrained imagenet --seeds 3 --out runs/study-market1501
 
 Example:
-    >>> records = run_study("runs/study", seeds=3, options={"epochs": 4})  # doctest: +SKIP
+    >>> records = run_study("runs/study", seeds=3, options={"epochs": 5})  # doctest: +SKIP
     >>> write_report("runs/study")  # doctest: +SKIP
     (PosixPath('runs/study/study.md'), PosixPath('runs/study/study.png'))
 """

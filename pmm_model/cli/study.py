@@ -9,7 +9,7 @@ are skipped, interrupted ones continue from their checkpoint (see :mod:`pmm_mode
 Examples:
     The grid on the synthetic set, on the CPU::
 
-        python -m pmm_model.study --seeds 3 --epochs 4 --out runs/study
+        python -m pmm_model.study --seeds 3 --epochs 5 --eval-every 5 --out runs/study
 
     On a GPU, the paper's Table 3 ablation (Market-1501, the paper's setting)::
 
@@ -51,8 +51,8 @@ PAPER = "paper"
 _EPILOG = f"""variants: {', '.join(VARIANTS)}
 
 examples:
-  python -m pmm_model.study --seeds 3 --epochs 4 --out runs/study     # CPU, synthetic set
-  python -m pmm_model.study --report-only --out runs/study           # table and chart again
+  python -m pmm_model.study --seeds 3 --epochs 5 --eval-every 5 --out runs/study  # CPU, synthetic
+  python -m pmm_model.study --report-only --out runs/study  # the table and chart again
   # on a GPU, the paper's Table 3 ablation:
   python -m pmm_model.study --data market1501 --root /data --preset paper --pretrained imagenet \\
       --seeds 3 --out runs/study-market1501

@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 GPU_PYTHON ?= python3
 GPU_RESULTS ?= gpu-results
 
-.PHONY: demo test bench static-check gpu-check clean
+.PHONY: demo test bench study static-check gpu-check clean
 
 $(VENV)/.installed: pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,12 @@ DEMO_RUN := runs/pmm-synthetic
 demo: $(VENV)/.installed
 	$(PY) -m pmm_model.train --preset demo --output-dir $(DEMO_RUN) --overwrite
 	$(PY) -m pmm_model.visualize --checkpoint $(DEMO_RUN)/checkpoint.pt --data synthetic --out $(DEMO_RUN)
+
+# The ablation study on the synthetic set: 8 variants x 3 seeds, each trained as `make demo`
+# trains PMM (resumes where it stopped if rerun).
+STUDY_ARGS ?= --seeds 3 --out runs/study
+study: $(VENV)/.installed
+	$(PY) -m pmm_model.study $(STUDY_ARGS)
 
 test: $(VENV)/.installed
 	$(PY) -m ruff check .

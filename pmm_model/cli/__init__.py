@@ -1,8 +1,8 @@
-"""Command-line front ends: ``pmm_model.cli.train`` and ``pmm_model.cli.evaluate``.
+"""Command-line front ends: ``train``, ``evaluate``, ``visualize`` and ``study``.
 
-They parse arguments, call the library (:mod:`pmm_model.engine`, :mod:`pmm_model.evaluation`)
-and turn its exceptions into one-line errors and exit codes; only they exit the process.
-``python -m pmm_model.train`` and ``python -m pmm_model.evaluate`` remain as aliases.
+They parse arguments, call the library (:mod:`pmm_model.engine`, :mod:`pmm_model.evaluation`,
+:mod:`pmm_model.visualize`, :mod:`pmm_model.ablation`) and turn its exceptions into one-line
+errors and exit codes; only they exit the process. Each runs as ``python -m pmm_model.<name>``.
 """
 
 from pmm_model.cli.args import int_at_least

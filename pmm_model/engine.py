@@ -483,7 +483,8 @@ class Engine:
 
     def _finish(self, entry: dict[str, Any]) -> dict[str, Any]:
         if self.dist.is_main:
-            print(f"rank-1: {100 * entry['rank1']:.1f}%  mAP: {100 * entry['mAP']:.1f}%")
+            print(f"rank-1: {100 * entry['rank1']:.1f}%  mAP: {100 * entry['mAP']:.1f}%  "
+                  f"mINP: {100 * entry['mINP']:.1f}%")
         return entry
 
     def _train_epoch(self, epoch: int, start_step: int) -> float:

@@ -36,6 +36,21 @@ def oracle_partners(u: torch.Tensor, labels: torch.Tensor) -> list[int]:
     return partners
 
 
+def oracle_saliency(x: np.ndarray, a: np.ndarray) -> np.ndarray:
+    """(N, H, W) float64 saliency: ``a`` itself if a map, else ReLU(sum_c a * x), NaN kept."""
+    n, _, h, w = x.shape
+    saliency = np.zeros((n, h, w))
+    for i in range(n):
+        for r in range(h):
+            for q in range(w):
+                if a.ndim == 3:
+                    saliency[i, r, q] = a[i, r, q]
+                else:
+                    s = float(np.dot(a[i], x[i, :, r, q]))
+                    saliency[i, r, q] = s if (math.isnan(s) or s > 0) else 0.0
+    return saliency
+
+
 def oracle_forward(
     feat: torch.Tensor,
     attn: torch.Tensor,
@@ -52,15 +67,7 @@ def oracle_forward(
     bh, bw = block_size
     rows, cols = math.ceil(h / bh), math.ceil(w / bw)
 
-    saliency = np.zeros((n, h, w))
-    for i in range(n):
-        for r in range(h):
-            for q in range(w):
-                if a.ndim == 3:
-                    saliency[i, r, q] = a[i, r, q]
-                else:
-                    s = float(np.dot(a[i], x[i, :, r, q]))
-                    saliency[i, r, q] = s if (math.isnan(s) or s > 0) else 0.0
+    saliency = oracle_saliency(x, a)
 
     def cells(block: int) -> list[tuple[int, int]]:
         top, left = (block // cols) * bh, (block % cols) * bw

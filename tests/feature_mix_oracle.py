@@ -11,8 +11,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import numpy as np
 import torch
+from a_hard_mix_oracle import oracle_saliency
 
 ATTENTIVE = ("a_hard_mix", "a_cutmix")
 RANDOM = ("hard_mix", "cutmix", "cutout")
@@ -33,20 +33,6 @@ class OracleMix:
     blocks: list[list[int]]
     mask: torch.Tensor
     lam: torch.Tensor
-
-
-def _saliency(x: np.ndarray, a: np.ndarray) -> np.ndarray:
-    n, _, h, w = x.shape
-    s = np.zeros((n, h, w))
-    for i in range(n):
-        for r in range(h):
-            for q in range(w):
-                if a.ndim == 3:
-                    s[i, r, q] = a[i, r, q]
-                else:
-                    v = float(np.dot(a[i], x[i, :, r, q]))
-                    s[i, r, q] = v if (math.isnan(v) or v > 0) else 0.0
-    return s
 
 
 def _pick(u: float, candidates: list[int]) -> int:
@@ -83,7 +69,7 @@ def oracle_mix(
     chosen: list[set[tuple[int, int]]] = []
     blocks: list[list[int]] = []
     if mode in ATTENTIVE:
-        s = _saliency(x.double().numpy(), attn.detach().cpu().double().numpy())
+        s = oracle_saliency(x.double().numpy(), attn.detach().cpu().double().numpy())
         for i in range(n):
             scores = [sum(s[i, r, q] for r, q in cells(b)) for b in range(rows * cols)]
             order = sorted(

@@ -305,6 +305,23 @@ class PMMNet(nn.Module):
             num_blocks=self.num_blocks,
         )
 
+    def _mix_stage(
+        self, x_part: Tensor, ranked: Tensor, logits: Tensor, pooled: Tensor, labels: Tensor
+    ) -> tuple[Tensor, tuple[pmm_kernels.MixInfo, Tensor | None] | None]:
+        """``x_part`` mixed, with its ``(MixInfo, saliency)``; unchanged and None for "none".
+
+        The attentive modes rank blocks by the Grad-CAM map of ``ranked`` for ``logits``, which
+        the head computed from ``pooled``; the random modes need no saliency.
+        """
+        if self.mix == "none":
+            return x_part, None
+        saliency = None
+        if self._attentive:
+            weights = self._cam_weights(logits, labels, pooled, ranked)
+            saliency = pmm_kernels.saliency(ranked.detach(), weights)
+        mixed, info = self._mix(x_part, saliency, labels)
+        return mixed, (info, saliency)
+
     def _cam_weights(self, logits: Tensor, labels: Tensor, pooled: Tensor, fmap: Tensor) -> Tensor:
         """Grad-CAM channel weights ``(N, C)`` (float32, no graph) of ``fmap`` for the true ids."""
         score = logits.gather(1, labels[:, None]).sum()
@@ -337,42 +354,27 @@ class PMMNet(nn.Module):
                 "torch.no_grad(), or call model.eval() for embeddings"
             )
         logits1 = self.classifiers[0](f1)
-        infos, saliencies = [], []
 
         # Stage 2 ranks x_part's blocks by the Grad-CAM map of x, the map stage 1 classified.
-        mixed2 = x_part
-        if self.mix != "none":
-            saliency = None
-            if self._attentive:
-                weights1 = self._cam_weights(logits1, labels, pooled1, x)
-                saliency = pmm_kernels.saliency(x.detach(), weights1)
-            mixed2, info2 = self._mix(x_part, saliency, labels)
-            infos.append(info2)
-            saliencies.append(saliency)
+        mixed2, mix2 = self._mix_stage(x_part, x, logits1, pooled1, labels)
         pooled2 = F.adaptive_max_pool2d(mixed2, 1)
         f2 = self.reduction2(pooled2.flatten(1))
         logits2 = self.classifiers[1](f2)
 
         # Stage 3 ranks blocks by the Grad-CAM map of the *mixed* stage-2 input but mixes the
         # unmixed x_part, so the two masks do not accumulate.
-        mixed3 = x_part
-        if self.mix != "none":
-            saliency = None
-            if self._attentive:
-                weights2 = self._cam_weights(logits2, labels, pooled2, mixed2)
-                saliency = pmm_kernels.saliency(mixed2.detach(), weights2)
-            mixed3, info3 = self._mix(x_part, saliency, labels)
-            infos.append(info3)
-            saliencies.append(saliency)
+        mixed3, mix3 = self._mix_stage(x_part, mixed2, logits2, pooled2, labels)
         f3 = self.reduction3(F.adaptive_max_pool2d(mixed3, 1).flatten(1))
         logits3 = self.classifiers[2](f3)
+        mixes = [mix for mix in (mix2, mix3) if mix is not None]
+        infos = [info for info, _ in mixes]
         mixes_labels = self.mix != "none" and pmm_kernels.MODES[self.mix].mixes_labels
         return ReIDOutput(
             features=[f1, f2, f3],
             logits=[logits1, logits2, logits3],
             mix_info=infos,
             label_mix=[None, *infos] if mixes_labels else [],
-            saliency=saliencies,
+            saliency=[saliency for _, saliency in mixes],
         )
 
 

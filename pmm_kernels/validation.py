@@ -85,14 +85,16 @@ def check_positive_int(name: str, value: object) -> int:
     return value
 
 
-def check_int_pair(name: str, value: object, what: str) -> tuple[int, int]:
-    """Two positive ints given as a tuple or list, e.g. ``block_size=(bh, bw)``."""
+def check_int_pair(name: str, value: object, what: str = "") -> tuple[int, int]:
+    """Two positive ints given as a tuple or list, e.g. ``block_size=(bh, bw)``; ``what`` names
+    them in the error."""
     if (
         not isinstance(value, tuple | list)
         or len(value) != 2
         or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in value)
     ):
-        raise ValueError(f"{name} must be two positive ints {what}, got {value!r}")
+        raise ValueError(f"{name} must be two positive ints{' ' + what if what else ''}, "
+                         f"got {value!r}")
     return int(value[0]), int(value[1])
 
 

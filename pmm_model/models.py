@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from torchvision.models.resnet import Bottleneck
 
 import pmm_kernels
+from pmm_kernels.validation import check_int_pair, check_positive_int
 
 __all__ = [
     "BACKBONES",
@@ -258,17 +259,9 @@ class PMMNet(nn.Module):
             raise ValueError(f"cam={cam!r} is not supported; valid: {', '.join(CAM_MODES)}")
         if mix not in MIX_MODES:
             raise ValueError(f"mix={mix!r} is not supported; valid: {', '.join(MIX_MODES)}")
-        if not (
-            len(tuple(block_size)) == 2
-            and all(isinstance(b, int) and not isinstance(b, bool) and b > 0 for b in block_size)
-        ):
-            raise ValueError(f"block_size must be two positive ints, got {block_size!r}")
-        if isinstance(num_blocks, bool) or not isinstance(num_blocks, int) or num_blocks < 1:
-            raise ValueError(f"num_blocks must be a positive int, got {num_blocks!r}")
-        if isinstance(feature_dim, bool) or not isinstance(feature_dim, int) or feature_dim < 1:
-            raise ValueError(f"feature_dim must be a positive int, got {feature_dim!r}")
-        self.block_size = tuple(block_size)
-        self.num_blocks = num_blocks
+        self.block_size = check_int_pair("block_size", block_size)
+        self.num_blocks = check_positive_int("num_blocks", num_blocks)
+        check_positive_int("feature_dim", feature_dim)
         self.cam = cam
         self.mix = mix
         self.backbone, channels = build_backbone(backbone, pretrained)

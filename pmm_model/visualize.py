@@ -21,6 +21,7 @@ The command line draws all three from a training checkpoint::
 Example:
     >>> import torch
     >>> from pmm_kernels import MixInfo
+from pmm_kernels.validation import check_int_pair
     >>> mask = torch.zeros(1, 8, 4, dtype=torch.bool)
     >>> mask[0, 1, 1] = True  # block 5 of the 8x4 grid of 1x1 blocks, taken from sample 1
     >>> info = MixInfo(torch.tensor([1]), torch.tensor([[5]]), mask, torch.tensor([1 / 32]))
@@ -44,6 +45,7 @@ from matplotlib.patches import Rectangle
 from torch import Tensor, nn
 
 from pmm_kernels import MixInfo
+from pmm_kernels.validation import check_int_pair
 from pmm_model.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from pmm_model.models import PMMNet
 
@@ -139,16 +141,6 @@ def _rgb(color: tuple[int, int, int]) -> tuple[float, float, float]:
     return tuple(c / 255 for c in color)
 
 
-def _pair(name: str, value: object) -> tuple[int, int]:
-    if (
-        not isinstance(value, tuple | list)
-        or len(value) != 2
-        or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in value)
-    ):
-        raise ValueError(f"{name} must be two positive ints, got {value!r}")
-    return int(value[0]), int(value[1])
-
-
 def _images(name: str, images: Tensor | np.ndarray, ndim: int = 4) -> np.ndarray:
     """``(..., 3, H, W)`` floats in [0, 1] -> ``(..., H, W, 3)`` numpy, clipped."""
     array = torch.as_tensor(images).detach().cpu().float()
@@ -200,8 +192,8 @@ def mix_rectangles(
     Raises:
         ValueError: bad sizes, or ``blocks`` that do not fit the mask's grid.
     """
-    bh, bw = _pair("block_size", block_size)
-    img_h, img_w = _pair("image_size", image_size)
+    bh, bw = check_int_pair("block_size", block_size, "(bh, bw)")
+    img_h, img_w = check_int_pair("image_size", image_size, "(H, W)")
     mask = torch.as_tensor(info.mask).detach().cpu().bool()
     blocks = torch.as_tensor(info.blocks).detach().cpu()
     if mask.ndim != 3 or blocks.ndim != 2 or len(blocks) != len(mask):

@@ -39,23 +39,35 @@ IMPLS = ("triton", "torch", "torch_compile", "authors")
 
 def run_tests(out: Path, timeout_s: int) -> dict:
     """The kernels' tests, compiled (conftest leaves TRITON_INTERPRET unset on a GPU machine)."""
-    command = [sys.executable, "-m", "pytest", "tests/test_triton_kernels.py",
-               "tests/test_gpu_static.py", "-q", "-p", "no:cacheprovider"]
+    command = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "tests/test_triton_kernels.py",
+        "tests/test_gpu_static.py",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+    ]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("TRITON_INTERPRET", None)
     start = time.perf_counter()
     try:
-        result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
-                                timeout=timeout_s)
+        result = subprocess.run(
+            command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout_s
+        )
         output, returncode = result.stdout + result.stderr, result.returncode
     except subprocess.TimeoutExpired as error:
         output = f"{error.stdout or ''}\n... stopped after {timeout_s} s"
         returncode = None
     (out / "tests.txt").write_text(output)
     lines = [line for line in output.strip().splitlines() if line.strip()]
-    return {"command": " ".join(command[1:]), "returncode": returncode,
-            "seconds": round(time.perf_counter() - start, 1),
-            "summary": lines[-1] if lines else ""}
+    return {
+        "command": " ".join(command[1:]),
+        "returncode": returncode,
+        "seconds": round(time.perf_counter() - start, 1),
+        "summary": lines[-1] if lines else "",
+    }
 
 
 def time_rows() -> list[dict]:
@@ -76,8 +88,18 @@ def time_rows() -> list[dict]:
             feat, *_ = make_inputs(n, dtype, "map")
             feat_bytes = feat.numel() * feat.element_size()
             floor = median_ms(feat.clone)
-            rows.append(dict(n=n, dtype=str(dtype)[6:], attn="-", passes="copy", impl="clone",
-                             ms=floor, gb_per_s=2 * feat_bytes / floor / 1e6, x_clone=1.0))
+            rows.append(
+                dict(
+                    n=n,
+                    dtype=str(dtype)[6:],
+                    attn="-",
+                    passes="copy",
+                    impl="clone",
+                    ms=floor,
+                    gb_per_s=2 * feat_bytes / floor / 1e6,
+                    x_clone=1.0,
+                )
+            )
             del feat
             for attn_form in ("weights", "map"):
                 feat, attn, labels, negatives = make_inputs(n, dtype, attn_form)
@@ -87,14 +109,14 @@ def time_rows() -> list[dict]:
                             continue  # the authors' op builds a float32 mask
                         if passes == "backward" and impl not in ("triton", "torch"):
                             continue
-                        row = dict(n=n, dtype=str(dtype)[6:], attn=attn_form, passes=passes,
-                                   impl=impl)
+                        row = dict(
+                            n=n, dtype=str(dtype)[6:], attn=attn_form, passes=passes, impl=impl
+                        )
                         try:
                             call = make_call(impl, feat, attn, labels, negatives, passes)
                             ms = median_ms(call)
                             bytes_moved = op_bytes(feat, attn_form, passes)
-                            row.update(ms=ms, gb_per_s=bytes_moved / ms / 1e6,
-                                       x_clone=ms / floor)
+                            row.update(ms=ms, gb_per_s=bytes_moved / ms / 1e6, x_clone=ms / floor)
                             if impl == "triton":
                                 row["config"] = chosen_configs()
                             del call
@@ -108,26 +130,40 @@ def time_rows() -> list[dict]:
 
 
 def markdown(rows: list[dict], device: str) -> str:
-    lines = [f"Op rows on {device} (ms: do_bench median; x clone: over one feat.clone()).", "",
-             "| N | dtype | attn | passes | impl | ms | GB/s | x clone |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"Op rows on {device} (ms: do_bench median; x clone: over one feat.clone()).",
+        "",
+        "| N | dtype | attn | passes | impl | ms | GB/s | x clone |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['n']} | {r['dtype']} | {r['attn']} | {r['passes']} | "
-                         f"{r['impl']} | failed: {r['error'][:80]} | | |")
+            lines.append(
+                f"| {r['n']} | {r['dtype']} | {r['attn']} | {r['passes']} | "
+                f"{r['impl']} | failed: {r['error'][:80]} | | |"
+            )
         else:
-            lines.append(f"| {r['n']} | {r['dtype']} | {r['attn']} | {r['passes']} | "
-                         f"{r['impl']} | {r['ms']:.3f} | {r['gb_per_s']:.0f} | "
-                         f"{r['x_clone']:.2f} |")
+            lines.append(
+                f"| {r['n']} | {r['dtype']} | {r['attn']} | {r['passes']} | "
+                f"{r['impl']} | {r['ms']:.3f} | {r['gb_per_s']:.0f} | "
+                f"{r['x_clone']:.2f} |"
+            )
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", default=os.environ.get("PMM_GPU_RESULTS", "gpu-results"),
-                        help="results folder (default: $PMM_GPU_RESULTS or gpu-results)")
-    parser.add_argument("--tests-timeout", type=int, default=270,
-                        help="seconds the tests may take before the rows start anyway")
+    parser.add_argument(
+        "--out",
+        default=os.environ.get("PMM_GPU_RESULTS", "gpu-results"),
+        help="results folder (default: $PMM_GPU_RESULTS or gpu-results)",
+    )
+    parser.add_argument(
+        "--tests-timeout",
+        type=int,
+        default=270,
+        help="seconds the tests may take before the rows start anyway",
+    )
     parser.add_argument("--skip-tests", action="store_true")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
@@ -138,8 +174,12 @@ def main(argv: list[str] | None = None) -> int:
     import triton
 
     device = torch.cuda.get_device_name()
-    report = {"device": device, "torch": torch.__version__, "triton": triton.__version__,
-              "python": platform.python_version()}
+    report = {
+        "device": device,
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "python": platform.python_version(),
+    }
     if not args.skip_tests:
         report["tests"] = run_tests(out, args.tests_timeout)
         print("tests:", report["tests"], flush=True)

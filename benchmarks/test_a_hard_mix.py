@@ -116,6 +116,7 @@ def make_call(impl: str, feat, attn, labels, negatives, passes: str) -> Callable
     """The benchmarked call (passes: forward, forward_backward or backward); the backward takes a
     fixed grad_out."""
     if impl == "authors":
+
         def forward(x):
             if attn.dim() == 2:
                 return authors_a_hard_mix(x, attn, negatives, k=NUM_BLOCKS)
@@ -125,12 +126,30 @@ def make_call(impl: str, feat, attn, labels, negatives, passes: str) -> Callable
         compiled = torch.compile(reference.feature_mix_forward_torch, dynamic=True)
 
         def forward(x):
-            return compiled(x, attn, None, None, labels, None, negatives, BLOCK_SIZE, NUM_BLOCKS,
-                            "different_label")[0]
+            return compiled(
+                x,
+                attn,
+                None,
+                None,
+                labels,
+                None,
+                negatives,
+                BLOCK_SIZE,
+                NUM_BLOCKS,
+                "different_label",
+            )[0]
     else:
+
         def forward(x):
-            return a_hard_mix(x, attn, labels, negatives=negatives, block_size=BLOCK_SIZE,
-                              num_blocks=NUM_BLOCKS, backend=impl)
+            return a_hard_mix(
+                x,
+                attn,
+                labels,
+                negatives=negatives,
+                block_size=BLOCK_SIZE,
+                num_blocks=NUM_BLOCKS,
+                backend=impl,
+            )
 
     if passes == "forward":
         return lambda: forward(feat)

@@ -39,12 +39,17 @@ def market_scale_features(seed: int = 0):
     """``(qf, gf, q_pids, g_pids, q_camids, g_camids)`` with Market-1501's sizes."""
     gen = np.random.default_rng(seed)
     # Every test id has queries and gallery images; the rest of the gallery is distractors.
-    q_pids = np.concatenate([np.arange(1, NUM_IDS + 1),
-                             gen.integers(1, NUM_IDS + 1, NUM_QUERY - NUM_IDS)])
+    q_pids = np.concatenate(
+        [np.arange(1, NUM_IDS + 1), gen.integers(1, NUM_IDS + 1, NUM_QUERY - NUM_IDS)]
+    )
     num_matches = NUM_GALLERY - NUM_DISTRACTORS
-    g_pids = np.concatenate([np.arange(1, NUM_IDS + 1),
-                             gen.integers(1, NUM_IDS + 1, num_matches - NUM_IDS),
-                             np.zeros(NUM_DISTRACTORS, dtype=np.int64)])
+    g_pids = np.concatenate(
+        [
+            np.arange(1, NUM_IDS + 1),
+            gen.integers(1, NUM_IDS + 1, num_matches - NUM_IDS),
+            np.zeros(NUM_DISTRACTORS, dtype=np.int64),
+        ]
+    )
     q_camids = gen.integers(0, NUM_CAMS, NUM_QUERY)
     g_camids = gen.integers(0, NUM_CAMS, NUM_GALLERY)
     torch_gen = torch.Generator().manual_seed(seed)
@@ -84,7 +89,8 @@ def test_evaluate_market_scale(benchmark, device):
     def run():
         start = time.process_time()
         result, peak, method = peak_memory_mib(
-            lambda: evaluate_features(qf, gf, q_pids, g_pids, q_camids, g_camids))
+            lambda: evaluate_features(qf, gf, q_pids, g_pids, q_camids, g_camids)
+        )
         if device == "cuda":
             torch.cuda.synchronize()
         peaks.append((peak, method))
@@ -93,10 +99,16 @@ def test_evaluate_market_scale(benchmark, device):
 
     result = benchmark.pedantic(run, rounds=3, iterations=1)
     benchmark.extra_info.update(
-        device=device, num_query=NUM_QUERY, num_gallery=NUM_GALLERY, dim=DIM,
-        torch_threads=torch.get_num_threads(), cpu_s=round(min(cpu_seconds), 2),
-        peak_mib=round(max(p for p, _ in peaks), 1), peak_method=peaks[0][1],
+        device=device,
+        num_query=NUM_QUERY,
+        num_gallery=NUM_GALLERY,
+        dim=DIM,
+        torch_threads=torch.get_num_threads(),
+        cpu_s=round(min(cpu_seconds), 2),
+        peak_mib=round(max(p for p, _ in peaks), 1),
+        peak_method=peaks[0][1],
         dense_mib=round(NUM_QUERY * NUM_GALLERY * 4 / 2**20, 1),
-        rank1=round(float(result.cmc[0]), 4), mAP=round(result.mAP, 4),
+        rank1=round(float(result.cmc[0]), 4),
+        mAP=round(result.mAP, 4),
     )
     assert result.num_valid_queries > 0.9 * NUM_QUERY

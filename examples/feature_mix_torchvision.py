@@ -71,8 +71,10 @@ def main(argv: list[str] | None = None) -> list[float]:
         optimizer.step()
         losses.append(loss.item())
         info = mix.last_info
-        print(f"step {step}: loss {loss.item():.4f}, mixed area {info.lam.mean().item():.3f}, "
-              f"partners {info.negatives.tolist()}")
+        print(
+            f"step {step}: loss {loss.item():.4f}, mixed area {info.lam.mean().item():.3f}, "
+            f"partners {info.negatives.tolist()}"
+        )
 
     model.eval()
     with torch.no_grad():  # eval: the layer is the identity

@@ -32,8 +32,10 @@ def main(argv: list[str] | None = None) -> None:
         j = int(info.negatives[i])
         blocks = ", ".join(f"{b} (row {b // 4}, col {b % 4})" for b in info.blocks[i].tolist())
         source = f"sample {j} (id {int(labels[j])})" if j >= 0 else "nobody (no other id)"
-        print(f"sample {i} (id {int(labels[i])}): blocks {blocks} from {source}, "
-              f"lam={float(info.lam[i]):.4f}")
+        print(
+            f"sample {i} (id {int(labels[i])}): blocks {blocks} from {source}, "
+            f"lam={float(info.lam[i]):.4f}"
+        )
     print("mask of sample 0 (# = replaced):")
     for row in info.mask[0].tolist():
         print("  " + "".join("#" if cell else "." for cell in row))

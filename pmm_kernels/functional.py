@@ -150,8 +150,7 @@ def _check_negatives(negatives: torch.Tensor, n: int) -> torch.Tensor:
         low, high = int(negatives.min()), int(negatives.max())
         if low < -1 or high >= n:
             raise ValueError(
-                f"negatives must lie in [-1, {n}) for a batch of {n}, got values in "
-                f"[{low}, {high}]"
+                f"negatives must lie in [-1, {n}) for a batch of {n}, got values in [{low}, {high}]"
             )
     return negatives.to(torch.int64)
 
@@ -243,8 +242,10 @@ def feature_mix(
             )
         attn = check.check_attn(attn, feat)
     elif attn is not None:
-        raise ValueError(f"mode={mode!r} chooses its cells at random and takes no attn, got "
-                         f"{check.describe(attn)}")
+        raise ValueError(
+            f"mode={mode!r} chooses its cells at random and takes no attn, got "
+            f"{check.describe(attn)}"
+        )
     if labels is None:
         if spec.partner_rule == "different_label":
             raise ValueError(f"mode={mode!r} draws partners of a different label: pass labels")
@@ -281,8 +282,17 @@ def feature_mix(
     if spec.partner_rule != "none" and negatives is None:
         u = _uniform((n,), generator, feat.device)
     out, partners, blocks, mask, lam = FeatureMixFunction.apply(
-        feat, attn, keys, corner, labels, u, negatives, block_size, num_blocks,
-        spec.partner_rule, use_triton,
+        feat,
+        attn,
+        keys,
+        corner,
+        labels,
+        u,
+        negatives,
+        block_size,
+        num_blocks,
+        spec.partner_rule,
+        use_triton,
     )
     return out, MixInfo(partners, blocks, mask, lam)
 
@@ -372,8 +382,15 @@ def a_hard_mix(
     check.check_tensor("attn", attn)
     check.check_tensor("labels", labels)
     out, info = feature_mix(
-        feat, labels, attn, mode="a_hard_mix", block_size=block_size, num_blocks=num_blocks,
-        negatives=negatives, generator=generator, backend=backend,
+        feat,
+        labels,
+        attn,
+        mode="a_hard_mix",
+        block_size=block_size,
+        num_blocks=num_blocks,
+        negatives=negatives,
+        generator=generator,
+        backend=backend,
     )
     return (out, info) if return_info else out
 
@@ -411,8 +428,10 @@ def mixed_targets(
         raise ValueError(f"labels must have shape (N,), got {check.describe(labels)}")
     labels = check.check_labels("labels", labels, labels.shape[0])
     check.check_positive_int("num_classes", num_classes)
-    if isinstance(smoothing, bool) or not isinstance(smoothing, int | float) or not (
-        0 <= smoothing < 1
+    if (
+        isinstance(smoothing, bool)
+        or not isinstance(smoothing, int | float)
+        or not (0 <= smoothing < 1)
     ):
         raise ValueError(f"smoothing must be a number in [0, 1), got {smoothing!r}")
     labels = labels.long()

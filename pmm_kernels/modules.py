@@ -85,13 +85,15 @@ class FeatureMix(nn.Module):
             )
         check.check_positive_int("num_blocks", num_blocks)
         if block_size is not None:
-            self.grid, self.block_size = None, check.check_int_pair(
-                "block_size", block_size, "(bh, bw)"
+            self.grid, self.block_size = (
+                None,
+                check.check_int_pair("block_size", block_size, "(bh, bw)"),
             )
         else:
             self.block_size = None
-            self.grid = check.check_int_pair("grid", PAPER_GRID if grid is None else grid,
-                                             "(rows, cols)")
+            self.grid = check.check_int_pair(
+                "grid", PAPER_GRID if grid is None else grid, "(rows, cols)"
+            )
             if num_blocks > self.grid[0] * self.grid[1] and self.spec.cells != "rectangle":
                 raise ValueError(
                     f"num_blocks must be in [1, {self.grid[0] * self.grid[1]}] for a "
@@ -148,10 +150,17 @@ class FeatureMix(nn.Module):
         if self.spec.cells == "salient" and attn is None:
             attn = self._saliency_source(feat, labels)
         out, self.last_info = feature_mix(
-            feat, labels, attn, mode=self.mode,
+            feat,
+            labels,
+            attn,
+            mode=self.mode,
             block_size=self.block_size_for(feat.shape[2], feat.shape[3]),
-            num_blocks=self.num_blocks, negatives=negatives, generator=self.generator,
-            h_ratio=self.h_ratio, w_ratio=self.w_ratio, backend=self.backend,
+            num_blocks=self.num_blocks,
+            negatives=negatives,
+            generator=self.generator,
+            h_ratio=self.h_ratio,
+            w_ratio=self.w_ratio,
+            backend=self.backend,
         )
         return out
 
@@ -184,8 +193,9 @@ class FeatureMix(nn.Module):
         return mixed_targets(labels, info, num_classes, smoothing)
 
     def extra_repr(self) -> str:
-        geometry = (f"block_size={self.block_size}" if self.block_size is not None
-                    else f"grid={self.grid}")
+        geometry = (
+            f"block_size={self.block_size}" if self.block_size is not None else f"grid={self.grid}"
+        )
         return f"mode={self.mode!r}, {geometry}, num_blocks={self.num_blocks}"
 
 
@@ -210,8 +220,15 @@ class AHardMix(FeatureMix):
         generator: torch.Generator | None = None,
         backend: str | None = None,
     ) -> None:
-        super().__init__("a_hard_mix", grid=grid, block_size=block_size, num_blocks=num_blocks,
-                         classifier=classifier, generator=generator, backend=backend)
+        super().__init__(
+            "a_hard_mix",
+            grid=grid,
+            block_size=block_size,
+            num_blocks=num_blocks,
+            classifier=classifier,
+            generator=generator,
+            backend=backend,
+        )
 
     def forward(
         self,

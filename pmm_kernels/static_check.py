@@ -135,16 +135,22 @@ def unavailable() -> str | None:
     except ImportError as error:
         return f"triton's compiler API is missing: {error}"
     missing = [
-        name for name, ok in (
+        name
+        for name, ok in (
             ("driver.set_active", hasattr(driver, "set_active")),
             ("JITFunction.warmup", hasattr(JITFunction, "warmup")),
             ("Config.all_kwargs", hasattr(Config, "all_kwargs")),
-        ) if not ok
+        )
+        if not ok
     ]
-    tuned = [obj for obj in vars(importlib.import_module(KERNEL_MODULE)).values()
-             if isinstance(obj, Autotuner)]
+    tuned = [
+        obj
+        for obj in vars(importlib.import_module(KERNEL_MODULE)).values()
+        if isinstance(obj, Autotuner)
+    ]
     missing += [
-        f"Autotuner.{name}" for name in ("fn", "configs", "early_config_prune", "arg_names")
+        f"Autotuner.{name}"
+        for name in ("fn", "configs", "early_config_prune", "arg_names")
         if tuned and not hasattr(tuned[0], name)
     ]
     if missing:
@@ -175,8 +181,10 @@ def _bytes_model(kernel: str, f: float, launch_args: tuple, feat_bytes: int) -> 
         return 2 * f
     if kernel in ("_mix_kernel", "_feature_mix_bwd_kernel"):
         return 2 + f
-    return sum(a.numel() * a.element_size() for a in launch_args[:9]
-               if hasattr(a, "numel")) / feat_bytes  # plan: its inputs and outputs at most
+    return (
+        sum(a.numel() * a.element_size() for a in launch_args[:9] if hasattr(a, "numel"))
+        / feat_bytes
+    )  # plan: its inputs and outputs at most
 
 
 def record_launches() -> list[Launch]:
@@ -186,8 +194,9 @@ def record_launches() -> list[Launch]:
     from triton.runtime.jit import JITFunction
 
     module = importlib.import_module(KERNEL_MODULE)
-    kernels = {name: obj for name, obj in vars(module).items()
-               if isinstance(obj, JITFunction | Autotuner)}
+    kernels = {
+        name: obj for name, obj in vars(module).items() if isinstance(obj, JITFunction | Autotuner)
+    }
     launches: list[Launch] = []
     case: dict = {}
 
@@ -198,12 +207,22 @@ def record_launches() -> list[Launch]:
         def __getitem__(self, grid):
             def record(*args, **kwargs):
                 feat_bytes = case["feat"].numel() * case["feat"].element_size()
-                launches.append(Launch(
-                    kernel=self.name, args=args, kwargs=kwargs, dtype=case["dtype"],
-                    layout=case["layout"], map=case["map"], mode=case["mode"],
-                    aligned=_vectorisable(case["feat"]),
-                    bytes_over_feat=round(_bytes_model(self.name, case["f"], args, feat_bytes), 4),
-                ))
+                launches.append(
+                    Launch(
+                        kernel=self.name,
+                        args=args,
+                        kwargs=kwargs,
+                        dtype=case["dtype"],
+                        layout=case["layout"],
+                        map=case["map"],
+                        mode=case["mode"],
+                        aligned=_vectorisable(case["feat"]),
+                        bytes_over_feat=round(
+                            _bytes_model(self.name, case["f"], args, feat_bytes), 4
+                        ),
+                    )
+                )
+
             return record
 
     generator = torch.Generator().manual_seed(0)
@@ -222,9 +241,14 @@ def record_launches() -> list[Launch]:
                         if source == "corner":
                             block_size, num_blocks = (max(1, round(0.33 * h)), w), 1
                         area = min(num_blocks * block_size[0] * block_size[1], h * w)
-                        case.update(feat=feat, dtype=dtype, layout=layout,
-                                    map=shape_label((h, w), channels),
-                                    mode=mode, f=area / (h * w))
+                        case.update(
+                            feat=feat,
+                            dtype=dtype,
+                            layout=layout,
+                            map=shape_label((h, w), channels),
+                            mode=mode,
+                            f=area / (h * w),
+                        )
                         cells = {
                             "weights": (torch.rand(BATCH, channels), None, None),
                             "map": (torch.rand(BATCH, h, w), None, None),
@@ -233,8 +257,14 @@ def record_launches() -> list[Launch]:
                         }[source]
                         negatives = torch.arange(BATCH).roll(1) if given else None
                         module.feature_mix_forward_triton(
-                            feat, *cells, labels, None if given or rule == "none" else u,
-                            negatives, block_size, num_blocks, rule,
+                            feat,
+                            *cells,
+                            labels,
+                            None if given or rule == "none" else u,
+                            negatives,
+                            block_size,
+                            num_blocks,
+                            rule,
                         )
                     case.update(mode="backward", f=min(NUM_BLOCKS * 6, h * w) / (h * w))
                     mask = torch.rand(BATCH, h, w, generator=generator) < 0.1
@@ -242,11 +272,24 @@ def record_launches() -> list[Launch]:
         # The planning kernel reads the labels in chunks: a batch of several chunks.
         (h, w), channels = SHAPES[0]
         feat = _make_feat("float32", "nchw", (h, w), channels, LARGE_BATCH)
-        case.update(feat=feat, dtype="float32", layout="nchw", map=shape_label((h, w), channels),
-                    mode=f"a_hard_mix, N={LARGE_BATCH}", f=NUM_BLOCKS * 6 / (h * w))
+        case.update(
+            feat=feat,
+            dtype="float32",
+            layout="nchw",
+            map=shape_label((h, w), channels),
+            mode=f"a_hard_mix, N={LARGE_BATCH}",
+            f=NUM_BLOCKS * 6 / (h * w),
+        )
         module.feature_mix_forward_triton(
-            feat, torch.rand(LARGE_BATCH, h, w), None, None, torch.arange(LARGE_BATCH) // 4,
-            torch.rand(LARGE_BATCH, generator=generator), None, BLOCK_SIZE, NUM_BLOCKS,
+            feat,
+            torch.rand(LARGE_BATCH, h, w),
+            None,
+            None,
+            torch.arange(LARGE_BATCH) // 4,
+            torch.rand(LARGE_BATCH, generator=generator),
+            None,
+            BLOCK_SIZE,
+            NUM_BLOCKS,
             "different_label",
         )
     finally:
@@ -286,8 +329,12 @@ def _resource_usage(cubin: bytes) -> tuple[int | None, int | None]:
     with tempfile.NamedTemporaryFile(suffix=".cubin") as file:
         file.write(cubin)
         file.flush()
-        text = subprocess.run([_triton_bin("cuobjdump"), "-res-usage", file.name],
-                              capture_output=True, text=True, check=True).stdout
+        text = subprocess.run(
+            [_triton_bin("cuobjdump"), "-res-usage", file.name],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
     registers = re.search(r"REG:(\d+)", text)
     local = re.search(r"LOCAL:(\d+)", text)
     stack = re.search(r"STACK:(\d+)", text)
@@ -335,16 +382,27 @@ def compile_for(cap: int) -> list[dict]:
         kernel = getattr(module, launch.kernel)
         if isinstance(kernel, Autotuner):
             named = dict(zip(kernel.arg_names, launch.args, strict=False))
-            configs = (kernel.early_config_prune(kernel.configs, named)
-                       if kernel.early_config_prune else kernel.configs)
-            variants = [(kernel.fn, {**launch.kwargs, **config.all_kwargs()})
-                        for config in configs]
+            configs = (
+                kernel.early_config_prune(kernel.configs, named)
+                if kernel.early_config_prune
+                else kernel.configs
+            )
+            variants = [(kernel.fn, {**launch.kwargs, **config.all_kwargs()}) for config in configs]
         else:
             variants = [(kernel, dict(launch.kwargs))]
         for jit, kwargs in variants:
             kwargs.setdefault("num_warps", 4)
-            row = Row(cap, launch.kernel, launch.dtype, launch.layout, launch.map, launch.mode,
-                      _describe(kwargs), launch.bytes_over_feat, launch.aligned)
+            row = Row(
+                cap,
+                launch.kernel,
+                launch.dtype,
+                launch.layout,
+                launch.map,
+                launch.mode,
+                _describe(kwargs),
+                launch.bytes_over_feat,
+                launch.aligned,
+            )
             try:
                 compiled = jit.warmup(*launch.args, grid=(1,), **kwargs)
             except Exception as error:  # a failed compile is a finding, reported with the rest
@@ -371,8 +429,10 @@ def compile_for(cap: int) -> list[dict]:
 def row_problems(row: dict, max_registers: int = MAX_REGISTERS) -> list[tuple[str, str]]:
     """(kind, message) for each way a row misses the bar; kinds: compile, local, registers,
     loads_16b, stores_16b."""
-    where = (f"{row['kernel']} sm_{row['cap']} {row['dtype']} {row['layout']} {row['map']} "
-             f"({row['mode']}; {row['config']})")
+    where = (
+        f"{row['kernel']} sm_{row['cap']} {row['dtype']} {row['layout']} {row['map']} "
+        f"({row['mode']}; {row['config']})"
+    )
     if row["error"]:
         return [("compile", f"{where}: {row['error']}")]
     problems = []
@@ -382,13 +442,20 @@ def row_problems(row: dict, max_registers: int = MAX_REGISTERS) -> list[tuple[st
         problems.append(("registers", f"{where}: {row['registers']} registers > {max_registers}"))
     if row["kernel"] in DENSE_STREAMS and row["aligned"]:
         dense_loads, dense_stores = DENSE_STREAMS[row["kernel"]]
-        for kind, count, tiles in (("loads_16b", row["loads_16b"], dense_loads),
-                                   ("stores_16b", row["stores_16b"], dense_stores)):
+        for kind, count, tiles in (
+            ("loads_16b", row["loads_16b"], dense_loads),
+            ("stores_16b", row["stores_16b"], dense_stores),
+        ):
             if 16 * count < tiles * row["tile_bytes_per_thread"]:
-                problems.append((kind, (
-                    f"{where}: {count} 16-byte {kind[:-4]} move less than the "
-                    f"{tiles} x {row['tile_bytes_per_thread']} dense bytes per thread"
-                )))
+                problems.append(
+                    (
+                        kind,
+                        (
+                            f"{where}: {count} 16-byte {kind[:-4]} move less than the "
+                            f"{tiles} x {row['tile_bytes_per_thread']} dense bytes per thread"
+                        ),
+                    )
+                )
     return problems
 
 
@@ -405,7 +472,8 @@ def format_table(rows: list[dict]) -> str:
             f"{r['mode']} | {r['config']} | {r['registers']} | {r['local_bytes']} | "
             f"{r['loads']} ({r['loads_16b']}) | {r['stores']} ({r['stores_16b']}) | "
             f"{r['bytes_over_feat']} |"
-            if not r["error"] else f"| {r['cap']} | {r['kernel']} | compile error: {r['error']} |"
+            if not r["error"]
+            else f"| {r['cap']} | {r['kernel']} | compile error: {r['error']} |"
         )
     return "\n".join(lines)
 
@@ -423,6 +491,7 @@ def summarize(rows: list[dict]) -> str:
         "|---|---|---|---|---|---|---|---|",
     ]
     for (cap, kernel, aligned), rs in sorted(groups.items()):
+
         def span(key, rs=rs):
             values = [r[key] for r in rs]
             return f"{min(values)}-{max(values)}" if min(values) != max(values) else str(values[0])
@@ -444,22 +513,32 @@ def run(caps=CAPS, max_registers: int = MAX_REGISTERS) -> dict:
 
     context = multiprocessing.get_context("spawn")
     # The stand-in driver is process-wide state: one fresh process per target.
-    with concurrent.futures.ProcessPoolExecutor(max_workers=len(caps),
-                                                mp_context=context) as pool:
+    with concurrent.futures.ProcessPoolExecutor(max_workers=len(caps), mp_context=context) as pool:
         rows = [row for part in pool.map(compile_for, caps) for row in part]
     problems = [message for row in rows for _, message in row_problems(row, max_registers)]
-    return {"triton": triton.__version__, "caps": list(caps), "max_registers": max_registers,
-            "rows": rows, "problems": problems}
+    return {
+        "triton": triton.__version__,
+        "caps": list(caps),
+        "max_registers": max_registers,
+        "rows": rows,
+        "problems": problems,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--cap", type=int, nargs="+", default=list(CAPS),
-                        help="compute capabilities to compile for (default: 80 90)")
+    parser.add_argument(
+        "--cap",
+        type=int,
+        nargs="+",
+        default=list(CAPS),
+        help="compute capabilities to compile for (default: 80 90)",
+    )
     parser.add_argument("--max-registers", type=int, default=MAX_REGISTERS)
     parser.add_argument("--json", help="also write the rows and problems to this file")
-    parser.add_argument("--all-rows", action="store_true",
-                        help="print every compiled kernel, not only the summary")
+    parser.add_argument(
+        "--all-rows", action="store_true", help="print every compiled kernel, not only the summary"
+    )
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET") == "1":
         parser.error("unset TRITON_INTERPRET: the check compiles, it doesn't interpret")
@@ -473,8 +552,10 @@ def main(argv: list[str] | None = None) -> int:
     print(format_table(report["rows"]) if args.all_rows else summarize(report["rows"]))
     for message in report["problems"]:
         print("  -", message)
-    print(f"static GPU check (triton {report['triton']}, sm_{', sm_'.join(map(str, args.cap))}): "
-          f"{len(report['rows'])} compiled kernels, {len(report['problems'])} problems")
+    print(
+        f"static GPU check (triton {report['triton']}, sm_{', sm_'.join(map(str, args.cap))}): "
+        f"{len(report['rows'])} compiled kernels, {len(report['problems'])} problems"
+    )
     return 1 if report["problems"] else 0
 
 

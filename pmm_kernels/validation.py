@@ -93,8 +93,9 @@ def check_int_pair(name: str, value: object, what: str = "") -> tuple[int, int]:
         or len(value) != 2
         or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in value)
     ):
-        raise ValueError(f"{name} must be two positive ints{' ' + what if what else ''}, "
-                         f"got {value!r}")
+        raise ValueError(
+            f"{name} must be two positive ints{' ' + what if what else ''}, got {value!r}"
+        )
     return int(value[0]), int(value[1])
 
 

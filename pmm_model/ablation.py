@@ -75,14 +75,23 @@ __all__ = [
 # first, the ablation's reference), after the baseline network.
 VARIANTS: dict[str, dict[str, str]] = {
     "baseline": {"model": "baseline"},
-    **{f"pmm-{mix}": {"model": "pmm", "mix": mix}
-       for mix in sorted(MIX_MODES, key=lambda mix: mix != "none")},
+    **{
+        f"pmm-{mix}": {"model": "pmm", "mix": mix}
+        for mix in sorted(MIX_MODES, key=lambda mix: mix != "none")
+    },
 }
 # Options the study sets per run; the caller may not.
 STUDY_OWN_OPTIONS = ("model", "mix", "seed", "output_dir")
 # Options that may differ between calls on one grid: where and how fast it runs, not what.
-_PLACE_OPTIONS = ("device", "workers", "root", "checkpoint_every", "compile", "channels_last",
-                  "skip_bad_images")
+_PLACE_OPTIONS = (
+    "device",
+    "workers",
+    "root",
+    "checkpoint_every",
+    "compile",
+    "channels_last",
+    "skip_bad_images",
+)
 RESULT, ATTEMPT, STUDY = "result.json", "attempt.json", "study.json"
 TABLE, CHART = "study.md", "study.png"
 # Failures that concern one run; anything else (a bug, KeyboardInterrupt) stops the grid.
@@ -159,6 +168,7 @@ def check_seeds(seeds: int | Sequence[int]) -> list[int]:
     Raises:
         StudyError: a count < 1, an empty list, a negative, repeated or non-integer seed.
     """
+
     def is_int(value: object) -> bool:
         return isinstance(value, int | np.integer) and not isinstance(value, bool)
 
@@ -189,8 +199,13 @@ def _run_options(options: dict[str, Any], variant: str, seed: int, folder: Path)
     return {**options, **VARIANTS[variant], "seed": seed, "output_dir": str(folder)}
 
 
-def run_one(out: str | Path, variant: str, seed: int, options: dict[str, Any] | None = None,
-            preset: str | None = None) -> tuple[RunRecord, str]:
+def run_one(
+    out: str | Path,
+    variant: str,
+    seed: int,
+    options: dict[str, Any] | None = None,
+    preset: str | None = None,
+) -> tuple[RunRecord, str]:
     """Train one run of the grid, or pick up its recorded result.
 
     Returns:
@@ -218,20 +233,29 @@ def run_one(out: str | Path, variant: str, seed: int, options: dict[str, Any] | 
             # are replaced.
             metrics = run_training(run_options, preset, overwrite=True)
     except BaseException as err:
-        status = "interrupted" if isinstance(err, TrainingInterrupted | KeyboardInterrupt) \
-            else "failed"
+        status = (
+            "interrupted" if isinstance(err, TrainingInterrupted | KeyboardInterrupt) else "failed"
+        )
         folder.mkdir(parents=True, exist_ok=True)
-        _write_json(folder / ATTEMPT, {
-            "status": status, "error": f"{type(err).__name__}: {err}",
-            "wall_seconds": earlier + time.perf_counter() - tic,
-        })
+        _write_json(
+            folder / ATTEMPT,
+            {
+                "status": status,
+                "error": f"{type(err).__name__}: {err}",
+                "wall_seconds": earlier + time.perf_counter() - tic,
+            },
+        )
         raise
-    _write_json(folder / RESULT, {
-        "variant": variant, "seed": seed,
-        "metrics": {key: float(metrics[key]) for key in METRIC_KEYS},
-        "wall_seconds": earlier + float(metrics["wall_seconds"]),
-        "resumed": how == "resumed" or bool(attempt),
-    })
+    _write_json(
+        folder / RESULT,
+        {
+            "variant": variant,
+            "seed": seed,
+            "metrics": {key: float(metrics[key]) for key in METRIC_KEYS},
+            "wall_seconds": earlier + float(metrics["wall_seconds"]),
+            "resumed": how == "resumed" or bool(attempt),
+        },
+    )
     (folder / ATTEMPT).unlink(missing_ok=True)
     return _record(out, variant, seed), how
 
@@ -240,9 +264,13 @@ def _record(out: str | Path, variant: str, seed: int) -> RunRecord:
     folder = run_dir(out, variant, seed)
     if (folder / RESULT).is_file():
         result = _read_json(folder / RESULT)
-        return RunRecord(variant, seed, "done", {k: float(result["metrics"][k])
-                                                 for k in METRIC_KEYS},
-                         float(result["wall_seconds"]))
+        return RunRecord(
+            variant,
+            seed,
+            "done",
+            {k: float(result["metrics"][k]) for k in METRIC_KEYS},
+            float(result["wall_seconds"]),
+        )
     if (folder / ATTEMPT).is_file():
         attempt = _read_json(folder / ATTEMPT)
         return RunRecord(variant, seed, attempt["status"], {}, error=attempt["error"])
@@ -255,34 +283,45 @@ def _settings(options: dict[str, Any], preset: str | None) -> dict[str, Any]:
     Raises:
         ConfigError: an option :func:`~pmm_model.config.make_config` rejects, for any variant.
     """
-    configs = [make_config({**options, **VARIANTS[v], "output_dir": "-"}, preset)
-               for v in VARIANTS]
-    return {key: value for key, value in configs[0].items()
-            if key not in (*STUDY_OWN_OPTIONS, *_PLACE_OPTIONS)}
+    configs = [make_config({**options, **VARIANTS[v], "output_dir": "-"}, preset) for v in VARIANTS]
+    return {
+        key: value
+        for key, value in configs[0].items()
+        if key not in (*STUDY_OWN_OPTIONS, *_PLACE_OPTIONS)
+    }
 
 
-def _claim_grid(out: Path, settings: dict[str, Any], variants: list[str],
-                seeds: list[int]) -> None:
+def _claim_grid(out: Path, settings: dict[str, Any], variants: list[str], seeds: list[int]) -> None:
     path = out / STUDY
     if path.is_file():
         saved = _read_json(path)
-        differ = sorted(key for key in {*saved["settings"], *settings}
-                        if saved["settings"].get(key) != settings.get(key))
+        differ = sorted(
+            key
+            for key in {*saved["settings"], *settings}
+            if saved["settings"].get(key) != settings.get(key)
+        )
         if differ:
-            changes = ", ".join(f"{key}: {saved['settings'].get(key)!r} -> "
-                                f"{settings.get(key)!r}" for key in differ)
-            raise StudyError(f"out: {str(out)!r} holds a grid trained with other settings "
-                             f"({changes}); use the same settings to continue it, or another "
-                             "folder")
+            changes = ", ".join(
+                f"{key}: {saved['settings'].get(key)!r} -> {settings.get(key)!r}" for key in differ
+            )
+            raise StudyError(
+                f"out: {str(out)!r} holds a grid trained with other settings "
+                f"({changes}); use the same settings to continue it, or another "
+                "folder"
+            )
         variants = [v for v in VARIANTS if v in {*saved["variants"], *variants}]
         seeds = sorted({*saved["seeds"], *seeds})
     _write_json(path, {"settings": settings, "variants": variants, "seeds": seeds})
 
 
-def run_study(out: str | Path, variants: Iterable[str] | None = None,
-              seeds: int | Sequence[int] = 3, options: dict[str, Any] | None = None,
-              preset: str | None = "demo",
-              progress: Callable[[str], None] | None = None) -> list[RunRecord]:
+def run_study(
+    out: str | Path,
+    variants: Iterable[str] | None = None,
+    seeds: int | Sequence[int] = 3,
+    options: dict[str, Any] | None = None,
+    preset: str | None = "demo",
+    progress: Callable[[str], None] | None = None,
+) -> list[RunRecord]:
     """Train every variant x seed not yet done in ``out`` (see the module docstring).
 
     Args:
@@ -328,8 +367,10 @@ def run_study(out: str | Path, variants: Iterable[str] | None = None,
             say(f"{name}: FAILED ({type(err).__name__}: {err}); going on")
         else:
             m = record.metrics
-            say(f"{name}: {how}: rank-1 {100 * m['rank1']:.1f}%  mAP {100 * m['mAP']:.1f}%  "
-                f"mINP {100 * m['mINP']:.1f}%  ({record.wall_seconds:.0f} s)")
+            say(
+                f"{name}: {how}: rank-1 {100 * m['rank1']:.1f}%  mAP {100 * m['mAP']:.1f}%  "
+                f"mINP {100 * m['mINP']:.1f}%  ({record.wall_seconds:.0f} s)"
+            )
         records.append(record)
     return records
 
@@ -358,14 +399,22 @@ def summarize(records: Iterable[RunRecord]) -> list[VariantSummary]:
         done = [r for r in mine if r.status == "done"]
         mean, std = {}, {}
         for key in (*METRIC_KEYS, "wall_seconds"):
-            values = np.array([r.wall_seconds if key == "wall_seconds" else r.metrics[key]
-                               for r in done], dtype=np.float64)
+            values = np.array(
+                [r.wall_seconds if key == "wall_seconds" else r.metrics[key] for r in done],
+                dtype=np.float64,
+            )
             mean[key] = float(values.mean()) if len(values) else math.nan
             std[key] = float(values.std(ddof=1)) if len(values) > 1 else math.nan
-        rows.append(VariantSummary(
-            variant, tuple(r.seed for r in done),
-            tuple(r.seed for r in mine if r.status in ("failed", "interrupted")),
-            tuple(r.seed for r in mine if r.status == "missing"), mean, std))
+        rows.append(
+            VariantSummary(
+                variant,
+                tuple(r.seed for r in done),
+                tuple(r.seed for r in mine if r.status in ("failed", "interrupted")),
+                tuple(r.seed for r in mine if r.status == "missing"),
+                mean,
+                std,
+            )
+        )
     return rows
 
 
@@ -379,12 +428,16 @@ def _cell(mean: float, std: float, scale: float, digits: int) -> str:
 
 def markdown_table(rows: Sequence[VariantSummary]) -> str:
     """The markdown table of :func:`summarize`'s rows (percentages; ``mean ± std``)."""
-    lines = ["| variant | seeds done | rank-1 (%) | mAP (%) | mINP (%) | wall time per run (s) |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "| variant | seeds done | rank-1 (%) | mAP (%) | mINP (%) | wall time per run (s) |",
+        "|---|---|---|---|---|---|",
+    ]
     for row in rows:
         seeds = f"{len(row.done)}/{len(row.done) + len(row.failed) + len(row.missing)}"
-        notes = [f"failed: {', '.join(map(str, row.failed))}" if row.failed else "",
-                 f"not run: {', '.join(map(str, row.missing))}" if row.missing else ""]
+        notes = [
+            f"failed: {', '.join(map(str, row.failed))}" if row.failed else "",
+            f"not run: {', '.join(map(str, row.missing))}" if row.missing else "",
+        ]
         seeds += "".join(f" ({note})" for note in notes if note)
         cells = [_cell(row.mean[k], row.std[k], 100, 1) for k in METRIC_KEYS]
         wall = _cell(row.mean["wall_seconds"], row.std["wall_seconds"], 1, 0)
@@ -405,8 +458,14 @@ def _chart(rows: Sequence[VariantSummary], path: Path, title: str) -> None:
     for i, key in enumerate(METRIC_KEYS):
         means = np.array([100 * row.mean[key] for row in rows])
         stds = np.nan_to_num(np.array([100 * row.std[key] for row in rows]))
-        ax.bar(x + (i - (len(METRIC_KEYS) - 1) / 2) * width, np.nan_to_num(means), width,
-               yerr=stds, capsize=3, label=names[key])
+        ax.bar(
+            x + (i - (len(METRIC_KEYS) - 1) / 2) * width,
+            np.nan_to_num(means),
+            width,
+            yerr=stds,
+            capsize=3,
+            label=names[key],
+        )
     ax.set_xticks(x, [row.variant for row in rows], rotation=30, ha="right")
     ax.set_ylabel("% (mean ± std over seeds)")
     ax.set_ylim(0, 100)
@@ -432,11 +491,15 @@ def write_report(out: str | Path) -> tuple[Path, Path]:
     settings = _read_json(out / STUDY)["settings"]
     seeds = sorted({r.seed for r in records})
     total = sum(r.wall_seconds for r in records if r.status == "done")
-    about = (f"{settings['data']}, {settings['backbone']} at {settings['height']}x"
-             f"{settings['width']}, {settings['epochs']} epochs, seeds {seeds}")
-    text = (f"{markdown_table(rows)}\n"
-            f"Mean ± sample standard deviation over the finished seeds; {about}; "
-            f"total training time {total / 60:.1f} min.\n")
+    about = (
+        f"{settings['data']}, {settings['backbone']} at {settings['height']}x"
+        f"{settings['width']}, {settings['epochs']} epochs, seeds {seeds}"
+    )
+    text = (
+        f"{markdown_table(rows)}\n"
+        f"Mean ± sample standard deviation over the finished seeds; {about}; "
+        f"total training time {total / 60:.1f} min.\n"
+    )
     table, chart = out / TABLE, out / CHART
     atomic_write(table, lambda f: f.write(text.encode()))
     _chart(rows, chart, about)

@@ -138,8 +138,11 @@ def model_options(config: dict[str, Any]) -> dict[str, Any]:
         {'backbone': 'resnet18'}
     """
     parameters = inspect.signature(MODELS[config["model"]]).parameters
-    options = {key: value for key, value in config.items()
-               if key in parameters and key != "num_classes" and value is not None}
+    options = {
+        key: value
+        for key, value in config.items()
+        if key in parameters and key != "num_classes" and value is not None
+    }
     if "block_size" in options:
         options["block_size"] = tuple(options["block_size"])
     return options
@@ -152,8 +155,11 @@ def _need(ok: bool, message: str, option: str | None = None) -> None:
 
 def _positive_int(config: dict[str, Any], key: str, low: int = 1) -> None:
     value = config[key]
-    _need(isinstance(value, int) and not isinstance(value, bool) and value >= low,
-          f"must be an integer >= {low}, got {value!r}", key)
+    _need(
+        isinstance(value, int) and not isinstance(value, bool) and value >= low,
+        f"must be an integer >= {low}, got {value!r}",
+        key,
+    )
 
 
 def check_config(config: dict[str, Any]) -> None:
@@ -166,40 +172,68 @@ def check_config(config: dict[str, Any]) -> None:
     Raises:
         ConfigError: for the first bad option (``option``), with its value.
     """
-    _need(config["model"] in MODELS, f"must be one of {sorted(MODELS)}, "
-          f"got {config['model']!r}", "model")
-    _need(config["backbone"] in BACKBONES, f"must be one of {sorted(BACKBONES)}, "
-          f"got {config['backbone']!r}", "backbone")
-    for key, low in (("height", 16), ("width", 8), ("p", 2), ("k", 1), ("epochs", 1),
-                     ("eval_every", 1), ("checkpoint_every", 1), ("workers", 0), ("seed", 0),
-                     ("feature_dim", 1), ("num_blocks", 1)):
+    _need(
+        config["model"] in MODELS,
+        f"must be one of {sorted(MODELS)}, got {config['model']!r}",
+        "model",
+    )
+    _need(
+        config["backbone"] in BACKBONES,
+        f"must be one of {sorted(BACKBONES)}, got {config['backbone']!r}",
+        "backbone",
+    )
+    for key, low in (
+        ("height", 16),
+        ("width", 8),
+        ("p", 2),
+        ("k", 1),
+        ("epochs", 1),
+        ("eval_every", 1),
+        ("checkpoint_every", 1),
+        ("workers", 0),
+        ("seed", 0),
+        ("feature_dim", 1),
+        ("num_blocks", 1),
+    ):
         _positive_int(config, key, low)
     for key, positive in (("lr", True), ("weight_decay", False), ("margin", True)):
         value = config[key]
         if key == "margin" and value is None:
             continue
-        _need(isinstance(value, int | float) and math.isfinite(value)
-              and (value > 0 if positive else value >= 0),
-              f"must be a finite number {'> 0' if positive else '>= 0'}, got {value!r}", key)
-    _need(config["cam"] in CAM_MODES, f"must be one of {CAM_MODES}, got {config['cam']!r}",
-          "cam")
-    _need(config["mix"] in MIX_MODES, f"must be one of {MIX_MODES}, got {config['mix']!r}",
-          "mix")
+        _need(
+            isinstance(value, int | float)
+            and math.isfinite(value)
+            and (value > 0 if positive else value >= 0),
+            f"must be a finite number {'> 0' if positive else '>= 0'}, got {value!r}",
+            key,
+        )
+    _need(config["cam"] in CAM_MODES, f"must be one of {CAM_MODES}, got {config['cam']!r}", "cam")
+    _need(config["mix"] in MIX_MODES, f"must be one of {MIX_MODES}, got {config['mix']!r}", "mix")
     if config["model"] != "pmm":
         return
     block = config["block_size"]
-    _need(isinstance(block, list | tuple) and len(block) == 2
-          and all(isinstance(b, int) and not isinstance(b, bool) and b >= 1 for b in block),
-          f"must be two integers >= 1, got {block!r}", "block_size")
+    _need(
+        isinstance(block, list | tuple)
+        and len(block) == 2
+        and all(isinstance(b, int) and not isinstance(b, bool) and b >= 1 for b in block),
+        f"must be two integers >= 1, got {block!r}",
+        "block_size",
+    )
     map_h, map_w = feature_map_size(config["height"], config["width"])
-    _need(block[0] <= map_h and block[1] <= map_w,
-          f"{block[0]} {block[1]} does not fit the {map_h}x{map_w} feature map of a "
-          f"{config['height']}x{config['width']} input", "block_size")
+    _need(
+        block[0] <= map_h and block[1] <= map_w,
+        f"{block[0]} {block[1]} does not fit the {map_h}x{map_w} feature map of a "
+        f"{config['height']}x{config['width']} input",
+        "block_size",
+    )
     rows, cols = block_grid(map_h, map_w, tuple(block))
-    _need(config["num_blocks"] <= rows * cols,
-          f"must be <= {rows * cols} (the {rows}x{cols} grid of {block[0]}x{block[1]} "
-          f"blocks on the {map_h}x{map_w} feature map of a {config['height']}x"
-          f"{config['width']} input), got {config['num_blocks']}", "num_blocks")
+    _need(
+        config["num_blocks"] <= rows * cols,
+        f"must be <= {rows * cols} (the {rows}x{cols} grid of {block[0]}x{block[1]} "
+        f"blocks on the {map_h}x{map_w} feature map of a {config['height']}x"
+        f"{config['width']} input), got {config['num_blocks']}",
+        "num_blocks",
+    )
 
 
 def make_config(options: dict[str, Any] | None = None, preset: str | None = None) -> dict[str, Any]:
@@ -215,13 +249,19 @@ def make_config(options: dict[str, Any] | None = None, preset: str | None = None
     options = dict(options or {})
     unknown = sorted(set(options) - set(DEFAULTS))
     _need(not unknown, f"unknown options {unknown}; valid: {sorted(DEFAULTS)}")
-    _need(preset is None or preset in PRESETS,
-          f"unknown preset {preset!r}; valid: {sorted(PRESETS)}")
-    config = {**DEFAULTS, **PRESETS.get(preset or "", {}),
-              **{k: v for k, v in options.items() if v is not None}}
+    _need(
+        preset is None or preset in PRESETS, f"unknown preset {preset!r}; valid: {sorted(PRESETS)}"
+    )
+    config = {
+        **DEFAULTS,
+        **PRESETS.get(preset or "", {}),
+        **{k: v for k, v in options.items() if v is not None},
+    }
     if config["block_size"] is None:
-        config["block_size"] = [max(1, round(3 * config["height"] / 384)),
-                                max(1, round(2 * config["width"] / 128))]
+        config["block_size"] = [
+            max(1, round(3 * config["height"] / 384)),
+            max(1, round(2 * config["width"] / 128)),
+        ]
     config["block_size"] = list(config["block_size"])
     if config["output_dir"] is None:
         config["output_dir"] = f"runs/{config['model']}-{config['data']}"
@@ -229,8 +269,9 @@ def make_config(options: dict[str, Any] | None = None, preset: str | None = None
     return config
 
 
-def resume_config(saved: dict[str, Any], explicit: dict[str, Any],
-                  checkpoint_dir: str) -> tuple[dict[str, Any], list[str]]:
+def resume_config(
+    saved: dict[str, Any], explicit: dict[str, Any], checkpoint_dir: str
+) -> tuple[dict[str, Any], list[str]]:
     """The configuration of a resumed run, and notes on options that could not change.
 
     The checkpoint's configuration, with the :data:`RUNTIME_OPTIONS` given in ``explicit``
@@ -251,8 +292,10 @@ def resume_config(saved: dict[str, Any], explicit: dict[str, Any],
         if key in RUNTIME_OPTIONS:
             config[key] = value
         elif saved.get(key) != value:
-            notes.append(f"--resume keeps the checkpoint's {key}={saved.get(key)!r}; "
-                         f"ignoring --{key.replace('_', '-')} {value!r}")
+            notes.append(
+                f"--resume keeps the checkpoint's {key}={saved.get(key)!r}; "
+                f"ignoring --{key.replace('_', '-')} {value!r}"
+            )
     if "device" not in explicit:
         config["device"] = None
     if "output_dir" not in explicit:

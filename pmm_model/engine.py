@@ -174,8 +174,13 @@ class Engine:
         >>> WithSGD(make_config(preset="demo")).run()  # doctest: +SKIP
     """
 
-    def __init__(self, config: dict[str, Any], checkpoint: dict[str, Any] | None = None,
-                 checkpoint_path: str | Path | None = None, overwrite: bool = False) -> None:
+    def __init__(
+        self,
+        config: dict[str, Any],
+        checkpoint: dict[str, Any] | None = None,
+        checkpoint_path: str | Path | None = None,
+        overwrite: bool = False,
+    ) -> None:
         self.config = dict(config)
         self.checkpoint = checkpoint
         self.checkpoint_path = checkpoint_path
@@ -210,8 +215,9 @@ class Engine:
 
     def build_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
         """Adam with ``config["lr"]`` and ``config["weight_decay"]``."""
-        return torch.optim.Adam(model.parameters(), lr=self.config["lr"],
-                                weight_decay=self.config["weight_decay"])
+        return torch.optim.Adam(
+            model.parameters(), lr=self.config["lr"], weight_decay=self.config["weight_decay"]
+        )
 
     def build_criterion(self) -> nn.Module:
         """The loss: maps ``(model output, pids)`` to ``(loss, parts)``."""
@@ -230,8 +236,7 @@ class Engine:
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             result = evaluate(self.model, query_loader, gallery_loader, self.device)
-        return {"rank1": float(result.cmc[0]), "mAP": float(result.mAP),
-                "mINP": float(result.mINP)}
+        return {"rank1": float(result.cmc[0]), "mAP": float(result.mAP), "mINP": float(result.mINP)}
 
     # ---- the run ------------------------------------------------------------------------
 
@@ -259,8 +264,10 @@ class Engine:
                         self.folder.__exit__(None, None, None)
         finally:
             self.dist.close()
-        return {**{key: entry[key] for key in METRIC_KEYS},
-                "wall_seconds": time.perf_counter() - tic}
+        return {
+            **{key: entry[key] for key in METRIC_KEYS},
+            "wall_seconds": time.perf_counter() - tic,
+        }
 
     def _main_only(self, fn, *args):
         """Run ``fn`` on rank 0; its result, or its exception, reaches every rank."""
@@ -277,8 +284,10 @@ class Engine:
 
     def _open_folder(self) -> None:
         path = Path(self.config["output_dir"])
-        resuming = (self.checkpoint_path is not None
-                    and Path(self.checkpoint_path).resolve().parent == path.resolve())
+        resuming = (
+            self.checkpoint_path is not None
+            and Path(self.checkpoint_path).resolve().parent == path.resolve()
+        )
         self.folder = RunFolder(path, resuming=resuming, overwrite=self.overwrite).__enter__()
 
     def _seed(self) -> None:
@@ -291,8 +300,10 @@ class Engine:
         """Build everything; returns the epoch and this rank's step the run starts from."""
         config, dist = self.config, self.dist
         if config["sync_bn"] and dist.enabled and self.device.type != "cuda":
-            raise ValueError(f"--sync-bn needs CUDA devices (torch's SyncBatchNorm does not run "
-                             f"on {self.device.type}); drop it")
+            raise ValueError(
+                f"--sync-bn needs CUDA devices (torch's SyncBatchNorm does not run "
+                f"on {self.device.type}); drop it"
+            )
         if not dist.is_main:  # only rank 0 reports; keep the others' warnings off stderr
             logging.getLogger("pmm_model").addHandler(logging.NullHandler())
         data = self.build_data()
@@ -323,32 +334,49 @@ class Engine:
         self.optimizer = self.build_optimizer(model)
         self.criterion = self.build_criterion()
         self.amp_dtype = AMP_DTYPES[config["amp"]] if self.device.type == "cuda" else None
-        self.scaler = torch.amp.GradScaler(self.device.type,
-                                           enabled=self.amp_dtype == torch.float16)
+        self.scaler = torch.amp.GradScaler(
+            self.device.type, enabled=self.amp_dtype == torch.float16
+        )
         start = (0, 0)
         if self.checkpoint is not None:
             start = self._restore(self.checkpoint)
         elif dist.rank:
             # Distinct mixing draws per rank; DDP gives every rank rank 0's initial weights.
-            torch.manual_seed(int(np.random.SeedSequence([config["seed"], dist.rank])
-                                  .generate_state(1)[0]))
+            torch.manual_seed(
+                int(np.random.SeedSequence([config["seed"], dist.rank]).generate_state(1)[0])
+            )
         net = model
         if dist.enabled:
             net = DistributedDataParallel(
-                model, device_ids=[self.device] if self.device.type == "cuda" else None)
+                model, device_ids=[self.device] if self.device.type == "cuda" else None
+            )
         self.net = net
         pin = self.device.type == "cuda"
         self.train_loader, self.sampler = build_train_loader(
-            data.train, config, dist.rank, dist.world_size, pin)
+            data.train, config, dist.rank, dist.world_size, pin
+        )
         if dist.is_main:
             self._test_loaders = build_test_loaders(
-                data, config["height"], config["width"], 128, config["workers"],
-                config["skip_bad_images"], pin)
+                data,
+                config["height"],
+                config["width"],
+                128,
+                config["workers"],
+                config["skip_bad_images"],
+                pin,
+            )
             per_rank = config["p"] * config["k"]
             logger.info(
                 "world size %d: %d x %d = %d images per rank and step, %d per global batch, "
-                "%d steps per epoch on %s", dist.world_size, config["p"], config["k"], per_rank,
-                per_rank * dist.world_size, self.sampler.steps(), self.device)
+                "%d steps per epoch on %s",
+                dist.world_size,
+                config["p"],
+                config["k"],
+                per_rank,
+                per_rank * dist.world_size,
+                self.sampler.steps(),
+                self.device,
+            )
         return start
 
     def _restore(self, checkpoint: dict[str, Any]) -> tuple[int, int]:
@@ -363,24 +391,37 @@ class Engine:
         saved_world = len(states)
         set_rng_state(states[dist.rank] if saved_world == dist.world_size else states[0])
         if saved_world != dist.world_size and dist.rank:
-            torch.manual_seed(int(np.random.SeedSequence([config["seed"], dist.rank, epoch])
-                                  .generate_state(1)[0]))
+            torch.manual_seed(
+                int(np.random.SeedSequence([config["seed"], dist.rank, epoch]).generate_state(1)[0])
+            )
         if dist.is_main:
             where = f"epoch {epoch}" + (f", global batch {batches}" if batches else "")
             logger.info("resumed from %s after %s", self.checkpoint_path, where)
             if saved_world != dist.world_size:
-                logger.info("the checkpoint was written by %d processes, this run has %d: it "
-                            "continues, but not bit-identically to an unchanged run",
-                            saved_world, dist.world_size)
+                logger.info(
+                    "the checkpoint was written by %d processes, this run has %d: it "
+                    "continues, but not bit-identically to an unchanged run",
+                    saved_world,
+                    dist.world_size,
+                )
             saved_epochs = checkpoint["args"]["epochs"]
             if saved_epochs != config["epochs"]:
-                logger.info("--epochs %d -> %d: the learning-rate schedule is rescaled to %d "
-                            "epochs (next epoch's lr %.2e)", saved_epochs, config["epochs"],
-                            config["epochs"], self._lr(epoch))
+                logger.info(
+                    "--epochs %d -> %d: the learning-rate schedule is rescaled to %d "
+                    "epochs (next epoch's lr %.2e)",
+                    saved_epochs,
+                    config["epochs"],
+                    config["epochs"],
+                    self._lr(epoch),
+                )
         step, rest = divmod(batches, dist.world_size)
         if rest and dist.is_main:
-            logger.info("%d global batches done do not split over %d processes: %d are "
-                        "repeated", batches, dist.world_size, dist.world_size - rest)
+            logger.info(
+                "%d global batches done do not split over %d processes: %d are repeated",
+                batches,
+                dist.world_size,
+                dist.world_size - rest,
+            )
         return epoch, step
 
     def _lr(self, epoch: int) -> float:
@@ -391,20 +432,24 @@ class Engine:
         states = self.dist.gather(rng_state())
         if not self.dist.is_main:
             return
-        save_checkpoint(self.folder.checkpoint_path, {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "epoch": epoch,
-            "batches": batches,
-            "rng": states,
-            "metrics": self.metrics,
-            "args": self.config,
-        })
+        save_checkpoint(
+            self.folder.checkpoint_path,
+            {
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict(),
+                "epoch": epoch,
+                "batches": batches,
+                "rng": states,
+                "metrics": self.metrics,
+                "args": self.config,
+            },
+        )
 
     def _write_metrics(self) -> None:
-        atomic_write(self.folder.metrics_path,
-                     lambda f: f.write(json.dumps(self.metrics, indent=2).encode()))
+        atomic_write(
+            self.folder.metrics_path, lambda f: f.write(json.dumps(self.metrics, indent=2).encode())
+        )
 
     def _evaluate_and_record(self, epoch: int, seconds: float) -> dict[str, Any]:
         """Evaluate on rank 0 after the checkpoint of ``epoch`` is written."""
@@ -420,8 +465,13 @@ class Engine:
                     f"with --resume {self.folder.checkpoint_path}, which evaluates first"
                 ) from err
             self.metrics.append(entry)
-            logger.info("epoch %d: rank-1 %.1f%%  mAP %.1f%%  mINP %.1f%%", epoch,
-                        100 * entry["rank1"], 100 * entry["mAP"], 100 * entry["mINP"])
+            logger.info(
+                "epoch %d: rank-1 %.1f%%  mAP %.1f%%  mINP %.1f%%",
+                epoch,
+                100 * entry["rank1"],
+                100 * entry["mAP"],
+                100 * entry["mINP"],
+            )
             self._write_metrics()
             return entry
 
@@ -431,8 +481,7 @@ class Engine:
         return entry
 
     def _stop_requested(self, nonfinite: bool = False) -> tuple[bool, bool]:
-        stop, diverged = self.dist.any([self._signals.received is not None, nonfinite],
-                                       self.device)
+        stop, diverged = self.dist.any([self._signals.received is not None, nonfinite], self.device)
         return stop, diverged
 
     def _interrupt(self, epoch: int, batches: int, saved: bool = False) -> TrainingInterrupted:
@@ -440,8 +489,10 @@ class Engine:
         if not saved:
             self._save(epoch, batches)
         where = f"epoch {epoch + 1}, global batch {batches}" if batches else f"epoch {epoch}"
-        message = (f"stopped by {signal.Signals(signum).name} after {where}; checkpoint saved: "
-                   f"continue with --resume {Path(self.config['output_dir']) / 'checkpoint.pt'}")
+        message = (
+            f"stopped by {signal.Signals(signum).name} after {where}; checkpoint saved: "
+            f"continue with --resume {Path(self.config['output_dir']) / 'checkpoint.pt'}"
+        )
         if self.dist.is_main:
             logger.info("%s", message)
         return TrainingInterrupted(message, signum)
@@ -451,13 +502,20 @@ class Engine:
         config, dist = self.config, self.dist
         epochs, eval_every = config["epochs"], config["eval_every"]
         evaluated = {m["epoch"]: m for m in self.metrics}
-        if start_step == 0 and start_epoch > 0 and start_epoch not in evaluated and (
-                start_epoch % eval_every == 0 or start_epoch >= epochs):
+        if (
+            start_step == 0
+            and start_epoch > 0
+            and start_epoch not in evaluated
+            and (start_epoch % eval_every == 0 or start_epoch >= epochs)
+        ):
             # The run stopped before this checkpoint's evaluation was recorded.
             evaluated[start_epoch] = self._evaluate_and_record(start_epoch, 0.0)
         elif start_epoch >= epochs and start_step == 0 and dist.is_main:
-            logger.info("the run has trained %d epochs already (--epochs %d): nothing to do",
-                        start_epoch, epochs)
+            logger.info(
+                "the run has trained %d epochs already (--epochs %d): nothing to do",
+                start_epoch,
+                epochs,
+            )
         if start_epoch >= epochs and start_step == 0:
             return self._finish(evaluated[max(evaluated)])
         entry, train_seconds, epochs_timed = None, 0.0, 0
@@ -467,8 +525,14 @@ class Engine:
             train_seconds += time.perf_counter() - tic
             epochs_timed += 1
             if dist.is_main:
-                logger.info("epoch %d/%d: loss %.4f  lr %.2e  %.1fs", epoch + 1, epochs, loss,
-                            self._lr(epoch), time.perf_counter() - tic)
+                logger.info(
+                    "epoch %d/%d: loss %.4f  lr %.2e  %.1fs",
+                    epoch + 1,
+                    epochs,
+                    loss,
+                    self._lr(epoch),
+                    time.perf_counter() - tic,
+                )
             done = epoch + 1
             evaluate_now = done % eval_every == 0 or done == epochs
             saved = evaluate_now or done % config["checkpoint_every"] == 0
@@ -483,8 +547,10 @@ class Engine:
 
     def _finish(self, entry: dict[str, Any]) -> dict[str, Any]:
         if self.dist.is_main:
-            print(f"rank-1: {100 * entry['rank1']:.1f}%  mAP: {100 * entry['mAP']:.1f}%  "
-                  f"mINP: {100 * entry['mINP']:.1f}%")
+            print(
+                f"rank-1: {100 * entry['rank1']:.1f}%  mAP: {100 * entry['mAP']:.1f}%  "
+                f"mINP: {100 * entry['mINP']:.1f}%"
+            )
         return entry
 
     def _train_epoch(self, epoch: int, start_step: int) -> float:
@@ -495,27 +561,37 @@ class Engine:
         self.sampler.set_epoch(epoch, start_step)
         self.net.train()
         total, steps = 0.0, 0
-        bar = tqdm(self.train_loader, desc=f"epoch {epoch + 1}/{config['epochs']}", leave=False,
-                   dynamic_ncols=True, disable=not dist.is_main)
+        bar = tqdm(
+            self.train_loader,
+            desc=f"epoch {epoch + 1}/{config['epochs']}",
+            leave=False,
+            dynamic_ncols=True,
+            disable=not dist.is_main,
+        )
         for step, (images, pids, _) in enumerate(bar, start=start_step):
             images = images.to(self.device, non_blocking=True)
             if config["channels_last"]:
                 images = images.contiguous(memory_format=torch.channels_last)
             pids = pids.to(self.device, non_blocking=True)
-            with torch.autocast(self.device.type, dtype=self.amp_dtype,
-                                enabled=self.amp_dtype is not None):
+            with torch.autocast(
+                self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None
+            ):
                 loss = self.forward_loss(images, pids)
             value = loss.item()
             stop, diverged = self._stop_requested(not math.isfinite(value))
             if diverged:
                 where = f"epoch {epoch + 1}, step {step + 1}/{self.sampler.steps()}"
                 last = Path(config["output_dir"]) / "checkpoint.pt"
-                saved = (f"the last checkpoint ({last}) is kept" if last.is_file()
-                         else "no checkpoint was written")
+                saved = (
+                    f"the last checkpoint ({last}) is kept"
+                    if last.is_file()
+                    else "no checkpoint was written"
+                )
                 raise TrainingDiverged(
                     f"the loss is not finite ({value} on rank {dist.rank}) at {where}: training "
                     f"diverged, {saved}. Try a lower --lr (now {config['lr']:g})"
-                    + (" or --amp off" if self.amp_dtype is not None else ""))
+                    + (" or --amp off" if self.amp_dtype is not None else "")
+                )
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
@@ -527,8 +603,12 @@ class Engine:
         return total / max(steps, 1)
 
 
-def run_training(options: dict[str, Any] | None = None, preset: str | None = None,
-                 resume: str | Path | None = None, overwrite: bool = False) -> dict[str, float]:
+def run_training(
+    options: dict[str, Any] | None = None,
+    preset: str | None = None,
+    resume: str | Path | None = None,
+    overwrite: bool = False,
+) -> dict[str, float]:
     """Train one run without a command line (what ``python -m pmm_model.train`` does).
 
     Args:

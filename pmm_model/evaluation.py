@@ -37,8 +37,9 @@ def _forward(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     return feats
 
 
-def extract_features(model: nn.Module, loader: Iterable, device: torch.device | str,
-                     flip: bool = False) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+def extract_features(
+    model: nn.Module, loader: Iterable, device: torch.device | str, flip: bool = False
+) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
     """Features of every image a loader yields, in loader order.
 
     The model runs in eval mode without gradients (its previous mode is restored afterwards).
@@ -81,8 +82,7 @@ def extract_features(model: nn.Module, loader: Iterable, device: torch.device | 
 def _check_features(query: torch.Tensor, gallery: torch.Tensor, metric: str) -> None:
     for name, x in (("query", query), ("gallery", gallery)):
         if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.ndim != 2:
-            got = (f"{x.dtype} {tuple(x.shape)}" if isinstance(x, torch.Tensor)
-                   else type(x).__name__)
+            got = f"{x.dtype} {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
             raise TypeError(f"{name} features must be a 2-D floating tensor, got {got}")
     if query.shape[1] != gallery.shape[1] or query.device != gallery.device:
         raise ValueError(
@@ -103,8 +103,9 @@ def _prepare_gallery(gallery: torch.Tensor, metric: str) -> tuple[torch.Tensor, 
     return g, torch.einsum("ij,ij->i", g, g)
 
 
-def _distance_block(query: torch.Tensor, g: torch.Tensor, g_sq: torch.Tensor,
-                    metric: str) -> torch.Tensor:
+def _distance_block(
+    query: torch.Tensor, g: torch.Tensor, g_sq: torch.Tensor, metric: str
+) -> torch.Tensor:
     q = query.to(g.dtype)
     if metric == "cosine":
         return 1.0 - nn.functional.normalize(q, dim=1) @ g.T
@@ -113,8 +114,12 @@ def _distance_block(query: torch.Tensor, g: torch.Tensor, g_sq: torch.Tensor,
     return sq.clamp_min_(0.0).sqrt_()
 
 
-def pairwise_distance(query: torch.Tensor, gallery: torch.Tensor, metric: str = "euclidean",
-                      chunk_size: int | None = None) -> torch.Tensor:
+def pairwise_distance(
+    query: torch.Tensor,
+    gallery: torch.Tensor,
+    metric: str = "euclidean",
+    chunk_size: int | None = None,
+) -> torch.Tensor:
     """Dense ``(Q, G)`` distance matrix on the features' device.
 
     Args:
@@ -136,14 +141,22 @@ def pairwise_distance(query: torch.Tensor, gallery: torch.Tensor, metric: str = 
     out = torch.empty(len(query), len(gallery), dtype=g.dtype, device=g.device)
     step = _rows_per_block(chunk_size, len(gallery))
     for i in range(0, len(query), step):
-        out[i:i + step] = _distance_block(query[i:i + step], g, g_sq, metric)
+        out[i : i + step] = _distance_block(query[i : i + step], g, g_sq, metric)
     return out
 
 
-def evaluate_features(qf: torch.Tensor, gf: torch.Tensor, q_pids: ArrayLike, g_pids: ArrayLike,
-                      q_camids: ArrayLike, g_camids: ArrayLike, max_rank: int = 50,
-                      chunk_size: int | None = None, rerank: bool = False,
-                      metric: str = "euclidean") -> RankResult:
+def evaluate_features(
+    qf: torch.Tensor,
+    gf: torch.Tensor,
+    q_pids: ArrayLike,
+    g_pids: ArrayLike,
+    q_camids: ArrayLike,
+    g_camids: ArrayLike,
+    max_rank: int = 50,
+    chunk_size: int | None = None,
+    rerank: bool = False,
+    metric: str = "euclidean",
+) -> RankResult:
     """Rank the gallery for every query and return CMC, mAP and mINP.
 
     Without re-ranking, blocks of ``chunk_size`` queries are processed in turn: distances of
@@ -173,8 +186,10 @@ def evaluate_features(qf: torch.Tensor, gf: torch.Tensor, q_pids: ArrayLike, g_p
     """
     _check_features(qf, gf, metric)
     if rerank:
-        dist = [pairwise_distance(a, b, metric, chunk_size).cpu().numpy()
-                for a, b in ((qf, gf), (qf, qf), (gf, gf))]
+        dist = [
+            pairwise_distance(a, b, metric, chunk_size).cpu().numpy()
+            for a, b in ((qf, gf), (qf, qf), (gf, gf))
+        ]
         return evaluate_rank(re_ranking(*dist), q_pids, g_pids, q_camids, g_camids, max_rank)
     acc = RankAccumulator(g_pids, g_camids, max_rank)
     if len(q_pids) != len(qf) or len(q_camids) != len(qf):
@@ -184,14 +199,23 @@ def evaluate_features(qf: torch.Tensor, gf: torch.Tensor, q_pids: ArrayLike, g_p
     g, g_sq = _prepare_gallery(gf, metric)
     step = _rows_per_block(chunk_size, len(gf))
     for i in range(0, len(qf), step):
-        acc.update(_distance_block(qf[i:i + step], g, g_sq, metric),
-                   q_pids[i:i + step], q_camids[i:i + step])
+        acc.update(
+            _distance_block(qf[i : i + step], g, g_sq, metric),
+            q_pids[i : i + step],
+            q_camids[i : i + step],
+        )
     return acc.result()
 
 
-def evaluate(model: nn.Module, query_loader: Iterable, gallery_loader: Iterable,
-             device: torch.device | str, flip: bool = False, rerank: bool = False,
-             max_rank: int = 50) -> RankResult:
+def evaluate(
+    model: nn.Module,
+    query_loader: Iterable,
+    gallery_loader: Iterable,
+    device: torch.device | str,
+    flip: bool = False,
+    rerank: bool = False,
+    max_rank: int = 50,
+) -> RankResult:
     """Extract query and gallery features with ``model`` and evaluate them (Euclidean).
 
     Args:
@@ -209,5 +233,13 @@ def evaluate(model: nn.Module, query_loader: Iterable, gallery_loader: Iterable,
     qf, q_pids, q_camids = extract_features(model, query_loader, device, flip)
     gf, g_pids, g_camids = extract_features(model, gallery_loader, device, flip)
     device = torch.device(device)
-    return evaluate_features(qf.to(device), gf.to(device), q_pids, g_pids, q_camids, g_camids,
-                             max_rank=max_rank, rerank=rerank)
+    return evaluate_features(
+        qf.to(device),
+        gf.to(device),
+        q_pids,
+        g_pids,
+        q_camids,
+        g_camids,
+        max_rank=max_rank,
+        rerank=rerank,
+    )

@@ -51,8 +51,12 @@ class RankResult:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready copy (``cmc`` as a list)."""
-        return {"cmc": self.cmc.tolist(), "mAP": self.mAP, "mINP": self.mINP,
-                "num_valid_queries": self.num_valid_queries}
+        return {
+            "cmc": self.cmc.tolist(),
+            "mAP": self.mAP,
+            "mINP": self.mINP,
+            "num_valid_queries": self.num_valid_queries,
+        }
 
 
 def _as_tensor(x: ArrayLike, name: str, ndim: int, integer: bool) -> torch.Tensor:
@@ -194,15 +198,24 @@ class RankAccumulator:
         # A gallery shorter than max_rank needs no special case: every first hit is within
         # the gallery, so the curve is flat (its last value) past the gallery's length.
         hist = np.bincount(np.minimum(first, self.max_rank + 1), minlength=self.max_rank + 2)
-        cmc = np.cumsum(hist[1:self.max_rank + 1]) / len(ap)
-        return RankResult(cmc=cmc, mAP=float(ap.mean()),
-                          mINP=float(np.concatenate(self._inp).mean()),
-                          num_valid_queries=len(ap))
+        cmc = np.cumsum(hist[1 : self.max_rank + 1]) / len(ap)
+        return RankResult(
+            cmc=cmc,
+            mAP=float(ap.mean()),
+            mINP=float(np.concatenate(self._inp).mean()),
+            num_valid_queries=len(ap),
+        )
 
 
-def evaluate_rank(distmat: ArrayLike, q_pids: ArrayLike, g_pids: ArrayLike,
-                  q_camids: ArrayLike, g_camids: ArrayLike, max_rank: int = 50,
-                  chunk_size: int | None = None) -> RankResult:
+def evaluate_rank(
+    distmat: ArrayLike,
+    q_pids: ArrayLike,
+    g_pids: ArrayLike,
+    q_camids: ArrayLike,
+    g_camids: ArrayLike,
+    max_rank: int = 50,
+    chunk_size: int | None = None,
+) -> RankResult:
     """CMC, mAP and mINP of a query x gallery distance matrix (Market-1501 protocol).
 
     Args:
@@ -243,7 +256,7 @@ def evaluate_rank(distmat: ArrayLike, q_pids: ArrayLike, g_pids: ArrayLike,
         )
     step = _rows_per_block(chunk_size, num_g)
     for i in range(0, num_q, step):
-        acc.update(dist[i:i + step], q_pids[i:i + step], q_camids[i:i + step])
+        acc.update(dist[i : i + step], q_pids[i : i + step], q_camids[i : i + step])
     return acc.result()
 
 

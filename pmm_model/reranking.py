@@ -33,13 +33,14 @@ def _nearest(dist: np.ndarray, k: int) -> np.ndarray:
     n = dist.shape[1]
     out = np.empty((dist.shape[0], k), dtype=np.int64)
     for i in range(0, dist.shape[0], _ROW_BLOCK):
-        block = dist[i:i + _ROW_BLOCK]
+        block = dist[i : i + _ROW_BLOCK]
         # The bits of a non-negative float32 order like its value; appending the column index
         # makes every key unique, so partitioning cannot split a tie the wrong way.
         key = (block.view(np.int32).astype(np.int64) << 32) | np.arange(n)
         part = np.argpartition(key, k - 1, axis=1)[:, :k]
-        out[i:i + _ROW_BLOCK] = np.take_along_axis(
-            part, np.argsort(np.take_along_axis(key, part, axis=1), axis=1), axis=1)
+        out[i : i + _ROW_BLOCK] = np.take_along_axis(
+            part, np.argsort(np.take_along_axis(key, part, axis=1), axis=1), axis=1
+        )
     return out
 
 
@@ -49,8 +50,14 @@ def _reciprocal(neighbours: np.ndarray) -> np.ndarray:
     return (neighbours[neighbours] == items).any(axis=-1)
 
 
-def re_ranking(q_g_dist: np.ndarray, q_q_dist: np.ndarray, g_g_dist: np.ndarray,
-               k1: int = 20, k2: int = 6, lambda_value: float = 0.3) -> np.ndarray:
+def re_ranking(
+    q_g_dist: np.ndarray,
+    q_q_dist: np.ndarray,
+    g_g_dist: np.ndarray,
+    k1: int = 20,
+    k2: int = 6,
+    lambda_value: float = 0.3,
+) -> np.ndarray:
     """Re-ranked query x gallery distances.
 
     As in the authors' method: the input distances are squared and each row of the joint
@@ -105,10 +112,11 @@ def re_ranking(q_g_dist: np.ndarray, q_q_dist: np.ndarray, g_g_dist: np.ndarray,
     weights = np.zeros((n, n), dtype=np.float32)
     for i in range(0, n, _ROW_BLOCK):
         rows = slice(i, i + _ROW_BLOCK)
-        own, own_ok = fwd[rows], recip[rows]                 # R(i, k1): (r, K)
-        cand, cand_ok = fwd_h[own], recip_h[own]             # R(c, k1/2) per c: (r, K, Kh)
-        in_own = ((cand[..., None] == own[:, None, None, :])
-                  & own_ok[:, None, None, :]).any(axis=-1)
+        own, own_ok = fwd[rows], recip[rows]  # R(i, k1): (r, K)
+        cand, cand_ok = fwd_h[own], recip_h[own]  # R(c, k1/2) per c: (r, K, Kh)
+        in_own = ((cand[..., None] == own[:, None, None, :]) & own_ok[:, None, None, :]).any(
+            axis=-1
+        )
         shared = (in_own & cand_ok).sum(axis=-1)
         # "more than 2/3 of the candidate's set" in integers, free of rounding.
         accept = own_ok & (3 * shared > 2 * cand_ok.sum(axis=-1))
@@ -124,7 +132,7 @@ def re_ranking(q_g_dist: np.ndarray, q_q_dist: np.ndarray, g_g_dist: np.ndarray,
     if k2 > 1:
         expanded = np.empty_like(weights)
         for i in range(0, n, _ROW_BLOCK):
-            expanded[i:i + _ROW_BLOCK] = weights[nearest[i:i + _ROW_BLOCK, :k2]].mean(axis=1)
+            expanded[i : i + _ROW_BLOCK] = weights[nearest[i : i + _ROW_BLOCK, :k2]].mean(axis=1)
         weights = expanded
 
     # Rows of `weights` sum to 1, so sum(max) = 2 - sum(min) and the Jaccard distance needs

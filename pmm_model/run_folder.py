@@ -104,12 +104,17 @@ class RunFolder:
         stale = [p for name in (CHECKPOINT, METRICS) for p in remove_temp_files(self.path, name)]
         self._setup_logging()
         if stale:
-            logger.info("removed %d temporary files of interrupted writes: %s", len(stale),
-                        ", ".join(p.name for p in stale))
+            logger.info(
+                "removed %d temporary files of interrupted writes: %s",
+                len(stale),
+                ", ".join(p.name for p in stale),
+            )
 
     def _setup_logging(self) -> None:
-        self._handlers = [logging.FileHandler(self.path / LOG, mode="a"),
-                          logging.StreamHandler(sys.stdout)]
+        self._handlers = [
+            logging.FileHandler(self.path / LOG, mode="a"),
+            logging.StreamHandler(sys.stdout),
+        ]
         # On the package logger, so the data loaders' warnings (skipped images) reach the log.
         package_logger = logging.getLogger("pmm_model")
         for handler in self._handlers:
@@ -117,8 +122,12 @@ class RunFolder:
             package_logger.addHandler(handler)
         package_logger.setLevel(logging.INFO)
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         for handler in self._handlers:
             logging.getLogger("pmm_model").removeHandler(handler)
             handler.close()

@@ -338,8 +338,12 @@ def plot_mixing(
         panel(i, 0, pictures[i], name(i))
         for s in range(len(infos)):
             attentive = maps[s] is not None
-            ax = panel(i, 1 + 2 * s, pictures[i],
-                       f"mix {s + 1}: {'saliency' if attentive else 'random blocks'}")
+            ax = panel(
+                i,
+                1 + 2 * s,
+                pictures[i],
+                f"mix {s + 1}: {'saliency' if attentive else 'random blocks'}",
+            )
             if attentive:
                 ax.imshow(
                     maps[s][i],
@@ -354,11 +358,15 @@ def plot_mixing(
             _outline(ax, rects[s][i], MIX_OUTLINE)
             j = partners[s][i]
             if j >= 0:
-                _outline(panel(i, 2 + 2 * s, pictures[j], f"mix {s + 1}: from {name(j)}"),
-                         rects[s][i], MIX_OUTLINE)
+                _outline(
+                    panel(i, 2 + 2 * s, pictures[j], f"mix {s + 1}: from {name(j)}"),
+                    rects[s][i],
+                    MIX_OUTLINE,
+                )
             else:
-                panel(i, 2 + 2 * s, None,
-                      f"mix {s + 1}: {'zeroed' if rects[s][i] else 'not mixed'}")
+                panel(
+                    i, 2 + 2 * s, None, f"mix {s + 1}: {'zeroed' if rects[s][i] else 'not mixed'}"
+                )
     _save(fig, path)
     return grid
 
@@ -462,8 +470,9 @@ def plot_ranked_list(
         for r in range(k):
             ax = grid._axes(fig, q, 1 + r, (img_h, img_w))
             ax.imshow(gallery_pictures[q, r], extent=(0, img_w, img_h, 0), aspect="auto")
-            ax.set_title(ranked_titles[q][r] if ranked_titles else f"rank {r + 1}", fontsize=7,
-                         pad=3)
+            ax.set_title(
+                ranked_titles[q][r] if ranked_titles else f"rank {r + 1}", fontsize=7, pad=3
+            )
             # A thick frame centred on the image border, half of it in the gap around it.
             ax.add_patch(
                 Rectangle(
@@ -508,8 +517,10 @@ def plot_training_curves(
         if missing:
             raise ValueError(f"metrics[{i}] lacks {missing}; got keys {sorted(entry)}")
     epochs = [entry["epoch"] for entry in metrics]
-    extra = next((key for key in ("loss", "seconds_per_epoch")
-                  if all(key in entry for entry in metrics)), None)
+    extra = next(
+        (key for key in ("loss", "seconds_per_epoch") if all(key in entry for entry in metrics)),
+        None,
+    )
     fig = Figure(figsize=(8, 4), dpi=DPI)
     axes = fig.subplots(1, 2 if extra else 1, squeeze=False)[0]
     for key, label in CURVE_METRICS:

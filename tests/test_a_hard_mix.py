@@ -31,19 +31,31 @@ def make_feat(shape, dtype=torch.float32, layout="contiguous", device="cpu", see
     return feat.to(device=device, dtype=dtype)
 
 
-def check_against_oracle(feat, attn, labels, *, block_size, num_blocks, generator_seed=0,
-                         negatives=None, backend="torch"):
+def check_against_oracle(
+    feat, attn, labels, *, block_size, num_blocks, generator_seed=0, negatives=None, backend="torch"
+):
     """Run the op and the oracle on the same inputs; assert out, info and grad agree exactly."""
     feat = feat.detach().requires_grad_()
     u = torch.rand(feat.shape[0], generator=torch.Generator().manual_seed(generator_seed))
     out, info = a_hard_mix(
-        feat, attn, labels, block_size=block_size, num_blocks=num_blocks, negatives=negatives,
-        generator=torch.Generator().manual_seed(generator_seed), return_info=True,
+        feat,
+        attn,
+        labels,
+        block_size=block_size,
+        num_blocks=num_blocks,
+        negatives=negatives,
+        generator=torch.Generator().manual_seed(generator_seed),
+        return_info=True,
         backend=backend,
     )
     expected = oracle_forward(
-        feat.cpu(), attn.cpu(), labels.cpu(), block_size=block_size, num_blocks=num_blocks,
-        u=u, negatives=None if negatives is None else negatives.cpu(),
+        feat.cpu(),
+        attn.cpu(),
+        labels.cpu(),
+        block_size=block_size,
+        num_blocks=num_blocks,
+        u=u,
+        negatives=None if negatives is None else negatives.cpu(),
     )
     assert out.dtype == feat.dtype and out.shape == feat.shape
     assert torch.equal(out.detach().cpu(), expected.out)
@@ -57,8 +69,9 @@ def check_against_oracle(feat, attn, labels, *, block_size, num_blocks, generato
     grad_out = torch.randn(feat.shape, generator=torch.Generator().manual_seed(1))
     grad_out = grad_out.to(device=feat.device, dtype=feat.dtype)
     (grad,) = torch.autograd.grad(out, feat, grad_out)
-    assert torch.equal(grad.cpu(), oracle_backward(grad_out.cpu(), expected.negatives,
-                                                   expected.mask))
+    assert torch.equal(
+        grad.cpu(), oracle_backward(grad_out.cpu(), expected.negatives, expected.mask)
+    )
     return out, info
 
 
@@ -100,8 +113,14 @@ def test_given_negatives_with_repeated_and_missing_partners():
     # Sample 0 is the partner of five samples: the backward sums five takers in a fixed order.
     feat = make_feat((8, 4, 6, 4)) * 1e3
     negatives = torch.tensor([1, 0, 0, 0, 0, 0, -1, 6])
-    check_against_oracle(feat, torch.rand(8, 6, 4), torch.arange(8), block_size=(2, 2),
-                         num_blocks=3, negatives=negatives)
+    check_against_oracle(
+        feat,
+        torch.rand(8, 6, 4),
+        torch.arange(8),
+        block_size=(2, 2),
+        num_blocks=3,
+        negatives=negatives,
+    )
 
 
 def test_saliency_is_relu_of_weighted_channel_sum():
@@ -135,10 +154,23 @@ def test_properties(n, c, h, w, bh, bw, num_labels, seed, data):
     k = data.draw(st.integers(1, num_grid_blocks), label="num_blocks")
     attn = torch.randn(n, c, generator=generator)
 
-    out, info = a_hard_mix(feat, attn, labels, block_size=(bh, bw), num_blocks=k,
-                           generator=torch.Generator().manual_seed(seed), return_info=True)
-    again = a_hard_mix(feat, attn, labels, block_size=(bh, bw), num_blocks=k,
-                       generator=torch.Generator().manual_seed(seed))
+    out, info = a_hard_mix(
+        feat,
+        attn,
+        labels,
+        block_size=(bh, bw),
+        num_blocks=k,
+        generator=torch.Generator().manual_seed(seed),
+        return_info=True,
+    )
+    again = a_hard_mix(
+        feat,
+        attn,
+        labels,
+        block_size=(bh, bw),
+        num_blocks=k,
+        generator=torch.Generator().manual_seed(seed),
+    )
     assert torch.equal(out, again)  # same CPU generator, same result
 
     for i in range(n):
@@ -170,16 +202,18 @@ def test_ties_go_to_the_lower_block_and_non_finite_scores_rank_last():
     saliency[1, 0:3, 0:2] = float("nan")  # block 0
     saliency[1, 3:6, 2:4] = float("inf")  # block 3
     saliency[1, 3:6, 0:2] = 0.5  # block 2: finite but lowest
-    _, info = a_hard_mix(torch.randn(2, 3, 6, 4), saliency, torch.tensor([0, 1]),
-                         num_blocks=4, return_info=True)
+    _, info = a_hard_mix(
+        torch.randn(2, 3, 6, 4), saliency, torch.tensor([0, 1]), num_blocks=4, return_info=True
+    )
     assert info.blocks.tolist() == [[0, 1, 2, 3], [1, 2, 0, 3]]
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
 def test_non_finite_attention_never_crashes(bad):
     attn = torch.full((4, 5), bad)
-    out, info = a_hard_mix(torch.randn(4, 5, 7, 3), attn, torch.tensor([0, 1, 0, 1]),
-                           num_blocks=2, return_info=True)
+    out, info = a_hard_mix(
+        torch.randn(4, 5, 7, 3), attn, torch.tensor([0, 1, 0, 1]), num_blocks=2, return_info=True
+    )
     assert out.shape == (4, 5, 7, 3)
     assert ((info.blocks >= 0) & (info.blocks < 8)).all()
     if math.isnan(bad):  # every score is NaN: the lowest indices win
@@ -189,8 +223,14 @@ def test_non_finite_attention_never_crashes(bad):
 def test_partner_rule_follows_the_spec_formula():
     labels = torch.tensor([3, 1, 3, 2, 1, 3, 2])
     u = torch.rand(7, generator=torch.Generator().manual_seed(5))
-    _, info = a_hard_mix(torch.randn(7, 2, 3, 2), torch.rand(7, 2), labels, block_size=(1, 1),
-                         generator=torch.Generator().manual_seed(5), return_info=True)
+    _, info = a_hard_mix(
+        torch.randn(7, 2, 3, 2),
+        torch.rand(7, 2),
+        labels,
+        block_size=(1, 1),
+        generator=torch.Generator().manual_seed(5),
+        return_info=True,
+    )
     assert info.negatives.tolist() == oracle_partners(u, labels)
 
 
@@ -201,8 +241,9 @@ def test_gradcheck_in_float64():
     negatives = torch.tensor([1, 0, 0, 2, 0])  # sample 0 is taken from three times
 
     def mix(x):
-        return a_hard_mix(x, saliency_map, labels, block_size=(2, 2), num_blocks=2,
-                          negatives=negatives)
+        return a_hard_mix(
+            x, saliency_map, labels, block_size=(2, 2), num_blocks=2, negatives=negatives
+        )
 
     assert torch.autograd.gradcheck(mix, (feat,))
     weights = torch.rand(5, 3, dtype=torch.float64, requires_grad=True)
@@ -233,8 +274,13 @@ def test_matches_the_authors_op_on_the_paper_map():
 
 
 def test_mixinfo_is_a_named_tuple_of_tensors():
-    _, info = a_hard_mix(torch.randn(2, 2, 6, 2), torch.rand(2, 2), torch.tensor([0, 1]),
-                         num_blocks=2, return_info=True)
+    _, info = a_hard_mix(
+        torch.randn(2, 2, 6, 2),
+        torch.rand(2, 2),
+        torch.tensor([0, 1]),
+        num_blocks=2,
+        return_info=True,
+    )
     assert isinstance(info, MixInfo)
     negatives, blocks, mask, lam = info
     assert negatives.shape == (2,) and blocks.shape == (2, 2)
@@ -252,8 +298,15 @@ BAD_INPUTS = [
     ({"feat": [[1.0]]}, TypeError, "feat must be a torch.Tensor"),
     ({"feat": torch.randn(4, 3, 6)}, ValueError, r"feat must have shape \(N, C, H, W\)"),
     ({"feat": torch.ones(4, 3, 6, 4, dtype=torch.int32)}, TypeError, "feat must be float"),
-    ({"feat": torch.randn(0, 3, 6, 4), "attn": torch.rand(0, 3),
-      "labels": torch.zeros(0, dtype=torch.long)}, ValueError, "feat must not be empty"),
+    (
+        {
+            "feat": torch.randn(0, 3, 6, 4),
+            "attn": torch.rand(0, 3),
+            "labels": torch.zeros(0, dtype=torch.long),
+        },
+        ValueError,
+        "feat must not be empty",
+    ),
     ({"attn": torch.rand(4, 5)}, ValueError, r"attn must be a floating \(N, C\) = \(4, 3\)"),
     ({"attn": torch.rand(4, 6, 5)}, ValueError, r"attn must be floating .*got .*\(4, 6, 5\)"),
     ({"attn": torch.rand(3, 6, 4)}, ValueError, r"attn must be floating"),
@@ -261,8 +314,11 @@ BAD_INPUTS = [
     ({"attn": "saliency"}, TypeError, "attn must be a torch.Tensor"),
     ({"labels": torch.tensor([0.0, 0, 1, 1])}, TypeError, "labels must be an integer tensor"),
     ({"labels": torch.tensor([0, 1, 1])}, ValueError, r"labels must have shape \(N,\) = \(4,\)"),
-    ({"labels": torch.zeros(4, dtype=torch.long, device="meta")}, ValueError,
-     "labels is on meta but feat is on cpu"),
+    (
+        {"labels": torch.zeros(4, dtype=torch.long, device="meta")},
+        ValueError,
+        "labels is on meta but feat is on cpu",
+    ),
     ({"block_size": (0, 2)}, ValueError, "block_size must be two positive ints"),
     ({"block_size": (3,)}, ValueError, "block_size must be two positive ints"),
     ({"block_size": (2.0, 1)}, ValueError, "block_size must be two positive ints"),
@@ -270,15 +326,21 @@ BAD_INPUTS = [
     ({"num_blocks": 0}, ValueError, "num_blocks must be a positive int"),
     ({"num_blocks": 1.5}, ValueError, "num_blocks must be a positive int"),
     ({"num_blocks": 5}, ValueError, r"num_blocks must be in \[1, 4\] for a 6x4 map"),
-    ({"negatives": torch.tensor([0, 1, 2, 4])}, ValueError,
-     r"negatives must lie in \[-1, 4\).*\[0, 4\]"),
+    (
+        {"negatives": torch.tensor([0, 1, 2, 4])},
+        ValueError,
+        r"negatives must lie in \[-1, 4\).*\[0, 4\]",
+    ),
     ({"negatives": torch.tensor([-2, 1, 2, 3])}, ValueError, r"negatives must lie in \[-1, 4\)"),
     ({"negatives": torch.tensor([0.0, 1, 2, 3])}, TypeError, "negatives must be an integer"),
     ({"negatives": torch.tensor([0, 1])}, ValueError, r"negatives must have shape \(N,\)"),
     ({"generator": 3}, TypeError, "generator must be a torch.Generator"),
     ({"backend": "cuda"}, ValueError, r"backend must be one of \('auto', 'torch', 'triton'\)"),
-    ({"feat": torch.randn(4, 3, 6, 4, dtype=torch.float64), "backend": "triton"}, TypeError,
-     "backend='triton' supports float16, bfloat16 and float32"),
+    (
+        {"feat": torch.randn(4, 3, 6, 4, dtype=torch.float64), "backend": "triton"},
+        TypeError,
+        "backend='triton' supports float16, bfloat16 and float32",
+    ),
 ]
 
 

@@ -82,8 +82,9 @@ def test_model_compiled_by_inductor_matches_eager_for_given_partners():
         net.zero_grad()
         logits = model(images, labels, negatives)
         logits.square().sum().backward()
-        results.append((logits.detach(), [p.grad.clone() for p in net.parameters()],
-                        net.mix.last_info))
+        results.append(
+            (logits.detach(), [p.grad.clone() for p in net.parameters()], net.mix.last_info)
+        )
     (eager, eager_grads, eager_info), (compiled, compiled_grads, compiled_info) = results
     assert all(torch.equal(a, b) for a, b in zip(eager_info, compiled_info, strict=True))
     assert compiled_info.mask.any()
@@ -134,11 +135,26 @@ def test_fake_implementations_match_the_real_outputs(mode, layout, monkeypatch):
     if layout == "channels_last":
         feat = feat.contiguous(memory_format=torch.channels_last)
     attn = torch.rand(5, 3) if pmm_kernels.MODES[mode].cells == "salient" else None
-    out, info = pmm_kernels.feature_mix(feat.requires_grad_(), torch.tensor([0, 1, 0, 2, 2]),
-                                        attn, mode=mode, block_size=(2, 2), num_blocks=4)
+    out, info = pmm_kernels.feature_mix(
+        feat.requires_grad_(),
+        torch.tensor([0, 1, 0, 2, 2]),
+        attn,
+        mode=mode,
+        block_size=(2, 2),
+        num_blocks=4,
+    )
     (args,) = calls
     torch.library.opcheck(real, args, test_utils=("test_schema", "test_faketensor"))
-    backward_args = (torch.randn_like(out), *info[:3], 2, 2, mode not in ("cutout", "batch_drop"),
-                     False)
-    torch.library.opcheck(pmm_kernels.ops.feature_mix.feature_mix_backward, backward_args,
-                          test_utils=("test_schema", "test_faketensor"))
+    backward_args = (
+        torch.randn_like(out),
+        *info[:3],
+        2,
+        2,
+        mode not in ("cutout", "batch_drop"),
+        False,
+    )
+    torch.library.opcheck(
+        pmm_kernels.ops.feature_mix.feature_mix_backward,
+        backward_args,
+        test_utils=("test_schema", "test_faketensor"),
+    )

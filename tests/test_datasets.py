@@ -27,17 +27,24 @@ def write_image(path: Path, color=(200, 30, 30), fmt=None) -> None:
 # Market naming PPPP_cCsS_FFFFFF_BB.jpg: pids 2 and 7 train; query pid 2/7; gallery with a
 # junk image (-1) and a distractor (0000).
 MARKET = {
-    "bounding_box_train": ["0002_c1s1_000451_03.jpg", "0002_c2s1_000301_01.jpg",
-                           "0007_c3s3_077419_03.jpg", "0007_c6s1_003476_01.jpg"],
+    "bounding_box_train": [
+        "0002_c1s1_000451_03.jpg",
+        "0002_c2s1_000301_01.jpg",
+        "0007_c3s3_077419_03.jpg",
+        "0007_c6s1_003476_01.jpg",
+    ],
     "query": ["0002_c5s1_000151_00.jpg", "0007_c2s3_070952_00.jpg"],
-    "bounding_box_test": ["-1_c1s1_000401_03.jpg", "0000_c6s1_000246_04.jpg",
-                          "0002_c1s1_000551_01.jpg", "0007_c4s3_071478_01.jpg",
-                          "0007_c2s3_070977_01.jpg"],
+    "bounding_box_test": [
+        "-1_c1s1_000401_03.jpg",
+        "0000_c6s1_000246_04.jpg",
+        "0002_c1s1_000551_01.jpg",
+        "0007_c4s3_071478_01.jpg",
+        "0007_c2s3_070977_01.jpg",
+    ],
 }
 # DukeMTMC-reID naming PPPP_cC_fFFFFFFF.jpg.
 DUKE = {
-    "bounding_box_train": ["0001_c2_f0046182.jpg", "0001_c5_f0051341.jpg",
-                           "0003_c1_f0057461.jpg"],
+    "bounding_box_train": ["0001_c2_f0046182.jpg", "0001_c5_f0051341.jpg", "0003_c1_f0057461.jpg"],
     "query": ["0005_c2_f0046985.jpg"],
     "bounding_box_test": ["0005_c5_f0051781.jpg", "0019_c1_f0058462.jpg"],
 }
@@ -63,7 +70,11 @@ def test_market1501_parsing(tmp_path):
     assert data.root == str(tmp_path / "Market-1501-v15.09.15")
     # Train relabelled 0..P-1 in pid order; cameras 0-based.
     assert [(Path(p).name[:4], pid, cam) for p, pid, cam in data.train] == [
-        ("0002", 0, 0), ("0002", 0, 1), ("0007", 1, 2), ("0007", 1, 5)]
+        ("0002", 0, 0),
+        ("0002", 0, 1),
+        ("0007", 1, 2),
+        ("0007", 1, 5),
+    ]
     assert (data.num_train_pids, data.num_train_cams) == (2, 4)
     # Query keeps the original pids; junk (-1) dropped, distractor (0) kept in the gallery.
     assert [(r.pid, r.camid) for r in data.query] == [(2, 4), (7, 1)]
@@ -74,8 +85,9 @@ def test_market1501_parsing(tmp_path):
 
 def test_root_may_be_the_distributed_folder(tmp_path):
     folder = write_tree(tmp_path / "Market-1501-v15.09.15", MARKET)
-    assert build_dataset("Market1501", folder).gallery == build_dataset("market1501",
-                                                                        tmp_path).gallery
+    assert (
+        build_dataset("Market1501", folder).gallery == build_dataset("market1501", tmp_path).gallery
+    )
 
 
 def test_dukemtmcreid(tmp_path):
@@ -85,9 +97,10 @@ def test_dukemtmcreid(tmp_path):
     assert [(r.pid, r.camid) for r in data.gallery] == [(5, 4), (19, 0)]
 
 
-@pytest.mark.parametrize("name, variant", [("cuhk03np", "labeled"),
-                                           ("cuhk03np-labeled", "labeled"),
-                                           ("cuhk03np-detected", "detected")])
+@pytest.mark.parametrize(
+    "name, variant",
+    [("cuhk03np", "labeled"), ("cuhk03np-labeled", "labeled"), ("cuhk03np-detected", "detected")],
+)
 def test_cuhk03np_variants(tmp_path, name, variant):
     for v in ("labeled", "detected"):
         write_tree(tmp_path / "cuhk03-np" / v, CUHK03)
@@ -100,12 +113,16 @@ def test_cuhk03np_variants(tmp_path, name, variant):
 def write_msmt(base: Path, train_dir: str, test_dir: str) -> None:
     # List lines are "<pid folder>/<pid>_<index>_<camera 01..15>_<time>_....jpg <pid>".
     lists = {
-        "train": (train_dir, ["0000/0000_000_01_0303morning_0015_0.jpg 0",
-                              "0001/0001_000_07_0303noon_0300_1.jpg 1"]),
+        "train": (
+            train_dir,
+            ["0000/0000_000_01_0303morning_0015_0.jpg 0", "0001/0001_000_07_0303noon_0300_1.jpg 1"],
+        ),
         "val": (train_dir, ["0000/0000_001_15_0303morning_0019_0.jpg 0"]),
         "query": (test_dir, ["0003/0003_000_02_0303afternoon_0100_0.jpg 3"]),
-        "gallery": (test_dir, ["0003/0003_001_11_0303noon_0550_1.jpg 3",
-                               "0009/0009_000_04_0303morning_0020_0.jpg 9"]),
+        "gallery": (
+            test_dir,
+            ["0003/0003_001_11_0303noon_0550_1.jpg 3", "0009/0009_000_04_0303morning_0020_0.jpg 9"],
+        ),
     }
     for split, (folder, lines) in lists.items():
         (base / f"list_{split}.txt").parent.mkdir(parents=True, exist_ok=True)
@@ -114,8 +131,9 @@ def write_msmt(base: Path, train_dir: str, test_dir: str) -> None:
             write_image(base / folder / line.split()[0])
 
 
-@pytest.mark.parametrize("version, dirs", [("V1", ("train", "test")),
-                                           ("V2", ("mask_train_v2", "mask_test_v2"))])
+@pytest.mark.parametrize(
+    "version, dirs", [("V1", ("train", "test")), ("V2", ("mask_train_v2", "mask_test_v2"))]
+)
 def test_msmt17_versions(tmp_path, version, dirs):
     write_msmt(tmp_path / f"MSMT17_{version}", *dirs)
     data = build_dataset("msmt17", tmp_path)
@@ -138,8 +156,9 @@ def test_msmt17_both_versions_need_a_choice(tmp_path):
 def test_folder_and_registry(tmp_path):
     write_tree(tmp_path / "mine", MARKET)
     assert len(build_dataset("folder", tmp_path / "mine").gallery) == 4
-    register_dataset("test-mine", lambda root: read_market_tree(Path(root) / "mine", "mine"),
-                     overwrite=True)
+    register_dataset(
+        "test-mine", lambda root: read_market_tree(Path(root) / "mine", "mine"), overwrite=True
+    )
     assert "test-mine" in dataset_names()
     assert build_dataset("test-mine", tmp_path).name == "mine"
     with pytest.raises(ValueError, match="already registered"):
@@ -148,8 +167,15 @@ def test_folder_and_registry(tmp_path):
 
 def test_synthetic(tmp_path):
     pytest.importorskip("pmm_model.data.synthetic")
-    data = build_dataset("synthetic", tmp_path, num_train_ids=3, num_test_ids=2, num_cameras=2,
-                         images_per_id_per_camera=1, num_distractors=1)
+    data = build_dataset(
+        "synthetic",
+        tmp_path,
+        num_train_ids=3,
+        num_test_ids=2,
+        num_cameras=2,
+        images_per_id_per_camera=1,
+        num_distractors=1,
+    )
     assert data.num_train_pids == 3 and data.name == "synthetic"
     assert sum(r.pid == 0 for r in data.gallery) == 1
 

@@ -41,8 +41,15 @@ SaveRankWeights(config, **start).run()
 def _torchrun(*args, cwd):
     # The subprocesses must import this checkout, whatever the venv's editable install names.
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               "--nproc-per-node", "2", *args]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        *args,
+    ]
     done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return done
@@ -50,22 +57,52 @@ def _torchrun(*args, cwd):
 
 def test_two_process_gloo_job_and_resume(tmp_path):
     # 6 ids x 4 images, P=2 x K=4: three global batches, so one step per rank and epoch.
-    root = ensure_synthetic(tmp_path / "data", num_train_ids=6, num_test_ids=3, num_cameras=2,
-                            images_per_id_per_camera=2, height=64, width=32, num_distractors=2)
+    root = ensure_synthetic(
+        tmp_path / "data",
+        num_train_ids=6,
+        num_test_ids=3,
+        num_cameras=2,
+        images_per_id_per_camera=2,
+        height=64,
+        width=32,
+        num_distractors=2,
+    )
     # A 1-process run, through the plain-Python entry point.
     single = tmp_path / "single"
-    result = run_training({"data": "folder", "root": str(root), "backbone": "resnet18",
-                           "height": 64, "width": 32, "p": 2, "k": 4, "block_size": [1, 1],
-                           "eval_every": 1, "workers": 0, "device": "cpu", "epochs": 1,
-                           "output_dir": str(single)})
+    result = run_training(
+        {
+            "data": "folder",
+            "root": str(root),
+            "backbone": "resnet18",
+            "height": 64,
+            "width": 32,
+            "p": 2,
+            "k": 4,
+            "block_size": [1, 1],
+            "eval_every": 1,
+            "workers": 0,
+            "device": "cpu",
+            "epochs": 1,
+            "output_dir": str(single),
+        }
+    )
     assert set(result) == {"rank1", "mAP", "mINP", "wall_seconds"}
 
     # A 1-process checkpoint continued by 2 processes in a new folder.
     ddp = tmp_path / "ddp"
     script = tmp_path / "save_rank_weights.py"
     script.write_text(RANK_WEIGHTS_SCRIPT)
-    _torchrun(str(script), str(ddp), "--resume", str(single / "checkpoint.pt"),
-              "--epochs", "2", "--output-dir", str(ddp), cwd=tmp_path)
+    _torchrun(
+        str(script),
+        str(ddp),
+        "--resume",
+        str(single / "checkpoint.pt"),
+        "--epochs",
+        "2",
+        "--output-dir",
+        str(ddp),
+        cwd=tmp_path,
+    )
     rank0, rank1 = (torch.load(ddp / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     assert rank0.keys() == rank1.keys() and len(rank0) > 50
     for name, tensor in rank0.items():
@@ -75,17 +112,35 @@ def test_two_process_gloo_job_and_resume(tmp_path):
     for name, tensor in rank0.items():
         assert torch.equal(checkpoint["model"][name], tensor), name
     assert sorted(p.name for p in ddp.iterdir()) == [
-        ".lock", "checkpoint.pt", "metrics.json", "rank0.pt", "rank1.pt", "train.log"]
+        ".lock",
+        "checkpoint.pt",
+        "metrics.json",
+        "rank0.pt",
+        "rank1.pt",
+        "train.log",
+    ]
 
     # The 2-process checkpoint continued by the CLI under torchrun.
-    _torchrun("-m", "pmm_model.train", "--resume", str(ddp / "checkpoint.pt"), "--epochs", "3",
-              cwd=tmp_path)
+    _torchrun(
+        "-m",
+        "pmm_model.train",
+        "--resume",
+        str(ddp / "checkpoint.pt"),
+        "--epochs",
+        "3",
+        cwd=tmp_path,
+    )
     assert load_checkpoint(ddp / "checkpoint.pt")["epoch"] == 3
     assert [m["epoch"] for m in json.loads((ddp / "metrics.json").read_text())] == [1, 2, 3]
     log = (ddp / "train.log").read_text()
     # Rank 0 alone logs: one line per epoch, the world size and per-rank batch at each start.
-    assert log.count("world size 2: 2 x 4 = 8 images per rank and step, 16 per global batch, "
-                     "1 steps per epoch") == 2
+    assert (
+        log.count(
+            "world size 2: 2 x 4 = 8 images per rank and step, 16 per global batch, "
+            "1 steps per epoch"
+        )
+        == 2
+    )
     assert log.count("epoch 2/2: loss") == 1 and log.count("epoch 3/3: loss") == 1
     assert "written by 1 processes, this run has 2" in log
 

@@ -44,8 +44,23 @@ def fake_checkpoint(monkeypatch):
 
 def test_cli_table_and_json(market_tree, fake_checkpoint, tmp_path, capsys):
     out = tmp_path / "results" / "eval.json"
-    report = cli.main(["--checkpoint", "ckpt.pt", "--data", "folder", "--root", str(market_tree),
-                       "--workers", "0", "--device", "cpu", "--flip", "--output", str(out)])
+    report = cli.main(
+        [
+            "--checkpoint",
+            "ckpt.pt",
+            "--data",
+            "folder",
+            "--root",
+            str(market_tree),
+            "--workers",
+            "0",
+            "--device",
+            "cpu",
+            "--flip",
+            "--output",
+            str(out),
+        ]
+    )
     assert fake_checkpoint == ["ckpt.pt"]
     printed = capsys.readouterr().out
     assert "2 queries, 4 gallery images" in printed
@@ -57,8 +72,21 @@ def test_cli_table_and_json(market_tree, fake_checkpoint, tmp_path, capsys):
 
 
 def test_cli_rerank(market_tree, fake_checkpoint):
-    report = cli.main(["--checkpoint", "c.pt", "--data", "folder", "--root", str(market_tree),
-                       "--workers", "0", "--device", "cpu", "--rerank"])
+    report = cli.main(
+        [
+            "--checkpoint",
+            "c.pt",
+            "--data",
+            "folder",
+            "--root",
+            str(market_tree),
+            "--workers",
+            "0",
+            "--device",
+            "cpu",
+            "--rerank",
+        ]
+    )
     assert report["rerank"] and report["num_valid_queries"] == 2
 
 
@@ -90,6 +118,15 @@ def test_module_help(monkeypatch, capsys):
         runpy.run_module("pmm_model.evaluate", run_name="__main__")
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
-    for flag in ("--checkpoint", "--data", "--root", "--flip", "--rerank", "--batch-size",
-                 "--workers", "--device", "--output"):
+    for flag in (
+        "--checkpoint",
+        "--data",
+        "--root",
+        "--flip",
+        "--rerank",
+        "--batch-size",
+        "--workers",
+        "--device",
+        "--output",
+    ):
         assert flag in out

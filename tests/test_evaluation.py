@@ -42,8 +42,7 @@ def test_chunked_equals_unchunked(chunk_size):
     dense = evaluate_rank(pairwise_distance(qf, gf), q_p, g_p, q_c, g_c, max_rank=20)
     r = evaluate_features(qf, gf, q_p, g_p, q_c, g_c, max_rank=20, chunk_size=chunk_size)
     np.testing.assert_array_equal(r.cmc, dense.cmc)
-    assert (r.mAP, r.mINP, r.num_valid_queries) == (dense.mAP, dense.mINP,
-                                                     dense.num_valid_queries)
+    assert (r.mAP, r.mINP, r.num_valid_queries) == (dense.mAP, dense.mINP, dense.num_valid_queries)
     assert 0.3 < r.mAP < 1.0  # the clusters are informative but not perfect
 
 
@@ -67,8 +66,14 @@ class Pixels(nn.Module):
 
 
 def batches(images, pids, camids, size=3):
-    return [(images[i:i + size], torch.as_tensor(pids[i:i + size]),
-             torch.as_tensor(camids[i:i + size])) for i in range(0, len(images), size)]
+    return [
+        (
+            images[i : i + size],
+            torch.as_tensor(pids[i : i + size]),
+            torch.as_tensor(camids[i : i + size]),
+        )
+        for i in range(0, len(images), size)
+    ]
 
 
 def test_extract_features_order_flip_and_mode():
@@ -98,8 +103,13 @@ def test_extract_features_rejects_bad_model_output():
 def test_evaluate_end_to_end():
     qf, gf, q_p, g_p, q_c, g_c = id_set(3, dim=12)
     as_images = [f.reshape(-1, 3, 2, 2) for f in (qf, gf)]
-    r = evaluate(Pixels(), batches(as_images[0], q_p, q_c), batches(as_images[1], g_p, g_c),
-                 "cpu", max_rank=10)
+    r = evaluate(
+        Pixels(),
+        batches(as_images[0], q_p, q_c),
+        batches(as_images[1], g_p, g_c),
+        "cpu",
+        max_rank=10,
+    )
     expected = evaluate_features(qf, gf, q_p, g_p, q_c, g_c, max_rank=10)
     np.testing.assert_array_equal(r.cmc, expected.cmc)
     assert r.mAP == expected.mAP
@@ -118,7 +128,7 @@ def slow_re_ranking(q_g, q_q, g_g, k1, k2, lambda_value):
     ranking = [np.argsort(d[i], kind="stable") for i in range(n)]
 
     def nearest(i, k):  # N(i, k): the k nearest neighbours plus i itself
-        return set(ranking[i][:k + 1].tolist())
+        return set(ranking[i][: k + 1].tolist())
 
     def reciprocal(i, k):  # R(i, k) = {j in N(i, k) : i in N(j, k)}
         return {j for j in nearest(i, k) if i in nearest(j, k)}
@@ -144,12 +154,15 @@ def slow_re_ranking(q_g, q_q, g_g, k1, k2, lambda_value):
     return (1 - lambda_value) * jaccard + lambda_value * d[:num_q, num_q:]
 
 
-@pytest.mark.parametrize("k1, k2, lam, integer", [
-    (20, 6, 0.3, False),  # the defaults: k1 covers all 13 items here
-    (4, 3, 0.3, False),
-    (5, 1, 0.5, True),  # k1/2 rounds to 2; k2=1 skips query expansion; integer ties
-    (3, 2, 0.0, True),
-])
+@pytest.mark.parametrize(
+    "k1, k2, lam, integer",
+    [
+        (20, 6, 0.3, False),  # the defaults: k1 covers all 13 items here
+        (4, 3, 0.3, False),
+        (5, 1, 0.5, True),  # k1/2 rounds to 2; k2=1 skips query expansion; integer ties
+        (3, 2, 0.0, True),
+    ],
+)
 def test_re_ranking_matches_slow_reference(k1, k2, lam, integer):
     qf, gf, *_ = id_set(4, num_q=5, num_g=8, dim=4, num_ids=3, integer=integer)
     q_g, q_q, g_g = (pairwise_distance(a, b).numpy() for a, b in ((qf, gf), (qf, qf), (gf, gf)))

@@ -20,13 +20,28 @@ def load_example():
 
 @pytest.mark.parametrize(
     ("arch", "mode"),
-    [("resnet50", "a_hard_mix"), ("mobilenet_v3_small", "a_cutmix"),
-     ("mobilenet_v3_small", "cutmix")],
+    [
+        ("resnet50", "a_hard_mix"),
+        ("mobilenet_v3_small", "a_cutmix"),
+        ("mobilenet_v3_small", "cutmix"),
+    ],
 )
 def test_example_trains_with_the_inserted_layer(arch, mode, capsys):
-    losses = load_example().main([
-        "--arch", arch, "--mode", mode, "--steps", "1", "--batch-size", "4",
-        "--height", "128", "--width", "64",
-    ])
+    losses = load_example().main(
+        [
+            "--arch",
+            arch,
+            "--mode",
+            mode,
+            "--steps",
+            "1",
+            "--batch-size",
+            "4",
+            "--height",
+            "128",
+            "--width",
+            "64",
+        ]
+    )
     assert len(losses) == 1 and math.isfinite(losses[0])
     assert "mixed area" in capsys.readouterr().out

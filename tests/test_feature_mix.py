@@ -28,11 +28,17 @@ def make_attn(mode, shape, form, seed):
 def check_mode(feat, labels, attn, *, mode, seed=0, negatives=None, **options):
     """Run the op and the oracle; assert out, info and grad agree exactly."""
     feat = feat.detach().requires_grad_()
-    out, info = feature_mix(feat, labels, attn, mode=mode, negatives=negatives,
-                            generator=torch.Generator().manual_seed(seed), backend="torch",
-                            **options)
-    expected = oracle_mix(feat, labels, attn, mode=mode, seed=seed, negatives=negatives,
-                          **options)
+    out, info = feature_mix(
+        feat,
+        labels,
+        attn,
+        mode=mode,
+        negatives=negatives,
+        generator=torch.Generator().manual_seed(seed),
+        backend="torch",
+        **options,
+    )
+    expected = oracle_mix(feat, labels, attn, mode=mode, seed=seed, negatives=negatives, **options)
     assert out.dtype == feat.dtype and out.shape == feat.shape and out.device == feat.device
     assert torch.equal(out.detach().cpu(), expected.out)
     assert info.negatives.tolist() == expected.negatives
@@ -67,19 +73,38 @@ def test_block_modes_match_their_oracle(mode, shape, block_size, ks):
     for seed, k in enumerate(ks):
         labels = torch.randint(0, 3, (n,), generator=torch.Generator().manual_seed(seed))
         form = "weights" if seed % 2 == 0 else "map"
-        check_mode(make_feat(shape, seed=seed), labels, make_attn(mode, shape, form, seed),
-                   mode=mode, seed=seed, block_size=block_size, num_blocks=k)
+        check_mode(
+            make_feat(shape, seed=seed),
+            labels,
+            make_attn(mode, shape, form, seed),
+            mode=mode,
+            seed=seed,
+            block_size=block_size,
+            num_blocks=k,
+        )
 
 
 @pytest.mark.parametrize(
     ("shape", "ratios"),
-    [((1, 3, 24, 8), (0.33, 1.0)), ((4, 5, 7, 5), (0.5, 0.5)), ((3, 2, 1, 1), (0.33, 1.0)),
-     ((6, 3, 9, 4), (0.01, 0.01)), ((2, 4, 5, 3), (1.0, 1.0))],
+    [
+        ((1, 3, 24, 8), (0.33, 1.0)),
+        ((4, 5, 7, 5), (0.5, 0.5)),
+        ((3, 2, 1, 1), (0.33, 1.0)),
+        ((6, 3, 9, 4), (0.01, 0.01)),
+        ((2, 4, 5, 3), (1.0, 1.0)),
+    ],
 )
 def test_batch_drop_matches_its_oracle(shape, ratios):
     for seed in range(3):
-        _, info = check_mode(make_feat(shape, seed=seed), None, None, mode="batch_drop",
-                             seed=seed, h_ratio=ratios[0], w_ratio=ratios[1])
+        _, info = check_mode(
+            make_feat(shape, seed=seed),
+            None,
+            None,
+            mode="batch_drop",
+            seed=seed,
+            h_ratio=ratios[0],
+            w_ratio=ratios[1],
+        )
         assert (info.mask == info.mask[0]).all()  # one rectangle for the whole batch
 
 
@@ -91,8 +116,15 @@ def test_every_mode_dtype_and_layout(mode, layout, dtype, device):
     feat = make_feat(shape, dtype=dtype, layout=layout, seed=3, device=device)
     labels = torch.tensor([0, 0, 1, 1, 2, 2], device=device)
     attn = make_attn(mode, shape, "weights", 3)
-    out, _ = check_mode(feat, labels, None if attn is None else attn.to(device), mode=mode,
-                        seed=4, block_size=(3, 2), num_blocks=4)
+    out, _ = check_mode(
+        feat,
+        labels,
+        None if attn is None else attn.to(device),
+        mode=mode,
+        seed=4,
+        block_size=(3, 2),
+        num_blocks=4,
+    )
     if layout == "channels_last":
         assert out.is_contiguous(memory_format=torch.channels_last)
 
@@ -102,15 +134,28 @@ def test_given_partners_with_repeats_and_gaps(mode):
     # Sample 0 is the partner of five samples: the backward sums five takers in a fixed order.
     shape = (8, 4, 6, 4)
     negatives = torch.tensor([1, 0, 0, 0, 0, 0, -1, 6])
-    check_mode(make_feat(shape, seed=5) * 1e3, torch.arange(8), make_attn(mode, shape, "map", 5),
-               mode=mode, block_size=(2, 2), num_blocks=3, negatives=negatives)
+    check_mode(
+        make_feat(shape, seed=5) * 1e3,
+        torch.arange(8),
+        make_attn(mode, shape, "map", 5),
+        mode=mode,
+        block_size=(2, 2),
+        num_blocks=3,
+        negatives=negatives,
+    )
 
 
 def test_single_sample_batches():
     feat = make_feat((1, 3, 6, 4), seed=6)
     for mode in MODES:
-        out, info = feature_mix(feat, torch.tensor([2]), make_attn(mode, (1, 3, 6, 4), "map", 6),
-                                mode=mode, block_size=(2, 2), num_blocks=2)
+        out, info = feature_mix(
+            feat,
+            torch.tensor([2]),
+            make_attn(mode, (1, 3, 6, 4), "map", 6),
+            mode=mode,
+            block_size=(2, 2),
+            num_blocks=2,
+        )
         assert info.negatives.tolist() == [-1]  # nobody to take from
         if MODES[mode].partner_rule == "none":
             assert info.mask.any() and (out[:, :, info.mask[0]] == 0).all()
@@ -120,8 +165,9 @@ def test_single_sample_batches():
 
 def test_a_hard_mix_is_the_a_hard_mix_mode():
     feat, attn, labels = make_feat((6, 5, 8, 4), seed=7), torch.rand(6, 5), torch.arange(6) % 3
-    out, info = a_hard_mix(feat, attn, labels, block_size=(2, 2), generator=torch.Generator(),
-                           return_info=True)
+    out, info = a_hard_mix(
+        feat, attn, labels, block_size=(2, 2), generator=torch.Generator(), return_info=True
+    )
     out2, info2 = feature_mix(feat, labels, attn, block_size=(2, 2), generator=torch.Generator())
     assert torch.equal(out, out2)
     assert all(torch.equal(a, b) for a, b in zip(info, info2, strict=True))
@@ -142,8 +188,15 @@ def test_a_hard_mix_is_the_a_hard_mix_mode():
 def test_random_shapes_match_the_oracle(mode, n, c, h, w, bh, bw, seed, data):
     k = data.draw(st.integers(1, math.ceil(h / bh) * math.ceil(w / bw)), label="num_blocks")
     labels = torch.randint(0, 3, (n,), generator=torch.Generator().manual_seed(seed))
-    check_mode(make_feat((n, c, h, w), seed=seed), labels, make_attn(mode, (n, c, h, w),
-               "weights", seed), mode=mode, seed=seed, block_size=(bh, bw), num_blocks=k)
+    check_mode(
+        make_feat((n, c, h, w), seed=seed),
+        labels,
+        make_attn(mode, (n, c, h, w), "weights", seed),
+        mode=mode,
+        seed=seed,
+        block_size=(bh, bw),
+        num_blocks=k,
+    )
 
 
 @pytest.mark.parametrize("mode", list(MODES))
@@ -155,9 +208,16 @@ def test_gradcheck_in_float64(mode):
     negatives = torch.tensor([1, 0, 0, 2, 0]) if RULES[mode] != "none" else None
 
     def mix(x):
-        return feature_mix(x, torch.tensor([0, 1, 1, 0, 2]), attn, mode=mode, block_size=(2, 2),
-                           num_blocks=2, negatives=negatives,
-                           generator=torch.Generator().manual_seed(0))[0]
+        return feature_mix(
+            x,
+            torch.tensor([0, 1, 1, 0, 2]),
+            attn,
+            mode=mode,
+            block_size=(2, 2),
+            num_blocks=2,
+            negatives=negatives,
+            generator=torch.Generator().manual_seed(0),
+        )[0]
 
     assert torch.autograd.gradcheck(mix, (feat,))
 
@@ -167,8 +227,14 @@ def test_gradcheck_in_float64(mode):
 def test_mixed_targets_follow_the_spec(mode, smoothing):
     labels = torch.tensor([0, 0, 1, 2, 2, 3])
     feat = make_feat((6, 3, 6, 4), seed=8)
-    _, info = feature_mix(feat, labels, make_attn(mode, (6, 3, 6, 4), "map", 8), mode=mode,
-                          block_size=(2, 2), num_blocks=2)
+    _, info = feature_mix(
+        feat,
+        labels,
+        make_attn(mode, (6, 3, 6, 4), "map", 8),
+        mode=mode,
+        block_size=(2, 2),
+        num_blocks=2,
+    )
     mixes = MODES[mode].mixes_labels
     targets = mixed_targets(labels, info if mixes else None, 5, smoothing)
     expected = oracle_targets(labels, info.negatives.tolist(), info.lam, 5, smoothing, mixes)
@@ -180,8 +246,12 @@ def test_mixed_targets_follow_the_spec(mode, smoothing):
 
 
 def test_mixed_targets_ignore_unmixed_samples():
-    info = MixInfo(torch.tensor([-1, 0]), torch.zeros(2, 1, dtype=torch.long),
-                   torch.zeros(2, 1, 1, dtype=torch.bool), torch.tensor([0.5, 0.5]))
+    info = MixInfo(
+        torch.tensor([-1, 0]),
+        torch.zeros(2, 1, dtype=torch.long),
+        torch.zeros(2, 1, 1, dtype=torch.bool),
+        torch.tensor([0.5, 0.5]),
+    )
     targets = mixed_targets(torch.tensor([1, 0]), info, 2)
     assert targets.tolist() == [[0.0, 1.0], [0.5, 0.5]]
 
@@ -194,14 +264,20 @@ BAD_INPUTS = [
     ({"mode": "a_cutmix"}, ValueError, "mode='a_cutmix' ranks blocks by saliency: pass attn"),
     ({"mode": "cutmix", "attn": torch.rand(4, 3)}, ValueError, "takes no attn"),
     ({"mode": "hard_mix", "labels": None}, ValueError, "hard_mix' draws partners of a different"),
-    ({"mode": "cutout", "negatives": torch.tensor([1, 0, 3, 2])}, ValueError,
-     "zeroes its cells and takes no negatives"),
+    (
+        {"mode": "cutout", "negatives": torch.tensor([1, 0, 3, 2])},
+        ValueError,
+        "zeroes its cells and takes no negatives",
+    ),
     ({"mode": "batch_drop", "h_ratio": 0.0}, ValueError, r"h_ratio must be a number in \(0, 1\]"),
     ({"mode": "batch_drop", "w_ratio": 1.5}, ValueError, r"w_ratio must be a number in \(0, 1\]"),
     ({"mode": "cutmix", "num_blocks": 5}, ValueError, r"num_blocks must be in \[1, 4\]"),
     ({"mode": "cutmix", "block_size": 2}, ValueError, "block_size must be two positive ints"),
-    ({"mode": "cutmix", "negatives": torch.tensor([0, 1, 2, 4])}, ValueError,
-     r"negatives must lie in \[-1, 4\)"),
+    (
+        {"mode": "cutmix", "negatives": torch.tensor([0, 1, 2, 4])},
+        ValueError,
+        r"negatives must lie in \[-1, 4\)",
+    ),
     ({"mode": "cutmix", "labels": torch.tensor([0, 1])}, ValueError, r"labels must have shape"),
 ]
 
@@ -215,8 +291,12 @@ def test_bad_input_is_named_in_the_error(changes, error, message):
 
 
 def test_mixed_targets_check_their_arguments():
-    info = MixInfo(torch.tensor([1, 0]), torch.zeros(2, 1, dtype=torch.long),
-                   torch.zeros(2, 1, 1, dtype=torch.bool), torch.tensor([0.5, 0.5]))
+    info = MixInfo(
+        torch.tensor([1, 0]),
+        torch.zeros(2, 1, dtype=torch.long),
+        torch.zeros(2, 1, 1, dtype=torch.bool),
+        torch.tensor([0.5, 0.5]),
+    )
     with pytest.raises(ValueError, match=r"smoothing must be a number in \[0, 1\)"):
         mixed_targets(torch.tensor([0, 1]), info, 2, smoothing=1.0)
     with pytest.raises(ValueError, match="num_classes must be a positive int"):

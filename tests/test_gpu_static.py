@@ -27,7 +27,11 @@ def report(tmp_path_factory) -> dict:
     env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
     result = subprocess.run(
         [sys.executable, "-m", "pmm_kernels.static_check", "--json", str(path)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     if result.returncode == 2:
         pytest.skip(result.stdout.strip())
@@ -36,26 +40,37 @@ def report(tmp_path_factory) -> dict:
 
 
 def problems_of_kind(report: dict, kind: str) -> list[str]:
-    return [message for row in report["rows"]
-            for found, message in static_check.row_problems(row, report["max_registers"])
-            if found == kind]
+    return [
+        message
+        for row in report["rows"]
+        for found, message in static_check.row_problems(row, report["max_registers"])
+        if found == kind
+    ]
 
 
 def test_every_launch_compiles_for_sm80_and_sm90(report):
     assert problems_of_kind(report, "compile") == []
-    compiled = {(row["cap"], row["kernel"], row["dtype"], row["layout"], row["map"])
-                for row in report["rows"]}
+    compiled = {
+        (row["cap"], row["kernel"], row["dtype"], row["layout"], row["map"])
+        for row in report["rows"]
+    }
     for cap in static_check.CAPS:
         for dtype in static_check.DTYPES:
             for layout in static_check.LAYOUTS:
                 for hw, channels in static_check.SHAPES:
-                    for kernel in ("_saliency_copy_kernel", "_plan_kernel", "_patch_kernel",
-                                   "_mix_kernel", "_feature_mix_bwd_kernel"):
+                    for kernel in (
+                        "_saliency_copy_kernel",
+                        "_plan_kernel",
+                        "_patch_kernel",
+                        "_mix_kernel",
+                        "_feature_mix_bwd_kernel",
+                    ):
                         shape = static_check.shape_label(hw, channels)
                         assert (cap, kernel, dtype, layout, shape) in compiled
     modes = {row["mode"] for row in report["rows"] if row["kernel"] == "_plan_kernel"}
     assert modes == {mode for mode, *_ in static_check.MODES} | {
-        f"a_hard_mix, N={static_check.LARGE_BATCH}"}
+        f"a_hard_mix, N={static_check.LARGE_BATCH}"
+    }
 
 
 def test_no_local_memory(report):
@@ -71,16 +86,26 @@ def test_streaming_kernels_move_their_dense_tiles_in_16_byte_accesses(report):
     assert problems_of_kind(report, "loads_16b") == []
     assert problems_of_kind(report, "stores_16b") == []
     # Not vacuous: every streaming kernel was held to it in every dtype and both layouts.
-    checked = {(row["kernel"], row["dtype"], row["layout"]) for row in report["rows"]
-               if row["kernel"] in STREAMING_KERNELS and row["aligned"]}
-    assert checked == {(kernel, dtype, layout) for kernel in STREAMING_KERNELS
-                       for dtype in static_check.DTYPES for layout in static_check.LAYOUTS}
+    checked = {
+        (row["kernel"], row["dtype"], row["layout"])
+        for row in report["rows"]
+        if row["kernel"] in STREAMING_KERNELS and row["aligned"]
+    }
+    assert checked == {
+        (kernel, dtype, layout)
+        for kernel in STREAMING_KERNELS
+        for dtype in static_check.DTYPES
+        for layout in static_check.LAYOUTS
+    }
 
 
 def test_bytes_model_at_the_paper_map(report):
     # 24x8 map, three 3x2 blocks: f = 18/192. The copy passes move (2 + f) B, the patch 2 f B.
-    rows = {(row["kernel"], row["mode"]): row["bytes_over_feat"] for row in report["rows"]
-            if row["map"] == "24x8" and row["dtype"] == "float32" and row["layout"] == "nchw"}
+    rows = {
+        (row["kernel"], row["mode"]): row["bytes_over_feat"]
+        for row in report["rows"]
+        if row["map"] == "24x8" and row["dtype"] == "float32" and row["layout"] == "nchw"
+    }
     f = 18 / 192
     assert rows[("_mix_kernel", "a_hard_mix, saliency map")] == pytest.approx(2 + f, abs=1e-3)
     assert rows[("_patch_kernel", "a_hard_mix, channel weights")] == pytest.approx(2 * f, abs=1e-3)
@@ -88,21 +113,37 @@ def test_bytes_model_at_the_paper_map(report):
 
 
 def _row(**overrides) -> dict:
-    row = {"cap": 90, "kernel": "_mix_kernel", "dtype": "float32", "layout": "nchw", "map": "24x8",
-           "mode": "m", "config": "c", "aligned": True, "registers": 40, "local_bytes": 0,
-           "loads_16b": 4, "stores_16b": 4, "tile_bytes_per_thread": 64, "error": None}
+    row = {
+        "cap": 90,
+        "kernel": "_mix_kernel",
+        "dtype": "float32",
+        "layout": "nchw",
+        "map": "24x8",
+        "mode": "m",
+        "config": "c",
+        "aligned": True,
+        "registers": 40,
+        "local_bytes": 0,
+        "loads_16b": 4,
+        "stores_16b": 4,
+        "tile_bytes_per_thread": 64,
+        "error": None,
+    }
     return {**row, **overrides}
 
 
-@pytest.mark.parametrize(("overrides", "kinds"), [
-    ({}, []),
-    ({"error": "CompilationError: boom"}, ["compile"]),
-    ({"local_bytes": 8}, ["local"]),
-    ({"registers": 97}, ["registers"]),
-    ({"loads_16b": 3}, ["loads_16b"]),
-    ({"stores_16b": 0}, ["stores_16b"]),
-    ({"stores_16b": 0, "aligned": False}, []),
-    ({"stores_16b": 0, "kernel": "_patch_kernel"}, []),
-])
+@pytest.mark.parametrize(
+    ("overrides", "kinds"),
+    [
+        ({}, []),
+        ({"error": "CompilationError: boom"}, ["compile"]),
+        ({"local_bytes": 8}, ["local"]),
+        ({"registers": 97}, ["registers"]),
+        ({"loads_16b": 3}, ["loads_16b"]),
+        ({"stores_16b": 0}, ["stores_16b"]),
+        ({"stores_16b": 0, "aligned": False}, []),
+        ({"stores_16b": 0, "kernel": "_patch_kernel"}, []),
+    ],
+)
 def test_row_problems_flag_each_miss(overrides, kinds):
     assert [kind for kind, _ in static_check.row_problems(_row(**overrides))] == kinds

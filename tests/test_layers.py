@@ -22,8 +22,12 @@ LABELS = torch.tensor([0, 0, 1, 1])
 
 @pytest.mark.parametrize(
     ("hw", "block", "lam"),
-    [((24, 8), (3, 2), 3 * 6 / 192), ((8, 4), (1, 1), 3 / 32), ((16, 8), (2, 2), 12 / 128),
-     ((4, 2), (1, 1), 3 / 8)],
+    [
+        ((24, 8), (3, 2), 3 * 6 / 192),
+        ((8, 4), (1, 1), 3 / 32),
+        ((16, 8), (2, 2), 12 / 128),
+        ((4, 2), (1, 1), 3 / 8),
+    ],
 )
 def test_grid_keeps_the_mixed_fraction(hw, block, lam):
     mix = FeatureMix("cutout")  # the paper's 8x4 grid, k = 3
@@ -45,8 +49,14 @@ def test_layer_equals_the_functional_and_keeps_its_info():
     feat, attn = torch.randn(4, 5, 8, 4), torch.rand(4, 8, 4)
     mix = FeatureMix("a_cutmix", generator=torch.Generator().manual_seed(3))
     out = mix(feat, LABELS, attn)
-    expected, info = feature_mix(feat, LABELS, attn, mode="a_cutmix", block_size=(1, 1),
-                                 generator=torch.Generator().manual_seed(3))
+    expected, info = feature_mix(
+        feat,
+        LABELS,
+        attn,
+        mode="a_cutmix",
+        block_size=(1, 1),
+        generator=torch.Generator().manual_seed(3),
+    )
     assert torch.equal(out, expected)
     assert all(torch.equal(a, b) for a, b in zip(mix.last_info, info, strict=True))
     mix.eval()
@@ -73,16 +83,22 @@ def test_classifier_weights_are_grad_cam_for_a_pooled_linear_head():
     torch.testing.assert_close(grad_cam * 32, head.weight[LABELS])
     mix = FeatureMix(classifier=head, generator=torch.Generator().manual_seed(0))
     out = mix(feat, LABELS)
-    expected = a_hard_mix(feat, grad_cam, LABELS, block_size=(1, 1),
-                          generator=torch.Generator().manual_seed(0))
+    expected = a_hard_mix(
+        feat, grad_cam, LABELS, block_size=(1, 1), generator=torch.Generator().manual_seed(0)
+    )
     assert torch.equal(out, expected)
 
 
 def test_activation_saliency_without_a_source():
     feat = torch.rand(4, 6, 8, 4)
     mix = FeatureMix(generator=torch.Generator().manual_seed(0))
-    expected = a_hard_mix(feat, torch.ones(4, 6), LABELS, block_size=(1, 1),
-                          generator=torch.Generator().manual_seed(0))
+    expected = a_hard_mix(
+        feat,
+        torch.ones(4, 6),
+        LABELS,
+        block_size=(1, 1),
+        generator=torch.Generator().manual_seed(0),
+    )
     assert torch.equal(mix(feat, LABELS), expected)
 
 
@@ -98,8 +114,14 @@ def test_targets_mix_labels_only_for_label_mixing_modes():
 def test_a_hard_mix_layer_keeps_its_call():
     layer = AHardMix(block_size=(2, 2), num_blocks=2, generator=torch.Generator().manual_seed(0))
     feat, attn = torch.randn(4, 3, 6, 4), torch.rand(4, 3)
-    expected = a_hard_mix(feat, attn, LABELS, block_size=(2, 2), num_blocks=2,
-                          generator=torch.Generator().manual_seed(0))
+    expected = a_hard_mix(
+        feat,
+        attn,
+        LABELS,
+        block_size=(2, 2),
+        num_blocks=2,
+        generator=torch.Generator().manual_seed(0),
+    )
     assert torch.equal(layer(feat, attn, LABELS), expected)
     assert layer.eval()(feat, attn, LABELS) is feat
 

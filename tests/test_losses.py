@@ -74,13 +74,17 @@ def test_label_mixing_stage_uses_mixed_targets():
     import pmm_kernels
 
     logits = [torch.randn(4, 3) for _ in range(2)]
-    info = pmm_kernels.MixInfo(torch.tensor([2, 3, 0, -1]), torch.zeros(4, 1, dtype=torch.long),
-                               torch.zeros(4, 2, 2, dtype=torch.bool),
-                               torch.tensor([0.25, 0.5, 0.25, 0.0]))
+    info = pmm_kernels.MixInfo(
+        torch.tensor([2, 3, 0, -1]),
+        torch.zeros(4, 1, dtype=torch.long),
+        torch.zeros(4, 2, 2, dtype=torch.bool),
+        torch.tensor([0.25, 0.5, 0.25, 0.0]),
+    )
     out = ReIDOutput(features=[FEATURES] * 2, logits=logits, label_mix=[None, info])
     _, parts = PMMLoss(label_smoothing=0.1)(out, LABELS)
     targets = pmm_kernels.mixed_targets(LABELS, info, 3, 0.1)
     expected = -(targets * F.log_softmax(logits[1], dim=1)).sum(1).mean()
     torch.testing.assert_close(parts["ce2"], expected)
-    torch.testing.assert_close(parts["ce1"], F.cross_entropy(logits[0], LABELS,
-                                                             label_smoothing=0.1))
+    torch.testing.assert_close(
+        parts["ce1"], F.cross_entropy(logits[0], LABELS, label_smoothing=0.1)
+    )

@@ -34,11 +34,13 @@ g_pids = np.array([1, 1, 2, 0, 1, 3])  # g3 is a distractor (pid 0)
 g_camids = np.array([0, 1, 0, 1, 2, 0])
 q_pids = np.array([1, 2, 3])
 q_camids = np.array([0, 1, 0])
-hand_dist = np.array([
-    [0.1, 0.4, 0.2, 0.3, 0.9, 0.5],
-    [0.3, 0.3, 0.3, 0.1, 0.2, 0.3],
-    [0.5, 0.5, 0.5, 0.5, 0.5, 0.1],
-])
+hand_dist = np.array(
+    [
+        [0.1, 0.4, 0.2, 0.3, 0.9, 0.5],
+        [0.3, 0.3, 0.3, 0.1, 0.2, 0.3],
+        [0.5, 0.5, 0.5, 0.5, 0.5, 0.1],
+    ]
+)
 # q0 (pid 1, cam 0): sorted g0 g2 g3 g1 g5 g4; g0 is pid 1 in cam 0 -> junk, removed.
 #    Kept ranking g2 g3 g1 g5 g4: positives g1, g4 at ranks 3 and 5.
 #    AP = (1/3 + 2/5) / 2 = 11/30; INP = 2/5; first hit at rank 3.
@@ -110,8 +112,7 @@ def test_accumulator_blocks_equal_whole():
         acc.update(dist[rows], q_p[rows], q_c[rows])
     r = acc.result()
     np.testing.assert_array_equal(r.cmc, whole.cmc)
-    assert (r.mAP, r.mINP, r.num_valid_queries) == (whole.mAP, whole.mINP,
-                                                     whole.num_valid_queries)
+    assert (r.mAP, r.mINP, r.num_valid_queries) == (whole.mAP, whole.mINP, whole.num_valid_queries)
 
 
 def test_no_valid_query_is_an_error():
@@ -119,17 +120,22 @@ def test_no_valid_query_is_an_error():
         evaluate_rank(hand_dist[2:], q_pids[2:], g_pids, q_camids[2:], g_camids)
 
 
-@pytest.mark.parametrize("bad, match", [
-    (dict(distmat=hand_dist[:, :5]), "columns"),
-    (dict(q_pids=q_pids[:2]), "rows"),
-    (dict(distmat=hand_dist[0]), "2-D"),
-    (dict(max_rank=0), "max_rank"),
-    (dict(chunk_size=0), "chunk_size"),
-    (dict(distmat=np.where(hand_dist > 0.4, np.nan, hand_dist)), "NaN"),
-])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (dict(distmat=hand_dist[:, :5]), "columns"),
+        (dict(q_pids=q_pids[:2]), "rows"),
+        (dict(distmat=hand_dist[0]), "2-D"),
+        (dict(max_rank=0), "max_rank"),
+        (dict(chunk_size=0), "chunk_size"),
+        (dict(distmat=np.where(hand_dist > 0.4, np.nan, hand_dist)), "NaN"),
+    ],
+)
 def test_bad_input_value_errors(bad, match):
-    args = dict(distmat=hand_dist, q_pids=q_pids, g_pids=g_pids, q_camids=q_camids,
-                g_camids=g_camids) | bad
+    args = (
+        dict(distmat=hand_dist, q_pids=q_pids, g_pids=g_pids, q_camids=q_camids, g_camids=g_camids)
+        | bad
+    )
     with pytest.raises(ValueError, match=match):
         evaluate_rank(**args)
 

@@ -125,8 +125,11 @@ def test_build_model_rejects_bad_names_and_options():
         build_model("bdb", 10)
     with pytest.raises(ValueError, match=r"backbone='resnet101'.*resnet18, resnet34, resnet50"):
         build_model("pmm", 10, backbone="resnet101")
-    with pytest.raises(ValueError, match=r"mix='mixup' is not supported; valid: a_hard_mix, "
-                       r"hard_mix, a_cutmix, cutmix, cutout, batch_drop, none"):
+    with pytest.raises(
+        ValueError,
+        match=r"mix='mixup' is not supported; valid: a_hard_mix, "
+        r"hard_mix, a_cutmix, cutmix, cutout, batch_drop, none",
+    ):
         build_model("pmm", 10, backbone="resnet18", mix="mixup")
     with pytest.raises(ValueError, match="cam='grad'"):
         build_model("pmm", 10, backbone="resnet18", cam="grad")

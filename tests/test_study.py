@@ -33,29 +33,72 @@ from pmm_model.engine import TrainingDiverged, TrainingInterrupted
 @pytest.fixture(scope="module")
 def tiny_root(tmp_path_factory):
     # 6 training ids x 2 cameras x 2 images: with P=2, K=4, three batches of 8 per epoch.
-    return ensure_synthetic(tmp_path_factory.mktemp("data"), num_train_ids=6, num_test_ids=3,
-                            num_cameras=2, images_per_id_per_camera=2, height=64, width=32,
-                            num_distractors=2)
+    return ensure_synthetic(
+        tmp_path_factory.mktemp("data"),
+        num_train_ids=6,
+        num_test_ids=3,
+        num_cameras=2,
+        images_per_id_per_camera=2,
+        height=64,
+        width=32,
+        num_distractors=2,
+    )
 
 
 def _options(root):
-    return {"data": "folder", "root": str(root), "backbone": "resnet18", "height": 64,
-            "width": 32, "p": 2, "k": 4, "block_size": [1, 1], "epochs": 1, "eval_every": 1,
-            "workers": 0, "device": "cpu"}
+    return {
+        "data": "folder",
+        "root": str(root),
+        "backbone": "resnet18",
+        "height": 64,
+        "width": 32,
+        "p": 2,
+        "k": 4,
+        "block_size": [1, 1],
+        "epochs": 1,
+        "eval_every": 1,
+        "workers": 0,
+        "device": "cpu",
+    }
 
 
 def _argv(root, out, *extra):
-    return ["--out", str(out), "--data", "folder", "--root", str(root), "--backbone", "resnet18",
-            "--height", "64", "--width", "32", "--ids-per-batch", "2", "--images-per-id", "4",
-            "--epochs", "1", "--workers", "0", "--device", "cpu", *extra]
+    return [
+        "--out",
+        str(out),
+        "--data",
+        "folder",
+        "--root",
+        str(root),
+        "--backbone",
+        "resnet18",
+        "--height",
+        "64",
+        "--width",
+        "32",
+        "--ids-per-batch",
+        "2",
+        "--images-per-id",
+        "4",
+        "--epochs",
+        "1",
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+        *extra,
+    ]
 
 
 def _canned(variant, seed):
     """Distinct, known metrics per run."""
     index = list(VARIANTS).index(variant)
-    return {"rank1": 0.5 + 0.03 * index + 0.01 * seed**2,
-            "mAP": 0.4 + 0.02 * index - 0.015 * seed, "mINP": 0.1 + 0.005 * seed * index,
-            "wall_seconds": 10.0 + seed + index}
+    return {
+        "rank1": 0.5 + 0.03 * index + 0.01 * seed**2,
+        "mAP": 0.4 + 0.02 * index - 0.015 * seed,
+        "mINP": 0.1 + 0.005 * seed * index,
+        "wall_seconds": 10.0 + seed + index,
+    }
 
 
 class FakeTraining:
@@ -66,9 +109,12 @@ class FakeTraining:
         self.fail = fail or {}  # (variant, seed) -> exception to raise (once)
 
     def __call__(self, options, preset=None, resume=None, overwrite=False):
-        variant = next(name for name, keys in VARIANTS.items()
-                       if all(options.get(k) == v for k, v in keys.items())
-                       and (name != "baseline" or options["model"] == "baseline"))
+        variant = next(
+            name
+            for name, keys in VARIANTS.items()
+            if all(options.get(k) == v for k, v in keys.items())
+            and (name != "baseline" or options["model"] == "baseline")
+        )
         seed = options["seed"]
         self.calls.append((variant, seed, resume))
         folder = Path(options["output_dir"])
@@ -138,15 +184,17 @@ def test_second_call_skips_finished_runs(fake, tiny_root):
 def test_interrupted_run_resumes_from_its_checkpoint(fake, tiny_root):
     fake.fail[("pmm-none", 0)] = TrainingInterrupted("stopped by SIGTERM", signal.SIGTERM)
     with pytest.raises(TrainingInterrupted):
-        run_study(fake.out, ["baseline", "pmm-none", "pmm-hard_mix"], seeds=1,
-                  options=_options(tiny_root))
+        run_study(
+            fake.out, ["baseline", "pmm-none", "pmm-hard_mix"], seeds=1, options=_options(tiny_root)
+        )
     assert [c[:2] for c in fake.calls] == [("baseline", 0), ("pmm-none", 0)]  # the grid stopped
     attempt = json.loads((run_dir(fake.out, "pmm-none", 0) / "attempt.json").read_text())
     assert attempt["status"] == "interrupted"
     assert [r.status for r in collect_results(fake.out)] == ["done", "interrupted", "missing"]
     fake.calls.clear()
-    records = run_study(fake.out, ["baseline", "pmm-none", "pmm-hard_mix"], seeds=1,
-                        options=_options(tiny_root))
+    records = run_study(
+        fake.out, ["baseline", "pmm-none", "pmm-hard_mix"], seeds=1, options=_options(tiny_root)
+    )
     checkpoint = run_dir(fake.out, "pmm-none", 0) / "checkpoint.pt"
     assert fake.calls == [("pmm-none", 0, checkpoint), ("pmm-hard_mix", 0, None)]
     assert all(r.status == "done" for r in records)
@@ -159,19 +207,28 @@ def test_interrupted_run_resumes_from_its_checkpoint(fake, tiny_root):
 def test_a_failed_run_is_reported_and_the_grid_goes_on(fake, tiny_root, capsys):
     fake.fail[("baseline", 1)] = TrainingDiverged("the loss is not finite")
     with pytest.raises(SystemExit) as excinfo:
-        cli.main(_argv(tiny_root, fake.out, "--variants", "baseline", "pmm-cutmix",
-                       "--seeds", "2"))
+        cli.main(_argv(tiny_root, fake.out, "--variants", "baseline", "pmm-cutmix", "--seeds", "2"))
     assert excinfo.value.code == 1
-    assert [c[:2] for c in fake.calls] == [("baseline", 0), ("baseline", 1), ("pmm-cutmix", 0),
-                                           ("pmm-cutmix", 1)]
+    assert [c[:2] for c in fake.calls] == [
+        ("baseline", 0),
+        ("baseline", 1),
+        ("pmm-cutmix", 0),
+        ("pmm-cutmix", 1),
+    ]
     out, err = capsys.readouterr()
     assert "baseline seed 1: FAILED (TrainingDiverged: the loss is not finite)" in out
     assert "| baseline | 1/2 (failed: 1) |" in out
     assert "1 of 4 runs failed: baseline seed 1" in err
     # The next call retries it (from its checkpoint) and succeeds.
     fake.calls.clear()
-    assert len(cli.main(_argv(tiny_root, fake.out, "--variants", "baseline", "pmm-cutmix",
-                              "--seeds", "2"))) == 4
+    assert (
+        len(
+            cli.main(
+                _argv(tiny_root, fake.out, "--variants", "baseline", "pmm-cutmix", "--seeds", "2")
+            )
+        )
+        == 4
+    )
     assert fake.calls == [("baseline", 1, run_dir(fake.out, "baseline", 1) / "checkpoint.pt")]
     assert "| baseline | 2/2 |" in (fake.out / "study.md").read_text()
 
@@ -210,11 +267,12 @@ def test_bad_arguments_fail_clearly(fake, tiny_root, capsys):
     with pytest.raises(ValueError, match="lr"):  # ConfigError, before anything trains
         run_study(fake.out, options={**options, "lr": -1.0})
     assert fake.calls == []
-    for extra, message in ((["--variants", "pmm-magic"], "unknown variant 'pmm-magic'; valid: "
-                            + ", ".join(VARIANTS)),
-                           (["--seeds", "0"], "--seeds: the number of seeds must be >= 1, got 0"),
-                           (["--seeds", "x"], "--seeds: expected a count N or a comma"),
-                           (["--epochs", "0"], "--epochs: must be >= 1")):
+    for extra, message in (
+        (["--variants", "pmm-magic"], "unknown variant 'pmm-magic'; valid: " + ", ".join(VARIANTS)),
+        (["--seeds", "0"], "--seeds: the number of seeds must be >= 1, got 0"),
+        (["--seeds", "x"], "--seeds: expected a count N or a comma"),
+        (["--epochs", "0"], "--epochs: must be >= 1"),
+    ):
         with pytest.raises(SystemExit) as excinfo:
             cli.main(_argv(tiny_root, fake.out, *extra))
         assert excinfo.value.code == 2
@@ -229,17 +287,24 @@ def test_bad_arguments_fail_clearly(fake, tiny_root, capsys):
 
 def test_real_tiny_grid_end_to_end(tiny_root, tmp_path, capsys):
     out = tmp_path / "grid"
-    records = cli.main(_argv(tiny_root, out, "--variants", "baseline", "pmm-a_hard_mix",
-                             "--seeds", "2,"))
+    records = cli.main(
+        _argv(tiny_root, out, "--variants", "baseline", "pmm-a_hard_mix", "--seeds", "2,")
+    )
     assert [(r.variant, r.seed, r.status) for r in records] == [
-        ("baseline", 2, "done"), ("pmm-a_hard_mix", 2, "done")]
+        ("baseline", 2, "done"),
+        ("pmm-a_hard_mix", 2, "done"),
+    ]
     for record in records:
         folder = run_dir(out, record.variant, record.seed)
         assert {"checkpoint.pt", "metrics.json", "train.log", "result.json"} <= {
-            p.name for p in folder.iterdir()}
+            p.name for p in folder.iterdir()
+        }
         args = load_checkpoint(folder / "checkpoint.pt")["args"]
         assert (args["seed"], args["model"], args["epochs"]) == (
-            2, VARIANTS[record.variant]["model"], 1)
+            2,
+            VARIANTS[record.variant]["model"],
+            1,
+        )
         assert args["mix"] == VARIANTS[record.variant].get("mix", "a_hard_mix")
         metrics = json.loads((folder / "metrics.json").read_text())[-1]
         assert record.metrics == {k: metrics[k] for k in ("rank1", "mAP", "mINP")}

@@ -102,7 +102,8 @@ def test_resume_continues_exactly(tiny_root, straight, tmp_path, monkeypatch, ca
     resumed = train.main(["--resume", str(tmp_path / "checkpoint.pt")])
     metrics, straight_dir = straight
     assert {k: resumed[k] for k in ("rank1", "mAP", "mINP")} == {
-        k: metrics[k] for k in ("rank1", "mAP", "mINP")}
+        k: metrics[k] for k in ("rank1", "mAP", "mINP")
+    }
     a = load_checkpoint(tmp_path / "checkpoint.pt")
     b = load_checkpoint(straight_dir / "checkpoint.pt")
     assert a["epoch"] == b["epoch"] == 2
@@ -116,10 +117,10 @@ def test_resume_continues_exactly(tiny_root, straight, tmp_path, monkeypatch, ca
 
 
 def test_sigterm_checkpoints_the_step_and_resume_is_exact_with_workers(
-        tiny_root, straight, tmp_path, monkeypatch, capsys):
+    tiny_root, straight, tmp_path, monkeypatch, capsys
+):
     # Case 7: SIGTERM in the 2nd step of epoch 2 (the 5th step): finish it, checkpoint, exit.
-    _calls_after(monkeypatch, "forward_loss", 5,
-                 lambda self: os.kill(os.getpid(), signal.SIGTERM))
+    _calls_after(monkeypatch, "forward_loss", 5, lambda self: os.kill(os.getpid(), signal.SIGTERM))
     assert _exit_code(_argv(tiny_root, tmp_path)) == 128 + signal.SIGTERM
     monkeypatch.undo()
     checkpoint = load_checkpoint(tmp_path / "checkpoint.pt")
@@ -130,8 +131,10 @@ def test_sigterm_checkpoints_the_step_and_resume_is_exact_with_workers(
     assert "stopped by SIGTERM" in (tmp_path / "train.log").read_text()
     # The resumed run (now with 2 loader processes) finishes exactly as the straight one.
     train.main(["--resume", str(tmp_path / "checkpoint.pt"), "--workers", "2"])
-    _same_weights(load_checkpoint(tmp_path / "checkpoint.pt")["model"],
-                  load_checkpoint(straight[1] / "checkpoint.pt")["model"])
+    _same_weights(
+        load_checkpoint(tmp_path / "checkpoint.pt")["model"],
+        load_checkpoint(straight[1] / "checkpoint.pt")["model"],
+    )
 
 
 def test_ctrl_c_during_a_checkpoint_write_completes_it(tiny_root, tmp_path, monkeypatch):
@@ -194,14 +197,14 @@ def failed_evaluation(tiny_root, tmp_path_factory):
     return excinfo.value.code, err.getvalue(), out, corrupt
 
 
-def test_failed_evaluation_keeps_the_checkpoint_and_resume_may_skip_bad_images(
-        failed_evaluation):
+def test_failed_evaluation_keeps_the_checkpoint_and_resume_may_skip_bad_images(failed_evaluation):
     # Cases 2 and 3: the epoch is saved before evaluation fails, and the message says so;
     # --skip-bad-images may be added on resume, which evaluates that epoch, then continues.
     code, err, out, corrupt = failed_evaluation
     err = err.strip().splitlines()[-1]  # above it: the progress bar
     assert code == 1 and err.startswith(
-        "python -m pmm_model.train: error: evaluation after epoch 1 failed (OSError: cannot read")
+        "python -m pmm_model.train: error: evaluation after epoch 1 failed (OSError: cannot read"
+    )
     assert corrupt.name in err and f"--resume {out / 'checkpoint.pt'}" in err
     assert load_checkpoint(out / "checkpoint.pt")["epoch"] == 1
     assert not (out / "metrics.json").exists()
@@ -220,8 +223,10 @@ def test_epochs_changed_on_resume_rescale_the_schedule(straight, tmp_path):
     assert checkpoint["epoch"] == 3
     assert checkpoint["optimizer"]["param_groups"][0]["lr"] == pytest.approx(1e-3 * lr_factor(2, 3))
     assert lr_factor(2, 3) != lr_factor(2, 2)  # the old schedule would differ
-    assert "--epochs 2 -> 3: the learning-rate schedule is rescaled to 3 epochs" in (
-        run / "train.log").read_text()
+    assert (
+        "--epochs 2 -> 3: the learning-rate schedule is rescaled to 3 epochs"
+        in (run / "train.log").read_text()
+    )
 
 
 def test_skip_bad_images_in_the_train_split_keeps_pk_batches(tiny_root, tmp_path, monkeypatch):
@@ -239,16 +244,25 @@ def test_skip_bad_images_in_the_train_split_keeps_pk_batches(tiny_root, tmp_path
         return real(self, images, pids)
 
     monkeypatch.setattr(Engine, "forward_loss", record)
-    train.main(_argv(root, tmp_path / "run", "--model", "baseline", "--epochs", "1",
-                     "--skip-bad-images", "--channels-last"))
+    train.main(
+        _argv(
+            root,
+            tmp_path / "run",
+            "--model",
+            "baseline",
+            "--epochs",
+            "1",
+            "--skip-bad-images",
+            "--channels-last",
+        )
+    )
     assert len(batches) == 3
     for pids in batches:  # P=2 identities x K=4 images each
         assert len(set(pids)) == 2 and all(pids.count(p) == 4 for p in set(pids))
     assert "skipped 2 unreadable images" in (tmp_path / "run" / "train.log").read_text()
 
 
-def test_an_existing_run_folder_is_refused_unless_overwrite(tiny_root, straight, tmp_path,
-                                                            capsys):
+def test_an_existing_run_folder_is_refused_unless_overwrite(tiny_root, straight, tmp_path, capsys):
     # Case 4: refuse with both choices named; a second run on a locked folder fails at once.
     before = (straight[1] / "metrics.json").read_bytes()
     assert _exit_code(_argv(tiny_root, straight[1])) == 1
@@ -267,8 +281,9 @@ def test_an_existing_run_folder_is_refused_unless_overwrite(tiny_root, straight,
     assert [m["epoch"] for m in json.loads((run / "metrics.json").read_text())] == [1]
 
 
-def test_non_finite_loss_stops_at_once_keeping_the_checkpoint(tiny_root, tmp_path,
-                                                              monkeypatch, capsys):
+def test_non_finite_loss_stops_at_once_keeping_the_checkpoint(
+    tiny_root, tmp_path, monkeypatch, capsys
+):
     # Case 6: a NaN loss in epoch 2, step 2 stops the run before the step is applied.
     real = Engine.forward_loss
     calls = []
@@ -324,8 +339,10 @@ def test_resume_rejects_an_unreadable_checkpoint_in_one_line(content, tmp_path, 
         train.parse_args(["--resume", str(path)])
     err = capsys.readouterr().err
     assert "Traceback" not in err
-    assert err.strip().splitlines()[-1].startswith(
-        f"python -m pmm_model.train: error: argument --resume: checkpoint '{path}' cannot be read")
+    expected = (
+        f"python -m pmm_model.train: error: argument --resume: checkpoint '{path}' cannot be read"
+    )
+    assert err.strip().splitlines()[-1].startswith(expected)
 
 
 def test_resume_rejects_a_file_that_is_no_checkpoint(tmp_path, capsys):
@@ -347,12 +364,14 @@ def test_an_unusable_output_folder_gives_one_line(tiny_root, tmp_path, capsys):
 
 def test_every_option_passes_through_torchrun():
     # torchrun's own parser accepts abbreviations of its options: `--p` would be one.
-    options = [o for a in train.build_parser()._actions for o in a.option_strings
-               if o.startswith("--")]
+    options = [
+        o for a in train.build_parser()._actions for o in a.option_strings if o.startswith("--")
+    ]
     assert len(options) > 30
     for option in options:
-        args = get_args_parser().parse_args(["--nproc-per-node", "2", "-m", "pmm_model.train",
-                                             option, "1"])
+        args = get_args_parser().parse_args(
+            ["--nproc-per-node", "2", "-m", "pmm_model.train", option, "1"]
+        )
         assert args.training_script_args == [option, "1"], option
 
 

@@ -38,9 +38,15 @@ def run_both(feat, attn, labels, *, seed=0, **kwargs):
     for backend, device in (("torch", torch.device("cpu")), ("triton", feat.device)):
         # .to keeps the memory format, so both backends see the same layout.
         x = feat.detach().to(device, copy=True).requires_grad_()
-        out, info = a_hard_mix(x, on(device, attn), on(device, labels),
-                               generator=torch.Generator().manual_seed(seed), return_info=True,
-                               backend=backend, **{k: on(device, v) for k, v in kwargs.items()})
+        out, info = a_hard_mix(
+            x,
+            on(device, attn),
+            on(device, labels),
+            generator=torch.Generator().manual_seed(seed),
+            return_info=True,
+            backend=backend,
+            **{k: on(device, v) for k, v in kwargs.items()},
+        )
         (grad,) = torch.autograd.grad(out, x, grad_out.to(device))
         results[backend] = (out.detach().cpu(), type(info)(*(t.cpu() for t in info)), grad.cpu())
     return results
@@ -85,8 +91,14 @@ def test_triton_equals_torch(n, c, hw, block, attn_form, partners, triton_device
     for k in sorted({1, (num_grid_blocks + 1) // 2, num_grid_blocks}):
         feat = make_feat((n, c, h, w), device=triton_device)
         attn = torch.randn(n, c) if attn_form == "weights" else torch.randn(n, h, w)
-        results = run_both(feat, attn.to(triton_device), labels, block_size=block_size,
-                           num_blocks=k, negatives=negatives)
+        results = run_both(
+            feat,
+            attn.to(triton_device),
+            labels,
+            block_size=block_size,
+            num_blocks=k,
+            negatives=negatives,
+        )
         assert_backends_agree(results)
 
 
@@ -99,8 +111,14 @@ def test_triton_dtypes_and_layouts(dtype, layout, attn_form, triton_device):
     attn = torch.rand(n, c) if attn_form == "weights" else torch.rand(n, h, w, dtype=dtype)
     # Sample 0 is taken by four others: the backward adds four gradients in a fixed order.
     negatives = torch.tensor([2, 0, 0, 0, 0, -1], device=triton_device)
-    results = run_both(feat, attn.to(triton_device), torch.arange(n, device=triton_device),
-                       block_size=(2, 2), num_blocks=3, negatives=negatives)
+    results = run_both(
+        feat,
+        attn.to(triton_device),
+        torch.arange(n, device=triton_device),
+        block_size=(2, 2),
+        num_blocks=3,
+        negatives=negatives,
+    )
     assert_backends_agree(results)
 
 
@@ -121,17 +139,27 @@ def test_triton_equals_torch_on_random_shapes(n, c, h, w, bh, bw, seed, attn_for
     generator = torch.Generator().manual_seed(seed)
     k = data.draw(st.integers(1, math.ceil(h / bh) * math.ceil(w / bw)), label="num_blocks")
     feat = torch.randn(n, c, h, w, generator=generator)
-    attn = torch.randn(n, c, generator=generator) if attn_form == "weights" else \
-        torch.randn(n, h, w, generator=generator)
+    attn = (
+        torch.randn(n, c, generator=generator)
+        if attn_form == "weights"
+        else torch.randn(n, h, w, generator=generator)
+    )
     labels = torch.randint(0, 3, (n,), generator=generator)
-    assert_backends_agree(run_both(feat.to(device), attn, labels, seed=seed,
-                                   block_size=(bh, bw), num_blocks=k))
+    assert_backends_agree(
+        run_both(feat.to(device), attn, labels, seed=seed, block_size=(bh, bw), num_blocks=k)
+    )
 
 
 def test_triton_matches_the_oracle(triton_device):
     feat = make_feat((5, 7, 7, 5), device=triton_device)
-    check_against_oracle(feat, torch.rand(5, 7, device=triton_device), torch.tensor(
-        [0, 1, 0, 1, 2], device=triton_device), block_size=(3, 2), num_blocks=4, backend="triton")
+    check_against_oracle(
+        feat,
+        torch.rand(5, 7, device=triton_device),
+        torch.tensor([0, 1, 0, 1, 2], device=triton_device),
+        block_size=(3, 2),
+        num_blocks=4,
+        backend="triton",
+    )
 
 
 def test_triton_kernels_really_run(monkeypatch, triton_device):
@@ -141,12 +169,20 @@ def test_triton_kernels_really_run(monkeypatch, triton_device):
     monkeypatch.setattr(reference, "feature_mix_forward_torch", no_fallback)
     monkeypatch.setattr(reference, "a_hard_mix_backward_torch", no_fallback)
     feat = torch.randn(4, 3, 6, 4, device=triton_device, requires_grad=True)
-    out = a_hard_mix(feat, torch.rand(4, 3, device=triton_device), torch.tensor([0, 0, 1, 1],
-                     device=triton_device), backend="triton")
+    out = a_hard_mix(
+        feat,
+        torch.rand(4, 3, device=triton_device),
+        torch.tensor([0, 0, 1, 1], device=triton_device),
+        backend="triton",
+    )
     out.sum().backward()
     with pytest.raises(AssertionError, match="PyTorch path ran"):
-        a_hard_mix(feat, torch.rand(4, 3, device=triton_device),
-                   torch.tensor([0, 0, 1, 1], device=triton_device), backend="torch")
+        a_hard_mix(
+            feat,
+            torch.rand(4, 3, device=triton_device),
+            torch.tensor([0, 0, 1, 1], device=triton_device),
+            backend="torch",
+        )
 
 
 def test_environment_variable_selects_the_backend(monkeypatch, triton_device):
@@ -158,8 +194,11 @@ def test_environment_variable_selects_the_backend(monkeypatch, triton_device):
         return original(*args, **kwargs)
 
     monkeypatch.setattr(reference, "feature_mix_forward_torch", spy)
-    args = (torch.randn(2, 3, 6, 4, device=triton_device), torch.rand(2, 3, device=triton_device),
-            torch.tensor([0, 1], device=triton_device))
+    args = (
+        torch.randn(2, 3, 6, 4, device=triton_device),
+        torch.rand(2, 3, device=triton_device),
+        torch.tensor([0, 1], device=triton_device),
+    )
     monkeypatch.setenv("PMM_KERNELS_BACKEND", "triton")
     a_hard_mix(*args)
     assert calls == []
@@ -171,8 +210,12 @@ def test_environment_variable_selects_the_backend(monkeypatch, triton_device):
 def test_triton_rejects_maps_beyond_its_limits(triton_device):
     feat = torch.randn(1, 1, 200, 100, device=triton_device)
     with pytest.raises(ValueError, match=r"backend='triton' supports H\*W <= 16384"):
-        a_hard_mix(feat, torch.rand(1, 1, device=triton_device),
-                   torch.tensor([0], device=triton_device), backend="triton")
+        a_hard_mix(
+            feat,
+            torch.rand(1, 1, device=triton_device),
+            torch.tensor([0], device=triton_device),
+            backend="triton",
+        )
 
 
 @pytest.mark.parametrize("backend", ["torch", "triton"])
@@ -240,8 +283,9 @@ def check_family(feat, source, partner_rule, given, block_size, num_blocks, seed
     got = feature_mix_forward_triton(feat, *args)
     expected = reference.feature_mix_forward_torch(feat.cpu(), *(on("cpu", a) for a in args))
     assert got[0].dtype == feat.dtype and got[0].stride() == feat.stride()
-    for name, a, b in zip(("out", "negatives", "blocks", "mask", "lam"), got, expected,
-                          strict=True):
+    for name, a, b in zip(
+        ("out", "negatives", "blocks", "mask", "lam"), got, expected, strict=True
+    ):
         assert a.dtype == b.dtype, name
         assert torch.equal(a.cpu(), b), name
     _, partners, blocks, mask, _ = expected
@@ -257,16 +301,21 @@ def check_family(feat, source, partner_rule, given, block_size, num_blocks, seed
     assert torch.equal(grad.cpu(), want)
 
 
-@pytest.mark.parametrize(("mode", "source", "partner_rule", "given"), FAMILY,
-                         ids=[mode for mode, *_ in FAMILY])
-@pytest.mark.parametrize(("n", "c", "hw", "block_size", "k"), [
-    (5, 7, (7, 5), (3, 2), 2),    # odd map, clipped edge blocks
-    (4, 5, (5, 3), (2, 2), 1),    # k = 1
-    (1, 3, (6, 4), (2, 2), 6),    # N = 1 (no partner), every block
-    (9, 16, (24, 8), (3, 2), 3),  # the paper's map and block grid
-])
-def test_feature_mix_launchers_agree(mode, source, partner_rule, given, n, c, hw,
-                                            block_size, k, triton_device):
+@pytest.mark.parametrize(
+    ("mode", "source", "partner_rule", "given"), FAMILY, ids=[mode for mode, *_ in FAMILY]
+)
+@pytest.mark.parametrize(
+    ("n", "c", "hw", "block_size", "k"),
+    [
+        (5, 7, (7, 5), (3, 2), 2),  # odd map, clipped edge blocks
+        (4, 5, (5, 3), (2, 2), 1),  # k = 1
+        (1, 3, (6, 4), (2, 2), 6),  # N = 1 (no partner), every block
+        (9, 16, (24, 8), (3, 2), 3),  # the paper's map and block grid
+    ],
+)
+def test_feature_mix_launchers_agree(
+    mode, source, partner_rule, given, n, c, hw, block_size, k, triton_device
+):
     h, w = hw
     if source == "corner":  # Batch DropBlock: one rectangle of a third of the height
         block_size, k = (max(1, round(0.33 * h)), w), 1
@@ -276,8 +325,9 @@ def test_feature_mix_launchers_agree(mode, source, partner_rule, given, n, c, hw
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
-@pytest.mark.parametrize(("source", "partner_rule"), [("keys", "any_other"), ("corner", "none"),
-                                                      ("weights", "none")])
+@pytest.mark.parametrize(
+    ("source", "partner_rule"), [("keys", "any_other"), ("corner", "none"), ("weights", "none")]
+)
 def test_feature_mix_dtypes_and_layouts(source, partner_rule, dtype, layout, triton_device):
     feat = make_feat((6, 5, 7, 5), dtype=dtype, layout=layout, device=triton_device, seed=1) * 50
     block_size, k = ((2, 5), 1) if source == "corner" else ((2, 2), 3)
@@ -288,8 +338,17 @@ def test_feature_mix_keys_ties_go_to_the_lower_block(triton_device):
     feat = make_feat((2, 3, 4, 4), device=triton_device, seed=0)
     keys = torch.tensor([[0.5, 0.9, 0.5, 0.9], [0.1, 0.1, 0.1, 0.1]], device=triton_device)
     _, _, blocks, _, _ = feature_mix_forward_triton(
-        feat, None, keys, None, torch.tensor([0, 1], device=triton_device), None, None,
-        (2, 2), 3, "none")
+        feat,
+        None,
+        keys,
+        None,
+        torch.tensor([0, 1], device=triton_device),
+        None,
+        None,
+        (2, 2),
+        3,
+        "none",
+    )
     assert blocks.tolist() == [[1, 3, 0], [0, 1, 2]]
 
 
@@ -302,8 +361,9 @@ def test_feature_mix_launcher_rejects_bad_calls(triton_device):
     with pytest.raises(ValueError, match="partner_rule must be one of"):
         feature_mix_forward_triton(feat, None, keys, None, labels, None, None, (2, 2), 1, "all")
     with pytest.raises(ValueError, match="needs u"):
-        feature_mix_forward_triton(feat, None, keys, None, labels, None, None, (2, 2), 1,
-                                   "any_other")
+        feature_mix_forward_triton(
+            feat, None, keys, None, labels, None, None, (2, 2), 1, "any_other"
+        )
 
 
 def test_partner_search_crosses_label_chunks(triton_device):
@@ -314,13 +374,23 @@ def test_partner_search_crosses_label_chunks(triton_device):
     u = torch.rand(n, generator=generator)
     feat = torch.randn(n, 1, 1, 2, generator=generator).to(triton_device)
     _, partners, *_ = feature_mix_forward_triton(
-        feat, None, torch.rand(n, 2, generator=generator).to(triton_device), None,
-        labels.to(triton_device), u.to(triton_device), None, (1, 1), 1, "different_label")
+        feat,
+        None,
+        torch.rand(n, 2, generator=generator).to(triton_device),
+        None,
+        labels.to(triton_device),
+        u.to(triton_device),
+        None,
+        (1, 1),
+        1,
+        "different_label",
+    )
     expected, label_list = [], labels.tolist()
     for i in range(n):
         candidates = [j for j in range(n) if label_list[j] != label_list[i]]
-        expected.append(candidates[min(math.floor(float(u[i]) * len(candidates)),
-                                       len(candidates) - 1)])
+        expected.append(
+            candidates[min(math.floor(float(u[i]) * len(candidates)), len(candidates) - 1)]
+        )
     assert partners.tolist() == expected
 
 
@@ -336,12 +406,16 @@ def test_every_mode_agrees_across_backends_with_its_draws(mode, triton_device):
     for backend, device in (("torch", torch.device("cpu")), ("triton", triton_device)):
         x = feat.detach().to(device, copy=True).requires_grad_()
         out, info = feature_mix(
-            x, labels.to(device), attn.to(device) if MODES[mode].cells == "salient" else None,
-            mode=mode, block_size=(2, 2), num_blocks=3,
-            generator=torch.Generator().manual_seed(7), backend=backend,
+            x,
+            labels.to(device),
+            attn.to(device) if MODES[mode].cells == "salient" else None,
+            mode=mode,
+            block_size=(2, 2),
+            num_blocks=3,
+            generator=torch.Generator().manual_seed(7),
+            backend=backend,
         )
         (grad,) = torch.autograd.grad(out, x, grad_out.to(device))
         results[backend] = (out.detach().cpu(), type(info)(*(t.cpu() for t in info)), grad.cpu())
     assert_backends_agree(results)
     assert results["torch"][1].mask.any()  # the mode did something to compare
-

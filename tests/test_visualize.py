@@ -48,8 +48,14 @@ def _mix(n=6, c=3, h=7, w=5, block_size=(3, 2), k=2, negatives=None, seed=0):
     saliency = torch.rand(n, h, w, generator=generator)
     labels = torch.arange(n) // 2
     _, info = pmm_kernels.a_hard_mix(
-        feat, saliency, labels, block_size=block_size, num_blocks=k, negatives=negatives,
-        generator=generator, return_info=True,
+        feat,
+        saliency,
+        labels,
+        block_size=block_size,
+        num_blocks=k,
+        negatives=negatives,
+        generator=generator,
+        return_info=True,
     )
     return saliency, info
 
@@ -68,8 +74,10 @@ def test_rectangles_cover_exactly_the_mask_including_clipped_edge_blocks() -> No
         covered = torch.zeros(7, 5, dtype=torch.bool)
         for box in sample_boxes:
             assert 0 <= box.left < box.right <= 20 and 0 <= box.top < box.bottom <= 70
-            covered[round(box.top / 10) : round(box.bottom / 10),
-                    round(box.left / 4) : round(box.right / 4)] = True
+            covered[
+                round(box.top / 10) : round(box.bottom / 10),
+                round(box.left / 4) : round(box.right / 4),
+            ] = True
         assert torch.equal(covered, info.mask[i])
 
 
@@ -100,8 +108,7 @@ def test_rectangle_of_a_mode_without_grid_blocks() -> None:
 )
 def test_mix_rectangles_rejects_bad_input(kwargs, message) -> None:
     blocks = kwargs.pop("blocks", torch.tensor([[0]]))
-    info = MixInfo(torch.tensor([0]), blocks, torch.ones(1, 7, 5, dtype=torch.bool),
-                   torch.ones(1))
+    info = MixInfo(torch.tensor([0]), blocks, torch.ones(1, 7, 5, dtype=torch.bool), torch.ones(1))
     args = {"block_size": (3, 2), "image_size": (14, 10)} | kwargs
     with pytest.raises(ValueError, match=message):
         mix_rectangles(info, **args)
@@ -118,11 +125,13 @@ def test_mixing_figure_outlines_the_replaced_blocks(tmp_path) -> None:
     # 8x4 map in 1x1 blocks on 32x16 images (4 pixels per cell), the demo's geometry.
     n, k = 4, 3
     images = torch.full((n, 3, 32, 16), 0.5)
-    saliencies, infos = zip(*(_mix(n=n, h=8, w=4, block_size=(1, 1), k=k, seed=s)
-                              for s in (1, 2)), strict=True)
+    saliencies, infos = zip(
+        *(_mix(n=n, h=8, w=4, block_size=(1, 1), k=k, seed=s) for s in (1, 2)), strict=True
+    )
     path = tmp_path / "sub" / "mixing.png"
-    grid = plot_mixing(path, images, list(saliencies), list(infos), (1, 1), labels=[0, 0, 1, 1],
-                       scale=2.0)
+    grid = plot_mixing(
+        path, images, list(saliencies), list(infos), (1, 1), labels=[0, 0, 1, 1], scale=2.0
+    )
     pixels = _png(path)
     assert grid.rows == n and grid.cols == 5 and (grid.panel_width, grid.panel_height) == (32, 64)
     assert pixels.shape == (grid.size[1], grid.size[0], 3)
@@ -154,8 +163,7 @@ def test_mixing_figure_outlines_the_replaced_blocks(tmp_path) -> None:
 
 
 def test_mixing_figure_marks_unmixed_samples(tmp_path) -> None:
-    saliency, info = _mix(n=2, h=8, w=4, block_size=(1, 1), k=1,
-                          negatives=torch.tensor([-1, 0]))
+    saliency, info = _mix(n=2, h=8, w=4, block_size=(1, 1), k=1, negatives=torch.tensor([-1, 0]))
     grid = plot_mixing(tmp_path / "m.png", torch.rand(2, 3, 32, 16), [saliency], [info], (1, 1))
     pixels = _png(tmp_path / "m.png")
     left, top, right, bottom = grid.image_box(0, 2)
@@ -166,11 +174,11 @@ def test_mixing_figure_marks_unmixed_samples(tmp_path) -> None:
 def test_plot_mixing_rejects_mismatched_stages(tmp_path) -> None:
     saliency, info = _mix(n=2, h=8, w=4, block_size=(1, 1), k=1)
     with pytest.raises(ValueError, match="one saliency map per MixInfo"):
-        plot_mixing(tmp_path / "m.png", torch.rand(2, 3, 32, 16), [saliency, saliency], [info],
-                    (1, 1))
+        plot_mixing(
+            tmp_path / "m.png", torch.rand(2, 3, 32, 16), [saliency, saliency], [info], (1, 1)
+        )
     with pytest.raises(ValueError, match=r"saliencies\[0\]"):
-        plot_mixing(tmp_path / "m.png", torch.rand(2, 3, 32, 16), [saliency[:, :4]], [info],
-                    (1, 1))
+        plot_mixing(tmp_path / "m.png", torch.rand(2, 3, 32, 16), [saliency[:, :4]], [info], (1, 1))
     with pytest.raises(ValueError, match="images"):
         plot_mixing(tmp_path / "m.png", torch.rand(2, 32, 16), [saliency], [info], (1, 1))
 
@@ -250,8 +258,9 @@ def test_pmm_saliency_returns_the_maps_that_chose_the_blocks(tiny_pmm) -> None:
 
 
 def test_random_and_dropping_modes_draw_without_saliency(tmp_path) -> None:
-    model = build_model("pmm", 3, backbone="resnet18", block_size=(1, 1), num_blocks=2,
-                        mix="cutout")
+    model = build_model(
+        "pmm", 3, backbone="resnet18", block_size=(1, 1), num_blocks=2, mix="cutout"
+    )
     images, labels = torch.rand(4, 3, 64, 32), torch.tensor([0, 0, 1, 1])
     saliencies, infos = pmm_saliency(model, images, labels)
     assert saliencies == [None, None]  # cutout draws its blocks: no map ranked them
@@ -268,22 +277,50 @@ def test_pmm_saliency_needs_a_mixing_model() -> None:
 
 def test_cli_writes_the_three_pictures(tiny_pmm, tmp_path, capsys) -> None:
     root = ensure_synthetic(
-        tmp_path / "data", num_train_ids=6, num_test_ids=4, num_cameras=3,
-        images_per_id_per_camera=2, height=64, width=32, num_distractors=2,
+        tmp_path / "data",
+        num_train_ids=6,
+        num_test_ids=4,
+        num_cameras=3,
+        images_per_id_per_camera=2,
+        height=64,
+        width=32,
+        num_distractors=2,
     )
     run = tmp_path / "run"
     args = {
-        "model": "pmm", "backbone": "resnet18", "num_classes": 6, "height": 64, "width": 32,
-        "feature_dim": 512, "block_size": [1, 1], "num_blocks": 1, "cam": "fast",
+        "model": "pmm",
+        "backbone": "resnet18",
+        "num_classes": 6,
+        "height": 64,
+        "width": 32,
+        "feature_dim": 512,
+        "block_size": [1, 1],
+        "num_blocks": 1,
+        "cam": "fast",
         "pretrained": None,
     }
     save_checkpoint(run / "checkpoint.pt", {"model": tiny_pmm.state_dict(), "args": args})
     metrics = [{"epoch": 1, "rank1": 0.2, "mAP": 0.1, "mINP": 0.05, "seconds_per_epoch": 1.0}]
     (run / "metrics.json").write_text(json.dumps(metrics))
 
-    written = main(["--checkpoint", str(run / "checkpoint.pt"), "--data", "folder", "--root",
-                    str(root), "--out", str(tmp_path / "pictures"), "--ids", "2", "--queries", "2",
-                    "--topk", "4"])
+    written = main(
+        [
+            "--checkpoint",
+            str(run / "checkpoint.pt"),
+            "--data",
+            "folder",
+            "--root",
+            str(root),
+            "--out",
+            str(tmp_path / "pictures"),
+            "--ids",
+            "2",
+            "--queries",
+            "2",
+            "--topk",
+            "4",
+        ]
+    )
     assert sorted(written) == ["curves", "mixing", "ranked"]
     printed = capsys.readouterr().out
     for name, path in written.items():

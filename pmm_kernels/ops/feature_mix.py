@@ -45,13 +45,26 @@ def feature_mix_forward(
         if use_triton
         else reference.feature_mix_forward_torch
     )
-    return forward(feat, attn, keys, corner, labels, u, negatives, (block_h, block_w),
-                   num_blocks, partner_rule)
+    return forward(
+        feat, attn, keys, corner, labels, u, negatives, (block_h, block_w), num_blocks, partner_rule
+    )
 
 
 @feature_mix_forward.register_fake
-def _(feat, attn, keys, corner, labels, u, negatives, block_h, block_w, num_blocks, partner_rule,
-      use_triton):
+def _(
+    feat,
+    attn,
+    keys,
+    corner,
+    labels,
+    u,
+    negatives,
+    block_h,
+    block_w,
+    num_blocks,
+    partner_rule,
+    use_triton,
+):
     n, _, h, w = feat.shape
     return (
         torch.empty_like(feat, memory_format=torch.preserve_format),
@@ -97,11 +110,32 @@ class FeatureMixFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, feat, attn, keys, corner, labels, u, negatives, block_size, num_blocks,
-                partner_rule, use_triton):
+    def forward(
+        ctx,
+        feat,
+        attn,
+        keys,
+        corner,
+        labels,
+        u,
+        negatives,
+        block_size,
+        num_blocks,
+        partner_rule,
+        use_triton,
+    ):
         out, partners, blocks, mask, lam = feature_mix_forward(
-            feat, attn, keys, corner, labels, u, negatives, *block_size, num_blocks,
-            partner_rule, use_triton,
+            feat,
+            attn,
+            keys,
+            corner,
+            labels,
+            u,
+            negatives,
+            *block_size,
+            num_blocks,
+            partner_rule,
+            use_triton,
         )
         ctx.save_for_backward(partners, blocks, mask)
         ctx.block_size = block_size

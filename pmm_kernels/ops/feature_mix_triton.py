@@ -91,13 +91,17 @@ def _stream_configs() -> list[triton.Config]:
 def _tiles_for_layout(configs, named_args, **kwargs):
     """The candidates for this launch: 16 elements per thread where the streamed map's rows can
     be proven 16-byte aligned (a stride of 1, the others multiples of 16), else 8."""
-    sn, sc, sp = [value for name, value in named_args.items()
-                  if name.endswith(("_sn", "_sc", "_sp"))][:3]  # the streamed map's strides
+    sn, sc, sp = [
+        value for name, value in named_args.items() if name.endswith(("_sn", "_sc", "_sp"))
+    ][:3]  # the streamed map's strides
     vectorised = sn % 16 == 0 and ((sp == 1 and sc % 16 == 0) or (sc == 1 and sp % 16 == 0))
     per_thread = 16 if vectorised else 8
-    return [config for config in configs
-            if config.kwargs["BLOCK_C"] * config.kwargs["BLOCK_HW"]
-            == per_thread * 32 * config.num_warps]
+    return [
+        config
+        for config in configs
+        if config.kwargs["BLOCK_C"] * config.kwargs["BLOCK_HW"]
+        == per_thread * 32 * config.num_warps
+    ]
 
 
 def unsupported_reason(n: int, h: int, w: int, num_grid_blocks: int) -> str | None:
@@ -116,12 +120,22 @@ def unsupported_reason(n: int, h: int, w: int, num_grid_blocks: int) -> str | No
 
 @triton.jit
 def _saliency_copy_kernel(
-    feat_ptr, out_ptr, weights_ptr, partial_ptr,
-    C, HW,
-    f_sn, f_sc, f_sp,
-    o_sn, o_sc, o_sp,
-    w_sn, w_sc,
-    BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr,
+    feat_ptr,
+    out_ptr,
+    weights_ptr,
+    partial_ptr,
+    C,
+    HW,
+    f_sn,
+    f_sc,
+    f_sp,
+    o_sn,
+    o_sc,
+    o_sp,
+    w_sn,
+    w_sc,
+    BLOCK_C: tl.constexpr,
+    BLOCK_HW: tl.constexpr,
 ):
     """out[n, c, p] = feat[n, c, p];  partial[n, cb, p] = sum_{c in tile cb} w[n, c] feat[n, c, p].
 
@@ -134,9 +148,7 @@ def _saliency_copy_kernel(
     p = tl.program_id(2) * BLOCK_HW + tl.arange(0, BLOCK_HW)
     in_map = p < HW
     tile = (c < C)[:, None] & in_map[None, :]
-    x = tl.load(
-        feat_ptr + n * f_sn + c[:, None] * f_sc + p[None, :] * f_sp, mask=tile, other=0.0
-    )
+    x = tl.load(feat_ptr + n * f_sn + c[:, None] * f_sc + p[None, :] * f_sp, mask=tile, other=0.0)
     tl.store(out_ptr + n * o_sn + c[:, None] * o_sc + p[None, :] * o_sp, x, mask=tile)
     weight = tl.load(weights_ptr + n * w_sn + c * w_sc, mask=c < C, other=0.0).to(tl.float32)
     partial = tl.sum(x.to(tl.float32) * weight[:, None], axis=0)
@@ -146,13 +158,35 @@ def _saliency_copy_kernel(
 
 @triton.jit
 def _plan_kernel(
-    source_ptr, corner_ptr, labels_ptr, u_ptr, negatives_in_ptr,
-    negatives_ptr, blocks_ptr, mask_ptr, lam_ptr,
-    N, H, W, HW, MAP_AREA, COLS, NUM_GRID_BLOCKS, K, NUM_C_BLOCKS,
-    s_sn, s_sp,
-    BH: tl.constexpr, BW: tl.constexpr, SOURCE: tl.constexpr, RULE: tl.constexpr,
+    source_ptr,
+    corner_ptr,
+    labels_ptr,
+    u_ptr,
+    negatives_in_ptr,
+    negatives_ptr,
+    blocks_ptr,
+    mask_ptr,
+    lam_ptr,
+    N,
+    H,
+    W,
+    HW,
+    MAP_AREA,
+    COLS,
+    NUM_GRID_BLOCKS,
+    K,
+    NUM_C_BLOCKS,
+    s_sn,
+    s_sp,
+    BH: tl.constexpr,
+    BW: tl.constexpr,
+    SOURCE: tl.constexpr,
+    RULE: tl.constexpr,
     ZERO_UNPAIRED: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    BLOCK_Q: tl.constexpr,
+    BLOCK_P: tl.constexpr,
 ):
     """One program per sample i: selected cells, partner, mask and lam.
 
@@ -194,13 +228,15 @@ def _plan_kernel(
                 for cb in range(NUM_C_BLOCKS):
                     s += tl.load(
                         source_ptr + (i * NUM_C_BLOCKS + cb) * HW + rows * W + cols,
-                        mask=in_block, other=0.0,
+                        mask=in_block,
+                        other=0.0,
                     )
                 s = tl.where(s < 0.0, 0.0, s)
             else:
                 s = tl.load(
                     source_ptr + i * s_sn + (rows * W + cols).to(tl.int64) * s_sp,
-                    mask=in_block, other=0.0,
+                    mask=in_block,
+                    other=0.0,
                 ).to(tl.float32)
             scores = tl.sum(s, axis=1)
 
@@ -255,16 +291,27 @@ def _plan_kernel(
 
 
 @triton.autotune(
-    configs=_stream_configs(), key=["C", "HW", "f_sn", "f_sc", "f_sp"], do_bench=_tuning_bench,
+    configs=_stream_configs(),
+    key=["C", "HW", "f_sn", "f_sc", "f_sp"],
+    do_bench=_tuning_bench,
     prune_configs_by={"early_config_prune": _tiles_for_layout},
 )
 @triton.jit
 def _mix_kernel(
-    feat_ptr, out_ptr, negatives_ptr, mask_ptr,
-    C, HW,
-    f_sn, f_sc, f_sp,
-    o_sn, o_sc, o_sp,
-    BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr,
+    feat_ptr,
+    out_ptr,
+    negatives_ptr,
+    mask_ptr,
+    C,
+    HW,
+    f_sn,
+    f_sc,
+    f_sp,
+    o_sn,
+    o_sc,
+    o_sp,
+    BLOCK_C: tl.constexpr,
+    BLOCK_HW: tl.constexpr,
 ):
     """out[i, c, p] = mask[i, p] ? (j >= 0 ? feat[j, c, p] : 0) : feat[i, c, p], j = negatives[i].
 
@@ -283,21 +330,39 @@ def _mix_kernel(
     partner = tl.load(negatives_ptr + i)
     theirs = tl.load(
         feat_ptr + tl.maximum(partner, 0) * f_sn + offsets,
-        mask=tile & replaced & (partner >= 0), other=0.0,
+        mask=tile & replaced & (partner >= 0),
+        other=0.0,
     )
     tl.store(
         out_ptr + i * o_sn + c[:, None] * o_sc + p[None, :] * o_sp,
-        tl.where(replaced, theirs, own), mask=tile,
+        tl.where(replaced, theirs, own),
+        mask=tile,
     )
 
 
 @triton.jit
 def _patch_kernel(
-    feat_ptr, out_ptr, negatives_ptr, blocks_ptr, mask_ptr,
-    C, H, W, HW, COLS, K,
-    f_sn, f_sc, f_sp,
-    o_sn, o_sc, o_sp,
-    BH: tl.constexpr, BW: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_Q: tl.constexpr,
+    feat_ptr,
+    out_ptr,
+    negatives_ptr,
+    blocks_ptr,
+    mask_ptr,
+    C,
+    H,
+    W,
+    HW,
+    COLS,
+    K,
+    f_sn,
+    f_sc,
+    f_sp,
+    o_sn,
+    o_sc,
+    o_sp,
+    BH: tl.constexpr,
+    BW: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_Q: tl.constexpr,
 ):
     """Rewrite one selected block of one sample: out[i, c, p] = (j >= 0 ? feat[j, c, p] : 0)
     for the cells p of block blocks[i, t] where mask[i, p], j = negatives[i].
@@ -321,22 +386,36 @@ def _patch_kernel(
         tile = (c < C)[:, None] & replaced[None, :]
         x = tl.load(
             feat_ptr + tl.maximum(partner, 0) * f_sn + c[:, None] * f_sc + p[None, :] * f_sp,
-            mask=tile & (partner >= 0), other=0.0,
+            mask=tile & (partner >= 0),
+            other=0.0,
         )
         tl.store(out_ptr + i * o_sn + c[:, None] * o_sc + p[None, :] * o_sp, x, mask=tile)
 
 
 @triton.autotune(
-    configs=_stream_configs(), key=["C", "HW", "g_sn", "g_sc", "g_sp"], do_bench=_tuning_bench,
+    configs=_stream_configs(),
+    key=["C", "HW", "g_sn", "g_sc", "g_sp"],
+    do_bench=_tuning_bench,
     prune_configs_by={"early_config_prune": _tiles_for_layout},
 )
 @triton.jit
 def _feature_mix_bwd_kernel(
-    grad_out_ptr, grad_feat_ptr, mask_ptr, order_ptr, bucket_end_ptr,
-    C, HW,
-    g_sn, g_sc, g_sp,
-    d_sn, d_sc, d_sp,
-    ROUND_TO_BF16: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr,
+    grad_out_ptr,
+    grad_feat_ptr,
+    mask_ptr,
+    order_ptr,
+    bucket_end_ptr,
+    C,
+    HW,
+    g_sn,
+    g_sc,
+    g_sp,
+    d_sn,
+    d_sc,
+    d_sp,
+    ROUND_TO_BF16: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_HW: tl.constexpr,
 ):
     """grad_feat[i] = grad_out[i] * (1 - mask[i]) + sum_{j: partner_j = i} grad_out[j] * mask[j].
 
@@ -386,8 +465,10 @@ def _stream_grid(n: int, c: int, hw: int):
 
 def _check_sample_span(name: str, tensor: torch.Tensor) -> None:
     """The kernels address inside one sample with int32 offsets."""
-    span = 1 + sum((size - 1) * abs(stride)
-                   for size, stride in zip(tensor.shape[1:], tensor.stride()[1:], strict=True))
+    span = 1 + sum(
+        (size - 1) * abs(stride)
+        for size, stride in zip(tensor.shape[1:], tensor.stride()[1:], strict=True)
+    )
     if span >= _MAX_SAMPLE_SPAN:
         raise ValueError(
             f"backend='triton' needs each sample of {name} to span fewer than 2**31 elements, "
@@ -461,8 +542,9 @@ def feature_mix_forward_triton(
 
     out = torch.empty_like(feat, memory_format=torch.preserve_format)
     partners = torch.empty(n, dtype=torch.int64, device=device)
-    blocks = torch.empty(n, 1 if corner is not None else num_blocks, dtype=torch.int64,
-                         device=device)
+    blocks = torch.empty(
+        n, 1 if corner is not None else num_blocks, dtype=torch.int64, device=device
+    )
     mask = torch.empty(n, h, w, dtype=torch.bool, device=device)
     lam = torch.empty(n, dtype=torch.float32, device=device)
     # The kernels walk cells as one flat index p = h * W + w: a view for contiguous and
@@ -478,12 +560,23 @@ def feature_mix_forward_triton(
     elif attn.dim() == 2:
         num_c_blocks = triton.cdiv(c, _SALIENCY_TILE[0])
         block_c, block_hw, num_warps = _SALIENCY_TILE
-        source, plan_source = torch.empty(n, num_c_blocks, hw, dtype=torch.float32,
-                                          device=device), _SOURCE_PARTIALS
+        source, plan_source = (
+            torch.empty(n, num_c_blocks, hw, dtype=torch.float32, device=device),
+            _SOURCE_PARTIALS,
+        )
         _saliency_copy_kernel[(n, num_c_blocks, triton.cdiv(hw, block_hw))](
-            feat_flat, out_flat, attn, source, c, hw,
-            *feat_flat.stride(), *out_flat.stride(), *attn.stride(),
-            BLOCK_C=block_c, BLOCK_HW=block_hw, num_warps=num_warps,
+            feat_flat,
+            out_flat,
+            attn,
+            source,
+            c,
+            hw,
+            *feat_flat.stride(),
+            *out_flat.stride(),
+            *attn.stride(),
+            BLOCK_C=block_c,
+            BLOCK_HW=block_hw,
+            num_warps=num_warps,
         )
     else:
         source, plan_source = attn.flatten(1), _SOURCE_MAP
@@ -493,26 +586,68 @@ def feature_mix_forward_triton(
     block_p = triton.next_power_of_2(hw)
     # Pointers the constexpr switches leave unread still need a tensor: pass an output.
     _plan_kernel[(n,)](
-        source, lam if corner is None else corner, labels, lam if u is None else u,
+        source,
+        lam if corner is None else corner,
+        labels,
+        lam if u is None else u,
         partners if negatives is None else negatives,
-        partners, blocks, mask, lam,
-        n, h, w, hw, float(hw), cols, rows * cols, num_blocks, num_c_blocks, *source_strides,
-        BH=bh, BW=bw, SOURCE=plan_source, RULE=rule, ZERO_UNPAIRED=partner_rule == "none",
-        BLOCK_N=min(triton.next_power_of_2(n), _LABEL_CHUNK), BLOCK_B=block_b,
-        BLOCK_Q=block_q, BLOCK_P=block_p,
+        partners,
+        blocks,
+        mask,
+        lam,
+        n,
+        h,
+        w,
+        hw,
+        float(hw),
+        cols,
+        rows * cols,
+        num_blocks,
+        num_c_blocks,
+        *source_strides,
+        BH=bh,
+        BW=bw,
+        SOURCE=plan_source,
+        RULE=rule,
+        ZERO_UNPAIRED=partner_rule == "none",
+        BLOCK_N=min(triton.next_power_of_2(n), _LABEL_CHUNK),
+        BLOCK_B=block_b,
+        BLOCK_Q=block_q,
+        BLOCK_P=block_p,
         num_warps=min(16, max(4, max(block_b * block_q, block_p) // 256)),
     )
     if plan_source == _SOURCE_PARTIALS:
         patch_q = min(block_q, _PATCH_TILE // 16)
         patch_c = min(triton.next_power_of_2(c), _PATCH_TILE // patch_q)
         _patch_kernel[(n, num_blocks, triton.cdiv(c, patch_c))](
-            feat_flat, out_flat, partners, blocks, mask, c, h, w, hw, cols, num_blocks,
-            *feat_flat.stride(), *out_flat.stride(),
-            BH=bh, BW=bw, BLOCK_C=patch_c, BLOCK_Q=patch_q,
+            feat_flat,
+            out_flat,
+            partners,
+            blocks,
+            mask,
+            c,
+            h,
+            w,
+            hw,
+            cols,
+            num_blocks,
+            *feat_flat.stride(),
+            *out_flat.stride(),
+            BH=bh,
+            BW=bw,
+            BLOCK_C=patch_c,
+            BLOCK_Q=patch_q,
         )
     else:
         _mix_kernel[_stream_grid(n, c, hw)](
-            feat_flat, out_flat, partners, mask, c, hw, *feat_flat.stride(), *out_flat.stride(),
+            feat_flat,
+            out_flat,
+            partners,
+            mask,
+            c,
+            hw,
+            *feat_flat.stride(),
+            *out_flat.stride(),
         )
     _copy_back_if_flatten_copied(out, out_flat)
     return out, partners, blocks, mask, lam
@@ -539,8 +674,15 @@ def feature_mix_backward_triton(
     grad_out_flat, grad_feat_flat = grad_out.flatten(2), grad_feat.flatten(2)
     round_to_bf16 = grad_out.dtype == torch.bfloat16
     _feature_mix_bwd_kernel[_stream_grid(n, c, hw)](
-        grad_out_flat, grad_feat_flat.view(torch.int16) if round_to_bf16 else grad_feat_flat,
-        mask, order, bucket_end, c, hw, *grad_out_flat.stride(), *grad_feat_flat.stride(),
+        grad_out_flat,
+        grad_feat_flat.view(torch.int16) if round_to_bf16 else grad_feat_flat,
+        mask,
+        order,
+        bucket_end,
+        c,
+        hw,
+        *grad_out_flat.stride(),
+        *grad_feat_flat.stride(),
         ROUND_TO_BF16=round_to_bf16,
     )
     _copy_back_if_flatten_copied(grad_feat, grad_feat_flat)

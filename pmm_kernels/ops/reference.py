@@ -128,10 +128,9 @@ def a_hard_mix_backward_torch(
 
     channels = torch.arange(grad.shape[1], device=grad.device)
     s_n, s_c, s_h, s_w = grad_feat.stride()
-    targets = (
-        (negatives.clamp_min(0)[:, None] * s_n + rows * s_h + columns * s_w)[..., None]
-        + channels * s_c
-    )
+    targets = (negatives.clamp_min(0)[:, None] * s_n + rows * s_h + columns * s_w)[
+        ..., None
+    ] + channels * s_c
     # grad_feat is freshly allocated and dense, so its storage is a flat array of numel elements.
     flat = grad_feat.as_strided((grad_feat.numel(),), (1,))
     flat.index_add_(0, targets.flatten(), taken.flatten())

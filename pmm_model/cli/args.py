@@ -45,8 +45,9 @@ def finite_float(low: float, inclusive: bool = False) -> Callable[[str], float]:
         if not math.isfinite(value):
             raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
         if value < low or (value == low and not inclusive):
-            raise argparse.ArgumentTypeError(f"must be {'>=' if inclusive else '>'} {low:g}, "
-                                             f"got {text}")
+            raise argparse.ArgumentTypeError(
+                f"must be {'>=' if inclusive else '>'} {low:g}, got {text}"
+            )
         return value
 
     return parse

@@ -50,20 +50,35 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint", required=True, help="checkpoint.pt written by training")
     parser.add_argument("--data", required=True, choices=dataset_names(), help="dataset name")
     parser.add_argument("--root", help="dataset root (optional for synthetic: its cache folder)")
-    parser.add_argument("--flip", action="store_true",
-                        help="average features with those of horizontally flipped images")
-    parser.add_argument("--rerank", action="store_true",
-                        help="k-reciprocal re-ranking (needs (Q+G)^2 memory)")
-    parser.add_argument("--batch-size", type=int_at_least(1), default=128,
-                        help="images per batch (default: %(default)s)")
-    parser.add_argument("--workers", type=int_at_least(0), default=4,
-                        help="loader processes (default: %(default)s)")
-    parser.add_argument("--skip-bad-images", action="store_true",
-                        help="drop images that cannot be decoded (named and counted in a "
-                        "warning) instead of stopping at the first one")
+    parser.add_argument(
+        "--flip",
+        action="store_true",
+        help="average features with those of horizontally flipped images",
+    )
+    parser.add_argument(
+        "--rerank", action="store_true", help="k-reciprocal re-ranking (needs (Q+G)^2 memory)"
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int_at_least(1),
+        default=128,
+        help="images per batch (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--workers", type=int_at_least(0), default=4, help="loader processes (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--skip-bad-images",
+        action="store_true",
+        help="drop images that cannot be decoded (named and counted in a "
+        "warning) instead of stopping at the first one",
+    )
     parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
-    parser.add_argument("--output", type=Path,
-                        help="write the metrics (fractions in [0, 1]) and CMC curve to this JSON")
+    parser.add_argument(
+        "--output",
+        type=Path,
+        help="write the metrics (fractions in [0, 1]) and CMC curve to this JSON",
+    )
     return parser
 
 
@@ -92,18 +107,31 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         parser.exit(2, f"{parser.prog}: error: checkpoint args lack {missing}\n")
 
     query_loader, gallery_loader = build_test_loaders(
-        data, train_args["height"], train_args["width"], args.batch_size, args.workers,
-        args.skip_bad_images, pin_memory=device.type == "cuda")
-    result = evaluate(model.to(device), query_loader, gallery_loader, device,
-                      flip=args.flip, rerank=args.rerank)
+        data,
+        train_args["height"],
+        train_args["width"],
+        args.batch_size,
+        args.workers,
+        args.skip_bad_images,
+        pin_memory=device.type == "cuda",
+    )
+    result = evaluate(
+        model.to(device), query_loader, gallery_loader, device, flip=args.flip, rerank=args.rerank
+    )
 
-    print(f"{data.name}: {len(data.query)} queries, {len(data.gallery)} gallery images"
-          f" (flip: {'on' if args.flip else 'off'}, re-ranking: {'on' if args.rerank else 'off'})")
+    print(
+        f"{data.name}: {len(data.query)} queries, {len(data.gallery)} gallery images"
+        f" (flip: {'on' if args.flip else 'off'}, re-ranking: {'on' if args.rerank else 'off'})"
+    )
     print(format_table(result))
     report = {
-        "checkpoint": str(args.checkpoint), "data": args.data, "root": args.root,
-        "flip": args.flip, "rerank": args.rerank,
-        "num_query": len(data.query), "num_gallery": len(data.gallery),
+        "checkpoint": str(args.checkpoint),
+        "data": args.data,
+        "root": args.root,
+        "flip": args.flip,
+        "rerank": args.rerank,
+        "num_query": len(data.query),
+        "num_gallery": len(data.gallery),
         **{f"rank{k}": float(result.cmc[k - 1]) for k in REPORTED_RANKS},
         **result.to_dict(),
     }

@@ -48,7 +48,7 @@ PROG = "python -m pmm_model.study"
 # --preset value for no preset: the configuration defaults, which are the paper's setting.
 PAPER = "paper"
 
-_EPILOG = f"""variants: {', '.join(VARIANTS)}
+_EPILOG = f"""variants: {", ".join(VARIANTS)}
 
 examples:
   python -m pmm_model.study --seeds 3 --out runs/study  # CPU, synthetic
@@ -72,14 +72,14 @@ def _seeds(text: str) -> int | list[int]:
         raise argparse.ArgumentTypeError(str(err).removeprefix("seeds: ")) from None
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"expected a count N or a comma-separated list of seeds, got {text!r}") from None
+            f"expected a count N or a comma-separated list of seeds, got {text!r}"
+        ) from None
     return value
 
 
 def _variant(text: str) -> str:
     if text not in VARIANTS:
-        raise argparse.ArgumentTypeError(f"unknown variant {text!r}; valid: "
-                                         f"{', '.join(VARIANTS)}")
+        raise argparse.ArgumentTypeError(f"unknown variant {text!r}; valid: {', '.join(VARIANTS)}")
     return text
 
 
@@ -101,34 +101,57 @@ def build_parser() -> argparse.ArgumentParser:
         allow_abbrev=False,
     )
     grid = parser.add_argument_group("grid")
-    grid.add_argument("--out", default="runs/study",
-                      help="the grid's folder (default: runs/study)")
-    grid.add_argument("--variants", nargs="+", type=_variant, metavar="VARIANT",
-                      help="a subset of the variants (default: all)")
-    grid.add_argument("--seeds", type=_seeds, default=3,
-                      help="N (seeds 0..N-1) or a comma-separated list (default: 3)")
-    grid.add_argument("--report-only", action="store_true",
-                      help="only rebuild the table and chart from the results in --out")
+    grid.add_argument("--out", default="runs/study", help="the grid's folder (default: runs/study)")
+    grid.add_argument(
+        "--variants",
+        nargs="+",
+        type=_variant,
+        metavar="VARIANT",
+        help="a subset of the variants (default: all)",
+    )
+    grid.add_argument(
+        "--seeds",
+        type=_seeds,
+        default=3,
+        help="N (seeds 0..N-1) or a comma-separated list (default: 3)",
+    )
+    grid.add_argument(
+        "--report-only",
+        action="store_true",
+        help="only rebuild the table and chart from the results in --out",
+    )
     demo = " ".join(f"{key}={value}" for key, value in PRESETS["demo"].items())
     train = parser.add_argument_group("training (the same for every run)")
-    train.add_argument("--preset", choices=sorted({*PRESETS, PAPER}), default="demo",
-                       help=f"named defaults that the options below override; '{PAPER}': the "
-                       f"paper's setting (no preset). demo (the default): {demo}")
+    train.add_argument(
+        "--preset",
+        choices=sorted({*PRESETS, PAPER}),
+        default="demo",
+        help=f"named defaults that the options below override; '{PAPER}': the "
+        f"paper's setting (no preset). demo (the default): {demo}",
+    )
     train.add_argument("--data", choices=dataset_names(), help=_default("data"))
     train.add_argument("--root", help="dataset root (synthetic: cache folder, optional)")
     train.add_argument("--epochs", type=int_at_least(1), help=_default("epochs"))
-    train.add_argument("--eval-every", type=int_at_least(1),
-                       help="evaluate every N epochs and at the end " + _default("eval_every"))
+    train.add_argument(
+        "--eval-every",
+        type=int_at_least(1),
+        help="evaluate every N epochs and at the end " + _default("eval_every"),
+    )
     train.add_argument("--lr", type=finite_float(0.0), help=_default("lr"))
     train.add_argument("--backbone", choices=sorted(BACKBONES), help=_default("backbone"))
-    train.add_argument("--pretrained", type=pretrained_weights,
-                       help="'imagenet' or a torchvision ResNet state dict")
+    train.add_argument(
+        "--pretrained",
+        type=pretrained_weights,
+        help="'imagenet' or a torchvision ResNet state dict",
+    )
     train.add_argument("--height", type=int_at_least(16), help=_default("height"))
     train.add_argument("--width", type=int_at_least(8), help=_default("width"))
-    train.add_argument("--ids-per-batch", dest="p", type=int_at_least(2), metavar="P",
-                       help=_default("p"))
-    train.add_argument("--images-per-id", dest="k", type=int_at_least(1), metavar="K",
-                       help=_default("k"))
+    train.add_argument(
+        "--ids-per-batch", dest="p", type=int_at_least(2), metavar="P", help=_default("p")
+    )
+    train.add_argument(
+        "--images-per-id", dest="k", type=int_at_least(1), metavar="K", help=_default("k")
+    )
     train.add_argument("--amp", choices=AMP_DTYPES, help=_default("amp"))
     train.add_argument("--workers", type=int_at_least(0), help=_default("workers"))
     train.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
@@ -154,18 +177,30 @@ def main(argv: Sequence[str] | None = None) -> list[RunRecord]:
     records: list[RunRecord] = []
     if not report_only:
         try:
-            records = run_study(out, variants, seeds, args, None if preset == PAPER else preset,
-                                progress=lambda line: print(line, flush=True))
+            records = run_study(
+                out,
+                variants,
+                seeds,
+                args,
+                None if preset == PAPER else preset,
+                progress=lambda line: print(line, flush=True),
+            )
         except ConfigError as err:
-            parser.error(f"argument --{err.option.replace('_', '-')}: {err.reason}"
-                         if err.option else str(err))
+            parser.error(
+                f"argument --{err.option.replace('_', '-')}: {err.reason}"
+                if err.option
+                else str(err)
+            )
         except StudyError as err:
             parser.error(str(err))
         except TrainingInterrupted as err:
             _fail(128 + err.signum, f"{err}; rerun the same command to continue the grid")
         except KeyboardInterrupt:
-            _fail(128 + 2, "interrupted by a second Ctrl-C; rerun the same command to continue "
-                  "(the current run restarts from its last checkpoint)")
+            _fail(
+                128 + 2,
+                "interrupted by a second Ctrl-C; rerun the same command to continue "
+                "(the current run restarts from its last checkpoint)",
+            )
     try:
         table, chart = write_report(out)
     except StudyError as err:
@@ -174,9 +209,12 @@ def main(argv: Sequence[str] | None = None) -> list[RunRecord]:
     print(f"table: {table}\nchart: {chart}")
     failed = [r for r in records if r.status != "done"]
     if failed:
-        _fail(1, f"{len(failed)} of {len(records)} runs failed: "
-              + ", ".join(f"{r.variant} seed {r.seed}" for r in failed)
-              + "; rerun the same command to retry them")
+        _fail(
+            1,
+            f"{len(failed)} of {len(records)} runs failed: "
+            + ", ".join(f"{r.variant} seed {r.seed}" for r in failed)
+            + "; rerun the same command to retry them",
+        )
     return records
 
 

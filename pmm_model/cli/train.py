@@ -70,78 +70,145 @@ def build_parser() -> argparse.ArgumentParser:
         allow_abbrev=False,
     )
     demo = " ".join(f"{key}={value}" for key, value in PRESETS["demo"].items())
-    parser.add_argument("--preset", choices=sorted(PRESETS),
-                        help=f"named defaults that explicit options override; demo: {demo}")
+    parser.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        help=f"named defaults that explicit options override; demo: {demo}",
+    )
     data = parser.add_argument_group("data")
     data.add_argument("--data", choices=dataset_names(), help=f"dataset {_default('data')}")
     data.add_argument("--root", help="dataset root (synthetic: cache folder, optional)")
     data.add_argument("--height", type=int_at_least(16), help=f"input height {_default('height')}")
     data.add_argument("--width", type=int_at_least(8), help=f"input width {_default('width')}")
-    data.add_argument("--ids-per-batch", dest="p", type=int_at_least(2), metavar="P",
-                      help=f"identities per batch and process, >= 2 {_default('p')}")
-    data.add_argument("--images-per-id", dest="k", type=int_at_least(1), metavar="K",
-                      help=f"images per identity {_default('k')}")
-    data.add_argument("--cutout", action=argparse.BooleanOptionalAction,
-                      help="Cutout, p=0.5 (default: on)")
-    data.add_argument("--random-erasing", action="store_true",
-                      help="also torchvision RandomErasing")
-    data.add_argument("--skip-bad-images", action="store_true",
-                      help="drop images that cannot be decoded (named and counted in the log) "
-                      "instead of stopping at the first one")
-    data.add_argument("--workers", type=int_at_least(0),
-                      help=f"loader processes per training process {_default('workers')}")
+    data.add_argument(
+        "--ids-per-batch",
+        dest="p",
+        type=int_at_least(2),
+        metavar="P",
+        help=f"identities per batch and process, >= 2 {_default('p')}",
+    )
+    data.add_argument(
+        "--images-per-id",
+        dest="k",
+        type=int_at_least(1),
+        metavar="K",
+        help=f"images per identity {_default('k')}",
+    )
+    data.add_argument(
+        "--cutout", action=argparse.BooleanOptionalAction, help="Cutout, p=0.5 (default: on)"
+    )
+    data.add_argument(
+        "--random-erasing", action="store_true", help="also torchvision RandomErasing"
+    )
+    data.add_argument(
+        "--skip-bad-images",
+        action="store_true",
+        help="drop images that cannot be decoded (named and counted in the log) "
+        "instead of stopping at the first one",
+    )
+    data.add_argument(
+        "--workers",
+        type=int_at_least(0),
+        help=f"loader processes per training process {_default('workers')}",
+    )
     model = parser.add_argument_group("model")
     model.add_argument("--model", choices=sorted(MODELS), help=f"network {_default('model')}")
-    model.add_argument("--backbone", choices=sorted(BACKBONES),
-                       help=f"torchvision ResNet {_default('backbone')}")
-    model.add_argument("--pretrained", type=pretrained_weights,
-                       help="'imagenet' or a torchvision ResNet state dict")
-    model.add_argument("--feature-dim", type=int_at_least(1),
-                       help=f"PMM embedding per stage {_default('feature_dim')}")
-    model.add_argument("--block-size", type=int_at_least(1), nargs=2, metavar=("BH", "BW"),
-                       help="PMM mixing block in feature cells (default: (3, 2) scaled from "
-                       "384x128 to the input)")
-    model.add_argument("--num-blocks", type=int_at_least(1),
-                       help=f"PMM blocks mixed per stage {_default('num_blocks')}")
-    model.add_argument("--cam", choices=CAM_MODES,
-                       help=f"PMM Grad-CAM weights {_default('cam')}")
-    model.add_argument("--mix", choices=MIX_MODES,
-                       help=f"PMM feature-mix mode of stages 2 and 3; 'none' trains the three "
-                       f"stages without mixing {_default('mix')}")
-    model.add_argument("--sync-bn", action="store_true",
-                       help="synchronise BatchNorm statistics across processes (DDP)")
+    model.add_argument(
+        "--backbone", choices=sorted(BACKBONES), help=f"torchvision ResNet {_default('backbone')}"
+    )
+    model.add_argument(
+        "--pretrained",
+        type=pretrained_weights,
+        help="'imagenet' or a torchvision ResNet state dict",
+    )
+    model.add_argument(
+        "--feature-dim",
+        type=int_at_least(1),
+        help=f"PMM embedding per stage {_default('feature_dim')}",
+    )
+    model.add_argument(
+        "--block-size",
+        type=int_at_least(1),
+        nargs=2,
+        metavar=("BH", "BW"),
+        help="PMM mixing block in feature cells (default: (3, 2) scaled from 384x128 to the input)",
+    )
+    model.add_argument(
+        "--num-blocks",
+        type=int_at_least(1),
+        help=f"PMM blocks mixed per stage {_default('num_blocks')}",
+    )
+    model.add_argument("--cam", choices=CAM_MODES, help=f"PMM Grad-CAM weights {_default('cam')}")
+    model.add_argument(
+        "--mix",
+        choices=MIX_MODES,
+        help=f"PMM feature-mix mode of stages 2 and 3; 'none' trains the three "
+        f"stages without mixing {_default('mix')}",
+    )
+    model.add_argument(
+        "--sync-bn",
+        action="store_true",
+        help="synchronise BatchNorm statistics across processes (DDP)",
+    )
     optim = parser.add_argument_group("optimisation")
     optim.add_argument("--epochs", type=int_at_least(1), help=_default("epochs"))
-    optim.add_argument("--lr", type=finite_float(0.0),
-                       help="base Adam lr, with the paper's warm-up and steps scaled to --epochs "
-                       f"{_default('lr')}")
-    optim.add_argument("--weight-decay", type=finite_float(0.0, inclusive=True),
-                       help=f"Adam {_default('weight_decay')}")
+    optim.add_argument(
+        "--lr",
+        type=finite_float(0.0),
+        help="base Adam lr, with the paper's warm-up and steps scaled to --epochs "
+        f"{_default('lr')}",
+    )
+    optim.add_argument(
+        "--weight-decay",
+        type=finite_float(0.0, inclusive=True),
+        help=f"Adam {_default('weight_decay')}",
+    )
     optim.add_argument("--margin", type=finite_float(0.0), help="triplet margin (default: soft)")
     optim.add_argument("--seed", type=int_at_least(0), help=_default("seed"))
-    optim.add_argument("--amp", choices=AMP_DTYPES,
-                       help=f"autocast dtype on CUDA, off on CPU {_default('amp')}")
+    optim.add_argument(
+        "--amp", choices=AMP_DTYPES, help=f"autocast dtype on CUDA, off on CPU {_default('amp')}"
+    )
     run = parser.add_argument_group("run")
-    run.add_argument("--device", help="torch device (default: cuda if available, else cpu; "
-                     "under torchrun cuda means the GPU of the local rank)")
-    run.add_argument("--compile", action="store_true",
-                     help="torch.compile the network's trunk (the ResNet)")
-    run.add_argument("--channels-last", action="store_true",
-                     help="channels_last memory format for the network and images")
-    run.add_argument("--eval-every", type=int_at_least(1),
-                     help=f"evaluate every N epochs and at the end {_default('eval_every')}")
-    run.add_argument("--checkpoint-every", type=int_at_least(1),
-                     help="checkpoint every N epochs, before every evaluation and at the end "
-                     f"{_default('checkpoint_every')}")
-    run.add_argument("--output-dir",
-                     help="default: runs/<model>-<data>, or the --resume checkpoint's folder")
-    run.add_argument("--resume", type=existing_file,
-                     help="checkpoint.pt to continue; only where/how-long options may change: "
-                     "--epochs (rescales the lr schedule), --eval-every, --checkpoint-every, "
-                     "--device, --workers, --output-dir, --root, --amp, --skip-bad-images, "
-                     "--compile, --channels-last, --sync-bn")
-    run.add_argument("--overwrite", action="store_true",
-                     help="start over in an --output-dir that holds another run, replacing it")
+    run.add_argument(
+        "--device",
+        help="torch device (default: cuda if available, else cpu; "
+        "under torchrun cuda means the GPU of the local rank)",
+    )
+    run.add_argument(
+        "--compile", action="store_true", help="torch.compile the network's trunk (the ResNet)"
+    )
+    run.add_argument(
+        "--channels-last",
+        action="store_true",
+        help="channels_last memory format for the network and images",
+    )
+    run.add_argument(
+        "--eval-every",
+        type=int_at_least(1),
+        help=f"evaluate every N epochs and at the end {_default('eval_every')}",
+    )
+    run.add_argument(
+        "--checkpoint-every",
+        type=int_at_least(1),
+        help="checkpoint every N epochs, before every evaluation and at the end "
+        f"{_default('checkpoint_every')}",
+    )
+    run.add_argument(
+        "--output-dir", help="default: runs/<model>-<data>, or the --resume checkpoint's folder"
+    )
+    run.add_argument(
+        "--resume",
+        type=existing_file,
+        help="checkpoint.pt to continue; only where/how-long options may change: "
+        "--epochs (rescales the lr schedule), --eval-every, --checkpoint-every, "
+        "--device, --workers, --output-dir, --root, --amp, --skip-bad-images, "
+        "--compile, --channels-last, --sync-bn",
+    )
+    run.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start over in an --output-dir that holds another run, replacing it",
+    )
     return parser
 
 
@@ -173,8 +240,9 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[dict[str, Any], dict[
                 checkpoint = load_checkpoint(resume)
             except (ValueError, FileNotFoundError) as err:
                 parser.error(f"argument --resume: {err}")
-            config, notes = resume_config(dict(checkpoint["args"]), explicit,
-                                          str(Path(resume).parent))
+            config, notes = resume_config(
+                dict(checkpoint["args"]), explicit, str(Path(resume).parent)
+            )
             for note in notes:
                 print(f"note: {note}", file=sys.stderr)
         else:

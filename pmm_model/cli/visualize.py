@@ -65,22 +65,47 @@ def build_parser() -> argparse.ArgumentParser:
         description="Draw the mixing, ranked-list and training-curve pictures of a checkpoint.",
     )
     parser.add_argument("--checkpoint", required=True, help="checkpoint.pt of a training run")
-    parser.add_argument("--data", default="synthetic", choices=dataset_names(),
-                        help="dataset (default: %(default)s)")
+    parser.add_argument(
+        "--data",
+        default="synthetic",
+        choices=dataset_names(),
+        help="dataset (default: %(default)s)",
+    )
     parser.add_argument("--root", help="dataset root (synthetic: cache folder, optional)")
     parser.add_argument("--out", required=True, help="folder for the PNG files")
-    parser.add_argument("--metrics",
-                        help="metrics.json to plot (default: the one beside the checkpoint)")
-    parser.add_argument("--ids", type=int_at_least(2), default=4,
-                        help="identities in the mixing picture (default: %(default)s)")
-    parser.add_argument("--per-id", type=int_at_least(1), default=2,
-                        help="images per identity in the mixing picture (default: %(default)s)")
-    parser.add_argument("--queries", type=int_at_least(1), default=6,
-                        help="queries in the ranked-list picture (default: %(default)s)")
-    parser.add_argument("--topk", type=int_at_least(1), default=10,
-                        help="gallery images per query (default: %(default)s)")
-    parser.add_argument("--seed", type=int_at_least(0), default=0,
-                        help="choice of images and partners (default: %(default)s)")
+    parser.add_argument(
+        "--metrics", help="metrics.json to plot (default: the one beside the checkpoint)"
+    )
+    parser.add_argument(
+        "--ids",
+        type=int_at_least(2),
+        default=4,
+        help="identities in the mixing picture (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--per-id",
+        type=int_at_least(1),
+        default=2,
+        help="images per identity in the mixing picture (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--queries",
+        type=int_at_least(1),
+        default=6,
+        help="queries in the ranked-list picture (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--topk",
+        type=int_at_least(1),
+        default=10,
+        help="gallery images per query (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int_at_least(0),
+        default=0,
+        help="choice of images and partners (default: %(default)s)",
+    )
     parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     return parser
 
@@ -102,26 +127,37 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
     written: dict[str, Path] = {}
 
     if isinstance(model, PMMNet):
-        images, labels = _batch(_training_batch(data.train, args.ids, args.per_id, args.seed),
-                                transform)
+        images, labels = _batch(
+            _training_batch(data.train, args.ids, args.per_id, args.seed), transform
+        )
         saliencies, infos = pmm_saliency(model, images.to(device), labels.to(device))
         written["mixing"] = out / "mixing.png"
-        plot_mixing(written["mixing"], denormalize(images), saliencies, infos,
-                    tuple(train_args["block_size"]), labels=labels)
+        plot_mixing(
+            written["mixing"],
+            denormalize(images),
+            saliencies,
+            infos,
+            tuple(train_args["block_size"]),
+            labels=labels,
+        )
     else:
         print(f"mixing: skipped, a {train_args['model']!r} model does not mix features")
 
-    query_loader, gallery_loader = build_test_loaders(data, train_args["height"],
-                                                      train_args["width"])
+    query_loader, gallery_loader = build_test_loaders(
+        data, train_args["height"], train_args["width"]
+    )
     qf, q_pids, q_cams = extract_features(model, query_loader, device)
     gf, g_pids, g_cams = extract_features(model, gallery_loader, device)
     picked = np.linspace(0, len(qf) - 1, min(args.queries, len(qf))).round().astype(int)
     dist = pairwise_distance(qf[picked], gf)
-    ranked = [rank_gallery(row, q_pids[q], q_cams[q], g_pids, g_cams, args.topk)
-              for row, q in zip(dist, picked, strict=True)]
+    ranked = [
+        rank_gallery(row, q_pids[q], q_cams[q], g_pids, g_cams, args.topk)
+        for row, q in zip(dist, picked, strict=True)
+    ]
     queries, _ = _batch([data.query[q] for q in picked], transform)
-    gallery = torch.stack([_batch([data.gallery[g] for g in order], transform)[0]
-                           for order, _ in ranked])
+    gallery = torch.stack(
+        [_batch([data.gallery[g] for g in order], transform)[0] for order, _ in ranked]
+    )
     written["ranked"] = out / "ranked.png"
     plot_ranked_list(
         written["ranked"],
@@ -129,15 +165,20 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
         denormalize(gallery),
         [verdicts for _, verdicts in ranked],
         query_titles=[f"query id {q_pids[q]} c{q_cams[q] + 1}" for q in picked],
-        ranked_titles=[[f"{r + 1}: id {g_pids[g]} c{g_cams[g] + 1}" for r, g in enumerate(order)]
-                       for order, _ in ranked],
+        ranked_titles=[
+            [f"{r + 1}: id {g_pids[g]} c{g_cams[g] + 1}" for r, g in enumerate(order)]
+            for order, _ in ranked
+        ],
     )
 
     metrics_path = Path(args.metrics or Path(args.checkpoint).parent / "metrics.json")
     if metrics_path.is_file():
         written["curves"] = out / "curves.png"
-        plot_training_curves(written["curves"], json.loads(metrics_path.read_text()),
-                             title=f"{train_args['model']} on {args.data}")
+        plot_training_curves(
+            written["curves"],
+            json.loads(metrics_path.read_text()),
+            title=f"{train_args['model']} on {args.data}",
+        )
     for name, path in written.items():
         print(f"{name}: {path}")
     return written

@@ -107,8 +107,11 @@ class ReIDDataset:
             f"Dataset {self.name or '?'}" + (f" ({self.root})" if self.root else ""),
             f"  {'split':<8} {'ids':>7} {'images':>8} {'cameras':>8}",
         ]
-        for split, records in (("train", self.train), ("query", self.query),
-                               ("gallery", self.gallery)):
+        for split, records in (
+            ("train", self.train),
+            ("query", self.query),
+            ("gallery", self.gallery),
+        ):
             ids = len({r[1] for r in records})
             cams = len({r[2] for r in records})
             lines.append(f"  {split:<8} {ids:>7} {len(records):>8} {cams:>8}")
@@ -301,8 +304,11 @@ def _read_msmt_list(list_file: Path, image_dir: Path) -> list[Record]:
             fname = os.path.basename(parts[0])
             fields = fname.split("_")
             # <pid>_<index>_<camera 01..15>_<date/time>_....jpg; the list's pid is authoritative.
-            if len(parts) != 2 or len(fields) < 3 or not (parts[1].isdigit()
-                                                          and fields[2].isdigit()):
+            if (
+                len(parts) != 2
+                or len(fields) < 3
+                or not (parts[1].isdigit() and fields[2].isdigit())
+            ):
                 raise ValueError(
                     f"{list_file}:{line_no}: expected '<dir>/<pid>_<n>_<camera>_....jpg <pid>', "
                     f"got {line.strip()!r}"
@@ -350,22 +356,38 @@ def _msmt17(root: str | Path | None, version: str | None = None) -> ReIDDataset:
     train += _read_msmt_list(folder / "list_val.txt", train_dir)
     query = _read_msmt_list(folder / "list_query.txt", test_dir)
     gallery = _read_msmt_list(folder / "list_gallery.txt", test_dir)
-    for split, records, lists in (("train", train, "list_train.txt and list_val.txt"),
-                                  ("query", query, "list_query.txt"),
-                                  ("gallery", gallery, "list_gallery.txt")):
+    for split, records, lists in (
+        ("train", train, "list_train.txt and list_val.txt"),
+        ("query", query, "list_query.txt"),
+        ("gallery", gallery, "list_gallery.txt"),
+    ):
         if not records:
             raise ValueError(f"msmt17: {split} split is empty: no entries in {folder}/{lists}")
     return ReIDDataset(_relabel(train), query, gallery, name=f"msmt17 ({v})", root=str(folder))
 
 
-register_dataset("market1501", _market_like(
-    "market1501", ["", "Market-1501-v15.09.15", "Market-1501", "market1501",
-                   "market1501/Market-1501-v15.09.15"]))
-register_dataset("dukemtmcreid", _market_like(
-    "dukemtmcreid", ["", "DukeMTMC-reID", "dukemtmc-reid/DukeMTMC-reID"]))
+register_dataset(
+    "market1501",
+    _market_like(
+        "market1501",
+        [
+            "",
+            "Market-1501-v15.09.15",
+            "Market-1501",
+            "market1501",
+            "market1501/Market-1501-v15.09.15",
+        ],
+    ),
+)
+register_dataset(
+    "dukemtmcreid",
+    _market_like("dukemtmcreid", ["", "DukeMTMC-reID", "dukemtmc-reid/DukeMTMC-reID"]),
+)
 for _variant in ("labeled", "detected"):
-    register_dataset(f"cuhk03np-{_variant}", _market_like(
-        f"cuhk03np-{_variant}", [_variant, f"cuhk03-np/{_variant}"]))
+    register_dataset(
+        f"cuhk03np-{_variant}",
+        _market_like(f"cuhk03np-{_variant}", [_variant, f"cuhk03-np/{_variant}"]),
+    )
 register_dataset("cuhk03np", _REGISTRY["cuhk03np-labeled"])
 register_dataset("msmt17", _msmt17)
 register_dataset("folder", _folder)
@@ -391,9 +413,12 @@ class ImageDataset(Dataset):
         >>> img, pid, camid = ds[0]  # doctest: +SKIP
     """
 
-    def __init__(self, records: Sequence[tuple[str, int, int]],
-                 transform: Callable[[Image.Image], Any] | None = None,
-                 skip_bad: bool = False) -> None:
+    def __init__(
+        self,
+        records: Sequence[tuple[str, int, int]],
+        transform: Callable[[Image.Image], Any] | None = None,
+        skip_bad: bool = False,
+    ) -> None:
         self.records = [Record(str(p), int(pid), int(cam)) for p, pid, cam in records]
         self.transform = transform
         self.num_skipped = 0
@@ -402,12 +427,18 @@ class ImageDataset(Dataset):
             self.num_skipped = len(self.records) - len(good)
             if self.num_skipped:
                 bad = sorted({r.img_path for r in self.records} - {r.img_path for r in good})
-                logger.warning("skipped %d unreadable images: %s%s", self.num_skipped,
-                               ", ".join(bad[:5]), " ..." if len(bad) > 5 else "")
+                logger.warning(
+                    "skipped %d unreadable images: %s%s",
+                    self.num_skipped,
+                    ", ".join(bad[:5]),
+                    " ..." if len(bad) > 5 else "",
+                )
             self.records = good
         if not self.records:
-            raise ValueError("ImageDataset: no images" + (" left after skipping unreadable ones"
-                                                          if self.num_skipped else ""))
+            raise ValueError(
+                "ImageDataset: no images"
+                + (" left after skipping unreadable ones" if self.num_skipped else "")
+            )
 
     def __len__(self) -> int:
         return len(self.records)

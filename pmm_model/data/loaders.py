@@ -38,7 +38,8 @@ class SeededBatches(Sampler[list[tuple[int, int]]]):
         s = self.sampler
         for global_index, batch in s.indexed_batches():
             seeds = np.random.SeedSequence([s.seed, s.epoch, global_index]).generate_state(
-                len(batch), dtype=np.uint64)
+                len(batch), dtype=np.uint64
+            )
             yield [(index, int(seed)) for index, seed in zip(batch, seeds, strict=True)]
 
     def __len__(self) -> int:
@@ -73,9 +74,13 @@ def _ignore_stop_signals(worker_id: int) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
-def build_train_loader(records: Sequence[Record], config: dict[str, Any], rank: int = 0,
-                       world_size: int = 1, pin_memory: bool = False
-                       ) -> tuple[DataLoader, PKSampler]:
+def build_train_loader(
+    records: Sequence[Record],
+    config: dict[str, Any],
+    rank: int = 0,
+    world_size: int = 1,
+    pin_memory: bool = False,
+) -> tuple[DataLoader, PKSampler]:
     """The training loader and its sampler (call ``sampler.set_epoch`` before each epoch).
 
     With ``config["skip_bad_images"]`` unreadable images are dropped first and the sampler is
@@ -93,11 +98,18 @@ def build_train_loader(records: Sequence[Record], config: dict[str, Any], rank: 
         ValueError: no images left, or too few identities / batches for ``p``, ``k`` and
             ``world_size``.
     """
-    transform = build_transforms(config["height"], config["width"], True, config["cutout"],
-                                 config["random_erasing"])
+    transform = build_transforms(
+        config["height"], config["width"], True, config["cutout"], config["random_erasing"]
+    )
     dataset = ImageDataset(records, transform, skip_bad=config["skip_bad_images"])
-    sampler = PKSampler([r.pid for r in dataset.records], config["p"], config["k"],
-                        seed=config["seed"], num_replicas=world_size, rank=rank)
+    sampler = PKSampler(
+        [r.pid for r in dataset.records],
+        config["p"],
+        config["k"],
+        seed=config["seed"],
+        num_replicas=world_size,
+        rank=rank,
+    )
     loader = DataLoader(
         SeededDataset(dataset),
         batch_sampler=SeededBatches(sampler),
@@ -111,15 +123,25 @@ def build_train_loader(records: Sequence[Record], config: dict[str, Any], rank: 
     return loader, sampler
 
 
-def build_test_loaders(data: ReIDDataset, height: int, width: int, batch_size: int = 128,
-                       workers: int = 0, skip_bad_images: bool = False,
-                       pin_memory: bool = False) -> tuple[DataLoader, DataLoader]:
+def build_test_loaders(
+    data: ReIDDataset,
+    height: int,
+    width: int,
+    batch_size: int = 128,
+    workers: int = 0,
+    skip_bad_images: bool = False,
+    pin_memory: bool = False,
+) -> tuple[DataLoader, DataLoader]:
     """Unshuffled ``(query_loader, gallery_loader)`` with the test transform."""
     transform = build_transforms(height, width, is_train=False)
     query_loader, gallery_loader = (
-        DataLoader(ImageDataset(records, transform, skip_bad=skip_bad_images),
-                   batch_size=batch_size, num_workers=workers, pin_memory=pin_memory,
-                   worker_init_fn=_ignore_stop_signals)
+        DataLoader(
+            ImageDataset(records, transform, skip_bad=skip_bad_images),
+            batch_size=batch_size,
+            num_workers=workers,
+            pin_memory=pin_memory,
+            worker_init_fn=_ignore_stop_signals,
+        )
         for records in (data.query, data.gallery)
     )
     return query_loader, gallery_loader

@@ -45,8 +45,15 @@ class PKSampler(Sampler[list[int]]):
         (True, True)
     """
 
-    def __init__(self, pids: Sequence[int], p: int, k: int, seed: int = 0,
-                 num_replicas: int = 1, rank: int = 0) -> None:
+    def __init__(
+        self,
+        pids: Sequence[int],
+        p: int,
+        k: int,
+        seed: int = 0,
+        num_replicas: int = 1,
+        rank: int = 0,
+    ) -> None:
         if isinstance(p, bool) or not isinstance(p, int) or p < 2:
             raise ValueError(f"p must be an int >= 2, got {p!r}")
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:

@@ -5,6 +5,7 @@ on a machine with a GPU it stays unset, so the kernels' tests compile and run on
 """
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,6 +14,15 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.fixture(autouse=True)
+def seeded_global_rng() -> None:
+    """Each test starts from one global torch RNG state, so draws made without a generator repeat.
+
+    The process's own initial seed differs from run to run.
+    """
+    torch.manual_seed(0)
 
 
 @pytest.fixture(params=DEVICES)
@@ -25,3 +35,11 @@ def device(request) -> torch.device:
 def triton_device() -> torch.device:
     """Where the Triton kernels run: the GPU when there is one, else the interpreter on CPU."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_root(tmp_path_factory) -> Path:
+    """The tiny synthetic set (oracles.TINY_SET), written once per session; tests only read it."""
+    from oracles import tiny_synthetic_set  # imports pmm_kernels: only once TRITON_INTERPRET is set
+
+    return tiny_synthetic_set(tmp_path_factory.mktemp("data"))

@@ -6,74 +6,14 @@ import math
 
 import pytest
 import torch
-from a_hard_mix_oracle import oracle_backward, oracle_forward, oracle_partners
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from oracles import LAYOUTS, SEEDS, check_against_oracle, make_feat, mix_problems
+from oracles.a_hard_mix import oracle_partners
 
 import pmm_kernels
 from pmm_kernels import AHardMix, MixInfo, a_hard_mix
 from pmm_kernels.testing.authors_ops import authors_a_hard_mix
-
-LAYOUTS = ("contiguous", "channels_last", "strided")
-
-
-def make_feat(shape, dtype=torch.float32, layout="contiguous", device="cpu", seed=None):
-    """Fresh random features in the requested memory layout."""
-    generator = torch.Generator().manual_seed(seed) if seed is not None else None
-    n, c, h, w = shape
-    if layout == "strided":  # every other channel of a transposed buffer: no dense layout at all
-        base = torch.randn(n, 2 * c, w, h, generator=generator).transpose(2, 3)
-        feat = base[:, ::2]
-    else:
-        feat = torch.randn(shape, generator=generator)
-        if layout == "channels_last":
-            feat = feat.contiguous(memory_format=torch.channels_last)
-    return feat.to(device=device, dtype=dtype)
-
-
-def check_against_oracle(
-    feat, attn, labels, *, block_size, num_blocks, generator_seed=0, negatives=None, backend="torch"
-):
-    """Run the op and the oracle on the same inputs; assert out, info and grad agree exactly."""
-    feat = feat.detach().requires_grad_()
-    u = torch.rand(feat.shape[0], generator=torch.Generator().manual_seed(generator_seed))
-    out, info = a_hard_mix(
-        feat,
-        attn,
-        labels,
-        block_size=block_size,
-        num_blocks=num_blocks,
-        negatives=negatives,
-        generator=torch.Generator().manual_seed(generator_seed),
-        return_info=True,
-        backend=backend,
-    )
-    expected = oracle_forward(
-        feat.cpu(),
-        attn.cpu(),
-        labels.cpu(),
-        block_size=block_size,
-        num_blocks=num_blocks,
-        u=u,
-        negatives=None if negatives is None else negatives.cpu(),
-    )
-    assert out.dtype == feat.dtype and out.shape == feat.shape
-    assert torch.equal(out.detach().cpu(), expected.out)
-    assert info.negatives.tolist() == expected.negatives
-    assert info.blocks.tolist() == expected.blocks
-    assert torch.equal(info.mask.cpu(), expected.mask)
-    assert torch.equal(info.lam.cpu(), expected.lam)
-    assert info.negatives.dtype == info.blocks.dtype == torch.int64
-    assert info.mask.dtype == torch.bool and info.lam.dtype == torch.float32
-
-    grad_out = torch.randn(feat.shape, generator=torch.Generator().manual_seed(1))
-    grad_out = grad_out.to(device=feat.device, dtype=feat.dtype)
-    (grad,) = torch.autograd.grad(out, feat, grad_out)
-    assert torch.equal(
-        grad.cpu(), oracle_backward(grad_out.cpu(), expected.negatives, expected.mask)
-    )
-    return out, info
-
 
 SHAPES = [
     # (N, C, H, W), block size, k values (k at its limits and between)
@@ -136,22 +76,15 @@ def test_saliency_is_relu_of_weighted_channel_sum():
 
 @settings(max_examples=40, deadline=None)
 @given(
-    n=st.integers(1, 9),
-    c=st.integers(1, 6),
-    h=st.integers(1, 9),
-    w=st.integers(1, 9),
-    bh=st.integers(1, 4),
-    bw=st.integers(1, 4),
+    problem=mix_problems(max_n=9, max_c=6, max_side=9),
     num_labels=st.integers(1, 4),
-    seed=st.integers(0, 2**31 - 1),
-    data=st.data(),
+    seed=SEEDS,
 )
-def test_properties(n, c, h, w, bh, bw, num_labels, seed, data):
+def test_properties(problem, num_labels, seed):
+    (n, c, h, w), (bh, bw), k = problem
     generator = torch.Generator().manual_seed(seed)
     feat = torch.randn(n, c, h, w, generator=generator)
     labels = torch.randint(0, num_labels, (n,), generator=generator)
-    num_grid_blocks = math.ceil(h / bh) * math.ceil(w / bw)
-    k = data.draw(st.integers(1, num_grid_blocks), label="num_blocks")
     attn = torch.randn(n, c, generator=generator)
 
     out, info = a_hard_mix(

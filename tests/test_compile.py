@@ -30,6 +30,7 @@ def assert_is_a_mix(out, feat, info):
         assert torch.equal(out[i][:, m], expected)
 
 
+@pytest.mark.slow
 def test_a_hard_mix_trains_under_inductor_fullgraph():
     # The repro: the fake blocks were contiguous, the real ones a slice of a sort.
     feat = torch.randn(8, 16, 24, 8, requires_grad=True)
@@ -45,6 +46,7 @@ def test_a_hard_mix_trains_under_inductor_fullgraph():
     assert torch.equal(grad, torch.autograd.grad(eager, feat, grad_out)[0])
 
 
+@pytest.mark.slow
 def test_layer_under_inductor_with_several_batch_sizes():
     mix = FeatureMix("cutmix", grid=(4, 2), num_blocks=2)
 
@@ -72,6 +74,7 @@ class TinyNet(nn.Module):
         return self.fc(x.mean(dim=(2, 3)))
 
 
+@pytest.mark.slow
 def test_model_compiled_by_inductor_matches_eager_for_given_partners():
     torch.manual_seed(0)
     net = TinyNet("a_hard_mix")
@@ -93,6 +96,7 @@ def test_model_compiled_by_inductor_matches_eager_for_given_partners():
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 @torch._inductor.config.patch(fallback_random=True)
 def test_hooked_model_compiles_and_follows_eager_draws():
     # fallback_random: compiled code draws from the eager generator, so partners match too.

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from oracles import tiny_run_options
 
 from pmm_model.checkpoint import load_checkpoint
-from pmm_model.data.synthetic import ensure_synthetic
 from pmm_model.engine import run_training
 
 REPO = Path(__file__).resolve().parent.parent
@@ -55,37 +55,13 @@ def _torchrun(*args, cwd):
     return done
 
 
-def test_two_process_gloo_job_and_resume(tmp_path):
+@pytest.mark.slow
+def test_two_process_gloo_job_and_resume(tiny_root, tmp_path):
     # 6 ids x 4 images, P=2 x K=4: three global batches, so one step per rank and epoch.
-    root = ensure_synthetic(
-        tmp_path / "data",
-        num_train_ids=6,
-        num_test_ids=3,
-        num_cameras=2,
-        images_per_id_per_camera=2,
-        height=64,
-        width=32,
-        num_distractors=2,
-    )
+    root = tiny_root
     # A 1-process run, through the plain-Python entry point.
     single = tmp_path / "single"
-    result = run_training(
-        {
-            "data": "folder",
-            "root": str(root),
-            "backbone": "resnet18",
-            "height": 64,
-            "width": 32,
-            "p": 2,
-            "k": 4,
-            "block_size": [1, 1],
-            "eval_every": 1,
-            "workers": 0,
-            "device": "cpu",
-            "epochs": 1,
-            "output_dir": str(single),
-        }
-    )
+    result = run_training({**tiny_run_options(root), "output_dir": str(single)})
     assert set(result) == {"rank1", "mAP", "mINP", "wall_seconds"}
 
     # A 1-process checkpoint continued by 2 processes in a new folder.

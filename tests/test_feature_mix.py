@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
-from a_hard_mix_oracle import oracle_backward
-from feature_mix_oracle import ATTENTIVE, RULES, oracle_mix, oracle_targets
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_a_hard_mix import LAYOUTS, make_feat
+from oracles import LAYOUTS, SEEDS, make_feat, mix_problems
+from oracles.a_hard_mix import oracle_backward
+from oracles.feature_mix import ATTENTIVE, RULES, oracle_mix, oracle_targets
 
 from pmm_kernels import MODES, MixInfo, a_hard_mix, feature_mix, mixed_targets
 
@@ -176,17 +174,11 @@ def test_a_hard_mix_is_the_a_hard_mix_mode():
 @settings(max_examples=30, deadline=None)
 @given(
     mode=st.sampled_from(list(MODES)),
-    n=st.integers(1, 7),
-    c=st.integers(1, 5),
-    h=st.integers(1, 8),
-    w=st.integers(1, 8),
-    bh=st.integers(1, 4),
-    bw=st.integers(1, 4),
-    seed=st.integers(0, 2**31 - 1),
-    data=st.data(),
+    problem=mix_problems(max_n=7, max_c=5, max_side=8),
+    seed=SEEDS,
 )
-def test_random_shapes_match_the_oracle(mode, n, c, h, w, bh, bw, seed, data):
-    k = data.draw(st.integers(1, math.ceil(h / bh) * math.ceil(w / bw)), label="num_blocks")
+def test_random_shapes_match_the_oracle(mode, problem, seed):
+    (n, c, h, w), (bh, bw), k = problem
     labels = torch.randint(0, 3, (n,), generator=torch.Generator().manual_seed(seed))
     check_mode(
         make_feat((n, c, h, w), seed=seed),

@@ -48,6 +48,7 @@ def problems_of_kind(report: dict, kind: str) -> list[str]:
     ]
 
 
+@pytest.mark.slow
 def test_every_launch_compiles_for_sm80_and_sm90(report):
     assert problems_of_kind(report, "compile") == []
     compiled = {
@@ -73,15 +74,18 @@ def test_every_launch_compiles_for_sm80_and_sm90(report):
     }
 
 
+@pytest.mark.slow
 def test_no_local_memory(report):
     assert problems_of_kind(report, "local") == []
 
 
+@pytest.mark.slow
 def test_at_most_96_registers_per_thread(report):
     assert report["max_registers"] == 96
     assert problems_of_kind(report, "registers") == []
 
 
+@pytest.mark.slow
 def test_streaming_kernels_move_their_dense_tiles_in_16_byte_accesses(report):
     assert problems_of_kind(report, "loads_16b") == []
     assert problems_of_kind(report, "stores_16b") == []
@@ -99,6 +103,7 @@ def test_streaming_kernels_move_their_dense_tiles_in_16_byte_accesses(report):
     }
 
 
+@pytest.mark.slow
 def test_bytes_model_at_the_paper_map(report):
     # 24x8 map, three 3x2 blocks: f = 18/192. The copy passes move (2 + f) B, the patch 2 f B.
     rows = {

@@ -10,6 +10,7 @@ import statistics
 from pathlib import Path
 
 import pytest
+from oracles import tiny_run_options
 from PIL import Image
 
 import pmm_kernels
@@ -26,40 +27,7 @@ from pmm_model.ablation import (
 )
 from pmm_model.checkpoint import load_checkpoint
 from pmm_model.cli import study as cli
-from pmm_model.data.synthetic import ensure_synthetic
 from pmm_model.engine import TrainingDiverged, TrainingInterrupted
-
-
-@pytest.fixture(scope="module")
-def tiny_root(tmp_path_factory):
-    # 6 training ids x 2 cameras x 2 images: with P=2, K=4, three batches of 8 per epoch.
-    return ensure_synthetic(
-        tmp_path_factory.mktemp("data"),
-        num_train_ids=6,
-        num_test_ids=3,
-        num_cameras=2,
-        images_per_id_per_camera=2,
-        height=64,
-        width=32,
-        num_distractors=2,
-    )
-
-
-def _options(root):
-    return {
-        "data": "folder",
-        "root": str(root),
-        "backbone": "resnet18",
-        "height": 64,
-        "width": 32,
-        "p": 2,
-        "k": 4,
-        "block_size": [1, 1],
-        "epochs": 1,
-        "eval_every": 1,
-        "workers": 0,
-        "device": "cpu",
-    }
 
 
 def _argv(root, out, *extra):
@@ -144,7 +112,7 @@ def test_variants_follow_the_mix_modes():
 
 def test_table_statistics_match_the_seeds(fake, tiny_root):
     variants = ["baseline", "pmm-a_hard_mix", "pmm-cutout"]
-    records = run_study(fake.out, variants, seeds=[0, 1, 3], options=_options(tiny_root))
+    records = run_study(fake.out, variants, seeds=[0, 1, 3], options=tiny_run_options(tiny_root))
     assert [(r.variant, r.seed) for r in records] == [(v, s) for v in variants for s in (0, 1, 3)]
     assert all(r.status == "done" for r in records)
     rows = summarize(collect_results(fake.out))
@@ -171,12 +139,14 @@ def test_table_statistics_match_the_seeds(fake, tiny_root):
 
 
 def test_second_call_skips_finished_runs(fake, tiny_root):
-    run_study(fake.out, ["baseline", "pmm-none"], seeds=2, options=_options(tiny_root))
+    run_study(fake.out, ["baseline", "pmm-none"], seeds=2, options=tiny_run_options(tiny_root))
     assert len(fake.calls) == 4
-    records = run_study(fake.out, ["baseline", "pmm-none"], seeds=2, options=_options(tiny_root))
+    records = run_study(
+        fake.out, ["baseline", "pmm-none"], seeds=2, options=tiny_run_options(tiny_root)
+    )
     assert len(fake.calls) == 4 and all(r.status == "done" for r in records)
     # A grid may grow: only the new seed trains.
-    run_study(fake.out, ["baseline", "pmm-none"], seeds=3, options=_options(tiny_root))
+    run_study(fake.out, ["baseline", "pmm-none"], seeds=3, options=tiny_run_options(tiny_root))
     assert [c[:2] for c in fake.calls[4:]] == [("baseline", 2), ("pmm-none", 2)]
     assert [row.done for row in summarize(collect_results(fake.out))] == [(0, 1, 2)] * 2
 
@@ -185,7 +155,10 @@ def test_interrupted_run_resumes_from_its_checkpoint(fake, tiny_root):
     fake.fail[("pmm-none", 0)] = TrainingInterrupted("stopped by SIGTERM", signal.SIGTERM)
     with pytest.raises(TrainingInterrupted):
         run_study(
-            fake.out, ["baseline", "pmm-none", "pmm-hard_mix"], seeds=1, options=_options(tiny_root)
+            fake.out,
+            ["baseline", "pmm-none", "pmm-hard_mix"],
+            seeds=1,
+            options=tiny_run_options(tiny_root),
         )
     assert [c[:2] for c in fake.calls] == [("baseline", 0), ("pmm-none", 0)]  # the grid stopped
     attempt = json.loads((run_dir(fake.out, "pmm-none", 0) / "attempt.json").read_text())
@@ -193,7 +166,10 @@ def test_interrupted_run_resumes_from_its_checkpoint(fake, tiny_root):
     assert [r.status for r in collect_results(fake.out)] == ["done", "interrupted", "missing"]
     fake.calls.clear()
     records = run_study(
-        fake.out, ["baseline", "pmm-none", "pmm-hard_mix"], seeds=1, options=_options(tiny_root)
+        fake.out,
+        ["baseline", "pmm-none", "pmm-hard_mix"],
+        seeds=1,
+        options=tiny_run_options(tiny_root),
     )
     checkpoint = run_dir(fake.out, "pmm-none", 0) / "checkpoint.pt"
     assert fake.calls == [("pmm-none", 0, checkpoint), ("pmm-hard_mix", 0, None)]
@@ -234,7 +210,7 @@ def test_a_failed_run_is_reported_and_the_grid_goes_on(fake, tiny_root, capsys):
 
 
 def test_report_only_rebuilds_from_the_results(fake, tiny_root, capsys):
-    run_study(fake.out, ["pmm-batch_drop"], seeds=2, options=_options(tiny_root))
+    run_study(fake.out, ["pmm-batch_drop"], seeds=2, options=tiny_run_options(tiny_root))
     table = (fake.out / "study.md").read_text() if (fake.out / "study.md").exists() else None
     assert table is None  # run_study trains; the report is separate
     write_report(fake.out)
@@ -253,7 +229,7 @@ def test_report_only_rebuilds_from_the_results(fake, tiny_root, capsys):
 
 
 def test_bad_arguments_fail_clearly(fake, tiny_root, capsys):
-    options = _options(tiny_root)
+    options = tiny_run_options(tiny_root)
     with pytest.raises(StudyError, match=r"unknown \['pmm-magic'\]; valid: baseline, pmm-none"):
         run_study(fake.out, ["pmm-magic"], options=options)
     for seeds in (0, -2, [], [1, 1], [-1]):
@@ -285,6 +261,7 @@ def test_bad_arguments_fail_clearly(fake, tiny_root, capsys):
     run_study(fake.out, ["baseline"], seeds=1, options={**options, "workers": 1})  # place only
 
 
+@pytest.mark.slow
 def test_real_tiny_grid_end_to_end(tiny_root, tmp_path, capsys):
     out = tmp_path / "grid"
     records = cli.main(

@@ -19,24 +19,8 @@ from torch.distributed.run import get_args_parser
 
 from pmm_model.checkpoint import load_checkpoint, load_model
 from pmm_model.cli import train
-from pmm_model.data.synthetic import ensure_synthetic
 from pmm_model.engine import Engine, lr_factor
 from pmm_model.run_folder import RunFolder
-
-
-@pytest.fixture(scope="module")
-def tiny_root(tmp_path_factory):
-    # 6 training ids x 2 cameras x 2 images: with P=2, K=4, three batches of 8 per epoch.
-    return ensure_synthetic(
-        tmp_path_factory.mktemp("data"),
-        num_train_ids=6,
-        num_test_ids=3,
-        num_cameras=2,
-        images_per_id_per_camera=2,
-        height=64,
-        width=32,
-        num_distractors=2,
-    )
 
 
 def _argv(root, out, *extra):
@@ -90,6 +74,7 @@ def test_lr_schedule_is_the_papers_scaled_to_the_epochs():
     assert [lr_factor(e, 8) for e in range(8)] == [0.1, 1, 1, 1, 0.1, 0.1, 0.01, 0.01]
 
 
+@pytest.mark.slow
 def test_resume_continues_exactly(tiny_root, straight, tmp_path, monkeypatch, capsys):
     def interrupt(self):
         raise KeyboardInterrupt("simulated hard interruption")
@@ -116,6 +101,7 @@ def test_resume_continues_exactly(tiny_root, straight, tmp_path, monkeypatch, ca
     assert "rank-1: " in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_sigterm_checkpoints_the_step_and_resume_is_exact_with_workers(
     tiny_root, straight, tmp_path, monkeypatch, capsys
 ):
@@ -137,6 +123,7 @@ def test_sigterm_checkpoints_the_step_and_resume_is_exact_with_workers(
     )
 
 
+@pytest.mark.slow
 def test_ctrl_c_during_a_checkpoint_write_completes_it(tiny_root, tmp_path, monkeypatch):
     # Case 7: SIGINT arriving while the checkpoint is written neither breaks the write nor
     # leaves a temporary file; the run then stops (status 130) with a loadable checkpoint.
@@ -158,6 +145,7 @@ def test_ctrl_c_during_a_checkpoint_write_completes_it(tiny_root, tmp_path, monk
     assert not list(tmp_path.glob(".*.tmp"))
 
 
+@pytest.mark.slow
 def test_leftover_temp_files_are_removed(tiny_root, straight, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(straight[1], run)
@@ -168,6 +156,7 @@ def test_leftover_temp_files_are_removed(tiny_root, straight, tmp_path):
     assert "removed 1 temporary files" in (run / "train.log").read_text()
 
 
+@pytest.mark.slow
 def test_resuming_a_finished_run_adds_nothing(straight, tmp_path):
     # Case 5.
     run = tmp_path / "run"
@@ -197,6 +186,7 @@ def failed_evaluation(tiny_root, tmp_path_factory):
     return excinfo.value.code, err.getvalue(), out, corrupt
 
 
+@pytest.mark.slow
 def test_failed_evaluation_keeps_the_checkpoint_and_resume_may_skip_bad_images(failed_evaluation):
     # Cases 2 and 3: the epoch is saved before evaluation fails, and the message says so;
     # --skip-bad-images may be added on resume, which evaluates that epoch, then continues.
@@ -214,6 +204,7 @@ def test_failed_evaluation_keeps_the_checkpoint_and_resume_may_skip_bad_images(f
     assert load_checkpoint(out / "checkpoint.pt")["args"]["skip_bad_images"] is True
 
 
+@pytest.mark.slow
 def test_epochs_changed_on_resume_rescale_the_schedule(straight, tmp_path):
     # Case 8: a 2-epoch run continued to 3 epochs trains epoch 3 with the 3-epoch schedule.
     run = tmp_path / "run"
@@ -229,6 +220,7 @@ def test_epochs_changed_on_resume_rescale_the_schedule(straight, tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_skip_bad_images_in_the_train_split_keeps_pk_batches(tiny_root, tmp_path, monkeypatch):
     # Case 1: a corrupt image and a directory named like an image in the train split.
     root = tmp_path / "data"
@@ -262,6 +254,7 @@ def test_skip_bad_images_in_the_train_split_keeps_pk_batches(tiny_root, tmp_path
     assert "skipped 2 unreadable images" in (tmp_path / "run" / "train.log").read_text()
 
 
+@pytest.mark.slow
 def test_an_existing_run_folder_is_refused_unless_overwrite(tiny_root, straight, tmp_path, capsys):
     # Case 4: refuse with both choices named; a second run on a locked folder fails at once.
     before = (straight[1] / "metrics.json").read_bytes()
@@ -281,6 +274,7 @@ def test_an_existing_run_folder_is_refused_unless_overwrite(tiny_root, straight,
     assert [m["epoch"] for m in json.loads((run / "metrics.json").read_text())] == [1]
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_at_once_keeping_the_checkpoint(
     tiny_root, tmp_path, monkeypatch, capsys
 ):
@@ -375,6 +369,7 @@ def test_every_option_passes_through_torchrun():
         assert args.training_script_args == [option, "1"], option
 
 
+@pytest.mark.slow
 def test_checkpoint_rebuilds_the_model(straight):
     model, args = load_model(straight[1] / "checkpoint.pt")
     assert {"model", "backbone", "num_classes", "height", "width"} <= args.keys()
@@ -384,6 +379,7 @@ def test_checkpoint_rebuilds_the_model(straight):
         assert model(torch.zeros(2, 3, args["height"], args["width"])).shape == (2, 1536)
 
 
+@pytest.mark.slow
 def test_mix_flag_trains_that_mode_and_the_checkpoint_keeps_it(tiny_root, tmp_path):
     out = tmp_path / "cutout"
     train.main(_argv(tiny_root, out, "--mix", "cutout", "--epochs", "1"))

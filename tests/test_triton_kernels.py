@@ -13,7 +13,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_a_hard_mix import check_against_oracle, make_feat
+from oracles import SEEDS, check_against_oracle, make_feat, mix_problems
 
 from pmm_kernels import MODES, a_hard_mix, feature_mix
 from pmm_kernels.ops import reference
@@ -79,6 +79,7 @@ CASES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("n", "c", "hw", "block"), CASES)
 @pytest.mark.parametrize("attn_form", ["weights", "map"])
 @pytest.mark.parametrize("partners", ["sampled", "given"])
@@ -124,20 +125,14 @@ def test_triton_dtypes_and_layouts(dtype, layout, attn_form, triton_device):
 
 @settings(max_examples=15, deadline=None)
 @given(
-    n=st.integers(1, 8),
-    c=st.integers(1, 40),
-    h=st.integers(1, 9),
-    w=st.integers(1, 9),
-    bh=st.integers(1, 4),
-    bw=st.integers(1, 4),
-    seed=st.integers(0, 2**31 - 1),
+    problem=mix_problems(max_n=8, max_c=40, max_side=9),
+    seed=SEEDS,
     attn_form=st.sampled_from(["weights", "map"]),
-    data=st.data(),
 )
-def test_triton_equals_torch_on_random_shapes(n, c, h, w, bh, bw, seed, attn_form, data):
+def test_triton_equals_torch_on_random_shapes(problem, seed, attn_form):
+    (n, c, h, w), (bh, bw), k = problem
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # no fixtures here
     generator = torch.Generator().manual_seed(seed)
-    k = data.draw(st.integers(1, math.ceil(h / bh) * math.ceil(w / bw)), label="num_blocks")
     feat = torch.randn(n, c, h, w, generator=generator)
     attn = (
         torch.randn(n, c, generator=generator)
@@ -366,6 +361,7 @@ def test_feature_mix_launcher_rejects_bad_calls(triton_device):
         )
 
 
+@pytest.mark.slow
 def test_partner_search_crosses_label_chunks(triton_device):
     # 700 samples: the planning kernel reads the labels in three chunks of 256.
     n = 700

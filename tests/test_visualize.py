@@ -7,13 +7,13 @@ import json
 import numpy as np
 import pytest
 import torch
+from oracles import tiny_synthetic_set
 from PIL import Image
 
 import pmm_kernels
 from pmm_kernels import MixInfo
 from pmm_model.checkpoint import save_checkpoint
 from pmm_model.cli.visualize import main
-from pmm_model.data.synthetic import ensure_synthetic
 from pmm_model.models import build_model
 from pmm_model.visualize import (
     MIX_OUTLINE,
@@ -275,17 +275,9 @@ def test_pmm_saliency_needs_a_mixing_model() -> None:
         pmm_saliency(torch.nn.Linear(2, 2), torch.zeros(1, 2), torch.zeros(1))
 
 
+@pytest.mark.slow
 def test_cli_writes_the_three_pictures(tiny_pmm, tmp_path, capsys) -> None:
-    root = ensure_synthetic(
-        tmp_path / "data",
-        num_train_ids=6,
-        num_test_ids=4,
-        num_cameras=3,
-        images_per_id_per_camera=2,
-        height=64,
-        width=32,
-        num_distractors=2,
-    )
+    root = tiny_synthetic_set(tmp_path / "data", num_test_ids=4, num_cameras=3)
     run = tmp_path / "run"
     args = {
         "model": "pmm",

@@ -517,10 +517,10 @@ def feature_mix_forward_triton(
         ``out`` (feat's dtype and memory format), ``negatives`` (N,) int64, ``blocks`` (N, k)
         int64 ((N, 1) of -1 with ``corner``), ``mask`` (N, H, W) bool and ``lam`` (N,) float32.
 
-    Example:
-        >>> feat = torch.randn(4, 8, 6, 4, device="cuda")
-        >>> keys = torch.rand(4, 12, device="cuda")
-        >>> out, negatives, blocks, mask, lam = feature_mix_forward_triton(
+    Example (needs a CUDA device, so the doctest run skips it):
+        >>> feat = torch.randn(4, 8, 6, 4, device="cuda")  # doctest: +SKIP
+        >>> keys = torch.rand(4, 12, device="cuda")  # doctest: +SKIP
+        >>> out, negatives, blocks, mask, lam = feature_mix_forward_triton(  # doctest: +SKIP
         ...     feat, None, keys, None, torch.arange(4, device="cuda"), None, None,
         ...     (2, 2), 3, "none")  # CutOut of 3 random 2x2 blocks
     """

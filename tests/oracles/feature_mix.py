@@ -2,17 +2,17 @@
 
 It makes its own random draws from a fresh CPU generator, in the order of docs/op.md#draws, so a
 test that seeds the op's generator the same way checks the draws too. Saliency and block scores are
-float64; partner ranks use Python floats. The backward is ``a_hard_mix_oracle.oracle_backward`` (the
-family shares the backward of docs/op.md#gradient; zeroing modes have partner -1 everywhere).
+float64; partner ranks use Python floats. The backward is ``a_hard_mix.oracle_backward`` (the family
+shares the backward of docs/op.md#gradient; zeroing modes have partner -1 everywhere).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
-from a_hard_mix_oracle import oracle_saliency
+
+from .a_hard_mix import OracleResult, oracle_saliency
 
 ATTENTIVE = ("a_hard_mix", "a_cutmix")
 RANDOM = ("hard_mix", "cutmix", "cutout")
@@ -24,15 +24,6 @@ RULES = {
     "cutout": "none",
     "batch_drop": "none",
 }
-
-
-@dataclass
-class OracleMix:
-    out: torch.Tensor
-    negatives: list[int]
-    blocks: list[list[int]]
-    mask: torch.Tensor
-    lam: torch.Tensor
 
 
 def _pick(u: float, candidates: list[int]) -> int:
@@ -53,7 +44,7 @@ def oracle_mix(
     negatives: torch.Tensor | None = None,
     h_ratio: float = 0.33,
     w_ratio: float = 1.0,
-) -> OracleMix:
+) -> OracleResult:
     generator = torch.Generator().manual_seed(seed)
     x = feat.detach().cpu()
     n, _, h, w = x.shape
@@ -117,7 +108,7 @@ def oracle_mix(
             mask[i, r, q] = True
             out[i, :, r, q] = 0 if rule == "none" else x[partners[i], :, r, q]
     lam = torch.tensor([float(mask[i].sum()) / (h * w) for i in range(n)], dtype=torch.float32)
-    return OracleMix(out, partners, blocks, mask, lam)
+    return OracleResult(out, partners, blocks, mask, lam)
 
 
 def oracle_targets(labels, partners, lam, num_classes, smoothing, mixes_labels):

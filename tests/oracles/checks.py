@@ -1,0 +1,53 @@
+"""The a_hard_mix op run beside its loop oracle, for the PyTorch path's and the kernels' tests."""
+
+from __future__ import annotations
+
+import torch
+
+from pmm_kernels import a_hard_mix
+
+from .a_hard_mix import oracle_backward, oracle_forward
+
+
+def check_against_oracle(
+    feat, attn, labels, *, block_size, num_blocks, generator_seed=0, negatives=None, backend="torch"
+):
+    """Run the op and the oracle on the same inputs; assert out, info and grad agree exactly."""
+    feat = feat.detach().requires_grad_()
+    u = torch.rand(feat.shape[0], generator=torch.Generator().manual_seed(generator_seed))
+    out, info = a_hard_mix(
+        feat,
+        attn,
+        labels,
+        block_size=block_size,
+        num_blocks=num_blocks,
+        negatives=negatives,
+        generator=torch.Generator().manual_seed(generator_seed),
+        return_info=True,
+        backend=backend,
+    )
+    expected = oracle_forward(
+        feat.cpu(),
+        attn.cpu(),
+        labels.cpu(),
+        block_size=block_size,
+        num_blocks=num_blocks,
+        u=u,
+        negatives=None if negatives is None else negatives.cpu(),
+    )
+    assert out.dtype == feat.dtype and out.shape == feat.shape
+    assert torch.equal(out.detach().cpu(), expected.out)
+    assert info.negatives.tolist() == expected.negatives
+    assert info.blocks.tolist() == expected.blocks
+    assert torch.equal(info.mask.cpu(), expected.mask)
+    assert torch.equal(info.lam.cpu(), expected.lam)
+    assert info.negatives.dtype == info.blocks.dtype == torch.int64
+    assert info.mask.dtype == torch.bool and info.lam.dtype == torch.float32
+
+    grad_out = torch.randn(feat.shape, generator=torch.Generator().manual_seed(1))
+    grad_out = grad_out.to(device=feat.device, dtype=feat.dtype)
+    (grad,) = torch.autograd.grad(out, feat, grad_out)
+    assert torch.equal(
+        grad.cpu(), oracle_backward(grad_out.cpu(), expected.negatives, expected.mask)
+    )
+    return out, info

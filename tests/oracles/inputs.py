@@ -1,0 +1,36 @@
+"""Inputs shared by the op's tests: feature maps in every layout and hypothesis strategies."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from hypothesis import strategies as st
+
+LAYOUTS = ("contiguous", "channels_last", "strided")
+
+SEEDS = st.integers(0, 2**31 - 1)
+
+
+def make_feat(shape, dtype=torch.float32, layout="contiguous", device="cpu", seed=None):
+    """Fresh random features in the requested memory layout."""
+    generator = torch.Generator().manual_seed(seed) if seed is not None else None
+    n, c, h, w = shape
+    if layout == "strided":  # every other channel of a transposed buffer: no dense layout at all
+        base = torch.randn(n, 2 * c, w, h, generator=generator).transpose(2, 3)
+        feat = base[:, ::2]
+    else:
+        feat = torch.randn(shape, generator=generator)
+        if layout == "channels_last":
+            feat = feat.contiguous(memory_format=torch.channels_last)
+    return feat.to(device=device, dtype=dtype)
+
+
+@st.composite
+def mix_problems(draw, *, max_n: int, max_c: int, max_side: int, max_block: int = 4):
+    """``((n, c, h, w), (bh, bw), num_blocks)``: a map, a block size and a k the grid allows."""
+    n, c = draw(st.integers(1, max_n)), draw(st.integers(1, max_c))
+    h, w = draw(st.integers(1, max_side)), draw(st.integers(1, max_side))
+    bh, bw = draw(st.integers(1, max_block)), draw(st.integers(1, max_block))
+    num_blocks = draw(st.integers(1, math.ceil(h / bh) * math.ceil(w / bw)), label="num_blocks")
+    return (n, c, h, w), (bh, bw), num_blocks

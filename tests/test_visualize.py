@@ -14,8 +14,9 @@ from pmm_kernels import MixInfo
 from pmm_model.checkpoint import save_checkpoint
 from pmm_model.cli.visualize import main
 from pmm_model.data.synthetic import ensure_synthetic
-from pmm_model.models import build_model
-from pmm_model.visualize import (
+from pmm_model.evaluation import rank_gallery
+from pmm_model.models import build_model, pmm_saliency
+from pmm_model.pictures import (
     MIX_OUTLINE,
     VERDICT_COLORS,
     Box,
@@ -25,8 +26,6 @@ from pmm_model.visualize import (
     plot_mixing,
     plot_ranked_list,
     plot_training_curves,
-    pmm_saliency,
-    rank_gallery,
 )
 
 

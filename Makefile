@@ -34,18 +34,22 @@ STUDY_ARGS ?= --seeds 3 --out runs/study
 study: $(SETUP)
 	$(PY) -m pmm_model.study $(STUDY_ARGS)
 
-# CI's command (`.ci/run`): lint, format check, then every test. The tests run with this checkout
-# first on PYTHONPATH, so the subprocesses they start (torchrun, the CLIs) import it too.
-test: lint
-	PYTHONPATH=$(CURDIR) $(PY) -m pytest tests
+# The suite plus the docstring examples of both packages, in one pytest run. The tests run with
+# this checkout first on PYTHONPATH, so the subprocesses they start (torchrun, the CLIs) import it.
+PYTEST := PYTHONPATH=$(CURDIR) $(PY) -m pytest tests pmm_kernels pmm_model --doctest-modules
 
-# The same checks without the end-to-end runs (tests marked `slow`): the tier to run while editing.
+# CI's command (`.ci/run`): lint, format and type checks, then every test and doctest.
+test: lint
+	$(PYTEST)
+
+# The same without the end-to-end runs (tests marked `slow`): the tier to run while editing.
 test-fast: lint
-	PYTHONPATH=$(CURDIR) $(PY) -m pytest tests -m "not slow"
+	$(PYTEST) -m "not slow"
 
 lint: $(SETUP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+	$(PY) -m mypy
 
 bench: $(SETUP)
 	$(PY) -m pytest benchmarks --benchmark-only
@@ -57,4 +61,4 @@ gpu-check:
 	PYTHONPATH=. $(GPU_PYTHON) benchmarks/gpu_check.py --out $(GPU_RESULTS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .benchmarks .hypothesis $(GPU_RESULTS)
+	rm -rf $(VENV) .pytest_cache .mypy_cache .benchmarks .hypothesis $(GPU_RESULTS)

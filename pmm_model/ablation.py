@@ -45,7 +45,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -55,6 +55,9 @@ from pmm_model.engine import METRIC_KEYS, TrainingInterrupted, run_training
 from pmm_model.models import MIX_MODES
 from pmm_model.pictures import plot_bars
 from pmm_model.run_folder import CHECKPOINT
+
+if TYPE_CHECKING:
+    from typing_extensions import TypeIs  # typing.TypeIs from Python 3.13
 
 __all__ = [
     "STUDY_OWN_OPTIONS",
@@ -170,7 +173,7 @@ def check_seeds(seeds: int | Sequence[int]) -> list[int]:
         StudyError: a count < 1, an empty list, a negative, repeated or non-integer seed.
     """
 
-    def is_int(value: object) -> bool:
+    def is_int(value: object) -> TypeIs[int]:
         return isinstance(value, int | np.integer) and not isinstance(value, bool)
 
     if is_int(seeds):
@@ -478,7 +481,7 @@ def write_report(out: str | Path) -> tuple[Path, Path]:
     rows = summarize(records)
     settings = _read_json(out / STUDY)["settings"]
     seeds = sorted({r.seed for r in records})
-    total = sum(r.wall_seconds for r in records if r.status == "done")
+    total = sum(r.wall_seconds or 0.0 for r in records if r.status == "done")
     about = (
         f"{settings['data']}, {settings['backbone']} at {settings['height']}x"
         f"{settings['width']}, {settings['epochs']} epochs, seeds {seeds}"

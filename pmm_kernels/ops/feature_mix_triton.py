@@ -552,11 +552,13 @@ def feature_mix_forward_triton(
     feat_flat, out_flat = feat.flatten(2), out.flatten(2)
 
     num_c_blocks = 1
-    source_strides = (0, 0)
+    source_strides: tuple[int, ...] = (0, 0)
     if corner is not None:
         source, plan_source = corner, _SOURCE_CORNER
     elif keys is not None:
         source, plan_source, source_strides = keys, _SOURCE_KEYS, keys.stride()
+    elif attn is None:  # ruled out by the check above; tells the type checker so
+        raise AssertionError("unreachable")
     elif attn.dim() == 2:
         num_c_blocks = triton.cdiv(c, _SALIENCY_TILE[0])
         block_c, block_hw, num_warps = _SALIENCY_TILE

@@ -1,4 +1,4 @@
-"""The suite's layout: tests share helpers through ``oracles`` and conftest, never each other."""
+"""The suite's own rules: helpers shared through ``oracles`` and conftest, repeatable draws."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import ast
 from pathlib import Path
 
 import pytest
+import torch
 
 TESTS = Path(__file__).resolve().parent
 
@@ -33,3 +34,13 @@ def test_no_test_imports_a_test_module_or_conftest(path: Path) -> None:
     leaves = [name.rsplit(".", 1)[-1] for name in imported_modules(path.read_text())]
     offending = [name for name in leaves if name.startswith("test_") or name == "conftest"]
     assert not offending, f"{path.name} imports {offending}: move shared code to tests/oracles"
+
+
+@pytest.mark.parametrize("draws_after", [True, False])
+def test_each_test_starts_from_one_global_torch_seed(draws_after: bool) -> None:
+    # The process's initial seed differs between runs; conftest reseeds before every test, so a
+    # draw made without a generator does not depend on the run or on the tests before it.
+    expected = torch.rand(3, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(torch.rand(3), expected)
+    if draws_after:  # the next case (False) must still start from the seed
+        torch.rand(100)

@@ -21,8 +21,8 @@ def load_example():
 @pytest.mark.parametrize(
     ("arch", "mode"),
     [
-        ("resnet50", "a_hard_mix"),
-        ("mobilenet_v3_small", "a_cutmix"),
+        pytest.param("resnet50", "a_hard_mix", marks=pytest.mark.slow),
+        pytest.param("mobilenet_v3_small", "a_cutmix", marks=pytest.mark.slow),
         ("mobilenet_v3_small", "cutmix"),
     ],
 )

@@ -21,7 +21,10 @@ def _batch():
     return torch.randn(*IMAGES_SHAPE, generator=torch.Generator().manual_seed(0))
 
 
-@pytest.mark.parametrize(("backbone", "channels"), [("resnet18", 512), ("resnet50", 2048)])
+@pytest.mark.parametrize(
+    ("backbone", "channels"),
+    [("resnet18", 512), pytest.param("resnet50", 2048, marks=pytest.mark.slow)],
+)
 def test_pmm_and_baseline_shapes(backbone, channels):
     images = _batch()
     torch.manual_seed(0)

@@ -147,6 +147,7 @@ def test_build_model_rejects_bad_names_and_options():
         model(_batch(), LABELS)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mix", [*pmm_kernels.MODES, "none"])
 def test_every_mix_mode_trains(mix):
     torch.manual_seed(0)

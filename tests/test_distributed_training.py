@@ -150,9 +150,12 @@ def test_sampler_gives_each_rank_distinct_batches_of_one_order():
     from pmm_model.data.sampler import PKSampler
 
     pids = [i // 5 for i in range(60)]  # 12 ids x 5 images
-    whole = list(PKSampler(pids, p=3, k=2, seed=4))
-    ranks = [list(PKSampler(pids, p=3, k=2, seed=4, num_replicas=3, rank=r)) for r in range(3)]
+    whole = list(PKSampler(pids, p=3, images_per_id=2, seed=4))
+    ranks = [
+        list(PKSampler(pids, p=3, images_per_id=2, seed=4, num_replicas=3, rank=r))
+        for r in range(3)
+    ]
     assert all(len(r) == len(whole) // 3 for r in ranks)
     assert [b for step in zip(*ranks, strict=True) for b in step] == whole[: len(whole) // 3 * 3]
     with pytest.raises(ValueError, match="cannot be shared by 100 processes"):
-        PKSampler(pids, p=3, k=2, num_replicas=100, rank=0)
+        PKSampler(pids, p=3, images_per_id=2, num_replicas=100, rank=0)

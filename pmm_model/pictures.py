@@ -143,7 +143,8 @@ class PanelGrid:
 
 
 def _rgb(color: tuple[int, int, int]) -> tuple[float, float, float]:
-    return tuple(c / 255 for c in color)
+    red, green, blue = color
+    return red / 255, green / 255, blue / 255
 
 
 def _images(name: str, images: Tensor | np.ndarray, ndim: int = 4) -> np.ndarray:
@@ -350,16 +351,17 @@ def plot_mixing(
     for i in range(rows):
         panel(i, 0, pictures[i], name(i))
         for s in range(len(infos)):
-            attentive = maps[s] is not None
+            sal_map = maps[s]
+            attentive = sal_map is not None
             ax = panel(
                 i,
                 1 + 2 * s,
                 pictures[i],
                 f"mix {s + 1}: {'saliency' if attentive else 'random blocks'}",
             )
-            if attentive:
+            if sal_map is not None:
                 ax.imshow(
-                    maps[s][i],
+                    sal_map[i],
                     extent=(0, img_w, img_h, 0),
                     cmap="jet",
                     vmin=0.0,

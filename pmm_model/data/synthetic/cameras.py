@@ -69,7 +69,7 @@ def make_cameras(num_cameras: int, seed: int = 0) -> list[CameraParams]:
         cameras.append(
             CameraParams(
                 gain=float(rng.uniform(0.75, 1.15)),
-                cast=tuple(float(v) for v in rng.uniform(0.88, 1.12, size=3)),
+                cast=_triple(rng.uniform(0.88, 1.12, size=3)),
                 wall=wall,
                 floor=floor,
                 horizon=float(rng.uniform(0.55, 0.75)),
@@ -83,6 +83,13 @@ def make_cameras(num_cameras: int, seed: int = 0) -> list[CameraParams]:
     return cameras
 
 
+def _triple(values: np.ndarray) -> tuple[float, float, float]:
+    red, green, blue = (float(v) for v in values)
+    return red, green, blue
+
+
 def muted_color(rng: np.random.Generator, low: int, high: int) -> RGB:
+    """A greyish colour: a grey level in ``[low, high)`` plus a small random tint."""
     grey = rng.uniform(low, high)
-    return tuple(int(v) for v in np.clip(grey + rng.uniform(-25, 25, size=3), 0, 255))
+    red, green, blue = (int(v) for v in np.clip(grey + rng.uniform(-25, 25, size=3), 0, 255))
+    return red, green, blue

@@ -7,6 +7,7 @@ import itertools
 import math
 from collections import Counter
 from dataclasses import dataclass
+from typing import Any, cast
 
 import numpy as np
 
@@ -129,13 +130,12 @@ class IdentityAttributes:
     @classmethod
     def from_regions(cls, regions: dict[str, tuple[str | None, ...]]) -> IdentityAttributes:
         """Builds the attributes from one value per region, as :meth:`region` returns them."""
-        return cls(
-            **{
-                field: value
-                for name, fields in REGIONS.items()
-                for field, value in zip(fields, regions[name], strict=True)
-            }
-        )
+        values: dict[str, Any] = {
+            field: value
+            for name, fields in REGIONS.items()
+            for field, value in zip(fields, regions[name], strict=True)
+        }
+        return cls(**values)
 
     def region(self, name: str) -> tuple[str | None, ...]:
         """The values of the attributes shown by region ``name`` (a key of :data:`REGIONS`)."""
@@ -205,10 +205,10 @@ def _add_lookalikes(
     Near pairs are what make the set hard: a network that only looks at the most salient region
     (usually the torso) cannot separate the pairs that share it.
     """
-    codes = [row for base in bases[:count] for row in (base, None)]
+    codes: list[np.ndarray | None] = [row for base in bases[:count] for row in (base, None)]
     codes += list(bases[count:])
     for j in range(count):
-        base = codes[2 * j]
+        base = bases[j]  # codes[2 * j]
         others = np.stack([c for c in codes if c is not None])
         for _ in range(tries):
             twin = base.copy()
@@ -219,7 +219,7 @@ def _add_lookalikes(
         else:
             raise RuntimeError(f"found no look-alike for identity {2 * j}; use fewer identities")
         codes[2 * j + 1] = twin
-    return np.stack(codes)
+    return np.stack(cast(list[np.ndarray], codes))  # every look-alike slot is filled now
 
 
 def _pick_covering(

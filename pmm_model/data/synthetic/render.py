@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
@@ -217,11 +218,12 @@ def _draw_person(
     _draw_logo(draw, a, at, u)
 
     shoulder_y = 0.18
+    # A bag colour is None only for bag_style "none" (see identities.region_values).
     if a.bag_style == "shoulder":
         # Strap from the far shoulder across the chest to the bag on the near hip.
         draw.line(
             [at(-0.09 * pose.bag_side, shoulder_y - 0.01), at(0.12 * pose.bag_side, 0.44)],
-            fill=BAG_COLORS[a.bag_color],
+            fill=BAG_COLORS[cast(str, a.bag_color)],
             width=max(1, round(0.018 * u)),
         )
 
@@ -243,14 +245,14 @@ def _draw_person(
         hx, hy = hands[pose.bag_side]
         draw.rectangle(
             (hx - 0.05 * u, hy + 0.02 * u, hx + 0.05 * u, hy + 0.13 * u),
-            fill=BAG_COLORS[a.bag_color],
+            fill=BAG_COLORS[cast(str, a.bag_color)],
         )
     elif a.bag_style == "shoulder":
         s = pose.bag_side
         draw.rounded_rectangle(
             box(min(0.08 * s, 0.19 * s), 0.41, max(0.08 * s, 0.19 * s), 0.52),
             radius=0.015 * u,
-            fill=BAG_COLORS[a.bag_color],
+            fill=BAG_COLORS[cast(str, a.bag_color)],
         )
 
     draw.rectangle(box(-0.025, 0.13, 0.025, 0.175), fill=skin)

@@ -47,7 +47,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard, cast
 
 import numpy as np
 
@@ -171,17 +171,17 @@ def check_seeds(seeds: int | Sequence[int]) -> list[int]:
         StudyError: a count < 1, an empty list, a negative, repeated or non-integer seed.
     """
 
-    def is_int(value: object) -> bool:
+    def is_int(value: object) -> TypeGuard[int]:
         return isinstance(value, int | np.integer) and not isinstance(value, bool)
 
     if is_int(seeds):
         if seeds < 1:
             raise StudyError(f"seeds: the number of seeds must be >= 1, got {seeds}")
         return list(range(int(seeds)))
-    seeds = list(seeds)
-    if not seeds or not all(is_int(s) and s >= 0 for s in seeds) or len(set(seeds)) < len(seeds):
-        raise StudyError(f"seeds: expected distinct integers >= 0, got {seeds}")
-    return [int(s) for s in seeds]
+    given = list(cast(Sequence[int], seeds))
+    if not given or not all(is_int(s) and s >= 0 for s in given) or len(set(given)) < len(given):
+        raise StudyError(f"seeds: expected distinct integers >= 0, got {given}")
+    return [int(s) for s in given]
 
 
 def run_dir(out: str | Path, variant: str, seed: int) -> Path:
@@ -482,7 +482,7 @@ def write_report(out: str | Path) -> tuple[Path, Path]:
     rows = summarize(records)
     settings = _read_json(out / STUDY)["settings"]
     seeds = sorted({r.seed for r in records})
-    total = sum(r.wall_seconds for r in records if r.status == "done")
+    total = sum(r.wall_seconds or 0.0 for r in records if r.status == "done")
     about = (
         f"{settings['data']}, {settings['backbone']} at {settings['height']}x"
         f"{settings['width']}, {settings['epochs']} epochs, seeds {seeds}"

@@ -582,21 +582,23 @@ class Engine:
         evaluated = {m["epoch"]: m for m in self.metrics}
         finished = start_epoch >= epochs  # also a mid-epoch checkpoint resumed with fewer epochs
         batches = self.resumed.batches if self.resumed is not None else 0
+        # The run stopped before this checkpoint's evaluation was recorded.
+        pending = (
+            start_epoch > 0
+            and start_epoch not in evaluated
+            and (finished or (start_step == 0 and start_epoch % eval_every == 0))
+        )
         if dist.is_main and finished:
             partial = f" and {batches} global batches of epoch {start_epoch + 1}" if batches else ""
             logger.info(
-                "the run has trained %d epochs%s already (%s %d): nothing to do",
+                "the run has trained %d epochs%s already (%s %d): nothing to %s",
                 start_epoch,
                 partial,
                 self.option_name("epochs"),
                 epochs,
+                "train; evaluating it" if pending else "do",
             )
-        if (
-            start_epoch > 0
-            and start_epoch not in evaluated
-            and (finished or (start_step == 0 and start_epoch % eval_every == 0))
-        ):
-            # The run stopped before this checkpoint's evaluation was recorded.
+        if pending:
             evaluated[start_epoch] = self._evaluate_and_record(start_epoch, 0.0, batches)
             if self._stop_requested()[0]:
                 raise self._interrupt(start_epoch, batches, saved=True)

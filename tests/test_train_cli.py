@@ -527,8 +527,10 @@ def test_a_mid_epoch_checkpoint_resumed_with_fewer_epochs_evaluates_and_stops(
     result = train.main(["--resume", str(tmp_path / "checkpoint.pt"), "--epochs", "1"])
     assert set(result) == {"rank1", "mAP", "mINP", "wall_seconds"}
     log = (tmp_path / "train.log").read_text()
-    assert "has trained 1 epochs and 2 global batches of epoch 2 already" in log
-    assert "nothing to do" in log
+    assert (
+        "has trained 1 epochs and 2 global batches of epoch 2 already (--epochs 1): nothing to "
+        "train; evaluating it" in log
+    )
     assert [m["epoch"] for m in json.loads((tmp_path / "metrics.json").read_text())] == [1]
     checkpoint = load_checkpoint(tmp_path / "checkpoint.pt")
     assert (checkpoint["epoch"], checkpoint["batches"]) == (1, 2)  # the position is kept

@@ -295,10 +295,7 @@ class Engine:
             "resume": None if self.checkpoint_path is None else str(self.checkpoint_path),
             "overwrite": self.overwrite,
         }
-        everyone = self.dist.gather(mine)
-        keys = sorted({key for config in everyone for key in config})
-        values = {key: [config.get(key) for config in everyone] for key in keys}
-        differ = {key: v for key, v in values.items() if any(x != v[0] for x in v)}
+        differ = self.dist.disagreement(mine)
         if differ:
             listed = "; ".join(
                 f"{self.option_name(key)}: "

@@ -110,6 +110,19 @@ class Distributed:
         dist.all_gather_object(out, value)
         return out
 
+    def disagreement(self, options: dict[str, Any]) -> dict[str, list[Any]]:
+        """The keys of ``options`` whose values differ between ranks, each with its value on
+        every rank (one all-gather; every rank must call it and gets the same answer).
+
+        Example:
+            >>> Distributed().disagreement({"epochs": 2})  # one process agrees with itself
+            {}
+        """
+        everyone = self.gather(options)
+        keys = sorted({key for each in everyone for key in each})
+        values = {key: [each.get(key) for each in everyone] for key in keys}
+        return {key: v for key, v in values.items() if any(x != v[0] for x in v)}
+
     def close(self) -> None:
         """Leave the process group (if this object's job joined one)."""
         if self.enabled and dist.is_initialized():

@@ -293,8 +293,8 @@ def resume_config(
             config[key] = value
         elif saved.get(key) != value:
             notes.append(
-                f"--resume keeps the checkpoint's {key}={saved.get(key)!r}; "
-                f"ignoring --{key.replace('_', '-')} {value!r}"
+                f"resuming keeps the checkpoint's {key}={saved.get(key)!r}; "
+                f"ignoring {key}={value!r}"
             )
     if "device" not in explicit:
         config["device"] = None

@@ -38,6 +38,7 @@ import logging
 import math
 import random
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -261,7 +262,7 @@ class Engine:
                     entry = self._train()
                 finally:
                     if self.folder is not None:
-                        self.folder.__exit__(None, None, None)
+                        self.folder.__exit__(*sys.exc_info())
         finally:
             self.dist.close()
         return {
@@ -283,12 +284,9 @@ class Engine:
         return outcome[1]
 
     def _open_folder(self) -> None:
-        path = Path(self.config["output_dir"])
-        resuming = (
-            self.checkpoint_path is not None
-            and Path(self.checkpoint_path).resolve().parent == path.resolve()
-        )
-        self.folder = RunFolder(path, resuming=resuming, overwrite=self.overwrite).__enter__()
+        self.folder = RunFolder(
+            self.config["output_dir"], self.checkpoint_path, self.overwrite
+        ).__enter__()
 
     def _seed(self) -> None:
         seed = self.config["seed"]
@@ -499,6 +497,8 @@ class Engine:
 
     def _train(self) -> dict[str, Any]:
         start_epoch, start_step = self._setup()
+        if self.folder is not None:
+            self.folder.started()  # every check passed: a replaced run may go now
         config, dist = self.config, self.dist
         epochs, eval_every = config["epochs"], config["eval_every"]
         evaluated = {m["epoch"]: m for m in self.metrics}

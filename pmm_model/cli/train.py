@@ -274,7 +274,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
         return Engine(config, **start).run()
     except TrainingInterrupted as err:
         _fail(128 + err.signum, str(err))
-    except (TrainingError, RunFolderError, ValueError, FileNotFoundError) as err:
+    except (TrainingError, RunFolderError, ValueError, OSError) as err:
         _fail(1, str(err))
     except KeyboardInterrupt:
         _fail(128 + 2, "interrupted by a second Ctrl-C before checkpointing")

@@ -1,0 +1,378 @@
+"""Issue 16: never lose a run, never fail late. Run folders, data checks and output checks.
+
+End-to-end cases use the issue's tiny run ``T`` (demo preset at 64x32, P=2, K=2, a 4-identity
+folder tree) and are marked ``slow``; the rest exercise the parts directly.
+"""
+
+import contextlib
+import io
+import logging
+import os
+import shutil
+import threading
+
+import numpy as np
+import pytest
+from PIL import Image
+from torch.utils.data import DataLoader
+
+import pmm_model.cli.evaluate as evaluate_cli
+from pmm_model.checkpoint import load_checkpoint
+from pmm_model.cli import train
+from pmm_model.cli.args import writable_output
+from pmm_model.data.datasets import (
+    ImageDataset,
+    Record,
+    UnreadableImageError,
+    build_dataset,
+    check_protocol,
+    image_problem,
+    read_image,
+)
+from pmm_model.data.synthetic import ensure_synthetic
+from pmm_model.engine import Engine
+from pmm_model.run_folder import RunFolder, RunFolderError
+
+RUN_FILES = ("checkpoint.pt", "metrics.json", "train.log")
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory):
+    """4 training identities x 2 cameras, 2 test identities: ``T``'s folder tree."""
+    return ensure_synthetic(
+        tmp_path_factory.mktemp("data"),
+        num_train_ids=4,
+        num_test_ids=2,
+        num_cameras=2,
+        images_per_id_per_camera=1,
+        height=64,
+        width=32,
+        num_distractors=1,
+    )
+
+
+def T(root, out, *extra):
+    """The issue's tiny run, one epoch, evaluated at its end."""
+    return [
+        "--preset", "demo", "--data", "folder", "--root", str(root), "--height", "64",
+        "--width", "32", "--ids-per-batch", "2", "--images-per-id", "2", "--feature-dim", "32",
+        "--workers", "0", "--epochs", "1", "--eval-every", "1", "--device", "cpu",
+        "--output-dir", str(out), *extra,
+    ]  # fmt: skip
+
+
+def _run(argv):
+    """``(exit status, stderr)`` of the train CLI (0 when it returns)."""
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        try:
+            train.main(argv)
+            code = 0
+        except SystemExit as stop:
+            code = stop.code
+    return code, err.getvalue()
+
+
+def _last_line(err):
+    return err.strip().splitlines()[-1]
+
+
+def _snapshot(folder):
+    return {name: (folder / name).read_bytes() for name in RUN_FILES}
+
+
+@pytest.fixture(scope="module")
+def finished(tree, tmp_path_factory):
+    """A finished run of ``T``: its folder."""
+    out = tmp_path_factory.mktemp("finished") / "run"
+    assert _run(T(tree, out))[0] == 0
+    return out
+
+
+def _fake_run(folder, text="an older run"):
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in RUN_FILES:
+        (folder / name).write_text(text)
+    return folder
+
+
+# ---- item 1: --overwrite replaces a run only once the new one has started -------------
+
+
+@pytest.mark.slow
+def test_overwrite_with_a_bad_root_keeps_the_old_run(tree, finished, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(finished, run)
+    before = _snapshot(run)
+    code, err = _run(T(tmp_path / "typo", run, "--overwrite"))
+    assert code == 1 and "no folder holding" in _last_line(err)
+    assert _snapshot(run) == before
+    assert sorted(p.name for p in run.iterdir()) == [".lock", *RUN_FILES]
+
+
+def test_a_failed_overwrite_start_restores_the_old_run(tmp_path):
+    run = _fake_run(tmp_path / "run")
+    with pytest.raises(ValueError, match="bad data"), RunFolder(run, overwrite=True):
+        assert not (run / "checkpoint.pt").exists()  # moved aside while the start runs
+        logging.getLogger("pmm_model.test").info("a line of the failed start")
+        raise ValueError("bad data")
+    assert {n: (run / n).read_text() for n in RUN_FILES} == dict.fromkeys(RUN_FILES, "an older run")
+    with RunFolder(run, overwrite=True) as folder:
+        folder.started()  # now the old run goes
+        assert not (run / "checkpoint.pt").exists() and not (run / ".previous-run").exists()
+    assert "an older run" not in (run / "train.log").read_text()
+
+
+def test_a_start_killed_while_overwriting_is_rolled_back_by_the_next(tmp_path):
+    # What SIGKILL between moving the old run aside and starting leaves behind.
+    run = _fake_run(tmp_path / "run" / ".previous-run").parent
+    (run / "train.log").write_text("the killed start's log")
+    with pytest.raises(RunFolderError, match="holds another run"), RunFolder(run):
+        pass
+    assert {n: (run / n).read_text() for n in RUN_FILES} == dict.fromkeys(RUN_FILES, "an older run")
+    assert not (run / ".previous-run").exists()
+
+
+# ---- item 2: a resume writes back only into its own run --------------------------------
+
+
+def test_resume_of_another_checkpoint_never_replaces_a_run(tmp_path):
+    run = _fake_run(tmp_path / "run")
+    copy = run / "checkpoint_copy.pt"
+    copy.write_text("an older checkpoint")
+    with pytest.raises(RunFolderError) as error, RunFolder(run, resume_from=copy):
+        pass
+    message = str(error.value)
+    assert "checkpoint_copy.pt is not the checkpoint of the run in output folder" in message
+    assert "new --output-dir" in message and "--overwrite" in message
+    assert {n: (run / n).read_text() for n in RUN_FILES} == dict.fromkeys(RUN_FILES, "an older run")
+    with RunFolder(run, resume_from=run / "checkpoint.pt") as folder:  # its own: continues
+        assert folder.resuming
+        folder.started()
+    with RunFolder(tmp_path / "new", resume_from=copy) as folder:  # a new folder: fine
+        assert not folder.resuming
+        folder.started()
+
+
+@pytest.mark.slow
+def test_resume_of_a_copied_checkpoint_in_a_finished_run_is_refused(finished, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(finished, run)
+    shutil.copy(run / "checkpoint.pt", run / "checkpoint_copy.pt")
+    before = _snapshot(run)
+    code, err = _run(["--resume", str(run / "checkpoint_copy.pt"), "--epochs", "2"])
+    assert code == 1 and "is not the checkpoint of the run in output folder" in _last_line(err)
+    assert _snapshot(run) == before
+    new = tmp_path / "continued"
+    argv = ["--resume", str(run / "checkpoint_copy.pt"), "--epochs", "2", "--output-dir", str(new)]
+    assert _run(argv)[0] == 0
+    assert load_checkpoint(new / "checkpoint.pt")["epoch"] == 2
+    assert _snapshot(run) == before
+
+
+# ---- item 13: a folder without a checkpoint is not a run; failed starts leave nothing ----
+
+
+def test_a_folder_without_a_checkpoint_is_not_a_run(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "train.log").write_text("a run killed before its first checkpoint\n")
+    with RunFolder(run) as folder:  # the same command works again
+        folder.started()
+    assert "killed before" not in (run / "train.log").read_text()
+
+
+def test_a_failed_start_leaves_no_folder(tmp_path):
+    out = tmp_path / "a" / "b" / "run"
+    with pytest.raises(ValueError), RunFolder(out):
+        raise ValueError("bad option found late")
+    assert not (tmp_path / "a").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("extra", [["--ids-per-batch", "10"], ["--root", "/no/such/tree"]])
+def test_a_refused_start_creates_no_folder_and_the_fixed_command_runs(tree, tmp_path, extra):
+    out = tmp_path / "run"
+    code, err = _run([*T(tree, out), *extra])
+    assert code == 1 and "Traceback" not in err
+    assert not out.exists()
+
+
+# ---- item 7: the evaluation protocol is checked when the data is loaded ------------------
+
+
+def _tree(root, layout):
+    for split, items in layout.items():
+        (root / split).mkdir(parents=True)
+        for i, (pid, cam) in enumerate(items):
+            Image.new("RGB", (8, 16), (40 * pid, 0, 0)).save(
+                root / split / f"{pid:04d}_c{cam}s1_{i:06d}_01.jpg"
+            )
+    return root
+
+
+TRAIN = [(1, 1), (1, 2), (2, 1), (2, 2)]
+
+
+@pytest.mark.parametrize(
+    "query, gallery, counts",
+    [
+        ([(3, 1)], [(3, 1), (4, 2)], "1 have matches from their own camera only and 0"),
+        ([(5, 1)], [(3, 1), (4, 2)], "0 have matches from their own camera only and 1"),
+    ],
+)
+def test_no_valid_gallery_match_fails_when_loading(tmp_path, query, gallery, counts, capsys):
+    root = _tree(
+        tmp_path, {"bounding_box_train": TRAIN, "query": query, "bounding_box_test": gallery}
+    )
+    with pytest.raises(ValueError, match=f"no query has a valid gallery match.*{counts}"):
+        build_dataset("folder", root)
+    with pytest.raises(SystemExit) as stop:
+        evaluate_cli.main(["--checkpoint", "c.pt", "--data", "folder", "--root", str(root)])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and len(err.strip().splitlines()) == 1
+    assert "no query has a valid gallery match" in err
+
+
+def test_queries_without_a_match_are_named_in_a_warning(caplog):
+    query = [Record("q1", 3, 0), Record("q2", 5, 0)]
+    with caplog.at_level(logging.WARNING):
+        check_protocol(query, [Record("g", 3, 1)], "toy")
+    assert "1 of 2 queries have no valid gallery match" in caplog.text
+
+
+# ---- item 8: bad images are found before training, named with the flag ----------------
+
+
+@pytest.mark.slow
+def test_a_corrupt_train_image_stops_before_training(tree, tmp_path, monkeypatch):
+    root = tmp_path / "data"
+    shutil.copytree(tree, root)
+    bad = sorted((root / "bounding_box_train").glob("*.jpg"))[2]
+    bad.write_bytes(b"not a jpeg")
+    steps = []
+    monkeypatch.setattr(Engine, "forward_loss", lambda self, *a: steps.append(1))
+    code, err = _run(T(root, tmp_path / "run"))
+    line = _last_line(err)
+    assert code == 1 and f"cannot read image {bad}" in line and "--skip-bad-images" in line
+    assert steps == [] and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_an_image_corrupt_past_its_header_stops_with_its_name_in_the_log(tree, tmp_path):
+    root = tmp_path / "data"
+    shutil.copytree(tree, root)
+    for path in (root / "bounding_box_train").glob("*.jpg"):  # whichever the first step reads
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) * 2 // 3])
+    assert image_problem(str(path)) is None  # the header check lets it through
+    out = tmp_path / "run"
+    code, err = _run(T(root, out))
+    line = _last_line(err)
+    assert code == 1 and "cannot read image" in line and "--skip-bad-images" in line
+    assert "Traceback" not in err
+    log = (out / "train.log").read_text()
+    assert "the run stopped: cannot read image" in log and "--skip-bad-images" in log
+
+
+def test_a_worker_s_unreadable_image_error_is_one_line(tmp_path):
+    noise = np.random.default_rng(0).integers(0, 256, (128, 64, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(tmp_path / "a.jpg")
+    data = (tmp_path / "a.jpg").read_bytes()
+    (tmp_path / "a.jpg").write_bytes(data[: len(data) * 2 // 3])
+    loader = DataLoader(ImageDataset([(str(tmp_path / "a.jpg"), 0, 0)]), num_workers=1)
+    with pytest.raises(UnreadableImageError) as error:
+        next(iter(loader))
+    assert str(error.value).startswith(f"cannot read image {tmp_path / 'a.jpg'}")
+    assert "\n" not in str(error.value)
+
+
+def test_image_check_names_every_bad_file(tmp_path):
+    Image.new("RGB", (8, 16)).save(tmp_path / "good.jpg")
+    for name in ("a.jpg", "b.jpg"):
+        (tmp_path / name).write_bytes(b"")
+    records = [(str(tmp_path / n), 0, 0) for n in ("good.jpg", "a.jpg", "b.jpg")]
+    with pytest.raises(UnreadableImageError, match=r"a\.jpg .*, nor .*b\.jpg .*--skip-bad-images"):
+        ImageDataset(records)
+
+
+# ---- item 11: bombs, 16-bit images, FIFOs -----------------------------------------------
+
+
+def _bomb(path):
+    """A valid small JPEG whose header claims 15000 x 15000 pixels."""
+    Image.new("L", (8, 8)).save(path)
+    data = bytearray(path.read_bytes())
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5 : sof + 9] = (15000).to_bytes(2, "big") * 2
+    path.write_bytes(bytes(data))
+
+
+def test_a_decompression_bomb_is_named_and_skipped(tmp_path, caplog):
+    Image.new("RGB", (8, 16)).save(tmp_path / "good.jpg")
+    _bomb(tmp_path / "bomb.jpg")
+    records = [(str(tmp_path / n), 0, 0) for n in ("good.jpg", "bomb.jpg")]
+    with pytest.raises(UnreadableImageError, match=r"bomb\.jpg \(too large to decode safely"):
+        ImageDataset(records)
+    with caplog.at_level(logging.WARNING):
+        dataset = ImageDataset(records, skip_bad=True)
+    assert dataset.num_skipped == 1 and "bomb.jpg" in caplog.text
+
+
+def test_16_bit_grayscale_is_scaled_to_8_bits(tmp_path):
+    values = np.array([[0, 256 * 128], [65535, 256 * 64]], dtype=np.uint16)
+    Image.fromarray(values).save(tmp_path / "deep.png")
+    assert Image.open(tmp_path / "deep.png").mode == "I;16"
+    decoded = np.asarray(read_image(str(tmp_path / "deep.png")))
+    assert decoded.shape == (2, 2, 3)
+    assert decoded[..., 0].tolist() == [[0, 128], [255, 64]]
+    image, _, _ = ImageDataset([(str(tmp_path / "deep.png"), 0, 0)])[0]
+    assert np.asarray(image)[0, 1].tolist() == [128, 128, 128]
+
+
+def test_a_fifo_in_the_gallery_is_left_out_not_waited_on(tmp_path, caplog):
+    Image.new("RGB", (8, 16)).save(tmp_path / "good.jpg")
+    fifo = tmp_path / "0002_c1s1_000001_01.jpg"
+    os.mkfifo(fifo)
+    records = [(str(tmp_path / "good.jpg"), 0, 0), (str(fifo), 0, 0)]
+    built = []
+    with caplog.at_level(logging.WARNING):
+        worker = threading.Thread(target=lambda: built.append(ImageDataset(records)), daemon=True)
+        worker.start()
+        worker.join(60)
+    if worker.is_alive():  # the reader blocks on the FIFO: release it, then fail
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        pytest.fail("ImageDataset blocked on a FIFO")
+    assert [r.img_path for r in built[0].records] == [str(tmp_path / "good.jpg")]
+    assert f"skipped 1 paths that are not regular files: {fifo}" in caplog.text
+
+
+# ---- item 9: outputs are checked for writing before the work ------------------------------
+
+
+@pytest.mark.parametrize("case", ["folder", "under a file", "read-only"])
+def test_evaluate_output_is_checked_before_evaluating(tmp_path, monkeypatch, capsys, case):
+    (tmp_path / "a_file").write_text("")
+    output = {
+        "folder": tmp_path,
+        "under a file": tmp_path / "a_file" / "eval.json",
+        "read-only": "/sys/eval.json",  # sysfs refuses new files, even to root
+    }[case]
+    loaded = []
+    monkeypatch.setattr(evaluate_cli, "load_model_for_eval", loaded.append)
+    with pytest.raises(SystemExit) as stop:
+        evaluate_cli.main(["--checkpoint", "c.pt", "--data", "synthetic", "--output", str(output)])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and loaded == []
+    assert f"argument --output: cannot write '{output}'" in err
+
+
+def test_writable_output(tmp_path):
+    assert writable_output(tmp_path / "new" / "deeper" / "x.json") == tmp_path / "new/deeper/x.json"
+    assert not (tmp_path / "new").exists()  # checking creates nothing
+    assert writable_output(tmp_path, folder=True) == tmp_path
+    (tmp_path / "f").write_text("")
+    with pytest.raises(ValueError, match="it is a file"):
+        writable_output(tmp_path / "f", folder=True)
+    with pytest.raises(ValueError, match="it is a folder"):
+        writable_output(tmp_path)

@@ -288,8 +288,9 @@ class Engine:
             self._seed()
         elif data.num_train_pids != config["num_classes"]:
             raise ValueError(
-                f"the checkpoint was trained on {config['num_classes']} identities, but "
-                f"{config['data']!r} has {data.num_train_pids}"
+                f"checkpoint {str(self.checkpoint_path)!r} was trained on "
+                f"{config['num_classes']} identities, but {config['data']!r} has "
+                f"{data.num_train_pids}"
             )
         config["num_classes"] = data.num_train_pids
         if dist.is_main:
@@ -328,6 +329,12 @@ class Engine:
         self.train_loader, self.sampler = build_train_loader(
             data.train, config, dist.rank, dist.world_size, pin
         )
+        if start[1] >= self.sampler.steps():
+            raise ValueError(
+                f"checkpoint {str(self.checkpoint_path)!r}: its batch counter is beyond the "
+                f"{self.sampler.steps() * dist.world_size} global batches of an epoch on "
+                "this data; it was not written by this run"
+            )
         if dist.is_main:
             self.test_loaders = build_test_loaders(
                 data,
@@ -362,6 +369,7 @@ class Engine:
             dist.rank,
             dist.world_size,
             config["seed"],
+            self.checkpoint_path,
         )
         self.metrics = list(checkpoint["metrics"])
         if dist.is_main:
@@ -625,7 +633,7 @@ def run_training(
     options = dict(options or {})
     if resume is None:
         return Engine(make_config(options, preset), overwrite=overwrite).run()
-    checkpoint = load_checkpoint(resume)
+    checkpoint = load_checkpoint(resume, training=True)
     config, notes = resume_config(dict(checkpoint["args"]), options, str(Path(resume).parent))
     for note in notes:
         logger.warning("%s", note)

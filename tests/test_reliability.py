@@ -5,6 +5,7 @@ folder tree) and are marked ``slow``; the rest exercise the parts directly.
 """
 
 import contextlib
+import errno
 import io
 import logging
 import os
@@ -13,11 +14,14 @@ import threading
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
+import pmm_model.checkpoint as checkpoint
 import pmm_model.cli.evaluate as evaluate_cli
-from pmm_model.checkpoint import load_checkpoint
+import pmm_model.cli.study as study_cli
+from pmm_model.checkpoint import load_checkpoint, save_checkpoint
 from pmm_model.cli import train
 from pmm_model.cli.args import writable_output
 from pmm_model.data.datasets import (
@@ -34,6 +38,10 @@ from pmm_model.engine import Engine
 from pmm_model.run_folder import RunFolder, RunFolderError
 
 RUN_FILES = ("checkpoint.pt", "metrics.json", "train.log")
+
+
+def load_checkpoint_raw(path):
+    return torch.load(path, weights_only=True)
 
 
 @pytest.fixture(scope="module")
@@ -376,3 +384,154 @@ def test_writable_output(tmp_path):
         writable_output(tmp_path / "f", folder=True)
     with pytest.raises(ValueError, match="it is a folder"):
         writable_output(tmp_path)
+
+
+# ---- item 9: a full disk is named, with the size and how to resume --------------------------
+
+
+class _FullDisk:
+    """A file whose writes fail as on a full disk."""
+
+    def __init__(self, file):
+        self.file = file
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.file.close()
+
+    def write(self, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def _fill_disk_at_write(monkeypatch, n):
+    """From the ``n``-th atomic write on (1-based), the disk is full."""
+    real, calls = os.fdopen, []
+
+    def fdopen(fd, *args, **kwargs):
+        calls.append(1)
+        file = real(fd, *args, **kwargs)
+        return _FullDisk(file) if len(calls) >= n else file
+
+    monkeypatch.setattr(checkpoint.os, "fdopen", fdopen)
+
+
+def test_a_full_disk_keeps_the_previous_checkpoint_and_says_how_much(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint(path, {"epoch": 1})
+    _fill_disk_at_write(monkeypatch, 1)
+    with pytest.raises(OSError) as error:
+        save_checkpoint(path, {"epoch": 2, "weights": torch.zeros(2**19)})  # 2 MB
+    message = str(error.value)
+    assert error.value.errno == errno.ENOSPC
+    assert f"no space left on the device of {tmp_path} to write checkpoint.pt" in message
+    assert "needed about 2 MB" in message and "the previous checkpoint.pt is kept" in message
+    monkeypatch.undo()
+    assert load_checkpoint_raw(path)["epoch"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]
+
+
+@pytest.mark.slow
+def test_a_full_disk_during_training_says_how_to_resume(tree, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    _fill_disk_at_write(monkeypatch, 2)  # the checkpoint of epoch 2
+    code, err = _run(T(tree, out, "--epochs", "2", "--eval-every", "2"))
+    line = _last_line(err)
+    assert code == 1 and "Traceback" not in err
+    assert line.startswith("python -m pmm_model.train: error: no space left on the device of")
+    assert "needed about" in line and f"continue with --resume {out / 'checkpoint.pt'}" in line
+    monkeypatch.undo()
+    assert load_checkpoint(out / "checkpoint.pt")["epoch"] == 1
+    assert "the run stopped: [Errno 28] no space left" in (out / "train.log").read_text()
+
+
+def test_study_out_is_checked_before_the_grid(tmp_path, capsys):
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(SystemExit) as stop:
+        study_cli.build_parser().parse_args(["--out", str(tmp_path / "a_file")])
+    assert stop.value.code == 2
+    assert "argument --out: cannot use" in capsys.readouterr().err
+
+
+# ---- item 10: checkpoints that load but do not fit --------------------------------------------
+
+
+def _spoil(checkpoint, case):
+    args, model = checkpoint["args"], checkpoint["model"]
+    if case == "other backbone":
+        args["backbone"] = "resnet34"
+    elif case == "missing weights":
+        del model[next(iter(model))]
+    elif case == "other class count":
+        args["num_classes"] = 7
+    elif case == "string height":
+        args["height"] = "64"
+    elif case == "unknown model":
+        args["model"] = "bdb"
+    elif case == "nan weights":
+        next(t for t in model.values() if t.is_floating_point()).fill_(float("nan"))
+    elif case == "no optimizer":
+        del checkpoint["optimizer"]
+    elif case == "no rng":
+        del checkpoint["rng"]
+    elif case == "negative batches":
+        checkpoint["batches"] = -3
+    return checkpoint
+
+
+MESSAGES = {
+    "other backbone": "its weights do not fit the network its args describe",
+    "missing weights": "1 weights missing",
+    "other class count": "of another shape",  # resume: the data's count is checked first
+    "string height": "its args do not describe a run: height: must be an integer",
+    "unknown model": "its args do not describe a run: model: must be one of",
+    "nan weights": "hold NaN or infinite values",
+    "no optimizer": "cannot be resumed: it lacks ['optimizer']",
+    "no rng": "cannot be resumed: it lacks ['rng']",
+    "negative batches": "its batches counter must be an integer >= 0, got -3",
+}
+FOR_EVALUATION = ("other backbone", "missing weights", "other class count", "string height")
+FOR_EVALUATION += ("unknown model", "nan weights")
+
+
+def _spoiled(finished, tmp_path, case):
+    path = tmp_path / "spoiled" / "checkpoint.pt"
+    path.parent.mkdir()
+    torch.save(_spoil(load_checkpoint_raw(finished / "checkpoint.pt"), case), path)
+    return path
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", FOR_EVALUATION)
+def test_evaluate_refuses_a_checkpoint_that_does_not_fit(tree, finished, tmp_path, case, capsys):
+    path = _spoiled(finished, tmp_path, case)
+    argv = ["--checkpoint", str(path), "--data", "folder", "--root", str(tree), "--workers", "0"]
+    with pytest.raises(SystemExit) as stop:
+        evaluate_cli.main([*argv, "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"checkpoint '{path}'" in err and MESSAGES[case] in err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", list(MESSAGES))
+def test_resume_refuses_a_checkpoint_that_does_not_fit(finished, tmp_path, case):
+    path = _spoiled(finished, tmp_path, case)
+    before = path.read_bytes()
+    code, err = _run(["--resume", str(path), "--epochs", "2"])
+    assert code in (1, 2) and "Traceback" not in err
+    expected = "was trained on 7 identities" if case == "other class count" else MESSAGES[case]
+    assert f"checkpoint '{path}'" in _last_line(err) and expected in _last_line(err)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in path.parent.iterdir()) == ["checkpoint.pt"]
+
+
+@pytest.mark.slow
+def test_resume_refuses_an_absurd_batch_counter(finished, tmp_path):
+    path = _spoiled(finished, tmp_path, "none")
+    spoiled = load_checkpoint_raw(path)
+    spoiled["batches"] = 10**9
+    torch.save(spoiled, path)
+    code, err = _run(["--resume", str(path), "--epochs", "2"])
+    assert code == 1 and "its batch counter is beyond the 2 global batches" in _last_line(err)

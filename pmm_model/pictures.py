@@ -38,7 +38,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import numpy as np
 import torch
@@ -733,7 +733,8 @@ def draw_checkpoint(
         for row, q in zip(dist, picked, strict=True)
     ]
     # The loaders' records: with skip_bad_images they are the images left, in feature order.
-    query_records, gallery_records = query_loader.dataset.records, gallery_loader.dataset.records
+    query_records = cast(ImageDataset, query_loader.dataset).records
+    gallery_records = cast(ImageDataset, gallery_loader.dataset).records
     query_images, _ = _batch([query_records[q] for q in picked], transform)
     gallery = torch.stack(
         [_batch([gallery_records[g] for g in order], transform)[0] for order, _ in ranked]

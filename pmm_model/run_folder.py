@@ -158,6 +158,7 @@ class RunFolder:
         log = self.path / LOG
         self._log_size = log.stat().st_size if log.exists() else None
         self._claimed = True
+        assert self._lock is not None  # taken by __enter__
         os.ftruncate(self._lock, 0)
         os.write(self._lock, f"{os.getpid()}\n".encode())
         stale = [p for name in (CHECKPOINT, METRICS) for p in remove_temp_files(self.path, name)]

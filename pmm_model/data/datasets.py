@@ -514,7 +514,7 @@ class ImageDataset(Dataset):
     is returned. Every file is checked when the dataset is built, so a bad file stops a run
     before it trains rather than steps or epochs later:
 
-    * a path that is not a regular file (a folder, a FIFO, a dangling link) is always left
+    * a path that is not a regular file (a folder, a FIFO, a device) is always left
       out, named in a warning;
     * a file that cannot be read raises :class:`UnreadableImageError` naming the files,
       unless ``skip_bad``. The check reads headers only (:func:`image_problem`); a file

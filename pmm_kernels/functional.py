@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from pmm_kernels import validation as check
-from pmm_kernels.modes import MODES, MixInfo, MixMode
+from pmm_kernels.modes import MODES, MixInfo, MixMode, warn_deprecated
 from pmm_kernels.ops.feature_mix import BACKENDS, Backend, FeatureMixFunction, resolve_backend
 from pmm_kernels.ops.reference import saliency_torch
 from pmm_kernels.ops.utils import batch_drop_corner, batch_drop_size, draw_uniform
@@ -62,11 +62,12 @@ def feature_mix(
     mode: str = "a_hard_mix",
     block_size: tuple[int, int] = (3, 2),
     num_blocks: int = 3,
-    negatives: torch.Tensor | None = None,
+    partners: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
     h_ratio: float = 0.33,
     w_ratio: float = 1.0,
     backend: Backend | None = None,
+    negatives: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, MixInfo]:
     """Mix a feature map with one of the modes of docs/op.md#modes and say what was done.
 
@@ -101,10 +102,11 @@ def feature_mix(
             or an (N, H, W) saliency map. A constant: it gets no gradient.
         mode: one of :data:`MODES`.
         block_size: block height and width in cells (not used by ``batch_drop``).
-        num_blocks: blocks per sample, 1 <= k <= number of blocks (not used by ``batch_drop``).
-        negatives: (N,) partners in [-1, N), -1 meaning "do not mix"; skips the partner draw.
-            Only for the modes with a partner. Checking their range reads them on the host (one
-            sync on CUDA; under ``torch.compile`` an on-device assert instead).
+        num_blocks: k, the blocks per sample, 1 <= k <= number of blocks (not used by
+            ``batch_drop``).
+        partners: (N,) partner of each sample in [-1, N), -1 meaning "do not mix"; skips the
+            partner draw. Only for the modes with a partner. Checking their range reads them on
+            the host (one sync on CUDA; under ``torch.compile`` an on-device assert instead).
         generator: generator of the random draws; None uses feat's device's default generator
             (the only choice under ``torch.compile``).
         h_ratio: ``batch_drop``'s rectangle height, ``max(1, round(h_ratio * H))`` cells.
@@ -112,14 +114,15 @@ def feature_mix(
         backend: "triton" (CUDA, or CPU under ``TRITON_INTERPRET=1``), "torch", or "auto"
             (Triton for CUDA tensors where it applies). ``None`` reads
             ``PMM_KERNELS_BACKEND``, default "auto".
+        negatives: deprecated name of ``partners`` (warns); removed in the next release.
 
     Returns:
         The (N, C, H, W) output, in ``feat``'s dtype and memory format, and a :class:`MixInfo`.
 
     Raises:
-        TypeError: a non-tensor argument, non-floating ``feat`` or non-integer labels/negatives.
-        ValueError: an unknown mode, wrong shapes, devices that differ, a bad block size, k,
-            ratio or negatives, or an argument the mode does not take.
+        TypeError: a non-tensor argument, non-floating ``feat`` or non-integer labels/partners.
+        ValueError: an unknown mode, wrong shapes, devices that differ, a bad block size,
+            num_blocks, ratio or partners, or an argument the mode does not take.
 
     Example:
         >>> feat = torch.randn(4, 16, 24, 8, requires_grad=True)
@@ -130,7 +133,8 @@ def feature_mix(
     """
     feat = check.check_feat(feat)
     n, _, h, w = feat.shape
-    spec, attn, labels, block_size, (rows, cols), h_ratio, w_ratio, generator, negatives = (
+    partners = _renamed_partners(partners, negatives)
+    spec, attn, labels, block_size, (rows, cols), h_ratio, w_ratio, generator, partners = (
         check.check_mix_args(
             feat,
             labels,
@@ -138,7 +142,7 @@ def feature_mix(
             mode=mode,
             block_size=block_size,
             num_blocks=num_blocks,
-            negatives=negatives,
+            partners=partners,
             generator=generator,
             h_ratio=h_ratio,
             w_ratio=w_ratio,
@@ -154,22 +158,22 @@ def feature_mix(
         block_size = batch_drop_size(h, w, h_ratio, w_ratio)
         corner = batch_drop_corner(draw_uniform((2,), generator, feat.device), h, w, block_size)
         num_blocks = 1
-    if spec.partner_rule != "none" and negatives is None:
+    if spec.partner_rule != "none" and partners is None:
         u = draw_uniform((n,), generator, feat.device)
-    out, partners, blocks, mask, lam = FeatureMixFunction.apply(
+    out, chosen, blocks, mask, lam = FeatureMixFunction.apply(
         feat,
         attn,
         keys,
         corner,
         labels,
         u,
-        negatives,
+        partners,
         block_size,
         num_blocks,
         spec.partner_rule,
         use_triton,
     )
-    return out, MixInfo(partners, blocks, mask, lam)
+    return out, MixInfo(chosen, blocks, mask, lam)
 
 
 @overload
@@ -180,10 +184,11 @@ def a_hard_mix(
     *,
     block_size: tuple[int, int] = ...,
     num_blocks: int = ...,
-    negatives: torch.Tensor | None = ...,
+    partners: torch.Tensor | None = ...,
     generator: torch.Generator | None = ...,
     return_info: Literal[False] = ...,
     backend: Backend | None = ...,
+    negatives: torch.Tensor | None = ...,
 ) -> torch.Tensor: ...
 
 
@@ -195,10 +200,11 @@ def a_hard_mix(
     *,
     block_size: tuple[int, int] = ...,
     num_blocks: int = ...,
-    negatives: torch.Tensor | None = ...,
+    partners: torch.Tensor | None = ...,
     generator: torch.Generator | None = ...,
     return_info: Literal[True],
     backend: Backend | None = ...,
+    negatives: torch.Tensor | None = ...,
 ) -> tuple[torch.Tensor, MixInfo]: ...
 
 
@@ -209,12 +215,13 @@ def a_hard_mix(
     *,
     block_size: tuple[int, int] = (3, 2),
     num_blocks: int = 3,
-    negatives: torch.Tensor | None = None,
+    partners: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
     return_info: bool = False,
     backend: Backend | None = None,
+    negatives: torch.Tensor | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, MixInfo]:
-    """Attentive feature Hard-Mix: swap each sample's most salient blocks with a negative's.
+    """Attentive feature Hard-Mix: swap each sample's most salient blocks with a partner's.
 
     :func:`feature_mix` with ``mode="a_hard_mix"`` (docs/op.md#a_hard_mix). The map is cut into
     ``block_size`` blocks (row-major, edge blocks clipped). Each sample keeps its
@@ -229,14 +236,15 @@ def a_hard_mix(
             (N, H, W) saliency map used as given.
         labels: (N,) integer identity labels.
         block_size: block height and width in cells.
-        num_blocks: blocks replaced per sample, 1 <= k <= number of blocks.
-        negatives: (N,) partner indices in [-1, N), -1 meaning "do not mix"; skips sampling.
-            Checking their range reads them on the host (one sync on CUDA).
+        num_blocks: k, the blocks replaced per sample, 1 <= k <= number of blocks.
+        partners: (N,) partner of each sample in [-1, N), -1 meaning "do not mix"; skips
+            sampling. Checking their range reads them on the host (one sync on CUDA).
         generator: generator for partner sampling; a CPU generator gives the same partners on
             every backend.
         return_info: also return a :class:`MixInfo`.
         backend: "triton" (CUDA, or CPU under ``TRITON_INTERPRET=1``), "torch", or "auto"
             (Triton for CUDA tensors). ``None`` reads ``PMM_KERNELS_BACKEND``, default "auto".
+        negatives: deprecated name of ``partners`` (warns); removed in the next release.
 
     Returns:
         The mixed (N, C, H, W) map, in ``feat``'s dtype and memory format, and with
@@ -244,7 +252,7 @@ def a_hard_mix(
 
     Raises:
         TypeError: a non-tensor argument, non-floating ``feat`` or non-integer ``labels``.
-        ValueError: wrong shapes, devices that differ, bad block size, k or negatives.
+        ValueError: wrong shapes, devices that differ, bad block size, num_blocks or partners.
 
     Example:
         >>> feat = torch.randn(4, 16, 24, 8, requires_grad=True)
@@ -256,6 +264,7 @@ def a_hard_mix(
     check.check_feat(feat)
     check.check_tensor("attn", attn)
     check.check_tensor("labels", labels)
+    partners = _renamed_partners(partners, negatives)
     out, info = feature_mix(
         feat,
         labels,
@@ -263,7 +272,7 @@ def a_hard_mix(
         mode="a_hard_mix",
         block_size=block_size,
         num_blocks=num_blocks,
-        negatives=negatives,
+        partners=partners,
         generator=generator,
         backend=backend,
     )
@@ -309,7 +318,7 @@ def mixed_targets(
     if info is not None:
         if not isinstance(info, MixInfo):
             raise TypeError(f"info must be a MixInfo or None, got {check.describe(info)}")
-        partners = info.negatives
+        partners = info.partners
         if partners.shape != labels.shape or info.lam.shape != labels.shape:
             raise ValueError(
                 f"info is for a batch of {tuple(partners.shape)} but labels have shape "
@@ -319,3 +328,16 @@ def mixed_targets(
         partner_targets = F.one_hot(labels[partners.clamp_min(0)], num_classes).float()
         targets = (1 - lam) * targets + lam * partner_targets
     return targets * (1 - smoothing) + smoothing / num_classes
+
+
+def _renamed_partners(
+    partners: torch.Tensor | None, negatives: torch.Tensor | None
+) -> torch.Tensor | None:
+    """``partners``, or the same tensor passed by its deprecated name ``negatives``."""
+    if negatives is None:
+        return partners
+    if partners is not None:
+        raise ValueError("pass partners only: negatives is its deprecated name, got both")
+    # Two frames up: past feature_mix or a_hard_mix, at the user's call.
+    warn_deprecated("the negatives= keyword", "partners=", stacklevel=3)
+    return negatives

@@ -123,20 +123,20 @@ def check_choice(name: str, value: object, choices: Iterable[str]) -> str:
     return value
 
 
-def check_negatives(negatives: torch.Tensor, n: int) -> torch.Tensor:
-    """Given partners in [-1, N) as int64: read back on the host (one sync on CUDA), or under
+def check_partners(partners: torch.Tensor, n: int) -> torch.Tensor:
+    """Partners in [-1, N) as int64: read back on the host (one sync on CUDA), or under
     ``torch.compile`` asserted on the device, where a read-back would break the graph."""
     if torch.compiler.is_compiling():
         torch._assert_async(
-            ((negatives >= -1) & (negatives < n)).all(), "negatives must lie in [-1, N)"
+            ((partners >= -1) & (partners < n)).all(), "partners must lie in [-1, N)"
         )
     else:
-        low, high = int(negatives.min()), int(negatives.max())
+        low, high = int(partners.min()), int(partners.max())
         if low < -1 or high >= n:
             raise ValueError(
-                f"negatives must lie in [-1, {n}) for a batch of {n}, got values in [{low}, {high}]"
+                f"partners must lie in [-1, {n}) for a batch of {n}, got values in [{low}, {high}]"
             )
-    return negatives.to(torch.int64)
+    return partners.to(torch.int64)
 
 
 class MixArgs(NamedTuple):
@@ -150,7 +150,7 @@ class MixArgs(NamedTuple):
     h_ratio: float
     w_ratio: float
     generator: torch.Generator | None
-    negatives: torch.Tensor | None
+    partners: torch.Tensor | None
 
 
 def check_mix_args(
@@ -161,7 +161,7 @@ def check_mix_args(
     mode: object,
     block_size: object,
     num_blocks: object,
-    negatives: object,
+    partners: object,
     generator: object,
     h_ratio: object,
     w_ratio: object,
@@ -199,15 +199,15 @@ def check_mix_args(
     h_ratio = check_ratio("h_ratio", h_ratio)
     w_ratio = check_ratio("w_ratio", w_ratio)
     generator = check_generator(generator)
-    if negatives is not None:
+    if partners is not None:
         if spec.partner_rule == "none":
-            raise ValueError(f"mode={mode!r} zeroes its cells and takes no negatives")
-        negatives = check_labels("negatives", negatives, n)
-    check_same_device(feat, attn=attn, labels=labels, negatives=negatives)
-    if negatives is not None:
-        negatives = check_negatives(negatives, n)
+            raise ValueError(f"mode={mode!r} zeroes its cells and takes no partners")
+        partners = check_labels("partners", partners, n)
+    check_same_device(feat, attn=attn, labels=labels, partners=partners)
+    if partners is not None:
+        partners = check_partners(partners, n)
     return MixArgs(
-        spec, attn, labels, block_size, (rows, cols), h_ratio, w_ratio, generator, negatives
+        spec, attn, labels, block_size, (rows, cols), h_ratio, w_ratio, generator, partners
     )
 
 

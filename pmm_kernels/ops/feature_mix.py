@@ -86,14 +86,14 @@ def feature_mix_forward(
     corner: torch.Tensor | None,
     labels: torch.Tensor,
     u: torch.Tensor | None,
-    negatives: torch.Tensor | None,
+    given_partners: torch.Tensor | None,
     block_h: int,
     block_w: int,
     num_blocks: int,
     partner_rule: str,
     use_triton: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Mixed features and ``(negatives, blocks, mask, lam)``; inputs are already validated.
+    """Mixed features and ``(partners, blocks, mask, lam)``; inputs are already validated.
 
     See ``reference.feature_mix_forward_torch`` for the meaning of each argument.
     """
@@ -103,7 +103,16 @@ def feature_mix_forward(
         else reference.feature_mix_forward_torch
     )
     return forward(
-        feat, attn, keys, corner, labels, u, negatives, (block_h, block_w), num_blocks, partner_rule
+        feat,
+        attn,
+        keys,
+        corner,
+        labels,
+        u,
+        given_partners,
+        (block_h, block_w),
+        num_blocks,
+        partner_rule,
     )
 
 
@@ -115,7 +124,7 @@ def _(
     corner,
     labels,
     u,
-    negatives,
+    given_partners,
     block_h,
     block_w,
     num_blocks,
@@ -135,7 +144,7 @@ def _(
 @torch.library.custom_op("pmm::feature_mix_backward", mutates_args=())
 def feature_mix_backward(
     grad_out: torch.Tensor,
-    negatives: torch.Tensor,
+    partners: torch.Tensor,
     blocks: torch.Tensor,
     mask: torch.Tensor,
     block_h: int,
@@ -147,16 +156,14 @@ def feature_mix_backward(
     modes."""
     if use_triton:
         # Mode-independent: a zeroing mode's partners are all -1, so no cell has a taker.
-        return _triton_module().feature_mix_backward_triton(grad_out, negatives, mask)
+        return _triton_module().feature_mix_backward_triton(grad_out, partners, mask)
     if not from_partner:
         return reference.zeroed_backward_torch(grad_out, mask)
-    return reference.a_hard_mix_backward_torch(
-        grad_out, negatives, blocks, mask, (block_h, block_w)
-    )
+    return reference.a_hard_mix_backward_torch(grad_out, partners, blocks, mask, (block_h, block_w))
 
 
 @feature_mix_backward.register_fake
-def _(grad_out, negatives, blocks, mask, block_h, block_w, from_partner, use_triton):
+def _(grad_out, partners, blocks, mask, block_h, block_w, from_partner, use_triton):
     return torch.empty_like(grad_out, memory_format=torch.preserve_format)
 
 
@@ -175,7 +182,7 @@ class FeatureMixFunction(torch.autograd.Function):
         corner,
         labels,
         u,
-        negatives,
+        given_partners,
         block_size,
         num_blocks,
         partner_rule,
@@ -188,7 +195,7 @@ class FeatureMixFunction(torch.autograd.Function):
             corner,
             labels,
             u,
-            negatives,
+            given_partners,
             *block_size,
             num_blocks,
             partner_rule,

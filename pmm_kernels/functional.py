@@ -173,7 +173,9 @@ def feature_mix(
         spec.partner_rule,
         use_triton,
     )
-    return out, MixInfo(chosen, blocks, mask, lam)
+    # Read by mixed_targets: the label-keeping modes and unpaired samples keep their labels.
+    label_lam = torch.where(chosen >= 0, lam, 0.0) if spec.mixes_labels else torch.zeros_like(lam)
+    return out, MixInfo(chosen, blocks, mask, lam, label_lam)
 
 
 @overload
@@ -282,17 +284,18 @@ def a_hard_mix(
 def mixed_targets(
     labels: torch.Tensor, info: MixInfo | None, num_classes: int, smoothing: float = 0.0
 ) -> torch.Tensor:
-    """Soft targets of the label-mixing modes (``a_cutmix``, ``cutmix``),
-    docs/op.md#feature-mix-family.
+    """The (smoothed) loss targets of a mix, docs/op.md#soft-targets.
 
-    ``t_i = (1 - lam_i) * onehot(y_i) + lam_i * onehot(y_partner(i))``, and ``onehot(y_i)`` where
-    the partner is -1; label smoothing then gives ``t * (1 - smoothing) + smoothing / classes``.
-    The other modes keep their labels: pass ``info=None`` for their (smoothed) one-hot targets,
-    or check ``MODES[mode].mixes_labels`` (``FeatureMix.targets`` does).
+    ``t_i = (1 - l_i) * onehot(y_i) + l_i * onehot(y_partner(i))`` with ``l = info.label_lam``:
+    the area ``lam`` for the label-mixing modes (``a_cutmix``, ``cutmix``), 0 for the modes that
+    keep their labels (``a_hard_mix``, ``hard_mix``, ``cutout``, ``batch_drop``) and for samples
+    without a partner (-1), which so get ``onehot(y_i)``. Label smoothing then gives
+    ``t * (1 - smoothing) + smoothing / num_classes``. ``info=None`` gives the (smoothed)
+    one-hot targets of unmixed labels.
 
     Args:
         labels: (N,) integer class labels in [0, num_classes).
-        info: the :class:`MixInfo` of the mix, or None for unmixed targets.
+        info: the :class:`MixInfo` of the mix (of any mode), or None for unmixed targets.
         num_classes: number of classes.
         smoothing: label smoothing eps in [0, 1).
 
@@ -301,11 +304,14 @@ def mixed_targets(
         ``torch.nn.functional.cross_entropy(logits, targets)``.
 
     Example:
-        >>> info = MixInfo(torch.tensor([1, -1]), torch.zeros(2, 1, dtype=torch.long),
-        ...                torch.zeros(2, 2, 2, dtype=torch.bool), torch.tensor([0.25, 0.0]))
-        >>> mixed_targets(torch.tensor([0, 2]), info, num_classes=3)
-        tensor([[0.7500, 0.0000, 0.2500],
-                [0.0000, 0.0000, 1.0000]])
+        >>> labels, partners = torch.tensor([0, 0, 1, 1]), torch.tensor([2, -1, 0, 1])
+        >>> _, info = feature_mix(torch.randn(4, 8, 4, 4), labels, mode="cutmix",
+        ...                       block_size=(2, 2), num_blocks=1, partners=partners)
+        >>> mixed_targets(labels, info, num_classes=2)
+        tensor([[0.7500, 0.2500],
+                [1.0000, 0.0000],
+                [0.2500, 0.7500],
+                [0.2500, 0.7500]])
     """
     labels = check.check_tensor("labels", labels)
     if labels.dim() != 1:
@@ -324,9 +330,10 @@ def mixed_targets(
                 f"info is for a batch of {tuple(partners.shape)} but labels have shape "
                 f"{tuple(labels.shape)}"
             )
-        lam = torch.where(partners >= 0, info.lam, 0.0)[:, None]
+        share = info.lam if info.label_lam is None else info.label_lam
+        share = torch.where(partners >= 0, share, 0.0)[:, None]
         partner_targets = F.one_hot(labels[partners.clamp_min(0)], num_classes).float()
-        targets = (1 - lam) * targets + lam * partner_targets
+        targets = (1 - share) * targets + share * partner_targets
     return targets * (1 - smoothing) + smoothing / num_classes
 
 

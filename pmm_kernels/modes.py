@@ -49,12 +49,20 @@ class MixInfo(NamedTuple):
             first; (N, 1) of -1 for ``batch_drop``.
         mask: (N, H, W) bool, True where the cell was replaced or zeroed.
         lam: (N,) float32 replaced or zeroed area / (H * W).
+        label_lam: (N,) float32 share of the partner's label in the sample's loss target
+            (:func:`pmm_kernels.mixed_targets`): ``lam`` where the mode mixes labels
+            (``MODES[mode].mixes_labels``: ``a_cutmix``, ``cutmix``) and the sample has a
+            partner, else 0. None only in a MixInfo built by hand without it, for which
+            :func:`~pmm_kernels.mixed_targets` mixes by ``lam`` wherever there is a partner.
+            A tensor rather than the mode's name, so that a MixInfo stays a tuple of tensors
+            (``MixInfo(*(t.cpu() for t in info))`` keeps working).
     """
 
     partners: torch.Tensor
     blocks: torch.Tensor
     mask: torch.Tensor
     lam: torch.Tensor
+    label_lam: torch.Tensor | None = None
 
     @property
     def negatives(self) -> torch.Tensor:

@@ -282,9 +282,10 @@ def test_mixinfo_is_a_named_tuple_of_tensors():
         return_info=True,
     )
     assert isinstance(info, MixInfo)
-    partners, blocks, mask, lam = info
+    partners, blocks, mask, lam, label_lam = info
     assert partners.shape == (2,) and blocks.shape == (2, 2)
     assert mask.shape == (2, 6, 2) and lam.shape == (2,)
+    assert torch.equal(label_lam, torch.zeros(2))  # a_hard_mix keeps the labels
 
 
 GOOD = {

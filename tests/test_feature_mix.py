@@ -277,13 +277,34 @@ def test_mixed_targets_follow_the_spec(mode, smoothing):
         num_blocks=2,
     )
     mixes = MODES[mode].mixes_labels
-    targets = mixed_targets(labels, info if mixes else None, 5, smoothing)
+    # The info of every mode: the label-keeping ones (and unpaired samples) get one-hot targets.
+    targets = mixed_targets(labels, info, 5, smoothing)
     expected = oracle_targets(labels, info.partners.tolist(), info.lam, 5, smoothing, mixes)
     assert targets.dtype == torch.float32
     torch.testing.assert_close(targets.double(), expected, rtol=0, atol=1e-7)
     torch.testing.assert_close(targets.sum(1), torch.ones(6))
     if mixes:  # not trivially one-hot (a partner may share the label under "any other")
         assert (targets.max(dim=1).values < 1 - smoothing).sum() >= 4
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_mix_info_says_how_much_of_the_partners_label_the_loss_sees(mode):
+    labels = torch.tensor([0, 0, 1, 1])
+    _, info = feature_mix(
+        make_feat((4, 3, 6, 4), seed=9),
+        labels,
+        make_attn(mode, (4, 3, 6, 4), "weights", 9),
+        mode=mode,
+        block_size=(2, 2),
+        partners=torch.tensor([2, -1, 0, 1]) if RULES[mode] != "none" else None,
+    )
+    assert info.label_lam.dtype == torch.float32
+    if MODES[mode].mixes_labels:
+        assert info.label_lam.tolist() == [info.lam[0].item(), 0.0, *info.lam[2:].tolist()]
+        assert (info.label_lam[[0, 2, 3]] > 0).all()
+    else:  # a_hard_mix and hard_mix mix features across identities but keep the labels
+        assert torch.equal(info.label_lam, torch.zeros(4))
+        assert torch.equal(mixed_targets(labels, info, 2), torch.eye(2)[labels])
 
 
 def test_mixed_targets_ignore_unmixed_samples():
@@ -293,8 +314,10 @@ def test_mixed_targets_ignore_unmixed_samples():
         torch.zeros(2, 1, 1, dtype=torch.bool),
         torch.tensor([0.5, 0.5]),
     )
-    targets = mixed_targets(torch.tensor([1, 0]), info, 2)
+    targets = mixed_targets(torch.tensor([1, 0]), info, 2)  # built without label_lam: lam
     assert targets.tolist() == [[0.0, 1.0], [0.5, 0.5]]
+    targets = mixed_targets(torch.tensor([1, 0]), info._replace(label_lam=torch.zeros(2)), 2)
+    assert targets.tolist() == [[0.0, 1.0], [1.0, 0.0]]
 
 
 GOOD = {"feat": torch.randn(4, 3, 6, 4), "labels": torch.tensor([0, 0, 1, 1])}

@@ -301,7 +301,14 @@ def mixed_targets(
 
     Returns:
         (N, num_classes) float32 targets on ``labels``' device; each row sums to 1. Use them with
-        ``torch.nn.functional.cross_entropy(logits, targets)``.
+        :func:`pmm_kernels.soft_cross_entropy` or ``torch.nn.functional.cross_entropy``.
+
+    Raises:
+        TypeError: non-integer labels or partners, or an ``info`` that is not a MixInfo.
+        ValueError: labels outside [0, num_classes), partners outside [-1, N), a ``lam`` or
+            ``label_lam`` outside [0, 1] or NaN, or shapes that do not fit. Checking the ranges
+            reads them on the host (one sync on CUDA; an on-device assert under
+            ``torch.compile``).
 
     Example:
         >>> labels, partners = torch.tensor([0, 0, 1, 1]), torch.tensor([2, -1, 0, 1])
@@ -313,24 +320,11 @@ def mixed_targets(
                 [0.2500, 0.7500],
                 [0.2500, 0.7500]])
     """
-    labels = check.check_tensor("labels", labels)
-    if labels.dim() != 1:
-        raise ValueError(f"labels must have shape (N,), got {check.describe(labels)}")
-    labels = check.check_labels("labels", labels, labels.shape[0])
-    check.check_positive_int("num_classes", num_classes)
-    smoothing = check.check_smoothing(smoothing)
-    labels = labels.long()
+    labels, smoothing = check.check_target_args(labels, info, num_classes, smoothing)
     targets = F.one_hot(labels, num_classes).float()
     if info is not None:
-        if not isinstance(info, MixInfo):
-            raise TypeError(f"info must be a MixInfo or None, got {check.describe(info)}")
-        partners = info.partners
-        if partners.shape != labels.shape or info.lam.shape != labels.shape:
-            raise ValueError(
-                f"info is for a batch of {tuple(partners.shape)} but labels have shape "
-                f"{tuple(labels.shape)}"
-            )
         share = info.lam if info.label_lam is None else info.label_lam
+        partners = info.partners
         share = torch.where(partners >= 0, share, 0.0)[:, None]
         partner_targets = F.one_hot(labels[partners.clamp_min(0)], num_classes).float()
         targets = (1 - share) * targets + share * partner_targets

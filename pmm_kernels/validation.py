@@ -6,12 +6,13 @@ returns the value in its normalised form.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from typing import NamedTuple
 
 import torch
 
-from pmm_kernels.modes import MODES, MixMode
+from pmm_kernels.modes import MODES, MixInfo, MixMode
 from pmm_kernels.ops.utils import block_grid
 
 FEATURE_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -220,3 +221,61 @@ def check_smoothing(smoothing: object) -> float:
     ):
         raise ValueError(f"smoothing must be a number in [0, 1), got {smoothing!r}")
     return float(smoothing)
+
+
+def check_target_args(
+    labels: object, info: object, num_classes: object, smoothing: object
+) -> tuple[torch.Tensor, float]:
+    """Check :func:`pmm_kernels.mixed_targets`' arguments; returns int64 labels and smoothing.
+
+    The ranges (labels in [0, num_classes), ``info``'s partners in [-1, N), ``lam`` and
+    ``label_lam`` in [0, 1], no NaN) are read back on the host in one transfer: one sync on
+    CUDA, in loss code, where a training step reads its loss anyway. Under ``torch.compile``,
+    where a read-back would break the graph, they are asserted on the device instead.
+    """
+    labels = check_tensor("labels", labels)
+    if labels.dim() != 1:
+        raise ValueError(f"labels must have shape (N,), got {describe(labels)}")
+    n = labels.shape[0]
+    labels = check_labels("labels", labels, n).long()
+    num_classes = check_positive_int("num_classes", num_classes)
+    smoothing = check_smoothing(smoothing)
+    # (name, values, lowest and highest allowed, the range in words)
+    ranges = [("labels", labels, 0, num_classes - 1, f"[0, num_classes) = [0, {num_classes})")]
+    if info is not None:
+        if not isinstance(info, MixInfo):
+            raise TypeError(f"info must be a MixInfo or None, got {describe(info)}")
+        if info.partners.shape != labels.shape or info.lam.shape != labels.shape:
+            raise ValueError(
+                f"info is for a batch of {tuple(info.partners.shape)} but labels have shape "
+                f"{tuple(labels.shape)}"
+            )
+        check_labels("info.partners", info.partners, n)
+        ranges.append(("info.partners", info.partners, -1, n - 1, f"[-1, {n}) for a batch of {n}"))
+        for name in ("lam", "label_lam"):
+            value = getattr(info, name)
+            if value is None:
+                continue
+            if value.shape != (n,) or not value.is_floating_point():
+                raise ValueError(
+                    f"info.{name} must be a floating (N,) = ({n},) tensor, got {describe(value)}"
+                )
+            ranges.append((f"info.{name}", value, 0, 1, "[0, 1]"))
+    if n == 0:
+        return labels, smoothing
+    if torch.compiler.is_compiling():
+        for name, values, low, high, _ in ranges:
+            # NaN fails both comparisons.
+            torch._assert_async(((values >= low) & (values <= high)).all(), f"{name} out of range")
+        return labels, smoothing
+    bounds = torch.stack([b.double() for r in ranges for b in torch.aminmax(r[1])]).tolist()
+    for (name, _, low, high, words), got_low, got_high in zip(
+        ranges, bounds[::2], bounds[1::2], strict=True
+    ):
+        if math.isnan(got_low) or math.isnan(got_high):
+            raise ValueError(f"{name} must lie in {words}, got NaN")
+        if got_low < low or got_high > high:
+            raise ValueError(
+                f"{name} must lie in {words}, got values in [{got_low:g}, {got_high:g}]"
+            )
+    return labels, smoothing

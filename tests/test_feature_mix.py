@@ -371,3 +371,39 @@ def test_mixed_targets_check_their_arguments():
         mixed_targets(torch.tensor([0, 1]), tuple(info), 2)
     with pytest.raises(TypeError, match="labels must be an integer tensor"):
         mixed_targets(torch.tensor([0.0, 1.0]), info, 2)
+
+
+MIX_INFO = MixInfo(
+    torch.tensor([1, 0, -1]),
+    torch.zeros(3, 1, dtype=torch.long),
+    torch.zeros(3, 1, 1, dtype=torch.bool),
+    torch.tensor([0.5, 0.25, 0.0]),
+    torch.tensor([0.5, 0.25, 0.0]),
+)
+
+BAD_TARGET_INPUTS = [
+    # (labels, changes to MIX_INFO, error, words the message must contain)
+    ([0, 1, 3], {}, r"labels must lie in \[0, num_classes\) = \[0, 3\), got values in \[0, 3\]"),
+    ([0, -1, 2], {}, r"labels must lie in \[0, num_classes\) = \[0, 3\), got values in \[-1, 2\]"),
+    (
+        [0, 1, 2],
+        {"partners": torch.tensor([1, 3, -1])},
+        r"info.partners must lie in \[-1, 3\) for a batch of 3, got values in \[-1, 3\]",
+    ),
+    ([0, 1, 2], {"partners": torch.tensor([1, -2, 0])}, r"info.partners must lie in \[-1, 3\)"),
+    ([0, 1, 2], {"lam": torch.tensor([0.5, float("nan"), 0.0])}, r"info.lam must lie .* got NaN"),
+    ([0, 1, 2], {"lam": torch.tensor([0.5, 1.5, 0.0])}, r"info.lam must lie in \[0, 1\]"),
+    ([0, 1, 2], {"label_lam": torch.tensor([-0.5, 0, 0])}, r"info.label_lam must lie in \[0, 1\]"),
+    ([0, 1, 2], {"label_lam": torch.full((3,), float("nan"))}, r"info.label_lam .* got NaN"),
+    ([0, 1, 2], {"label_lam": torch.zeros(2)}, r"info.label_lam must be a floating \(N,\)"),
+]
+
+
+@pytest.mark.parametrize(("labels", "changes", "message"), BAD_TARGET_INPUTS)
+def test_mixed_targets_name_out_of_range_values(labels, changes, message):
+    # Before: F.one_hot's RuntimeError, an IndexError, or NaN targets without a word.
+    with pytest.raises(ValueError, match=message):
+        mixed_targets(torch.tensor(labels), MIX_INFO._replace(**changes), 3)
+    if not changes:  # the labels alone are checked without an info too
+        with pytest.raises(ValueError, match=message):
+            mixed_targets(torch.tensor(labels), None, 3)

@@ -7,7 +7,7 @@ returns the value in its normalised form.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
 import torch
@@ -212,14 +212,14 @@ def check_mix_args(
     )
 
 
-def check_smoothing(smoothing: object) -> float:
+def check_smoothing(smoothing: object, name: str = "smoothing") -> float:
     """Label smoothing eps in [0, 1)."""
     if (
         isinstance(smoothing, bool)
         or not isinstance(smoothing, int | float)
         or not (0 <= smoothing < 1)
     ):
-        raise ValueError(f"smoothing must be a number in [0, 1), got {smoothing!r}")
+        raise ValueError(f"{name} must be a number in [0, 1), got {smoothing!r}")
     return float(smoothing)
 
 
@@ -261,13 +261,27 @@ def check_target_args(
                     f"info.{name} must be a floating (N,) = ({n},) tensor, got {describe(value)}"
                 )
             ranges.append((f"info.{name}", value, 0, 1, "[0, 1]"))
-    if n == 0:
-        return labels, smoothing
+    if n > 0:
+        check_ranges(ranges)
+    return labels, smoothing
+
+
+Range = tuple[str, torch.Tensor, float, float, str]
+
+
+def check_ranges(ranges: Sequence[Range]) -> None:
+    """Each ``(name, values, low, high, words)``: every value in [low, high], none NaN, else a
+    ``ValueError`` saying ``name must lie in words``.
+
+    All bounds come back to the host in one transfer (one sync on CUDA); under
+    ``torch.compile``, where a read-back would break the graph, each range is asserted on the
+    device instead. The tensors must not be empty.
+    """
     if torch.compiler.is_compiling():
         for name, values, low, high, _ in ranges:
             # NaN fails both comparisons.
             torch._assert_async(((values >= low) & (values <= high)).all(), f"{name} out of range")
-        return labels, smoothing
+        return
     bounds = torch.stack([b.double() for r in ranges for b in torch.aminmax(r[1])]).tolist()
     for (name, _, low, high, words), got_low, got_high in zip(
         ranges, bounds[::2], bounds[1::2], strict=True
@@ -278,4 +292,51 @@ def check_target_args(
             raise ValueError(
                 f"{name} must lie in {words}, got values in [{got_low:g}, {got_high:g}]"
             )
-    return labels, smoothing
+
+
+# Rows of probability targets may miss 1 by float32 rounding (or bfloat16's, 2**-8).
+ROW_SUM_TOLERANCE = 1e-2
+
+
+def check_loss_args(
+    logits: object, targets: object, label_smoothing: object, reduction: object
+) -> float:
+    """Check :func:`pmm_kernels.soft_cross_entropy`'s arguments; returns the smoothing.
+
+    Labels must lie in [0, C); probabilities in [0, 1] with rows summing to 1 (within
+    :data:`ROW_SUM_TOLERANCE`), NaN rejected: read back in one transfer (:func:`check_ranges`).
+    """
+    logits = check_tensor("logits", logits)
+    targets = check_tensor("targets", targets)
+    if logits.dim() != 2 or not logits.is_floating_point():
+        raise ValueError(f"logits must be a floating (N, C) tensor, got {describe(logits)}")
+    n, c = logits.shape
+    label_smoothing = check_smoothing(label_smoothing, "label_smoothing")
+    check_choice("reduction", reduction, ("mean", "sum", "none"))
+    if targets.device != logits.device:
+        raise ValueError(
+            f"targets are on {targets.device} but logits on {logits.device}; "
+            "both must be on one device"
+        )
+    if targets.is_floating_point():
+        if targets.shape != (n, c):
+            raise ValueError(
+                f"targets must be (N,) integer labels or (N, C) = ({n}, {c}) probabilities, "
+                f"got {describe(targets)}"
+            )
+        ranges: list[Range] = [
+            ("targets", targets, 0, 1, "[0, 1] (probabilities)"),
+            (
+                "the row sums of targets",
+                targets.sum(dim=1),
+                1 - ROW_SUM_TOLERANCE,
+                1 + ROW_SUM_TOLERANCE,
+                f"1 ± {ROW_SUM_TOLERANCE:g} (each row is a probability distribution)",
+            ),
+        ]
+    else:
+        check_labels("targets", targets, n)
+        ranges = [("targets", targets, 0, c - 1, f"[0, C) = [0, {c})")]
+    if n > 0:
+        check_ranges(ranges)
+    return label_smoothing

@@ -167,15 +167,54 @@ def _(grad_out, partners, blocks, mask, block_h, block_w, from_partner, use_trit
     return torch.empty_like(grad_out, memory_format=torch.preserve_format)
 
 
+def _backward_setup_context(ctx, inputs, output):
+    _, partners, _, mask, *_ = inputs
+    ctx.save_for_backward(partners, mask)
+
+
+def _backward_backward(ctx, grad):
+    # The backward is linear in grad_out (it routes each cell's gradient to the cell's source),
+    # so its own gradient is its adjoint: the forward copy with the same plan. This makes
+    # double backward (gradgradcheck, Hessian-vector products, gradient penalties) work.
+    partners, mask = ctx.saved_tensors
+    return reference.replay_mix_torch(grad, partners, mask), *([None] * 7)
+
+
+feature_mix_backward.register_autograd(_backward_backward, setup_context=_backward_setup_context)
+
+
+@feature_mix_backward.register_vmap
+def _(info, in_dims, grad_out, partners, blocks, mask, block_h, block_w, from_partner, use_triton):
+    # Many gradients of one mix (torch.func.jacrev): the plan routes every channel alike, so the
+    # batch folds into the channels and one call serves all.
+    if any(dim is not None for dim in in_dims[1:4]):
+        raise ValueError(
+            "vmap over feature_mix_backward: only grad_out may be batched, not the plan"
+        )
+    batched = grad_out.movedim(in_dims[0], 1)
+    n, b, c, h, w = batched.shape
+    grad_feat = feature_mix_backward(
+        batched.reshape(n, b * c, h, w),
+        partners,
+        blocks,
+        mask,
+        block_h,
+        block_w,
+        from_partner,
+        use_triton,
+    )
+    return grad_feat.view(n, b, c, h, w), 1
+
+
 class FeatureMixFunction(torch.autograd.Function):
     """Forward mixes; backward routes each cell's gradient back to the sample it came from.
 
-    Only ``feat`` receives a gradient: every other input is a constant.
+    Only ``feat`` receives a gradient: every other input is a constant. Written with
+    ``setup_context``, so the ``torch.func`` transforms (``jacrev``, ``vjp``) apply.
     """
 
     @staticmethod
     def forward(
-        ctx,
         feat,
         attn,
         keys,
@@ -188,7 +227,7 @@ class FeatureMixFunction(torch.autograd.Function):
         partner_rule,
         use_triton,
     ):
-        out, partners, blocks, mask, lam = feature_mix_forward(
+        return feature_mix_forward(
             feat,
             attn,
             keys,
@@ -201,12 +240,16 @@ class FeatureMixFunction(torch.autograd.Function):
             partner_rule,
             use_triton,
         )
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        block_size, partner_rule, use_triton = inputs[7], inputs[9], inputs[10]
+        _, partners, blocks, mask, lam = output
         ctx.save_for_backward(partners, blocks, mask)
         ctx.block_size = block_size
         ctx.from_partner = partner_rule != "none"
         ctx.use_triton = use_triton
         ctx.mark_non_differentiable(partners, blocks, mask, lam)
-        return out, partners, blocks, mask, lam
 
     @staticmethod
     def backward(ctx, grad_out, *_):

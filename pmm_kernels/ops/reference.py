@@ -28,6 +28,7 @@ __all__ = [
     "a_hard_mix_backward_torch",
     "block_grid",
     "feature_mix_forward_torch",
+    "replay_mix_torch",
     "saliency_torch",
     "zeroed_backward_torch",
 ]
@@ -98,6 +99,19 @@ def feature_mix_forward_torch(
             out[samples, :, rows, columns] = feat[sources, :, rows, columns]
     lam = mask.sum(dim=(1, 2)).to(torch.float32) / (h * w)
     return out, partners, blocks, mask, lam
+
+
+def replay_mix_torch(x: torch.Tensor, partners: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The forward copy of a mix applied to ``x`` with a given plan (docs/op.md#copy).
+
+    ``out[i, :, p] = x[partners[i], :, p]`` where ``mask[i, p]`` and ``partners[i] >= 0``, 0 where
+    ``mask[i, p]`` and ``partners[i] == -1`` (the zeroing modes), else ``x[i, :, p]``. The
+    adjoint of the backward pass, so its gradient; made of differentiable PyTorch ops, so every
+    higher derivative follows.
+    """
+    has_partner = (partners >= 0)[:, None, None, None]
+    taken = torch.where(has_partner, x[partners.clamp_min(0)], x.new_zeros(()))
+    return torch.where(mask[:, None], taken, x)
 
 
 def a_hard_mix_backward_torch(

@@ -332,7 +332,7 @@ def plot_mixing(
         peak = sal.flatten(1).amax(1).clamp_min(1e-12).view(-1, 1, 1)
         maps.append((sal.clamp_min(0) / peak).numpy())
     rects = [mix_rectangles(info, block_size, (img_h, img_w)) for info in infos]
-    partners = [torch.as_tensor(info.negatives).cpu().tolist() for info in infos]
+    partners = [torch.as_tensor(info.partners).cpu().tolist() for info in infos]
     ids = torch.as_tensor(labels).tolist() if labels is not None else None
 
     rows = max(1, min(n, max_samples))

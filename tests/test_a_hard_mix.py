@@ -49,17 +49,17 @@ def test_matches_oracle_for_every_dtype_and_layout(dtype, layout, device):
         assert out.is_contiguous(memory_format=torch.channels_last)
 
 
-def test_given_negatives_with_repeated_and_missing_partners():
+def test_given_partners_with_repeated_and_missing_partners():
     # Sample 0 is the partner of five samples: the backward sums five takers in a fixed order.
     feat = make_feat((8, 4, 6, 4)) * 1e3
-    negatives = torch.tensor([1, 0, 0, 0, 0, 0, -1, 6])
+    partners = torch.tensor([1, 0, 0, 0, 0, 0, -1, 6])
     check_against_oracle(
         feat,
         torch.rand(8, 6, 4),
         torch.arange(8),
         block_size=(2, 2),
         num_blocks=3,
-        negatives=negatives,
+        partners=partners,
     )
 
 
@@ -107,7 +107,7 @@ def test_properties(problem, num_labels, seed):
     assert torch.equal(out, again)  # same CPU generator, same result
 
     for i in range(n):
-        j = int(info.negatives[i])
+        j = int(info.partners[i])
         if j < 0:  # only when every sample shares i's label
             assert (labels == labels[i]).all()
             assert not info.mask[i].any() and info.lam[i] == 0
@@ -125,7 +125,7 @@ def test_one_identity_batch_passes_through_with_no_partner():
     feat = make_feat((5, 3, 6, 4))
     out, info = a_hard_mix(feat, torch.rand(5, 3), torch.full((5,), 7), return_info=True)
     assert torch.equal(out, feat)
-    assert info.negatives.tolist() == [-1] * 5
+    assert info.partners.tolist() == [-1] * 5
     assert not info.mask.any()
     assert torch.equal(info.lam, torch.zeros(5))
 
@@ -164,23 +164,23 @@ def test_partner_rule_follows_the_spec_formula():
         generator=torch.Generator().manual_seed(5),
         return_info=True,
     )
-    assert info.negatives.tolist() == oracle_partners(u, labels)
+    assert info.partners.tolist() == oracle_partners(u, labels)
 
 
 def test_gradcheck_in_float64():
     feat = torch.randn(5, 3, 5, 4, dtype=torch.float64, requires_grad=True)
     labels = torch.tensor([0, 1, 1, 0, 2])
     saliency_map = torch.rand(5, 5, 4, dtype=torch.float64)
-    negatives = torch.tensor([1, 0, 0, 2, 0])  # sample 0 is taken from three times
+    partners = torch.tensor([1, 0, 0, 2, 0])  # sample 0 is taken from three times
 
     def mix(x):
         return a_hard_mix(
-            x, saliency_map, labels, block_size=(2, 2), num_blocks=2, negatives=negatives
+            x, saliency_map, labels, block_size=(2, 2), num_blocks=2, partners=partners
         )
 
     assert torch.autograd.gradcheck(mix, (feat,))
     weights = torch.rand(5, 3, dtype=torch.float64, requires_grad=True)
-    out = a_hard_mix(feat, weights, labels, negatives=negatives, block_size=(2, 2))
+    out = a_hard_mix(feat, weights, labels, partners=partners, block_size=(2, 2))
     out.sum().backward()
     assert weights.grad is None  # attn is a constant
 
@@ -199,9 +199,9 @@ def test_matches_the_authors_op_on_the_paper_map():
     # Same partners, same channel weights, 24x8 map: the authors' mask arithmetic and ours agree.
     feat = torch.randn(16, 32, 24, 8)
     weights = torch.randn(16, 32)
-    negatives = torch.randint(0, 16, (16,))
-    ours = a_hard_mix(feat, weights, torch.arange(16), negatives=negatives)
-    theirs = authors_a_hard_mix(feat, weights, negatives)
+    partners = torch.randint(0, 16, (16,))
+    ours = a_hard_mix(feat, weights, torch.arange(16), partners=partners)
+    theirs = authors_a_hard_mix(feat, weights, partners)
     assert torch.equal(ours, theirs)
     assert not torch.equal(ours, feat)
 
@@ -215,9 +215,10 @@ def test_mixinfo_is_a_named_tuple_of_tensors():
         return_info=True,
     )
     assert isinstance(info, MixInfo)
-    negatives, blocks, mask, lam = info
-    assert negatives.shape == (2,) and blocks.shape == (2, 2)
+    partners, blocks, mask, lam, label_lam = info
+    assert partners.shape == (2,) and blocks.shape == (2, 2)
     assert mask.shape == (2, 6, 2) and lam.shape == (2,)
+    assert torch.equal(label_lam, torch.zeros(2))  # a_hard_mix keeps the labels
 
 
 GOOD = {
@@ -260,13 +261,13 @@ BAD_INPUTS = [
     ({"num_blocks": 1.5}, ValueError, "num_blocks must be a positive int"),
     ({"num_blocks": 5}, ValueError, r"num_blocks must be in \[1, 4\] for a 6x4 map"),
     (
-        {"negatives": torch.tensor([0, 1, 2, 4])},
+        {"partners": torch.tensor([0, 1, 2, 4])},
         ValueError,
-        r"negatives must lie in \[-1, 4\).*\[0, 4\]",
+        r"partners must lie in \[-1, 4\).*\[0, 4\]",
     ),
-    ({"negatives": torch.tensor([-2, 1, 2, 3])}, ValueError, r"negatives must lie in \[-1, 4\)"),
-    ({"negatives": torch.tensor([0.0, 1, 2, 3])}, TypeError, "negatives must be an integer"),
-    ({"negatives": torch.tensor([0, 1])}, ValueError, r"negatives must have shape \(N,\)"),
+    ({"partners": torch.tensor([-2, 1, 2, 3])}, ValueError, r"partners must lie in \[-1, 4\)"),
+    ({"partners": torch.tensor([0.0, 1, 2, 3])}, TypeError, "partners must be an integer"),
+    ({"partners": torch.tensor([0, 1])}, ValueError, r"partners must have shape \(N,\)"),
     ({"generator": 3}, TypeError, "generator must be a torch.Generator"),
     ({"backend": "cuda"}, ValueError, r"backend must be one of \('auto', 'torch', 'triton'\)"),
     (

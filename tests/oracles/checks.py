@@ -10,7 +10,7 @@ from .a_hard_mix import oracle_backward, oracle_forward
 
 
 def check_against_oracle(
-    feat, attn, labels, *, block_size, num_blocks, generator_seed=0, negatives=None, backend="torch"
+    feat, attn, labels, *, block_size, num_blocks, generator_seed=0, partners=None, backend="torch"
 ):
     """Run the op and the oracle on the same inputs; assert out, info and grad agree exactly."""
     feat = feat.detach().requires_grad_()
@@ -21,7 +21,7 @@ def check_against_oracle(
         labels,
         block_size=block_size,
         num_blocks=num_blocks,
-        negatives=negatives,
+        partners=partners,
         generator=torch.Generator().manual_seed(generator_seed),
         return_info=True,
         backend=backend,
@@ -33,15 +33,15 @@ def check_against_oracle(
         block_size=block_size,
         num_blocks=num_blocks,
         u=u,
-        negatives=None if negatives is None else negatives.cpu(),
+        negatives=None if partners is None else partners.cpu(),
     )
     assert out.dtype == feat.dtype and out.shape == feat.shape
     assert torch.equal(out.detach().cpu(), expected.out)
-    assert info.negatives.tolist() == expected.negatives
+    assert info.partners.tolist() == expected.negatives
     assert info.blocks.tolist() == expected.blocks
     assert torch.equal(info.mask.cpu(), expected.mask)
     assert torch.equal(info.lam.cpu(), expected.lam)
-    assert info.negatives.dtype == info.blocks.dtype == torch.int64
+    assert info.partners.dtype == info.blocks.dtype == torch.int64
     assert info.mask.dtype == torch.bool and info.lam.dtype == torch.float32
 
     grad_out = torch.randn(feat.shape, generator=torch.Generator().manual_seed(1))

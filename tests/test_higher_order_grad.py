@@ -93,6 +93,7 @@ def test_opcheck_of_the_backward_op_with_its_autograd_formula():
     torch.library.opcheck(ops.feature_mix_backward, args)
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:Input #0 requires gradient and is not a double")
 @pytest.mark.parametrize("mode", ["a_cutmix", "batch_drop"])  # one backward kernel serves all
 def test_triton_backend_gradgradcheck(mode, triton_device):

@@ -570,6 +570,7 @@ def _visualize(checkpoint, root, out, *extra):
     return code, err.getvalue()
 
 
+@pytest.mark.slow
 def test_visualize_draws_with_a_fitting_checkpoint(pmm_checkpoint, tree, tmp_path):
     assert _visualize(pmm_checkpoint, tree, tmp_path / "out", "--ids", "2")[0] == 0
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
@@ -626,6 +627,7 @@ def test_visualize_refuses_up_front(pmm_checkpoint, tree, six_ids, tmp_path, cas
     assert not out.exists() or not list(out.iterdir())  # nothing drawn
 
 
+@pytest.mark.slow
 def test_visualize_may_skip_a_corrupt_query_image(pmm_checkpoint, tree, tmp_path, caplog):
     root = tmp_path / "data"
     shutil.copytree(tree, root)
@@ -636,6 +638,7 @@ def test_visualize_may_skip_a_corrupt_query_image(pmm_checkpoint, tree, tmp_path
     assert (tmp_path / "out" / "ranked.png").is_file()
 
 
+@pytest.mark.slow
 def test_visualize_says_when_there_are_no_curves(pmm_checkpoint, tree, tmp_path, capsys):
     lone = tmp_path / "lone" / "checkpoint.pt"
     lone.parent.mkdir()

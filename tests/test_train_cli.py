@@ -526,6 +526,7 @@ def test_a_mid_epoch_checkpoint_resumed_with_fewer_epochs_evaluates_and_stops(
     assert (checkpoint["epoch"], checkpoint["batches"]) == (1, 2)  # the position is kept
 
 
+@pytest.mark.slow
 def test_resume_notes_name_real_flags_and_the_preset(straight, capsys):
     # Issue 16.18: the notes said "ignoring --p 3" (no such flag) and dropped --preset.
     train.parse_args(

@@ -14,8 +14,8 @@ Example:
 from __future__ import annotations
 
 import signal
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections.abc import Iterator, Sequence, Sized
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -57,7 +57,8 @@ class SeededDataset(Dataset):
         self.dataset = dataset
 
     def __len__(self) -> int:
-        return len(self.dataset)
+        # A map-style dataset has a length; torch's Dataset type does not declare one.
+        return len(cast(Sized, self.dataset))
 
     def __getitem__(self, item: tuple[int, int]) -> Any:
         index, seed = item

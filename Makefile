@@ -36,7 +36,7 @@ bench: $(VENV)/.installed
 	$(PY) -m pytest benchmarks --benchmark-only
 
 static-check: $(VENV)/.installed
-	$(PY) -m pmm_kernels.static_check
+	$(PY) -m pmm_kernels.testing.static_check
 
 gpu-check:
 	PYTHONPATH=. $(GPU_PYTHON) benchmarks/gpu_check.py --out $(GPU_RESULTS)

@@ -74,8 +74,9 @@ def time_rows() -> list[dict]:
     """Every op row, timed with do_bench; a row that fails records its error and the rest go on."""
     from triton.testing import do_bench
 
-    from benchmarks.test_a_hard_mix import make_call, make_inputs, op_bytes
+    from benchmarks.op_rows import make_call, make_inputs, op_bytes
     from pmm_kernels.ops.feature_mix_triton import chosen_configs
+    from pmm_kernels.testing.cases import ATTN_FORMS
 
     def median_ms(fn) -> float:
         return do_bench(fn, return_mode="median")
@@ -101,7 +102,7 @@ def time_rows() -> list[dict]:
                 )
             )
             del feat
-            for attn_form in ("weights", "map"):
+            for attn_form in ATTN_FORMS:
                 feat, attn, labels, negatives = make_inputs(n, dtype, attn_form)
                 for passes in PASSES:
                     for impl in IMPLS:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ast
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -88,3 +91,22 @@ def test_launcher_args_draw_only_what_the_call_reads():
     assert args[5].min() >= -1 and args[5].max() < 4
     with pytest.raises(ValueError, match="source must be"):
         cases.launcher_args("saliency", "none", False, feat, (2, 2), 2, torch.Generator())
+
+
+def test_benchmarks_import_no_test_module():
+    # Shared bench helpers live in benchmarks/op_rows.py and pmm_kernels.testing, never in a test
+    # module: importing one would also collect its tests' module-level set-up.
+    root = Path(__file__).resolve().parents[1]
+    for path in sorted((root / "benchmarks").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            elif isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            else:
+                continue
+            for name in names:
+                parts = name.split(".")
+                assert parts[0] != "tests" and not parts[-1].startswith(("test_", "conftest")), (
+                    f"{path.name} imports {name}"
+                )

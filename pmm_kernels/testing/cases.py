@@ -15,7 +15,8 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from pmm_kernels import MODES, feature_mix
+from pmm_kernels.functional import feature_mix
+from pmm_kernels.modes import MODES
 from pmm_kernels.ops.utils import batch_drop_size, block_grid
 
 ATTN_FORMS: tuple[str, ...] = ("weights", "map")

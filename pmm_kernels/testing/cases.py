@@ -38,7 +38,7 @@ class Call:
         mode: a key of :data:`pmm_kernels.MODES`.
         attn_form: ``"weights"`` ((N, C) channel weights) or ``"map"`` ((N, H, W) saliency) for
             the salient modes, None for the others.
-        given: whether the partners are given (``negatives``) instead of drawn.
+        given: whether the partners are given instead of drawn.
     """
 
     mode: str
@@ -185,7 +185,7 @@ def launcher_args(
 ) -> tuple:
     """The launchers' arguments after ``feat``, drawn from ``generator`` on CPU.
 
-    ``(attn, keys, corner, labels, u, negatives, block_size, num_blocks, partner_rule)`` on
+    ``(attn, keys, corner, labels, u, given_partners, block_size, num_blocks, partner_rule)`` on
     ``feat``'s device, for ``feature_mix_forward_triton`` and ``feature_mix_forward_torch``:
     the cells from ``source`` (see :attr:`Call.source`), labels in [0, 3), partners in [-1, N)
     when ``given``, else a partner draw ``u`` unless the rule is "none". Draw order: cells,
@@ -204,11 +204,12 @@ def launcher_args(
         corner = torch.tensor([h // 3, w // 4])
     else:
         raise ValueError(f"source must be weights, map, keys or corner, got {source!r}")
-    negatives = torch.randint(-1, n, (n,), generator=generator) if given else None
+    given_partners = torch.randint(-1, n, (n,), generator=generator) if given else None
     labels = torch.randint(0, 3, (n,), generator=generator)
     draw = torch.rand(n, generator=generator)
     u = None if given or partner_rule == "none" else draw
     tensors = tuple(
-        None if t is None else t.to(feat.device) for t in (attn, keys, corner, labels, u, negatives)
+        None if t is None else t.to(feat.device)
+        for t in (attn, keys, corner, labels, u, given_partners)
     )
     return (*tensors, block_size, num_blocks, partner_rule)

@@ -22,7 +22,7 @@ BLOCK_SIZE, NUM_BLOCKS = PAPER.block_size, PAPER.num_blocks
 
 
 def make_inputs(n: int, dtype: torch.dtype, attn_form: str):
-    """``(feat, attn, labels, negatives)`` of an N-sample batch at the paper's map on DEVICE."""
+    """``(feat, attn, labels, partners)`` of an N-sample batch at the paper's map on DEVICE."""
     generator = torch.Generator().manual_seed(0)
     feat = torch.randn(n, C, H, W, generator=generator).to(DEVICE, dtype)
     if attn_form == "weights":
@@ -30,8 +30,8 @@ def make_inputs(n: int, dtype: torch.dtype, attn_form: str):
     else:
         attn = torch.rand(n, H, W, generator=generator).to(DEVICE)
     labels = (torch.arange(n) // 4).to(DEVICE)  # PK batches, K = 4
-    negatives = torch.randint(0, n, (n,), generator=generator).to(DEVICE)
-    return feat, attn, labels, negatives
+    partners = torch.randint(0, n, (n,), generator=generator).to(DEVICE)
+    return feat, attn, labels, partners
 
 
 def op_bytes(feat: torch.Tensor, attn_form: str, passes: str) -> float:
@@ -44,15 +44,15 @@ def op_bytes(feat: torch.Tensor, attn_form: str, passes: str) -> float:
     return forward + (2 * nbytes if passes == "forward_backward" else 0)
 
 
-def make_call(impl: str, feat, attn, labels, negatives, passes: str) -> Callable[[], object]:
+def make_call(impl: str, feat, attn, labels, partners, passes: str) -> Callable[[], object]:
     """The benchmarked call (passes: forward, forward_backward or backward); the backward takes a
     fixed grad_out."""
     if impl == "authors":
 
         def forward(x):
             if attn.dim() == 2:
-                return authors_a_hard_mix(x, attn, negatives, k=NUM_BLOCKS)
-            return authors_mix(x, attn, negatives, k=NUM_BLOCKS)[0]
+                return authors_a_hard_mix(x, attn, partners, k=NUM_BLOCKS)
+            return authors_mix(x, attn, partners, k=NUM_BLOCKS)[0]
     elif impl == "torch_compile":
         # N symbolic: one graph per dtype, attn form and grad mode, whatever the batch.
         compiled = torch.compile(reference.feature_mix_forward_torch, dynamic=True)
@@ -65,7 +65,7 @@ def make_call(impl: str, feat, attn, labels, negatives, passes: str) -> Callable
                 None,
                 labels,
                 None,
-                negatives,
+                partners,
                 BLOCK_SIZE,
                 NUM_BLOCKS,
                 "different_label",
@@ -77,7 +77,7 @@ def make_call(impl: str, feat, attn, labels, negatives, passes: str) -> Callable
                 x,
                 attn,
                 labels,
-                negatives=negatives,
+                partners=partners,
                 block_size=BLOCK_SIZE,
                 num_blocks=NUM_BLOCKS,
                 backend=impl,

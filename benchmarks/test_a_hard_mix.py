@@ -109,8 +109,8 @@ def test_a_hard_mix(benchmark, impl, passes, attn_form, n, dtype):
         pytest.skip(f"the {impl} rows are GPU rows; no CUDA device here")
     if impl == "authors" and dtype != torch.float32:
         pytest.skip("the authors' op builds a float32 mask: float32 only")
-    feat, attn, labels, negatives = make_inputs(n, dtype, attn_form)
+    feat, attn, labels, partners = make_inputs(n, dtype, attn_form)
     benchmark.group = f"a_hard_mix N={n} {dtype}"
-    call = make_call(impl, feat, attn, labels, negatives, passes)
+    call = make_call(impl, feat, attn, labels, partners, passes)
     record(benchmark, feat, op_bytes(feat, attn_form, passes), call)
     assert math.isfinite(benchmark.stats.stats.mean)

@@ -82,8 +82,8 @@ def test_the_paper_map_is_cut_into_the_paper_grid():
 def test_launcher_args_draw_only_what_the_call_reads():
     feat = torch.zeros(4, 3, 6, 4)
     args = cases.launcher_args("keys", "none", False, feat, (2, 2), 2, torch.Generator())
-    attn, keys, corner, labels, u, negatives, block_size, num_blocks, rule = args
-    assert attn is None and corner is None and u is None and negatives is None
+    attn, keys, corner, labels, u, given_partners, block_size, num_blocks, rule = args
+    assert attn is None and corner is None and u is None and given_partners is None
     assert keys.shape == (4, 6) and labels.shape == (4,)
     assert (block_size, num_blocks, rule) == ((2, 2), 2, "none")
     args = cases.launcher_args("map", "any_other", True, feat, (2, 2), 2, torch.Generator())

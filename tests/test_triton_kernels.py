@@ -71,7 +71,7 @@ def test_triton_equals_torch(shape, attn_form, partners, triton_device):
     n, c, h, w, block_size = shape.n, shape.c, shape.h, shape.w, shape.block_size
     num_grid_blocks = shape.num_grid_blocks
     labels = torch.randint(0, 3, (n,), device=triton_device)
-    negatives = torch.randint(-1, n, (n,), device=triton_device) if partners == "given" else None
+    given = torch.randint(-1, n, (n,), device=triton_device) if partners == "given" else None
     for k in sorted({1, (num_grid_blocks + 1) // 2, num_grid_blocks}):
         feat = make_feat((n, c, h, w), device=triton_device)
         attn = torch.randn(n, c) if attn_form == "weights" else torch.randn(n, h, w)
@@ -81,7 +81,7 @@ def test_triton_equals_torch(shape, attn_form, partners, triton_device):
             labels,
             block_size=block_size,
             num_blocks=k,
-            negatives=negatives,
+            partners=given,
         )
         assert_backends_agree(results)
 
@@ -94,14 +94,14 @@ def test_triton_dtypes_and_layouts(dtype, layout, attn_form, triton_device):
     feat = make_feat((n, c, h, w), dtype=dtype, layout=layout, device=triton_device) * 50
     attn = torch.rand(n, c) if attn_form == "weights" else torch.rand(n, h, w, dtype=dtype)
     # Sample 0 is taken by four others: the backward adds four gradients in a fixed order.
-    negatives = torch.tensor([2, 0, 0, 0, 0, -1], device=triton_device)
+    partners = torch.tensor([2, 0, 0, 0, 0, -1], device=triton_device)
     results = run_both(
         feat,
         attn.to(triton_device),
         torch.arange(n, device=triton_device),
         block_size=(2, 2),
         num_blocks=3,
-        negatives=negatives,
+        partners=partners,
     )
     assert_backends_agree(results)
 
@@ -236,9 +236,7 @@ def check_family(feat, source, partner_rule, given, block_size, num_blocks, seed
     got = feature_mix_forward_triton(feat, *args)
     expected = reference.feature_mix_forward_torch(feat.cpu(), *(on("cpu", a) for a in args))
     assert got[0].dtype == feat.dtype and got[0].stride() == feat.stride()
-    for name, a, b in zip(
-        ("out", "negatives", "blocks", "mask", "lam"), got, expected, strict=True
-    ):
+    for name, a, b in zip(("out", "partners", "blocks", "mask", "lam"), got, expected, strict=True):
         assert a.dtype == b.dtype, name
         assert torch.equal(a.cpu(), b), name
     _, partners, blocks, mask, _ = expected

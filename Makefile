@@ -55,7 +55,7 @@ bench: $(SETUP)
 	$(PY) -m pytest benchmarks --benchmark-only
 
 static-check: $(SETUP)
-	$(PY) -m pmm_kernels.static_check
+	$(PY) -m pmm_kernels.testing.static_check
 
 gpu-check:
 	PYTHONPATH=. $(GPU_PYTHON) benchmarks/gpu_check.py --out $(GPU_RESULTS)

@@ -74,8 +74,9 @@ def time_rows() -> list[dict]:
     """Every op row, timed with do_bench; a row that fails records its error and the rest go on."""
     from triton.testing import do_bench
 
-    from benchmarks.test_a_hard_mix import make_call, make_inputs, op_bytes
+    from benchmarks.op_rows import make_call, make_inputs, op_bytes
     from pmm_kernels.ops.feature_mix_triton import chosen_configs
+    from pmm_kernels.testing.cases import ATTN_FORMS
 
     def median_ms(fn) -> float:
         return do_bench(fn, return_mode="median")
@@ -101,8 +102,8 @@ def time_rows() -> list[dict]:
                 )
             )
             del feat
-            for attn_form in ("weights", "map"):
-                feat, attn, labels, negatives = make_inputs(n, dtype, attn_form)
+            for attn_form in ATTN_FORMS:
+                feat, attn, labels, partners = make_inputs(n, dtype, attn_form)
                 for passes in PASSES:
                     for impl in IMPLS:
                         if impl == "authors" and dtype != torch.float32:
@@ -113,7 +114,7 @@ def time_rows() -> list[dict]:
                             n=n, dtype=str(dtype)[6:], attn=attn_form, passes=passes, impl=impl
                         )
                         try:
-                            call = make_call(impl, feat, attn, labels, negatives, passes)
+                            call = make_call(impl, feat, attn, labels, partners, passes)
                             ms = median_ms(call)
                             bytes_moved = op_bytes(feat, attn_form, passes)
                             row.update(ms=ms, gb_per_s=bytes_moved / ms / 1e6, x_clone=ms / floor)
@@ -124,7 +125,7 @@ def time_rows() -> list[dict]:
                             row["error"] = f"{type(error).__name__}: {str(error)[:300]}"
                         rows.append(row)
                         print(json.dumps(row), flush=True)
-                del feat, attn, labels, negatives
+                del feat, attn, labels, partners
                 torch.cuda.empty_cache()
     return rows
 

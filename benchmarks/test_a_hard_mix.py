@@ -7,7 +7,8 @@ weights), the effective GB/s, and its time over ``feat.clone()`` measured in the
 ``triton.testing.do_bench`` (CUDA events, L2 flushed before each run, median), and the Triton rows
 also record the tile the autotuner chose. On CPU only the PyTorch path, the authors' op and the
 floor run; the Triton and ``torch.compile`` rows are GPU rows and are skipped there with the reason.
-``benchmarks/gpu_check.py`` times the same rows without pytest-benchmark.
+``benchmarks/gpu_check.py`` times the same rows (``benchmarks/op_rows.py``) without
+pytest-benchmark.
 """
 
 from __future__ import annotations
@@ -19,17 +20,12 @@ from collections.abc import Callable
 import pytest
 import torch
 
-from pmm_kernels import a_hard_mix
-from pmm_kernels.ops import reference
-from pmm_kernels.testing.authors_ops import authors_a_hard_mix, authors_mix
+from benchmarks.op_rows import DEVICE, make_call, make_inputs, op_bytes
+from pmm_kernels.testing.cases import ATTN_FORMS
 
-DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 ON_GPU = DEVICE.type == "cuda"
-C, H, W = 2048, 24, 8
 BATCHES = [32, 64, 128, 256] if ON_GPU else [64]
 DTYPES = [torch.float32, torch.bfloat16] if ON_GPU else [torch.float32]
-BLOCK_SIZE, NUM_BLOCKS = (3, 2), 3
-PATCH_FRACTION = NUM_BLOCKS * BLOCK_SIZE[0] * BLOCK_SIZE[1] / (H * W)
 
 
 def synchronized(fn: Callable[[], object]) -> Callable[[], object]:
@@ -66,18 +62,6 @@ def mean_seconds(fn: Callable[[], object]) -> float:
     return total / ROUNDS
 
 
-def make_inputs(n: int, dtype: torch.dtype, attn_form: str):
-    generator = torch.Generator().manual_seed(0)
-    feat = torch.randn(n, C, H, W, generator=generator).to(DEVICE, dtype)
-    if attn_form == "weights":
-        attn = torch.rand(n, C, generator=generator).to(DEVICE)
-    else:
-        attn = torch.rand(n, H, W, generator=generator).to(DEVICE)
-    labels = (torch.arange(n) // 4).to(DEVICE)  # PK batches, K = 4
-    negatives = torch.randint(0, n, (n,), generator=generator).to(DEVICE)
-    return feat, attn, labels, negatives
-
-
 def gpu_seconds(fn: Callable[[], object]) -> float:
     """Median seconds per call on the GPU: CUDA events, L2 flushed before each run."""
     from triton.testing import do_bench
@@ -104,63 +88,6 @@ def record(benchmark, feat: torch.Tensor, bytes_moved: float, fn: Callable[[], o
     )
 
 
-def op_bytes(feat: torch.Tensor, attn_form: str, passes: str) -> float:
-    nbytes = feat.numel() * feat.element_size()
-    forward = 2 * nbytes + (2 * nbytes * PATCH_FRACTION if attn_form == "weights" else 0)
-    if passes == "backward":
-        return 2 * nbytes
-    return forward + (2 * nbytes if passes == "forward_backward" else 0)
-
-
-def make_call(impl: str, feat, attn, labels, negatives, passes: str) -> Callable[[], object]:
-    """The benchmarked call (passes: forward, forward_backward or backward); the backward takes a
-    fixed grad_out."""
-    if impl == "authors":
-
-        def forward(x):
-            if attn.dim() == 2:
-                return authors_a_hard_mix(x, attn, negatives, k=NUM_BLOCKS)
-            return authors_mix(x, attn, negatives, k=NUM_BLOCKS)[0]
-    elif impl == "torch_compile":
-        # N symbolic: one graph per dtype, attn form and grad mode, whatever the batch.
-        compiled = torch.compile(reference.feature_mix_forward_torch, dynamic=True)
-
-        def forward(x):
-            return compiled(
-                x,
-                attn,
-                None,
-                None,
-                labels,
-                None,
-                negatives,
-                BLOCK_SIZE,
-                NUM_BLOCKS,
-                "different_label",
-            )[0]
-    else:
-
-        def forward(x):
-            return a_hard_mix(
-                x,
-                attn,
-                labels,
-                negatives=negatives,
-                block_size=BLOCK_SIZE,
-                num_blocks=NUM_BLOCKS,
-                backend=impl,
-            )
-
-    if passes == "forward":
-        return lambda: forward(feat)
-    leaf = feat.detach().requires_grad_()
-    grad_out = torch.randn_like(feat)
-    if passes == "backward":  # one forward, then its backward alone, again and again
-        out = forward(leaf)
-        return lambda: torch.autograd.grad(out, leaf, grad_out, retain_graph=True)
-    return lambda: torch.autograd.grad(forward(leaf), leaf, grad_out)
-
-
 IMPLS = ["torch", "triton", "torch_compile", "authors"]
 
 
@@ -174,7 +101,7 @@ def test_clone_floor(benchmark, n, dtype):
 
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("passes", ["forward", "forward_backward"])
-@pytest.mark.parametrize("attn_form", ["weights", "map"])
+@pytest.mark.parametrize("attn_form", ATTN_FORMS)
 @pytest.mark.parametrize("n", BATCHES)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_a_hard_mix(benchmark, impl, passes, attn_form, n, dtype):
@@ -182,8 +109,8 @@ def test_a_hard_mix(benchmark, impl, passes, attn_form, n, dtype):
         pytest.skip(f"the {impl} rows are GPU rows; no CUDA device here")
     if impl == "authors" and dtype != torch.float32:
         pytest.skip("the authors' op builds a float32 mask: float32 only")
-    feat, attn, labels, negatives = make_inputs(n, dtype, attn_form)
+    feat, attn, labels, partners = make_inputs(n, dtype, attn_form)
     benchmark.group = f"a_hard_mix N={n} {dtype}"
-    call = make_call(impl, feat, attn, labels, negatives, passes)
+    call = make_call(impl, feat, attn, labels, partners, passes)
     record(benchmark, feat, op_bytes(feat, attn_form, passes), call)
     assert math.isfinite(benchmark.stats.stats.mean)

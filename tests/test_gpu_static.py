@@ -1,7 +1,7 @@
 """What a GPU would execute: every Triton launch of the op, compiled for sm_80 and sm_90.
 
-``python -m pmm_kernels.static_check`` runs once (in a child process: the check compiles, while
-this process may have ``TRITON_INTERPRET=1`` set) and the tests read its report. Skipped, with
+``python -m pmm_kernels.testing.static_check`` runs once (in a child process: the check compiles,
+while this process may have ``TRITON_INTERPRET=1`` set) and the tests read its report. Skipped, with
 the reason, where the installed Triton lacks what the check relies on.
 """
 
@@ -14,8 +14,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
-from pmm_kernels import static_check
+from pmm_kernels.testing import cases, static_check
 
 ROOT = Path(__file__).resolve().parents[1]
 STREAMING_KERNELS = set(static_check.DENSE_STREAMS)
@@ -26,7 +27,7 @@ def report(tmp_path_factory) -> dict:
     path = tmp_path_factory.mktemp("static_check") / "report.json"
     env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
     result = subprocess.run(
-        [sys.executable, "-m", "pmm_kernels.static_check", "--json", str(path)],
+        [sys.executable, "-m", "pmm_kernels.testing.static_check", "--json", str(path)],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -56,9 +57,9 @@ def test_every_launch_compiles_for_sm80_and_sm90(report):
         for row in report["rows"]
     }
     for cap in static_check.CAPS:
-        for dtype in static_check.DTYPES:
+        for dtype in cases.DTYPES:
             for layout in static_check.LAYOUTS:
-                for hw, channels in static_check.SHAPES:
+                for shape in cases.COMPILED:
                     for kernel in (
                         "_saliency_copy_kernel",
                         "_plan_kernel",
@@ -66,12 +67,10 @@ def test_every_launch_compiles_for_sm80_and_sm90(report):
                         "_mix_kernel",
                         "_feature_mix_bwd_kernel",
                     ):
-                        shape = static_check.shape_label(hw, channels)
-                        assert (cap, kernel, dtype, layout, shape) in compiled
+                        name = static_check.dtype_name(dtype)
+                        assert (cap, kernel, name, layout, shape.name) in compiled
     modes = {row["mode"] for row in report["rows"] if row["kernel"] == "_plan_kernel"}
-    assert modes == {mode for mode, *_ in static_check.MODES} | {
-        f"a_hard_mix, N={static_check.LARGE_BATCH}"
-    }
+    assert modes == {call.name for call in cases.CALLS} | {static_check.chunked_mode()}
 
 
 @pytest.mark.slow
@@ -98,7 +97,7 @@ def test_streaming_kernels_move_their_dense_tiles_in_16_byte_accesses(report):
     assert checked == {
         (kernel, dtype, layout)
         for kernel in STREAMING_KERNELS
-        for dtype in static_check.DTYPES
+        for dtype in map(static_check.dtype_name, cases.DTYPES)
         for layout in static_check.LAYOUTS
     }
 
@@ -109,7 +108,7 @@ def test_bytes_model_at_the_paper_map(report):
     rows = {
         (row["kernel"], row["mode"]): row["bytes_over_feat"]
         for row in report["rows"]
-        if row["map"] == "24x8" and row["dtype"] == "float32" and row["layout"] == "nchw"
+        if row["map"] == "24x8" and row["dtype"] == "float32" and row["layout"] == "contiguous"
     }
     f = 18 / 192
     assert rows[("_mix_kernel", "a_hard_mix, saliency map")] == pytest.approx(2 + f, abs=1e-3)
@@ -152,3 +151,21 @@ def _row(**overrides) -> dict:
 )
 def test_row_problems_flag_each_miss(overrides, kinds):
     assert [kind for kind, _ in static_check.row_problems(_row(**overrides))] == kinds
+
+
+@pytest.mark.parametrize(
+    ("make", "aligned"),
+    [
+        (lambda: torch.zeros(2, 64, 24, 8), True),  # NCHW, H*W = 192
+        (lambda: torch.zeros(2, 64, 7, 5), False),  # NCHW, H*W = 35
+        (lambda: torch.zeros(2, 64, 7, 5).to(memory_format=torch.channels_last), True),  # C = 64
+        (lambda: torch.zeros(2, 130, 24, 8).to(memory_format=torch.channels_last), False),
+        # Samples 8 elements apart beyond the map: rows of the second sample start misaligned.
+        (lambda: torch.zeros(2, 64 * 192 + 8)[:, : 64 * 192].view(2, 64, 24, 8), False),
+    ],
+    ids=["nchw-24x8", "nchw-7x5", "channels-last-C64", "channels-last-C130", "padded-samples"],
+)
+def test_launcher_says_which_maps_stream_16_bytes_wide(make, aligned):
+    from pmm_kernels.ops.feature_mix_triton import streams_16_byte_aligned
+
+    assert streams_16_byte_aligned(*make().flatten(2).stride()) is aligned

@@ -21,6 +21,7 @@ from pmm_kernels.ops.feature_mix_triton import (
     feature_mix_backward_triton,
     feature_mix_forward_triton,
 )
+from pmm_kernels.testing import cases
 
 
 def on(device, value):
@@ -63,32 +64,15 @@ def assert_backends_agree(results):
     assert torch.equal(grad_k, grad_t)
 
 
-# The issue's grid, thinned to stay quick under the interpreter: every N, C, map size and block
-# size appears, and each case runs k = 1, the middle and all blocks.
-CASES = [
-    (1, 3, (24, 8), (3, 2)),
-    (2, 130, (24, 8), (1, 1)),
-    (16, 1, (24, 8), "full"),
-    (7, 3, (7, 5), (3, 2)),
-    (16, 130, (7, 5), (1, 1)),
-    (1, 1, (7, 5), "full"),
-    (2, 3, (1, 1), (3, 2)),
-    (7, 1, (1, 1), (1, 1)),
-    (16, 3, (1, 1), "full"),
-    (7, 130, (24, 8), (3, 2)),
-]
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize(("n", "c", "hw", "block"), CASES)
-@pytest.mark.parametrize("attn_form", ["weights", "map"])
+@pytest.mark.parametrize("shape", cases.SWEEP, ids=lambda shape: shape.name)
+@pytest.mark.parametrize("attn_form", cases.ATTN_FORMS)
 @pytest.mark.parametrize("partners", ["sampled", "given"])
-def test_triton_equals_torch(n, c, hw, block, attn_form, partners, triton_device):
-    h, w = hw
-    block_size = (h, w) if block == "full" else block
-    num_grid_blocks = math.ceil(h / block_size[0]) * math.ceil(w / block_size[1])
+def test_triton_equals_torch(shape, attn_form, partners, triton_device):
+    n, c, h, w, block_size = shape.n, shape.c, shape.h, shape.w, shape.block_size
+    num_grid_blocks = shape.num_grid_blocks
     labels = torch.randint(0, 3, (n,), device=triton_device)
-    negatives = torch.randint(-1, n, (n,), device=triton_device) if partners == "given" else None
+    given = torch.randint(-1, n, (n,), device=triton_device) if partners == "given" else None
     for k in sorted({1, (num_grid_blocks + 1) // 2, num_grid_blocks}):
         feat = make_feat((n, c, h, w), device=triton_device)
         attn = torch.randn(n, c) if attn_form == "weights" else torch.randn(n, h, w)
@@ -98,27 +82,27 @@ def test_triton_equals_torch(n, c, hw, block, attn_form, partners, triton_device
             labels,
             block_size=block_size,
             num_blocks=k,
-            negatives=negatives,
+            partners=given,
         )
         assert_backends_agree(results)
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
-@pytest.mark.parametrize("attn_form", ["weights", "map"])
+@pytest.mark.parametrize("dtype", cases.DTYPES, ids=str)
+@pytest.mark.parametrize("attn_form", cases.ATTN_FORMS)
 def test_triton_dtypes_and_layouts(dtype, layout, attn_form, triton_device):
     n, c, h, w = 6, 35, 7, 5
     feat = make_feat((n, c, h, w), dtype=dtype, layout=layout, device=triton_device) * 50
     attn = torch.rand(n, c) if attn_form == "weights" else torch.rand(n, h, w, dtype=dtype)
     # Sample 0 is taken by four others: the backward adds four gradients in a fixed order.
-    negatives = torch.tensor([2, 0, 0, 0, 0, -1], device=triton_device)
+    partners = torch.tensor([2, 0, 0, 0, 0, -1], device=triton_device)
     results = run_both(
         feat,
         attn.to(triton_device),
         torch.arange(n, device=triton_device),
         block_size=(2, 2),
         num_blocks=3,
-        negatives=negatives,
+        partners=partners,
     )
     assert_backends_agree(results)
 
@@ -238,49 +222,16 @@ def test_works_under_torch_compile_without_graph_breaks(backend, triton_device):
 # launcher, which shares its signature and is itself checked against the loop oracle in
 # test_feature_mix.py.
 
-FAMILY = [
-    # (mode, cells, partner rule, given partners)
-    ("a_hard_mix", "weights", "different_label", False),
-    ("a_hard_mix, map", "map", "different_label", False),
-    ("a_cutmix", "weights", "any_other", False),
-    ("a_cutmix, map", "map", "any_other", False),
-    ("hard_mix", "keys", "different_label", False),
-    ("cutmix", "keys", "any_other", False),
-    ("cutmix, given", "keys", "any_other", True),
-    ("cutout", "keys", "none", False),
-    ("batch_drop", "corner", "none", False),
-]
-
-
-def family_inputs(source, n, c, h, w, block_size, given, device, generator):
-    rows, cols = math.ceil(h / block_size[0]), math.ceil(w / block_size[1])
-    cells = {
-        "weights": (torch.randn(n, c, generator=generator), None, None),
-        "map": (torch.randn(n, h, w, generator=generator), None, None),
-        "keys": (None, torch.rand(n, rows * cols, generator=generator), None),
-        "corner": (None, None, torch.tensor([h // 3, w // 4])),
-    }[source]
-    cells = tuple(None if t is None else t.to(device) for t in cells)
-    negatives = torch.randint(-1, n, (n,), generator=generator).to(device) if given else None
-    return cells, negatives
-
 
 def check_family(feat, source, partner_rule, given, block_size, num_blocks, seed=0):
     """Forward and backward launchers of both backends agree bit for bit."""
     device = feat.device
-    n, c, h, w = feat.shape
     generator = torch.Generator().manual_seed(seed)
-    cells, negatives = family_inputs(source, n, c, h, w, block_size, given, device, generator)
-    labels = torch.randint(0, 3, (n,), generator=generator).to(device)
-    u = torch.rand(n, generator=generator).to(device)
-    u = None if given or partner_rule == "none" else u
-    args = (*cells, labels, u, negatives, block_size, num_blocks, partner_rule)
+    args = cases.launcher_args(source, partner_rule, given, feat, block_size, num_blocks, generator)
     got = feature_mix_forward_triton(feat, *args)
     expected = reference.feature_mix_forward_torch(feat.cpu(), *(on("cpu", a) for a in args))
     assert got[0].dtype == feat.dtype and got[0].stride() == feat.stride()
-    for name, a, b in zip(
-        ("out", "negatives", "blocks", "mask", "lam"), got, expected, strict=True
-    ):
+    for name, a, b in zip(("out", "partners", "blocks", "mask", "lam"), got, expected, strict=True):
         assert a.dtype == b.dtype, name
         assert torch.equal(a.cpu(), b), name
     _, partners, blocks, mask, _ = expected
@@ -296,30 +247,18 @@ def check_family(feat, source, partner_rule, given, block_size, num_blocks, seed
     assert torch.equal(grad.cpu(), want)
 
 
-@pytest.mark.parametrize(
-    ("mode", "source", "partner_rule", "given"), FAMILY, ids=[mode for mode, *_ in FAMILY]
-)
-@pytest.mark.parametrize(
-    ("n", "c", "hw", "block_size", "k"),
-    [
-        (5, 7, (7, 5), (3, 2), 2),  # odd map, clipped edge blocks
-        (4, 5, (5, 3), (2, 2), 1),  # k = 1
-        (1, 3, (6, 4), (2, 2), 6),  # N = 1 (no partner), every block
-        (9, 16, (24, 8), (3, 2), 3),  # the paper's map and block grid
-    ],
-)
-def test_feature_mix_launchers_agree(
-    mode, source, partner_rule, given, n, c, hw, block_size, k, triton_device
-):
-    h, w = hw
-    if source == "corner":  # Batch DropBlock: one rectangle of a third of the height
-        block_size, k = (max(1, round(0.33 * h)), w), 1
-    feat = make_feat((n, c, h, w), device=triton_device, seed=n)
-    check_family(feat, source, partner_rule, given, block_size, k)
+@pytest.mark.parametrize("call", cases.CALLS, ids=lambda call: call.name)
+@pytest.mark.parametrize("shape", cases.LAUNCHED, ids=lambda shape: shape.name)
+def test_feature_mix_launchers_agree(call, shape, triton_device):
+    shape = call.cut(shape)  # Batch DropBlock: one rectangle of a third of the height
+    feat = make_feat((shape.n, shape.c, shape.h, shape.w), device=triton_device, seed=shape.n)
+    check_family(
+        feat, call.source, call.partner_rule, call.given, shape.block_size, shape.num_blocks
+    )
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("dtype", cases.DTYPES, ids=str)
 @pytest.mark.parametrize(
     ("source", "partner_rule"), [("keys", "any_other"), ("corner", "none"), ("weights", "none")]
 )

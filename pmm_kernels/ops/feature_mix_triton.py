@@ -31,9 +31,10 @@ paper's 24x8 map with any C, or C=2048 with any map); otherwise rows may start m
 kernels stream in narrower accesses. Vectorised launches give each thread 16 elements per stream
 (four 16-byte vectors in float32, two in 16-bit types), the others 8 (each element then needs its
 own address): both stay within 96 registers, where more elements per thread push the backward
-(float32 accumulator, taker loop) past it. ``pmm_kernels.static_check`` compiles every launch for
-sm_80 and sm_90 and checks exactly that. With channels_last the per-cell mask is constant along
-the contiguous channel axis, so even the partner's and takers' reads are 16 bytes wide.
+(float32 accumulator, taker loop) past it. ``pmm_kernels.testing.static_check`` compiles every
+launch for sm_80 and sm_90 and checks exactly that. With channels_last the per-cell mask is
+constant along the contiguous channel axis, so even the partner's and takers' reads are 16 bytes
+wide.
 
 The sample index and each sample's base offset are int64; offsets inside one sample are int32
 (the launchers check the span), which halves the registers of unvectorised addresses. Every load
@@ -88,14 +89,24 @@ def _stream_configs() -> list[triton.Config]:
     ]
 
 
+def streams_16_byte_aligned(sn: int, sc: int, sp: int) -> bool:
+    """Whether the compiler can prove 16-byte alignment of a streamed map's dense rows.
+
+    ``sn, sc, sp`` are the strides, in elements, of the (N, C, H*W) view the kernels stream. The
+    JIT marks integer arguments divisible by 16; a stride it doesn't see as such leaves rows
+    possibly misaligned, and no compiler may then use 16-byte accesses: so NCHW needs H*W and
+    channels_last needs C to be a multiple of 16.
+    """
+    return sn % 16 == 0 and ((sp == 1 and sc % 16 == 0) or (sc == 1 and sp % 16 == 0))
+
+
 def _tiles_for_layout(configs, named_args, **kwargs):
     """The candidates for this launch: 16 elements per thread where the streamed map's rows can
     be proven 16-byte aligned (a stride of 1, the others multiples of 16), else 8."""
     sn, sc, sp = [
         value for name, value in named_args.items() if name.endswith(("_sn", "_sc", "_sp"))
     ][:3]  # the streamed map's strides
-    vectorised = sn % 16 == 0 and ((sp == 1 and sc % 16 == 0) or (sc == 1 and sp % 16 == 0))
-    per_thread = 16 if vectorised else 8
+    per_thread = 16 if streams_16_byte_aligned(sn, sc, sp) else 8
     return [
         config
         for config in configs

@@ -4,12 +4,13 @@ The interpreter says nothing about what a GPU would execute; Triton's compiler, 
 any machine. For each target (sm_80 = A100, sm_90 = H100) this module
 
 1. records the launches that ``pmm_kernels.ops.feature_mix_triton``'s launchers make, by calling
-   them on CPU tensors with every kernel replaced by a recorder (nothing runs): all modes (both
-   attn forms, given partners, random keys, Batch DropBlock's rectangle, every partner rule) and
-   the backward, for float32, bfloat16 and float16, NCHW and channels_last, at the paper's 24x8
-   map and an odd 7x5 map with C=64, and at 7x5 with C=130, N=8 (the compiled code depends only
-   on dtypes, constexprs, which strides equal 1 and which integers are multiples of 16, so C=64
-   stands for C=2048), plus the planning kernel at N=1100 (labels read in several chunks);
+   them on CPU tensors with every kernel replaced by a recorder (nothing runs): every call of
+   :data:`pmm_kernels.testing.cases.CALLS` (all modes, both attn forms, given partners, random
+   keys, Batch DropBlock's rectangle, every partner rule) and the backward, for float32,
+   bfloat16 and float16, contiguous (NCHW) and channels_last, on the maps of
+   :data:`~pmm_kernels.testing.cases.COMPILED` (the paper's 24x8 map and an odd 7x5 map with
+   C=64, and 7x5 with C=130), plus the planning kernel on
+   :data:`~pmm_kernels.testing.cases.CHUNKED_LABELS` (N=1100: labels read in several chunks);
 2. compiles each launch with the JIT's own specialization (``JITFunction.warmup``, never launched)
    for ``GPUTarget("cuda", cap, 32)`` behind a stand-in driver, once per config the autotuner may
    pick for it;
@@ -20,18 +21,18 @@ any machine. For each target (sm_80 = A100, sm_90 = H100) this module
 A problem is: a launch that doesn't compile, local memory, more than ``MAX_REGISTERS`` registers
 per thread, or a streaming kernel whose dense tiles (see ``DENSE_STREAMS``) are not moved in
 16-byte accesses where the layout allows it (NCHW needs H*W, channels_last C to be a multiple
-of 16, see :func:`_vectorisable`).
+of 16: the launcher's own ``streams_16_byte_aligned``).
 
 It relies on these Triton internals (3.x), checked by :func:`unavailable` first:
 ``triton.backends.compiler.GPUTarget``, ``triton.runtime.driver.set_active``,
 ``JITFunction.warmup`` returning a kernel whose ``asm`` holds "ptx" and "cubin",
 ``Autotuner.fn/.configs/.early_config_prune``, ``Config.all_kwargs`` and the ``cuobjdump`` and
 ``ptxas`` that the triton wheel ships under ``triton/backends/nvidia/bin``. Checked with
-triton 3.6.0 and 3.8.0: both compile every launch with the same verdict.
+triton 3.8.0; 3.6.0 gave the same verdict on every launch of an earlier, smaller case table.
 
 Usage::
 
-    python -m pmm_kernels.static_check [--cap 80 90] [--max-registers 96] [--json PATH]
+    python -m pmm_kernels.testing.static_check [--cap 80 90] [--max-registers 96] [--json PATH]
 
 Exit status 0 when every launch passes, 1 on problems, 2 when the check can't run here.
 """
@@ -50,27 +51,13 @@ import sys
 import tempfile
 from dataclasses import asdict, dataclass
 
+from pmm_kernels.testing import cases
+
 CAPS = (80, 90)
 MAX_REGISTERS = 96
 KERNEL_MODULE = "pmm_kernels.ops.feature_mix_triton"
-BATCH = 8
-LARGE_BATCH = 1100
-# ((H, W), C): the paper's map, an odd map, and an odd map with C not a multiple of 16.
-SHAPES = (((24, 8), 64), ((7, 5), 64), ((7, 5), 130))
-BLOCK_SIZE, NUM_BLOCKS = (3, 2), 3
-DTYPES = ("float32", "bfloat16", "float16")
-LAYOUTS = ("nchw", "channels_last")
-# The op's calls: (mode, cell source, partner rule, given partners).
-MODES = (
-    ("a_hard_mix, channel weights", "weights", "different_label", False),
-    ("a_hard_mix, saliency map", "map", "different_label", False),
-    ("a_hard_mix, given partners", "map", "different_label", True),
-    ("a_cutmix", "weights", "any_other", False),
-    ("hard_mix", "keys", "different_label", False),
-    ("cutmix", "keys", "any_other", False),
-    ("cutout", "keys", "none", False),
-    ("batch_drop", "corner", "none", False),
-)
+# The layouts whose dense streams can vectorise (a strided map can't: nothing to hold it to).
+LAYOUTS = ("contiguous", "channels_last")
 # Dense tiles per program of each kernel that streams the map: (loads, stores). Each must move
 # its tile in 16-byte accesses. The partner's and takers' reads are sparse (replaced cells only).
 DENSE_STREAMS = {
@@ -161,16 +148,21 @@ def unavailable() -> str | None:
     return None
 
 
-def shape_label(hw: tuple[int, int], channels: int) -> str:
-    """How rows name a shape: "24x8", or "7x5, C=130" where C is not the usual 64."""
-    return f"{hw[0]}x{hw[1]}" + ("" if channels == SHAPES[0][1] else f", C={channels}")
+def dtype_name(dtype) -> str:
+    """How rows name a dtype: "float32" for ``torch.float32``."""
+    return str(dtype).removeprefix("torch.")
 
 
-def _make_feat(dtype, layout: str, hw: tuple[int, int], channels: int, batch: int = BATCH):
+def _make_feat(dtype, layout: str, shape: cases.Shape):
     import torch
 
-    feat = torch.zeros(batch, channels, *hw, dtype=getattr(torch, dtype))
+    feat = torch.zeros(shape.n, shape.c, shape.h, shape.w, dtype=dtype)
     return feat.contiguous(memory_format=torch.channels_last) if layout == "channels_last" else feat
+
+
+def chunked_mode() -> str:
+    """How rows name the planning kernel's launch on the batch of several label chunks."""
+    return f"{cases.CHUNKED_CALL.name}, N={cases.CHUNKED_LABELS.n}"
 
 
 def _bytes_model(kernel: str, f: float, launch_args: tuple, feat_bytes: int) -> float:
@@ -199,6 +191,30 @@ def record_launches() -> list[Launch]:
     }
     launches: list[Launch] = []
     case: dict = {}
+    generator = torch.Generator().manual_seed(0)
+
+    def forward(call: cases.Call, shape: cases.Shape, feat, dtype, layout: str, mode: str):
+        cut = call.cut(shape)
+        case.update(
+            feat=feat,
+            dtype=dtype_name(dtype),
+            layout=layout,
+            map=shape.name,
+            mode=mode,
+            f=cut.replaced_fraction,
+        )
+        module.feature_mix_forward_triton(
+            feat,
+            *cases.launcher_args(
+                call.source,
+                call.partner_rule,
+                call.given,
+                feat,
+                cut.block_size,
+                cut.num_blocks,
+                generator,
+            ),
+        )
 
     class Recorder:
         def __init__(self, name: str):
@@ -216,7 +232,7 @@ def record_launches() -> list[Launch]:
                         layout=case["layout"],
                         map=case["map"],
                         mode=case["mode"],
-                        aligned=_vectorisable(case["feat"]),
+                        aligned=module.streams_16_byte_aligned(*case["feat"].flatten(2).stride()),
                         bytes_over_feat=round(
                             _bytes_model(self.name, case["f"], args, feat_bytes), 4
                         ),
@@ -225,73 +241,21 @@ def record_launches() -> list[Launch]:
 
             return record
 
-    generator = torch.Generator().manual_seed(0)
     try:
         for name in kernels:
             setattr(module, name, Recorder(name))
-        for dtype in DTYPES:
+        for dtype in cases.DTYPES:
             for layout in LAYOUTS:
-                for (h, w), channels in SHAPES:
-                    feat = _make_feat(dtype, layout, (h, w), channels)
-                    rows, cols = -(-h // BLOCK_SIZE[0]), -(-w // BLOCK_SIZE[1])
-                    labels = torch.arange(BATCH) // 2
-                    u = torch.rand(BATCH, generator=generator)
-                    for mode, source, rule, given in MODES:
-                        block_size, num_blocks = BLOCK_SIZE, NUM_BLOCKS
-                        if source == "corner":
-                            block_size, num_blocks = (max(1, round(0.33 * h)), w), 1
-                        area = min(num_blocks * block_size[0] * block_size[1], h * w)
-                        case.update(
-                            feat=feat,
-                            dtype=dtype,
-                            layout=layout,
-                            map=shape_label((h, w), channels),
-                            mode=mode,
-                            f=area / (h * w),
-                        )
-                        cells = {
-                            "weights": (torch.rand(BATCH, channels), None, None),
-                            "map": (torch.rand(BATCH, h, w), None, None),
-                            "keys": (None, torch.rand(BATCH, rows * cols), None),
-                            "corner": (None, None, torch.tensor([1, 0])),
-                        }[source]
-                        negatives = torch.arange(BATCH).roll(1) if given else None
-                        module.feature_mix_forward_triton(
-                            feat,
-                            *cells,
-                            labels,
-                            None if given or rule == "none" else u,
-                            negatives,
-                            block_size,
-                            num_blocks,
-                            rule,
-                        )
-                    case.update(mode="backward", f=min(NUM_BLOCKS * 6, h * w) / (h * w))
-                    mask = torch.rand(BATCH, h, w, generator=generator) < 0.1
-                    module.feature_mix_backward_triton(feat, torch.arange(BATCH).roll(1), mask)
-        # The planning kernel reads the labels in chunks: a batch of several chunks.
-        (h, w), channels = SHAPES[0]
-        feat = _make_feat("float32", "nchw", (h, w), channels, LARGE_BATCH)
-        case.update(
-            feat=feat,
-            dtype="float32",
-            layout="nchw",
-            map=shape_label((h, w), channels),
-            mode=f"a_hard_mix, N={LARGE_BATCH}",
-            f=NUM_BLOCKS * 6 / (h * w),
-        )
-        module.feature_mix_forward_triton(
-            feat,
-            torch.rand(LARGE_BATCH, h, w),
-            None,
-            None,
-            torch.arange(LARGE_BATCH) // 4,
-            torch.rand(LARGE_BATCH, generator=generator),
-            None,
-            BLOCK_SIZE,
-            NUM_BLOCKS,
-            "different_label",
-        )
+                for shape in cases.COMPILED:
+                    feat = _make_feat(dtype, layout, shape)
+                    for call in cases.CALLS:
+                        forward(call, shape, feat, dtype, layout, call.name)
+                    case.update(mode="backward", f=shape.replaced_fraction)
+                    mask = torch.rand(shape.n, shape.h, shape.w, generator=generator) < 0.1
+                    module.feature_mix_backward_triton(feat, torch.arange(shape.n).roll(1), mask)
+        shape, call = cases.CHUNKED_LABELS, cases.CHUNKED_CALL
+        feat = _make_feat(torch.float32, "contiguous", shape)
+        forward(call, shape, feat, torch.float32, "contiguous", chunked_mode())
     finally:
         for name, kernel in kernels.items():
             setattr(module, name, kernel)
@@ -351,17 +315,6 @@ def _global_accesses(ptx: str, op: str) -> tuple[int, int]:
     """Number of ``op.global`` instructions in ``ptx`` and how many move 16 bytes or more."""
     accesses = re.findall(rf"\b{op}\.global[^;]*", ptx)
     return len(accesses), sum(bool(_WIDE.search(access)) for access in accesses)
-
-
-def _vectorisable(feat) -> bool:
-    """Whether the compiler can prove 16-byte alignment of ``feat``'s dense rows.
-
-    The JIT marks integer arguments divisible by 16 (elements); a stride it doesn't see as such
-    leaves rows possibly misaligned, and no compiler may then use 16-byte accesses: so NCHW needs
-    H*W and channels_last needs C to be a multiple of 16.
-    """
-    sn, sc, sp = feat.flatten(2).stride()
-    return sn % 16 == 0 and ((sp == 1 and sc % 16 == 0) or (sc == 1 and sp % 16 == 0))
 
 
 def _describe(kwargs: dict) -> str:

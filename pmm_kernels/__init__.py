@@ -17,19 +17,31 @@ from pmm_kernels.functional import (
     mixed_targets,
     saliency,
 )
-from pmm_kernels.modules import AHardMix, FeatureMix, FeatureMixHook, insert_feature_mix
+from pmm_kernels.hooks import (
+    BatchLabels,
+    FeatureMixHook,
+    feature_mix_layers,
+    insert_feature_mix,
+    labels_from_batch,
+    mix_labels,
+)
+from pmm_kernels.modules import AHardMix, FeatureMix
 
 __all__ = [
     "BACKENDS",
     "MODES",
     "AHardMix",
+    "BatchLabels",
     "FeatureMix",
     "FeatureMixHook",
     "MixInfo",
     "MixMode",
     "a_hard_mix",
     "feature_mix",
+    "feature_mix_layers",
     "insert_feature_mix",
+    "labels_from_batch",
+    "mix_labels",
     "mixed_targets",
     "saliency",
 ]

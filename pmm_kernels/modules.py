@@ -11,7 +11,9 @@ import torch
 from torch import nn
 
 from pmm_kernels import validation as check
-from pmm_kernels.functional import BACKENDS, MODES, MixInfo, feature_mix, mixed_targets
+from pmm_kernels.functional import feature_mix, mixed_targets
+from pmm_kernels.modes import MODES, MixInfo
+from pmm_kernels.ops.feature_mix import BACKENDS
 from pmm_kernels.ops.utils import block_grid, grid_block_size
 
 PAPER_GRID = (8, 4)  # PMM: an 8x4 grid of 3x2 blocks on its 24x8 map

@@ -22,7 +22,7 @@ FAR_OFF = 2.0  # warn when the mixed fraction is more than this factor off the g
 
 @torch.compiler.disable(
     reason="FeatureMix(generator=...) cannot draw from a torch.Generator under torch.compile: "
-    "build the layer with generator=None for compiled code"
+    "pass generator=None (build the layer without one) for compiled code"
 )
 def _generator_under_compile() -> None:
     """Called only while dynamo traces a layer that has a generator: with ``fullgraph=True`` the

@@ -80,7 +80,7 @@ def test_a_generator_under_fullgraph_gets_the_clear_error():
         compiled(torch.randn(4, 3, 8, 4))
     # The reason is in the message itself, not in dynamo's debug context.
     first = str(error.value).split("Developer debug context")[0]
-    assert "build the layer with generator=None for compiled code" in first
+    assert "pass generator=None (build the layer without one)" in first
 
 
 def test_a_generator_without_fullgraph_still_mixes():

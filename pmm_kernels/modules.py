@@ -13,7 +13,7 @@ from torch import nn
 from pmm_kernels import validation as check
 from pmm_kernels.functional import feature_mix, mixed_targets
 from pmm_kernels.modes import MODES, MixInfo
-from pmm_kernels.ops.feature_mix import BACKENDS
+from pmm_kernels.ops.feature_mix import BACKENDS, Backend
 from pmm_kernels.ops.utils import block_grid, grid_block_size
 
 PAPER_GRID = (8, 4)  # PMM: an 8x4 grid of 3x2 blocks on its 24x8 map
@@ -85,6 +85,11 @@ class FeatureMix(nn.Module):
         True
     """
 
+    # The head is a plain attribute, not a submodule: it stays where its model registered it.
+    classifier: nn.Linear | None
+    grid: tuple[int, int] | None
+    block_size: tuple[int, int] | None
+
     def __init__(
         self,
         mode: str = "a_hard_mix",
@@ -96,7 +101,7 @@ class FeatureMix(nn.Module):
         h_ratio: float = 0.33,
         w_ratio: float = 1.0,
         generator: torch.Generator | None = None,
-        backend: str | None = None,
+        backend: Backend | None = None,
     ) -> None:
         super().__init__()
         check.check_choice("mode", mode, MODES)
@@ -134,7 +139,6 @@ class FeatureMix(nn.Module):
             check.check_choice("backend", backend, BACKENDS)
         self.mode = mode
         self.num_blocks = num_blocks
-        # A plain attribute, not a submodule: the head stays where its model registered it.
         self.__dict__["classifier"] = classifier
         self.h_ratio = check.check_ratio("h_ratio", h_ratio)
         self.w_ratio = check.check_ratio("w_ratio", w_ratio)
@@ -148,7 +152,12 @@ class FeatureMix(nn.Module):
         """The block size used on a ``height x width`` map."""
         if self.block_size is not None:
             return self.block_size
-        return grid_block_size(height, width, self.grid)
+        return grid_block_size(height, width, self._grid())
+
+    def _grid(self) -> tuple[int, int]:
+        if self.grid is None:
+            raise ValueError("this layer pins block_size=; it has no grid")
+        return self.grid
 
     def num_blocks_for(self, height: int, width: int) -> int:
         """Blocks mixed per sample on a ``height x width`` map (docs/op.md#layer-geometry).
@@ -158,7 +167,7 @@ class FeatureMix(nn.Module):
         """
         if self.block_size is not None or self.spec.cells == "rectangle":
             return self.num_blocks
-        rows, cols = self.grid
+        rows, cols = self._grid()
         map_rows, map_cols = block_grid(height, width, self.block_size_for(height, width))
         blocks = map_rows * map_cols
         # round(num_blocks * blocks / (rows * cols)) in integers, half up.
@@ -168,7 +177,7 @@ class FeatureMix(nn.Module):
     def _warn_if_far_off(self, height: int, width: int, num_blocks: int) -> None:
         if self._warned_geometry or self.block_size is not None or self.spec.cells == "rectangle":
             return
-        rows, cols = self.grid
+        rows, cols = self._grid()
         map_rows, map_cols = block_grid(height, width, self.block_size_for(height, width))
         fraction, target = num_blocks / (map_rows * map_cols), self.num_blocks / (rows * cols)
         if not target / FAR_OFF <= fraction <= target * FAR_OFF:
@@ -183,17 +192,18 @@ class FeatureMix(nn.Module):
 
     def _saliency_source(self, feat: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
         n, c = feat.shape[:2]
-        if self.classifier is None:
+        classifier = self.classifier
+        if classifier is None:
             return torch.ones(n, c, device=feat.device)
         if labels is None:
             raise ValueError("FeatureMix with a classifier needs labels for its Grad-CAM weights")
-        if self.classifier.in_features != c:
+        if classifier.in_features != c:
             raise ValueError(
-                f"classifier takes {self.classifier.in_features} features but the map has "
+                f"classifier takes {classifier.in_features} features but the map has "
                 f"{c} channels: it must be the Linear on this map's pooled feature"
             )
         labels = check.check_labels("labels", labels, n).long()
-        rows = self.classifier.out_features
+        rows = classifier.out_features
         if torch.compiler.is_compiling():
             # Reading the range back would break the graph: check on the device instead.
             torch._assert_async(
@@ -206,7 +216,7 @@ class FeatureMix(nn.Module):
                     f"labels must lie in [0, {rows}) to pick rows of classifier.weight "
                     f"(out_features={rows}), got values in [{low}, {high}]"
                 )
-        return self.classifier.weight.detach()[labels]
+        return classifier.weight.detach()[labels]
 
     def _labels(self, feat: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor | None:
         """``labels``, else :attr:`labels` moved to ``feat``'s device (data loaders and engines
@@ -315,7 +325,7 @@ class AHardMix(FeatureMix):
         grid: tuple[int, int] | None = None,
         classifier: nn.Linear | None = None,
         generator: torch.Generator | None = None,
-        backend: str | None = None,
+        backend: Backend | None = None,
     ) -> None:
         super().__init__(
             "a_hard_mix",
@@ -327,7 +337,7 @@ class AHardMix(FeatureMix):
             backend=backend,
         )
 
-    def forward(
+    def forward(  # type: ignore[override]  # the op's positional order, see the class docstring
         self,
         feat: torch.Tensor,
         attn: torch.Tensor | None = None,

@@ -46,12 +46,26 @@ class ReidNet(nn.Module):
         return self.classifier(v) if self.training else v
 
 
+class CrossEntropyLoss(nn.Module):
+    """torchreid.losses.CrossEntropyLoss: label smoothing by ``eps``, integer targets only."""
+
+    def __init__(self, num_classes: int, eps: float = 0.1) -> None:
+        super().__init__()
+        self.num_classes, self.eps = num_classes, eps
+
+    def forward(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        one_hot = F.one_hot(targets, self.num_classes).float()
+        smoothed = (1 - self.eps) * one_hot + self.eps / self.num_classes
+        return (-smoothed * F.log_softmax(inputs, dim=1)).mean(0).sum()
+
+
 class TorchreidEngine:
     """torchreid.engine.ImageSoftmaxEngine's training path in small."""
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
         self.optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+        self.criterion = CrossEntropyLoss(NUM_IDS)
         self.losses: list[float] = []
 
     def parse_data_for_train(self, data):
@@ -60,11 +74,16 @@ class TorchreidEngine:
     def forward_backward(self, data):
         imgs, pids = self.parse_data_for_train(data)
         outputs = self.model(imgs)
-        loss = F.cross_entropy(outputs, pids, label_smoothing=0.1)
+        loss = self.compute_loss(self.criterion, outputs, pids)
         self.optimizer.zero_grad()
         loss.backward()
         self.optimizer.step()
         return {"loss": loss.item()}
+
+    def compute_loss(self, criterion, outputs, targets):
+        if isinstance(outputs, (tuple, list)):  # torchreid's DeepSupervision
+            return sum(criterion(x, targets) for x in outputs) / len(outputs)
+        return criterion(outputs, targets)
 
     def train(self, loader, open_layers=None):
         self.model.train()
@@ -115,6 +134,31 @@ def test_torchreid_recipe():
     model.eval()
     with torch.no_grad():
         assert model(torch.randn(2, 3, 16, 8)).shape == (2, 8)
+
+
+def test_torchreid_recipe_scores_cutmix_against_mixed_targets():
+    torch.manual_seed(0)
+    model = ReidNet()
+    pmm_kernels.insert_feature_mix(model, "layer3", pmm_kernels.FeatureMix("cutmix"))
+
+    class Engine(TorchreidMixLabels, TorchreidEngine):
+        pass
+
+    engine = Engine(model)
+    engine.train(batches(1))
+    assert torch.isfinite(torch.tensor(engine.losses)).all()
+    pids, info = torch.arange(8) % NUM_IDS, model.mix_after_layer3.last_info
+    soft = pmm_kernels.mixed_targets(pids, info, NUM_IDS, smoothing=0.1)  # torchreid's eps
+    assert not torch.equal(soft, pmm_kernels.mixed_targets(pids, None, NUM_IDS, smoothing=0.1))
+    outputs = torch.randn(8, NUM_IDS)
+    expected = F.cross_entropy(outputs, soft)
+    torch.testing.assert_close(engine.compute_loss(engine.criterion, outputs, pids), expected)
+    both = engine.compute_loss(engine.criterion, (outputs, outputs), pids)  # DeepSupervision
+    torch.testing.assert_close(both, expected)
+    # Other criteria (the triplet loss: no num_classes/eps) keep the integer labels.
+    seen = []
+    engine.compute_loss(lambda features, targets: seen.append(targets) or 0.0, outputs, pids)
+    assert seen[0] is pids
 
 
 def test_torchreid_without_the_subclass_says_what_is_missing():

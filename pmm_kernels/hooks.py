@@ -166,14 +166,14 @@ def _needs_labels(mix: FeatureMix) -> bool:
 
 
 @torch.compiler.disable(
-    reason="an inserted FeatureMix did not run in a training forward of the compiled model (no "
-    "mix, or a mixing layer switched to eval): run one training step without torch.compile to "
-    "see which and what to do"
+    reason="the submodule an inserted FeatureMix runs after did not run in a training forward of "
+    "the compiled model, so the layer never mixed: run one training step without torch.compile "
+    "to see which and what to do"
 )
-def _report_eagerly(hook: FeatureMixHook, model: nn.Module) -> None:
+def _report_eagerly(hook: FeatureMixHook) -> None:
     """With ``fullgraph=True`` the user sees the reason above; otherwise dynamo breaks the graph
     and this runs eagerly, raising the full message."""
-    hook._check_ran(model)
+    raise ValueError(hook._did_not_run())
 
 
 class FeatureMixHook:
@@ -215,9 +215,11 @@ class FeatureMixHook:
             model.register_forward_pre_hook(self._before_model),
             model.register_forward_hook(self._after_model),
         ]
-        for child_name, child in module.named_children():
-            probe = functools.partial(self._child_ran, child_name)
-            self._handles.append(child.register_forward_hook(probe))
+        # Until the first passing check: which children run, for the message when it fails.
+        self._probes = [
+            child.register_forward_hook(functools.partial(self._child_ran, name))
+            for name, child in module.named_children()
+        ]
 
     @property
     def labels(self) -> torch.Tensor | None:
@@ -239,7 +241,7 @@ class FeatureMixHook:
 
     def remove(self) -> None:
         """Take the layer out again: its hooks and its submodule."""
-        for handle in self._handles:
+        for handle in self._handles + self._probes:
             handle.remove()
         delattr(self._home, self.attribute.rpartition(".")[2])
 
@@ -273,28 +275,27 @@ class FeatureMixHook:
         return self.mix._mix(output, None, None, None)
 
     def _after_model(self, model: nn.Module, args: tuple[Any, ...], output: Any) -> None:
-        if not model.training or (self._ran and self.mix.training):
-            if model.training and not torch.compiler.is_compiling():
-                self._checked = True
+        if not model.training:
             return
-        if torch.compiler.is_compiling():
-            _report_eagerly(self, model)
-        else:
-            self._check_ran(model)
-
-    def _check_ran(self, model: nn.Module) -> None:
-        """Raise when the submodule did not run; warn once when the layer is in eval mode."""
+        compiling = torch.compiler.is_compiling()
         if not self._ran:
+            if compiling:
+                _report_eagerly(self)
             raise ValueError(self._did_not_run())
-        if not self.mix.training and not self._warned_eval:
-            self._warned_eval = True
-            warnings.warn(
-                f"{self.model_name} trains but its FeatureMix {self.attribute!r} is in eval "
-                "mode, so it does not mix (torchreid's open_specified_layers sets every child "
-                f"outside open_layers to eval: add {self.attribute!r} to them to mix). Warned "
-                "once.",
-                stacklevel=2,
-            )
+        if not self.mix.training:
+            if not compiling and not self._warned_eval:
+                self._warned_eval = True
+                warnings.warn(
+                    f"{self.model_name} trains but its FeatureMix {self.attribute!r} is in eval "
+                    "mode, so it does not mix (torchreid's open_specified_layers sets every child "
+                    f"outside open_layers to eval: add {self.attribute!r} to them to mix). Warned "
+                    "once.",
+                    stacklevel=2,
+                )
+        elif not compiling and not self._checked:
+            self._checked = True
+            for probe in self._probes:
+                probe.remove()
 
     def _did_not_run(self) -> str:
         module_children = [f"{self.name}.{name}" for name in self._child_names]

@@ -100,8 +100,20 @@ def test_a_layer_that_never_runs_under_fullgraph_says_so():
     net = Blockwise()
     insert_feature_mix(net, "blocks", FeatureMix("cutout", grid=(4, 2)))
     compiled = torch.compile(net, backend="eager", fullgraph=True)
-    with pytest.raises(torch._dynamo.exc.Unsupported, match="did not run in a training forward"):
+    with pytest.raises(
+        torch._dynamo.exc.Unsupported,
+        match="did not run in a training forward of the compiled model",
+    ):
         compiled(torch.randn(4, 3, 8, 4))
     torch._dynamo.reset()
     with pytest.raises(ValueError, match=r"after='blocks'\): 'blocks' did not run"):
         torch.compile(net, backend="eager")(torch.randn(4, 3, 8, 4))
+
+
+def test_a_layer_switched_to_eval_while_the_model_trains_compiles():
+    # torchreid's fixbase epochs under fullgraph: no mix, and no error (the warning is eager's).
+    net = TinyNet()
+    insert_feature_mix(net, "stem", FeatureMix("cutout", grid=(4, 2)))
+    net.mix_after_stem.eval()
+    torch.compile(net, backend="eager", fullgraph=True)(torch.randn(4, 3, 8, 4))
+    assert net.mix_after_stem.last_info is None

@@ -41,6 +41,7 @@ __all__ = [
     "load_checkpoint",
     "load_model",
     "model_options",
+    "non_finite",
     "rank_seed",
     "remove_temp_files",
     "restore_training",
@@ -86,6 +87,28 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def non_finite(state: Any, name: str = "") -> list[str]:
+    """The names of the floating-point tensors in ``state`` that hold a NaN or an infinity.
+
+    ``state`` is a tensor or nested dicts, lists and tuples of them (a checkpoint, a state
+    dict); names join the keys with dots.
+
+    Example:
+        >>> non_finite({"model": {"w": torch.ones(2), "v": torch.tensor([1.0, float("nan")])}})
+        ['model.v']
+    """
+    if isinstance(state, torch.Tensor):
+        finite = not state.is_floating_point() or bool(torch.isfinite(state).all())
+        return [] if finite else [name]
+    if isinstance(state, dict):
+        items: Any = state.items()
+    elif isinstance(state, list | tuple):
+        items = enumerate(state)
+    else:
+        return []
+    return [bad for key, value in items for bad in non_finite(value, f"{name}.{key}".lstrip("."))]
 
 
 def rank_seed(seed: int, rank: int, *more: int) -> int:

@@ -143,7 +143,8 @@ class PanelGrid:
 
 
 def _rgb(color: tuple[int, int, int]) -> tuple[float, float, float]:
-    return tuple(c / 255 for c in color)
+    red, green, blue = color
+    return red / 255, green / 255, blue / 255
 
 
 def _images(name: str, images: Tensor | np.ndarray, ndim: int = 4) -> np.ndarray:
@@ -203,8 +204,8 @@ def mix_rectangles(
     blocks = torch.as_tensor(info.blocks).detach().cpu()
     if mask.ndim != 3 or blocks.ndim != 2 or len(blocks) != len(mask):
         raise ValueError(
-            f"info.mask must be (N, H, W) and info.blocks (N, k), got {tuple(mask.shape)} and "
-            f"{tuple(blocks.shape)}"
+            f"info.mask must be (N, H, W) and info.blocks (N, num_blocks), got "
+            f"{tuple(mask.shape)} and {tuple(blocks.shape)}"
         )
     n, height, width = mask.shape
     rows, cols = block_grid(height, width, (bh, bw))
@@ -350,16 +351,17 @@ def plot_mixing(
     for i in range(rows):
         panel(i, 0, pictures[i], name(i))
         for s in range(len(infos)):
-            attentive = maps[s] is not None
+            sal_map = maps[s]
+            attentive = sal_map is not None
             ax = panel(
                 i,
                 1 + 2 * s,
                 pictures[i],
                 f"mix {s + 1}: {'saliency' if attentive else 'random blocks'}",
             )
-            if attentive:
+            if sal_map is not None:
                 ax.imshow(
-                    maps[s][i],
+                    sal_map[i],
                     extent=(0, img_w, img_h, 0),
                     cmap="jet",
                     vmin=0.0,
@@ -577,15 +579,17 @@ def _batch(records: Sequence[Record], transform) -> tuple[Tensor, Tensor]:
     return torch.stack([image for image, _, _ in items]), torch.tensor([p for _, p, _ in items])
 
 
-def _training_batch(train: Sequence[Record], num_ids: int, per_id: int, seed: int) -> list[Record]:
-    """``per_id`` records of each of ``num_ids`` random identities, grouped by identity."""
+def _training_batch(
+    train: Sequence[Record], num_ids: int, images_per_id: int, seed: int
+) -> list[Record]:
+    """``images_per_id`` records of each of ``num_ids`` random identities, grouped by identity."""
     by_pid: dict[int, list[Record]] = {}
     for record in train:
         by_pid.setdefault(record.pid, []).append(record)
     rng = np.random.default_rng(seed)
-    eligible = sorted(pid for pid, recs in by_pid.items() if len(recs) >= per_id)
+    eligible = sorted(pid for pid, recs in by_pid.items() if len(recs) >= images_per_id)
     chosen = rng.choice(eligible, size=min(num_ids, len(eligible)), replace=False)
-    return [rec for pid in chosen for rec in by_pid[int(pid)][:per_id]]
+    return [rec for pid in chosen for rec in by_pid[int(pid)][:images_per_id]]
 
 
 def draw_checkpoint(
@@ -598,7 +602,7 @@ def draw_checkpoint(
     metrics: str | os.PathLike | None = None,
     title: str = "",
     ids: int = 4,
-    per_id: int = 2,
+    images_per_id: int = 2,
     queries: int = 6,
     topk: int = 10,
     seed: int = 0,
@@ -606,7 +610,7 @@ def draw_checkpoint(
     """Draw the pictures of a trained network: ``mixing.png``, ``ranked.png``, ``curves.png``.
 
     - ``mixing.png`` (a :class:`~pmm_model.models.PMMNet` only; other networks do not mix): a
-      batch of ``per_id`` training images of each of ``ids`` random identities goes once
+      batch of ``images_per_id`` training images of each of ``ids`` random identities goes once
       through the training forward (:func:`~pmm_model.models.pmm_saliency`), and
       :func:`plot_mixing` shows what each mix replaced, from whom, and the saliency that chose
       it.
@@ -628,7 +632,7 @@ def draw_checkpoint(
         metrics: the run's ``metrics.json``; None or a missing file: no curves.
         title: the curves' title.
         ids: identities in the mixing picture.
-        per_id: images per identity in the mixing picture.
+        images_per_id: images per identity in the mixing picture.
         queries: queries in the ranked-list picture.
         topk: gallery images per query.
         seed: choice of images and partners.
@@ -650,7 +654,7 @@ def draw_checkpoint(
     written: dict[str, Path] = {}
 
     if isinstance(model, PMMNet):
-        images, labels = _batch(_training_batch(data.train, ids, per_id, seed), transform)
+        images, labels = _batch(_training_batch(data.train, ids, images_per_id, seed), transform)
         saliencies, infos = pmm_saliency(model, images.to(device), labels.to(device))
         written["mixing"] = out / "mixing.png"
         plot_mixing(

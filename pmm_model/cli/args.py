@@ -1,17 +1,49 @@
-"""Argument types shared by the training and evaluation CLIs (argparse ``type=`` callables).
+"""What the CLIs share: argparse ``type=`` callables and the Ctrl-C exit.
 
-Each raises ``argparse.ArgumentTypeError`` with a message naming what it got, which argparse
-prints as ``argument --name: <message>``.
+Each type raises ``argparse.ArgumentTypeError`` with a message naming what it got, which
+argparse prints as ``argument --name: <message>``.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import math
+import signal
+import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
-__all__ = ["existing_file", "finite_float", "int_at_least", "pretrained_weights"]
+__all__ = ["ctrl_c_exits", "existing_file", "finite_float", "int_at_least", "pretrained_weights"]
+
+_Main = TypeVar("_Main", bound=Callable[..., Any])
+
+
+def ctrl_c_exits(prog: str) -> Callable[[_Main], _Main]:
+    """Decorate a CLI's ``main``: Ctrl-C anywhere in it (start-up, loading, drawing) ends the
+    program with one line on stderr and status 130 (128 + SIGINT) instead of a traceback.
+
+    Example:
+        >>> @ctrl_c_exits("python -m pmm_model.x")
+        ... def main(argv=None):
+        ...     raise KeyboardInterrupt
+        >>> main()  # doctest: +SKIP
+        python -m pmm_model.x: interrupted (Ctrl-C)
+    """
+
+    def decorate(main: _Main) -> _Main:
+        @functools.wraps(main)
+        def wrapped(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return main(*args, **kwargs)
+            except KeyboardInterrupt:
+                print(f"{prog}: interrupted (Ctrl-C)", file=sys.stderr)
+                sys.exit(128 + signal.SIGINT)
+
+        return wrapped  # type: ignore[return-value]
+
+    return decorate
 
 
 def int_at_least(low: int) -> Callable[[str], int]:

@@ -18,7 +18,7 @@ from typing import Any
 
 from torch import nn
 
-from pmm_model.cli.args import int_at_least
+from pmm_model.cli.args import ctrl_c_exits, int_at_least
 from pmm_model.data.datasets import build_dataset, dataset_names
 from pmm_model.data.loaders import build_test_loaders
 from pmm_model.evaluation import evaluate
@@ -89,6 +89,7 @@ def format_table(result: RankResult) -> str:
     return "\n".join([f"{'metric':<8} {'%':>6}"] + [f"{n:<8} {100 * v:6.2f}" for n, v in rows])
 
 
+@ctrl_c_exits("python -m pmm_model.evaluate")
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the CLI; returns the dict it writes to ``--output``."""
     parser = build_parser()

@@ -36,7 +36,7 @@ from pmm_model.ablation import (
     run_study,
     write_report,
 )
-from pmm_model.cli.args import finite_float, int_at_least, pretrained_weights
+from pmm_model.cli.args import ctrl_c_exits, finite_float, int_at_least, pretrained_weights
 from pmm_model.config import DEFAULTS, PRESETS, ConfigError
 from pmm_model.data.datasets import dataset_names
 from pmm_model.engine import AMP_DTYPES, TrainingInterrupted
@@ -163,6 +163,7 @@ def _fail(status: int, message: str) -> NoReturn:
     sys.exit(status)
 
 
+@ctrl_c_exits(PROG)
 def main(argv: Sequence[str] | None = None) -> list[RunRecord]:
     """Run the CLI; returns the records of the runs (see :func:`pmm_model.ablation.run_study`).
 

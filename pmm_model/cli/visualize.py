@@ -51,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--per-id",
+        dest="images_per_id",
         type=int_at_least(1),
         default=2,
         help="images per identity in the mixing picture (default: %(default)s)",
@@ -96,7 +97,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
         metrics=args.metrics or Path(args.checkpoint).parent / "metrics.json",
         title=f"{train_args['model']} on {args.data}",
         ids=args.ids,
-        per_id=args.per_id,
+        images_per_id=args.images_per_id,
         queries=args.queries,
         topk=args.topk,
         seed=args.seed,

@@ -105,7 +105,7 @@ def build_train_loader(
     sampler = PKSampler(
         [r.pid for r in dataset.records],
         config["p"],
-        config["k"],
+        images_per_id=config["k"],
         seed=config["seed"],
         num_replicas=world_size,
         rank=rank,

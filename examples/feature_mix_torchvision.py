@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 
 import torch
-import torch.nn.functional as F
 import torchvision
 
 import pmm_kernels
@@ -64,8 +63,8 @@ def main(argv: list[str] | None = None) -> list[float]:
         with pmm_kernels.mix_labels(model, labels):
             logits = model(images)  # what any training engine does
         # Labels mixed by area for cutmix/a_cutmix, one-hot (smoothed) for the other modes.
-        targets = mix.targets(labels, args.num_classes, smoothing=0.1)
-        loss = F.cross_entropy(logits, targets)
+        targets = mix.targets(labels, args.num_classes)
+        loss = pmm_kernels.soft_cross_entropy(logits, targets, label_smoothing=0.1)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -73,7 +72,7 @@ def main(argv: list[str] | None = None) -> list[float]:
         info = mix.last_info
         print(
             f"step {step}: loss {loss.item():.4f}, mixed area {info.lam.mean().item():.3f}, "
-            f"partners {info.negatives.tolist()}"
+            f"partners {info.partners.tolist()}"
         )
 
     model.eval()

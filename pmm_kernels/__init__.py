@@ -18,6 +18,7 @@ from pmm_kernels.hooks import (
     labels_from_batch,
     mix_labels,
 )
+from pmm_kernels.losses import SoftCrossEntropy, soft_cross_entropy
 from pmm_kernels.modes import MODES, MixInfo, MixMode
 from pmm_kernels.modules import AHardMix, FeatureMix
 from pmm_kernels.ops.feature_mix import BACKENDS
@@ -37,6 +38,7 @@ __all__ = [
     "FeatureMixHook",
     "MixInfo",
     "MixMode",
+    "SoftCrossEntropy",
     "a_hard_mix",
     "feature_mix",
     "feature_mix_layers",
@@ -45,4 +47,5 @@ __all__ = [
     "mix_labels",
     "mixed_targets",
     "saliency",
+    "soft_cross_entropy",
 ]

@@ -18,9 +18,9 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from pmm_kernels.hooks import feature_mix_layers, mix_labels
+from pmm_kernels.losses import soft_cross_entropy
 
 
 class TorchreidMixLabels:
@@ -59,7 +59,8 @@ class TorchreidMixLabels:
             raise ValueError(
                 f"{len(mixing)} FeatureMix layers mix labels: the loss can follow one of them"
             )
-        soft = mixing[0].targets(targets, criterion.num_classes, smoothing=criterion.eps)
+        soft = mixing[0].targets(targets, criterion.num_classes)
         # torchreid's DeepSupervision: the mean loss over a tuple of outputs.
         heads = outputs if isinstance(outputs, tuple | list) else [outputs]
-        return sum(F.cross_entropy(logits, soft) for logits in heads) / len(heads)
+        losses = [soft_cross_entropy(x, soft, label_smoothing=criterion.eps) for x in heads]
+        return sum(losses) / len(losses)

@@ -238,7 +238,8 @@ class FeatureMix(nn.Module):
         feat: torch.Tensor,
         labels: torch.Tensor | None,
         attn: torch.Tensor | None,
-        negatives: torch.Tensor | None,
+        partners: torch.Tensor | None,
+        negatives: torch.Tensor | None = None,
     ) -> torch.Tensor:
         feat = check.check_feat(feat)
         if self.generator is not None and torch.compiler.is_compiling():
@@ -257,6 +258,7 @@ class FeatureMix(nn.Module):
             mode=self.mode,
             block_size=self.block_size_for(height, width),
             num_blocks=num_blocks,
+            partners=partners,
             negatives=negatives,
             generator=self.generator,
             h_ratio=self.h_ratio,
@@ -271,6 +273,7 @@ class FeatureMix(nn.Module):
         labels: torch.Tensor | None = None,
         attn: torch.Tensor | None = None,
         *,
+        partners: torch.Tensor | None = None,
         negatives: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Mixed ``feat`` in training mode, ``feat`` itself in eval mode.
@@ -280,19 +283,33 @@ class FeatureMix(nn.Module):
             labels: (N,) labels; needed by the "different label" modes and by ``classifier``.
                 None uses :attr:`labels`.
             attn: saliency for the attentive modes (else ``classifier`` or activations).
-            negatives: fixed partners, as in :func:`pmm_kernels.feature_mix`.
+            partners: fixed partners, as in :func:`pmm_kernels.feature_mix`.
+            negatives: deprecated name of ``partners`` (warns).
         """
         if not self.training:
             return feat
-        return self._mix(feat, labels, attn, negatives)
+        return self._mix(feat, labels, attn, partners, negatives)
 
     def targets(
         self, labels: torch.Tensor, num_classes: int, smoothing: float = 0.0
     ) -> torch.Tensor:
-        """Training targets for the last forward: :func:`pmm_kernels.mixed_targets` of its
-        :attr:`last_info` for the label-mixing modes, the (smoothed) one-hot labels otherwise."""
-        info = self.last_info if self.spec.mixes_labels and self.training else None
-        return mixed_targets(labels, info, num_classes, smoothing)
+        """The loss targets of the last training forward, for any mode.
+
+        :func:`pmm_kernels.mixed_targets` of :attr:`last_info`: mixed by area for ``a_cutmix``
+        and ``cutmix``, the (smoothed) one-hot labels for the other modes, for unpaired samples
+        and in eval mode. Score them with :func:`pmm_kernels.soft_cross_entropy`::
+
+            loss = soft_cross_entropy(logits, layer.targets(labels, num_classes),
+                                      label_smoothing=0.1)
+
+        Args:
+            labels: (N,) labels of the batch the layer mixed.
+            num_classes: number of classes of the logits.
+            smoothing: label smoothing eps in [0, 1); leave 0 when the loss smooths.
+        """
+        return mixed_targets(
+            labels, self.last_info if self.training else None, num_classes, smoothing
+        )
 
     def extra_repr(self) -> str:
         geometry = (
@@ -343,7 +360,8 @@ class AHardMix(FeatureMix):
         attn: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         *,
+        partners: torch.Tensor | None = None,
         negatives: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Mixed ``feat`` in training mode, ``feat`` itself in eval mode."""
-        return super().forward(feat, labels, attn, negatives=negatives)
+        return super().forward(feat, labels, attn, partners=partners, negatives=negatives)

@@ -52,6 +52,7 @@ import math
 import random
 import signal
 import statistics
+import sys
 import time
 from collections import deque
 from collections.abc import Callable
@@ -265,7 +266,7 @@ class Engine:
                     entry = self._train()
                 finally:
                     if self.folder is not None:
-                        self.folder.__exit__(None, None, None)
+                        self.folder.__exit__(*sys.exc_info())
         finally:
             self.dist.close()
         return {
@@ -309,12 +310,9 @@ class Engine:
             )
 
     def _open_folder(self) -> None:
-        path = Path(self.config["output_dir"])
-        resuming = (
-            self.checkpoint_path is not None
-            and Path(self.checkpoint_path).resolve().parent == path.resolve()
-        )
-        self.folder = RunFolder(path, resuming=resuming, overwrite=self.overwrite).__enter__()
+        self.folder = RunFolder(
+            self.config["output_dir"], self.checkpoint_path, self.overwrite
+        ).__enter__()
 
     def _seed(self) -> None:
         seed = self.config["seed"]
@@ -340,8 +338,9 @@ class Engine:
             self._seed()
         elif data.num_train_pids != config["num_classes"]:
             raise ValueError(
-                f"the checkpoint was trained on {config['num_classes']} identities, but "
-                f"{config['data']!r} has {data.num_train_pids}"
+                f"checkpoint {str(self.checkpoint_path)!r} was trained on "
+                f"{config['num_classes']} identities, but {config['data']!r} has "
+                f"{data.num_train_pids}"
             )
         config["num_classes"] = data.num_train_pids
         if dist.is_main:
@@ -380,6 +379,12 @@ class Engine:
         self.train_loader, self.sampler = build_train_loader(
             data.train, config, dist.rank, dist.world_size, pin
         )
+        if start[1] >= self.sampler.steps():
+            raise ValueError(
+                f"checkpoint {str(self.checkpoint_path)!r}: its batch counter is beyond the "
+                f"{self.sampler.steps() * dist.world_size} global batches of an epoch on "
+                "this data; it was not written by this run"
+            )
         if dist.is_main:
             self.test_loaders = build_test_loaders(
                 data,
@@ -414,6 +419,7 @@ class Engine:
             dist.rank,
             dist.world_size,
             config["seed"],
+            self.checkpoint_path,
         )
         self.metrics = list(checkpoint["metrics"])
         self.resumed = point
@@ -574,6 +580,8 @@ class Engine:
 
     def _train(self) -> dict[str, Any]:
         start_epoch, start_step = self._setup()
+        if self.folder is not None:
+            self.folder.started()  # every check passed: a replaced run may go now
         config, dist = self.config, self.dist
         epochs, eval_every = config["epochs"], config["eval_every"]
         evaluated = {m["epoch"]: m for m in self.metrics}
@@ -757,7 +765,7 @@ def run_training(
     options = dict(options or {})
     if resume is None:
         return Engine(make_config(options, preset), overwrite=overwrite).run()
-    checkpoint = load_checkpoint(resume)
+    checkpoint = load_checkpoint(resume, training=True)
     if preset is not None:
         logger.warning("resuming keeps the checkpoint's options; ignoring preset=%r", preset)
     config, notes = resume_config(dict(checkpoint["args"]), options, str(Path(resume).parent))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 import torchvision
 from torch import nn
 
@@ -15,6 +16,7 @@ from pmm_kernels import (
     feature_mix,
     insert_feature_mix,
     mixed_targets,
+    soft_cross_entropy,
 )
 
 LABELS = torch.tensor([0, 0, 1, 1])
@@ -145,6 +147,20 @@ def test_targets_mix_labels_only_for_label_mixing_modes():
         mix(feat, LABELS)
         info = mix.last_info if MODES[mode].mixes_labels else None
         assert torch.equal(mix.targets(LABELS, 2, 0.1), mixed_targets(LABELS, info, 2, 0.1))
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_targets_with_soft_cross_entropy_are_the_loss_of_every_mode(mode):
+    torch.manual_seed(0)
+    mix, logits = FeatureMix(mode), torch.randn(4, 2)
+    mix(torch.rand(4, 3, 8, 4), LABELS)
+    loss = soft_cross_entropy(logits, mix.targets(LABELS, 2), label_smoothing=0.1)
+    if MODES[mode].mixes_labels:
+        lam = mix.last_info.lam[:, None]
+        area = (1 - lam) * F.one_hot(LABELS, 2) + lam * F.one_hot(LABELS[mix.last_info.partners], 2)
+        torch.testing.assert_close(loss, F.cross_entropy(logits, area, label_smoothing=0.1))
+    else:  # the labels stay: the engines' own integer-label loss
+        torch.testing.assert_close(loss, F.cross_entropy(logits, LABELS, label_smoothing=0.1))
 
 
 def test_a_hard_mix_layer_keeps_its_call():

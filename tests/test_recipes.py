@@ -107,7 +107,7 @@ def batches(steps: int = 2, n: int = 8):
 def check_mixed(layer: pmm_kernels.FeatureMix, labels: torch.Tensor) -> None:
     info = layer.last_info
     assert info is not None and info.mask.any()
-    partners = info.negatives
+    partners = info.partners
     assert (labels[partners] != labels).all()  # a_hard_mix: partners of another identity
 
 

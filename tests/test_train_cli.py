@@ -188,7 +188,8 @@ def failed_evaluation(tiny_root, tmp_path_factory):
     root = base / "data"
     shutil.copytree(tiny_root, root)
     corrupt = sorted((root / "bounding_box_test").glob("*.jpg"))[-1]
-    corrupt.write_bytes(corrupt.read_bytes()[:100])
+    data = corrupt.read_bytes()  # cut past its header: found only when it is decoded
+    corrupt.write_bytes(data[: len(data) * 2 // 3])
     out = base / "run"
     argv = _argv(root, out, "--model", "baseline", "--epochs", "2")
     err = io.StringIO()
@@ -203,7 +204,8 @@ def test_failed_evaluation_keeps_the_checkpoint_and_resume_may_skip_bad_images(f
     code, err, out, corrupt = failed_evaluation
     err = err.strip().splitlines()[-1]  # above it: the progress bar
     assert code == 1 and err.startswith(
-        "python -m pmm_model.train: error: evaluation after epoch 1 failed (OSError: cannot read"
+        "python -m pmm_model.train: error: evaluation after epoch 1 failed "
+        "(UnreadableImageError: cannot read"
     )
     assert corrupt.name in err and f"--resume {out / 'checkpoint.pt'}" in err
     assert load_checkpoint(out / "checkpoint.pt")["epoch"] == 1
@@ -269,7 +271,7 @@ def test_an_existing_run_folder_is_refused_unless_overwrite(tiny_root, straight,
     err = capsys.readouterr().err
     assert "holds another run" in err and "--resume" in err and "--overwrite" in err
     assert (straight[1] / "metrics.json").read_bytes() == before
-    with RunFolder(tmp_path / "busy", resuming=False):
+    with RunFolder(tmp_path / "busy"):
         assert _exit_code(_argv(tiny_root, tmp_path / "busy")) == 1
     assert "in use by another run" in capsys.readouterr().err
     run = tmp_path / "old"

@@ -23,6 +23,7 @@ after checkpointing.
 from __future__ import annotations
 
 import argparse
+import errno
 import functools
 import os
 import signal
@@ -279,7 +280,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[dict[str, Any], dict[
     try:
         if resume is not None:
             try:
-                checkpoint = load_checkpoint(resume)
+                checkpoint = load_checkpoint(resume, training=True)
             except (ValueError, FileNotFoundError) as err:
                 parser.error(f"argument --resume: {err}")
             saved = checkpoint["args"]
@@ -370,7 +371,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
         return Engine(config, **start).run()
     except TrainingInterrupted as err:
         _fail(128 + err.signum, describe(err))
-    except (TrainingError, RunFolderError, ValueError, FileNotFoundError) as err:
+    except OSError as err:
+        checkpoint = Path(config["output_dir"]) / "checkpoint.pt"
+        if err.errno in (errno.ENOSPC, errno.EDQUOT) and checkpoint.is_file():
+            _fail(1, f"{err.strerror}; free some space, then continue with --resume {checkpoint}")
+        _fail(1, describe(err))
+    except (TrainingError, RunFolderError, ValueError) as err:
         _fail(1, describe(err))
     except KeyboardInterrupt:
         _fail(128 + 2, "interrupted by a second Ctrl-C before checkpointing")

@@ -63,4 +63,4 @@ class TorchreidMixLabels:
         # torchreid's DeepSupervision: the mean loss over a tuple of outputs.
         heads = outputs if isinstance(outputs, tuple | list) else [outputs]
         losses = [soft_cross_entropy(x, soft, label_smoothing=criterion.eps) for x in heads]
-        return sum(losses) / len(losses)
+        return torch.stack(losses).mean()

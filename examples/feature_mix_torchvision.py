@@ -1,8 +1,8 @@
 """Train a torchvision classifier a few steps with a feature-mix layer inserted by a hook.
 
 The model's ``forward`` is untouched: :func:`pmm_kernels.insert_feature_mix` runs the layer on
-the output of one submodule, and the labels reach it through ``hook.labels_for``. Random images
-and random initialisation, so it runs anywhere without downloads::
+the output of one submodule, and the labels reach it through :func:`pmm_kernels.mix_labels`.
+Random images and random initialisation, so it runs anywhere without downloads::
 
     python examples/feature_mix_torchvision.py --arch resnet50 --mode a_hard_mix
     python examples/feature_mix_torchvision.py --arch mobilenet_v3_small --mode cutmix --steps 3
@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 
 import torch
-import torch.nn.functional as F
 import torchvision
 
 import pmm_kernels
@@ -53,7 +52,7 @@ def main(argv: list[str] | None = None) -> list[float]:
     mix = pmm_kernels.FeatureMix(
         args.mode, classifier=classifier, generator=torch.Generator().manual_seed(args.seed)
     )
-    hook = pmm_kernels.insert_feature_mix(model, after, mix)
+    pmm_kernels.insert_feature_mix(model, after, mix)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
 
     losses = []
@@ -61,11 +60,11 @@ def main(argv: list[str] | None = None) -> list[float]:
     for step in range(args.steps):
         images = torch.randn(args.batch_size, 3, args.height, args.width)
         labels = torch.arange(args.batch_size) % args.num_classes
-        with hook.labels_for(labels):
+        with pmm_kernels.mix_labels(model, labels):
             logits = model(images)  # what any training engine does
         # Labels mixed by area for cutmix/a_cutmix, one-hot (smoothed) for the other modes.
-        targets = mix.targets(labels, args.num_classes, smoothing=0.1)
-        loss = F.cross_entropy(logits, targets)
+        targets = mix.targets(labels, args.num_classes)
+        loss = pmm_kernels.soft_cross_entropy(logits, targets, label_smoothing=0.1)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

@@ -10,9 +10,17 @@ Example:
 from importlib.metadata import PackageNotFoundError, version
 
 from pmm_kernels.functional import a_hard_mix, feature_mix, mixed_targets, saliency
+from pmm_kernels.hooks import (
+    BatchLabels,
+    FeatureMixHook,
+    feature_mix_layers,
+    insert_feature_mix,
+    labels_from_batch,
+    mix_labels,
+)
 from pmm_kernels.losses import SoftCrossEntropy, soft_cross_entropy
 from pmm_kernels.modes import MODES, MixInfo, MixMode
-from pmm_kernels.modules import AHardMix, FeatureMix, FeatureMixHook, insert_feature_mix
+from pmm_kernels.modules import AHardMix, FeatureMix
 from pmm_kernels.ops.feature_mix import BACKENDS
 
 try:
@@ -25,6 +33,7 @@ __all__ = [
     "BACKENDS",
     "MODES",
     "AHardMix",
+    "BatchLabels",
     "FeatureMix",
     "FeatureMixHook",
     "MixInfo",
@@ -32,7 +41,10 @@ __all__ = [
     "SoftCrossEntropy",
     "a_hard_mix",
     "feature_mix",
+    "feature_mix_layers",
     "insert_feature_mix",
+    "labels_from_batch",
+    "mix_labels",
     "mixed_targets",
     "saliency",
     "soft_cross_entropy",

@@ -1,28 +1,46 @@
-"""Drop-in layers: :class:`FeatureMix` (every mode), :class:`AHardMix`, and
-:func:`insert_feature_mix`, which puts a layer after a submodule of an existing model."""
+"""Drop-in layers: :class:`FeatureMix` (every mode) and :class:`AHardMix`.
+
+:mod:`pmm_kernels.hooks` puts a layer after a submodule of an existing model and gives it labels.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+import warnings
 
 import torch
 from torch import nn
 
 from pmm_kernels import validation as check
-from pmm_kernels.functional import BACKENDS, MODES, MixInfo, feature_mix, mixed_targets
-from pmm_kernels.ops.utils import grid_block_size
+from pmm_kernels.functional import feature_mix, mixed_targets
+from pmm_kernels.modes import MODES, MixInfo
+from pmm_kernels.ops.feature_mix import BACKENDS, Backend
+from pmm_kernels.ops.utils import block_grid, grid_block_size
 
 PAPER_GRID = (8, 4)  # PMM: an 8x4 grid of 3x2 blocks on its 24x8 map
+FAR_OFF = 2.0  # warn when the mixed fraction is more than this factor off the grid's target
+
+
+@torch.compiler.disable(
+    reason="FeatureMix(generator=...) cannot draw from a torch.Generator under torch.compile: "
+    "pass generator=None (build the layer without one) for compiled code"
+)
+def _generator_under_compile() -> None:
+    """Called only while dynamo traces a layer that has a generator: with ``fullgraph=True`` the
+    user sees the reason above instead of dynamo's "Observed exception"; without it, dynamo breaks
+    the graph here and the draws run eagerly."""
 
 
 class FeatureMix(nn.Module):
     """A feature-mix mode as a layer: mixes in training mode, returns ``feat`` in eval mode.
 
-    Geometry (docs/op.md#layer-geometry): ``grid=(rows, cols)`` cuts every map it sees into about
-    that many blocks, with ``block_size = (ceil(H / rows), ceil(W / cols))``, so the mixed fraction
-    stays about ``num_blocks / (rows * cols)`` on any map size; ``block_size=`` pins the block
-    instead. The default is the PMM paper's 8x4 grid with 3 blocks.
+    Geometry (docs/op.md#layer-geometry): ``grid=(rows, cols)`` cuts every map it sees into
+    blocks of ``(ceil(H / rows), ceil(W / cols))`` cells and mixes ``num_blocks`` of every
+    ``rows * cols`` of them, so the mixed fraction stays about ``num_blocks / (rows * cols)`` on
+    any map size: a map smaller than the grid, or one the grid does not divide, has fewer blocks,
+    and the layer mixes ``round(num_blocks * blocks / (rows * cols))`` of them (at least 1). Where
+    that is more than twice or less than half the target (a 2x1 map), it warns once.
+    ``block_size=`` pins the block and ``num_blocks`` instead. The default is the PMM paper's 8x4
+    grid with 3 blocks.
 
     Saliency of the attentive modes (``a_hard_mix``, ``a_cutmix``), first that applies:
 
@@ -33,11 +51,14 @@ class FeatureMix(nn.Module):
     3. Otherwise *activation saliency* ``ReLU(sum_c feat)``: channel weights of 1, which on a
        post-ReLU map is its channel-summed activation. It needs no labels.
 
+    Labels come from :meth:`forward`'s ``labels``, else from :attr:`labels`, which
+    :func:`pmm_kernels.mix_labels` sets on every layer of a model.
+
     Args:
         mode: one of :data:`pmm_kernels.MODES`.
         grid: ``(rows, cols)`` of blocks per map; default (8, 4) unless ``block_size`` is given.
         block_size: ``(bh, bw)`` block in cells, instead of ``grid``.
-        num_blocks: blocks mixed per sample (k).
+        num_blocks: blocks mixed per sample (k), per ``rows * cols`` blocks with ``grid``.
         classifier: ``nn.Linear`` whose ``weight[labels]`` are the Grad-CAM weights (attentive
             modes only).
         h_ratio: ``batch_drop``'s rectangle height as a fraction of H.
@@ -49,6 +70,7 @@ class FeatureMix(nn.Module):
 
     Attributes:
         last_info: the :class:`MixInfo` of the last training-mode forward (None before).
+        labels: (N,) labels used when :meth:`forward` gets none; not saved in ``state_dict``.
 
     Raises:
         ValueError: on building, for a bad option or an option the mode does not use.
@@ -63,6 +85,11 @@ class FeatureMix(nn.Module):
         True
     """
 
+    # The head is a plain attribute, not a submodule: it stays where its model registered it.
+    classifier: nn.Linear | None
+    grid: tuple[int, int] | None
+    block_size: tuple[int, int] | None
+
     def __init__(
         self,
         mode: str = "a_hard_mix",
@@ -74,7 +101,7 @@ class FeatureMix(nn.Module):
         h_ratio: float = 0.33,
         w_ratio: float = 1.0,
         generator: torch.Generator | None = None,
-        backend: str | None = None,
+        backend: Backend | None = None,
     ) -> None:
         super().__init__()
         check.check_choice("mode", mode, MODES)
@@ -112,41 +139,116 @@ class FeatureMix(nn.Module):
             check.check_choice("backend", backend, BACKENDS)
         self.mode = mode
         self.num_blocks = num_blocks
-        # A plain attribute, not a submodule: the head stays where its model registered it.
         self.__dict__["classifier"] = classifier
         self.h_ratio = check.check_ratio("h_ratio", h_ratio)
         self.w_ratio = check.check_ratio("w_ratio", w_ratio)
         self.generator = check.check_generator(generator)
         self.backend = backend
         self.last_info: MixInfo | None = None
+        self.labels: torch.Tensor | None = None
+        self._warned_geometry = False
 
     def block_size_for(self, height: int, width: int) -> tuple[int, int]:
         """The block size used on a ``height x width`` map."""
         if self.block_size is not None:
             return self.block_size
-        return grid_block_size(height, width, self.grid)
+        return grid_block_size(height, width, self._grid())
+
+    def _grid(self) -> tuple[int, int]:
+        if self.grid is None:
+            raise ValueError("this layer pins block_size=; it has no grid")
+        return self.grid
+
+    def num_blocks_for(self, height: int, width: int) -> int:
+        """Blocks mixed per sample on a ``height x width`` map (docs/op.md#layer-geometry).
+
+        ``num_blocks`` with a pinned ``block_size``; with a grid, the same share of the map's
+        blocks as ``num_blocks`` is of ``rows * cols``, rounded half up, at least 1.
+        """
+        if self.block_size is not None or self.spec.cells == "rectangle":
+            return self.num_blocks
+        rows, cols = self._grid()
+        map_rows, map_cols = block_grid(height, width, self.block_size_for(height, width))
+        blocks = map_rows * map_cols
+        # round(num_blocks * blocks / (rows * cols)) in integers, half up.
+        share = (2 * self.num_blocks * blocks + rows * cols) // (2 * rows * cols)
+        return min(max(share, 1), blocks)
+
+    def _warn_if_far_off(self, height: int, width: int, num_blocks: int) -> None:
+        if self._warned_geometry or self.block_size is not None or self.spec.cells == "rectangle":
+            return
+        rows, cols = self._grid()
+        map_rows, map_cols = block_grid(height, width, self.block_size_for(height, width))
+        fraction, target = num_blocks / (map_rows * map_cols), self.num_blocks / (rows * cols)
+        if not target / FAR_OFF <= fraction <= target * FAR_OFF:
+            self._warned_geometry = True
+            warnings.warn(
+                f"FeatureMix(grid={self.grid}, num_blocks={self.num_blocks}) mixes {num_blocks} "
+                f"of the {map_rows * map_cols} blocks of a {height}x{width} map ({fraction:.1%}), "
+                f"far from the target {target:.1%}: mix a larger map or choose the grid for "
+                "this one (warned once per layer)",
+                stacklevel=4,
+            )
 
     def _saliency_source(self, feat: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
         n, c = feat.shape[:2]
-        if self.classifier is None:
+        classifier = self.classifier
+        if classifier is None:
             return torch.ones(n, c, device=feat.device)
         if labels is None:
             raise ValueError("FeatureMix with a classifier needs labels for its Grad-CAM weights")
-        if self.classifier.in_features != c:
+        if classifier.in_features != c:
             raise ValueError(
-                f"classifier takes {self.classifier.in_features} features but the map has "
+                f"classifier takes {classifier.in_features} features but the map has "
                 f"{c} channels: it must be the Linear on this map's pooled feature"
             )
-        return self.classifier.weight.detach()[labels.long()]
+        labels = check.check_labels("labels", labels, n).long()
+        rows = classifier.out_features
+        if torch.compiler.is_compiling():
+            # Reading the range back would break the graph: check on the device instead.
+            torch._assert_async(
+                ((labels >= 0) & (labels < rows)).all(), "labels must index classifier.weight"
+            )
+        else:
+            low, high = int(labels.min()), int(labels.max())
+            if low < 0 or high >= rows:
+                raise ValueError(
+                    f"labels must lie in [0, {rows}) to pick rows of classifier.weight "
+                    f"(out_features={rows}), got values in [{low}, {high}]"
+                )
+        return classifier.weight.detach()[labels]
+
+    def _labels(self, feat: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor | None:
+        """``labels``, else :attr:`labels` moved to ``feat``'s device (data loaders and engines
+        hand over labels on the CPU)."""
+        if labels is not None or self.labels is None:
+            return labels
+        stored = check.check_tensor("labels", self.labels)
+        if stored.dim() != 1 or stored.shape[0] != feat.shape[0]:
+            raise ValueError(
+                f"the labels set on the layer have shape {tuple(stored.shape)} but the map has "
+                f"{feat.shape[0]} samples: set the labels of this batch (under nn.DataParallel "
+                "over several GPUs labels are not split with the batch: use "
+                "DistributedDataParallel)"
+            )
+        return stored.to(feat.device, non_blocking=True)
 
     def _mix(
         self,
         feat: torch.Tensor,
         labels: torch.Tensor | None,
         attn: torch.Tensor | None,
-        negatives: torch.Tensor | None,
+        partners: torch.Tensor | None,
+        negatives: torch.Tensor | None = None,
     ) -> torch.Tensor:
         feat = check.check_feat(feat)
+        if self.generator is not None and torch.compiler.is_compiling():
+            _generator_under_compile()
+        labels = self._labels(feat, labels)
+        height, width = feat.shape[2], feat.shape[3]
+        num_blocks = self.num_blocks_for(height, width)
+        if not torch.compiler.is_compiling():
+            self._warn_if_far_off(height, width, num_blocks)
         if self.spec.cells == "salient" and attn is None:
             attn = self._saliency_source(feat, labels)
         out, self.last_info = feature_mix(
@@ -154,9 +256,10 @@ class FeatureMix(nn.Module):
             labels,
             attn,
             mode=self.mode,
-            block_size=self.block_size_for(feat.shape[2], feat.shape[3]),
-            num_blocks=self.num_blocks,
-            partners=negatives,
+            block_size=self.block_size_for(height, width),
+            num_blocks=num_blocks,
+            partners=partners,
+            negatives=negatives,
             generator=self.generator,
             h_ratio=self.h_ratio,
             w_ratio=self.w_ratio,
@@ -170,6 +273,7 @@ class FeatureMix(nn.Module):
         labels: torch.Tensor | None = None,
         attn: torch.Tensor | None = None,
         *,
+        partners: torch.Tensor | None = None,
         negatives: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Mixed ``feat`` in training mode, ``feat`` itself in eval mode.
@@ -177,20 +281,35 @@ class FeatureMix(nn.Module):
         Args:
             feat: (N, C, H, W) feature map.
             labels: (N,) labels; needed by the "different label" modes and by ``classifier``.
+                None uses :attr:`labels`.
             attn: saliency for the attentive modes (else ``classifier`` or activations).
-            negatives: fixed partners, as in :func:`pmm_kernels.feature_mix`.
+            partners: fixed partners, as in :func:`pmm_kernels.feature_mix`.
+            negatives: deprecated name of ``partners`` (warns).
         """
         if not self.training:
             return feat
-        return self._mix(feat, labels, attn, negatives)
+        return self._mix(feat, labels, attn, partners, negatives)
 
     def targets(
         self, labels: torch.Tensor, num_classes: int, smoothing: float = 0.0
     ) -> torch.Tensor:
-        """Training targets for the last forward: :func:`pmm_kernels.mixed_targets` of its
-        :attr:`last_info` for the label-mixing modes, the (smoothed) one-hot labels otherwise."""
-        info = self.last_info if self.spec.mixes_labels and self.training else None
-        return mixed_targets(labels, info, num_classes, smoothing)
+        """The loss targets of the last training forward, for any mode.
+
+        :func:`pmm_kernels.mixed_targets` of :attr:`last_info`: mixed by area for ``a_cutmix``
+        and ``cutmix``, the (smoothed) one-hot labels for the other modes, for unpaired samples
+        and in eval mode. Score them with :func:`pmm_kernels.soft_cross_entropy`::
+
+            loss = soft_cross_entropy(logits, layer.targets(labels, num_classes),
+                                      label_smoothing=0.1)
+
+        Args:
+            labels: (N,) labels of the batch the layer mixed.
+            num_classes: number of classes of the logits.
+            smoothing: label smoothing eps in [0, 1); leave 0 when the loss smooths.
+        """
+        return mixed_targets(
+            labels, self.last_info if self.training else None, num_classes, smoothing
+        )
 
     def extra_repr(self) -> str:
         geometry = (
@@ -201,6 +320,11 @@ class FeatureMix(nn.Module):
 
 class AHardMix(FeatureMix):
     """:class:`FeatureMix` in ``a_hard_mix`` mode, called like :func:`pmm_kernels.a_hard_mix`.
+
+    Its positional order is the op's, ``(feat, attn, labels)``, where :class:`FeatureMix` takes
+    ``(feat, labels, attn)`` because its ``attn`` is optional and most modes take none. Both
+    accept ``labels=`` and ``attn=`` as keywords, so code written for any :class:`FeatureMix`
+    calls it with keywords (:mod:`pmm_kernels.hooks` does not call ``forward`` at all).
 
     Example:
         >>> mix = AHardMix(block_size=(3, 2), num_blocks=3)
@@ -218,7 +342,7 @@ class AHardMix(FeatureMix):
         grid: tuple[int, int] | None = None,
         classifier: nn.Linear | None = None,
         generator: torch.Generator | None = None,
-        backend: str | None = None,
+        backend: Backend | None = None,
     ) -> None:
         super().__init__(
             "a_hard_mix",
@@ -230,101 +354,14 @@ class AHardMix(FeatureMix):
             backend=backend,
         )
 
-    def forward(
+    def forward(  # type: ignore[override]  # the op's positional order, see the class docstring
         self,
         feat: torch.Tensor,
         attn: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         *,
+        partners: torch.Tensor | None = None,
         negatives: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Mixed ``feat`` in training mode, ``feat`` itself in eval mode."""
-        return super().forward(feat, labels, attn, negatives=negatives)
-
-
-class FeatureMixHook:
-    """A :class:`FeatureMix` running after a submodule; made by :func:`insert_feature_mix`.
-
-    Labels reach the layer through :attr:`labels` or :meth:`labels_for`, so the model's own
-    ``forward(images)`` stays as it is. The layer mixes while the submodule is in training mode.
-
-    Attributes:
-        mix: the layer (its ``last_info`` says what the last training step mixed).
-        labels: the labels of the next forward, or None.
-    """
-
-    def __init__(self, mix: FeatureMix, module: nn.Module, name: str) -> None:
-        self.mix = mix
-        self.name = name
-        self.labels: torch.Tensor | None = None
-        self._handle = module.register_forward_hook(self._after)
-
-    def _after(self, module: nn.Module, args, output):
-        if not module.training:
-            return None  # eval: the output stays as it is
-        if not isinstance(output, torch.Tensor) or output.dim() != 4:
-            raise TypeError(
-                f"insert_feature_mix: {self.name!r} must return an (N, C, H, W) tensor, got "
-                f"{check.describe(output)}"
-            )
-        if self.labels is None and (
-            self.mix.spec.partner_rule == "different_label" or self.mix.classifier is not None
-        ):
-            raise ValueError(
-                f"the {self.mix.mode} layer after {self.name!r} needs labels: run the model "
-                "inside `with hook.labels_for(labels):` or set hook.labels"
-            )
-        return self.mix._mix(output, self.labels, None, None)
-
-    @contextmanager
-    def labels_for(self, labels: torch.Tensor | None) -> Iterator[FeatureMixHook]:
-        """Use ``labels`` for the forwards inside the ``with`` block."""
-        previous, self.labels = self.labels, labels
-        try:
-            yield self
-        finally:
-            self.labels = previous
-
-    def remove(self) -> None:
-        """Take the layer out again."""
-        self._handle.remove()
-
-
-def insert_feature_mix(model: nn.Module, after: str, mix: FeatureMix) -> FeatureMixHook:
-    """Run ``mix`` on the output of ``model``'s submodule ``after``, through a forward hook.
-
-    The model's ``forward`` is untouched, so training engines that call ``model(images)`` keep
-    working; give the labels through the returned hook. The layer follows the submodule's
-    train/eval mode: it is the identity in ``model.eval()``.
-
-    Args:
-        model: any ``nn.Module``.
-        after: dotted name of the submodule, as in ``model.named_modules()``, e.g. ``"layer3"``.
-        mix: the layer to run.
-
-    Returns:
-        The :class:`FeatureMixHook`; ``hook.remove()`` takes the layer out.
-
-    Raises:
-        ValueError: no submodule of that name. TypeError: ``mix`` is not a FeatureMix.
-
-    Example:
-        >>> import torchvision
-        >>> net = torchvision.models.resnet18(num_classes=4)
-        >>> hook = insert_feature_mix(net, "layer4", FeatureMix(classifier=net.fc))
-        >>> with hook.labels_for(torch.tensor([0, 1, 2, 3])):
-        ...     logits = net(torch.randn(4, 3, 256, 128))
-        >>> hook.mix.last_info.mask.shape
-        torch.Size([4, 8, 4])
-    """
-    if not isinstance(mix, FeatureMix):
-        raise TypeError(f"mix must be a FeatureMix, got {check.describe(mix)}")
-    try:
-        module = model.get_submodule(after)
-    except AttributeError:
-        names = [name for name, _ in model.named_children()]
-        raise ValueError(
-            f"after={after!r} is not a submodule of {type(model).__name__}; its children are "
-            f"{names}"
-        ) from None
-    return FeatureMixHook(mix, module, after)
+        return super().forward(feat, labels, attn, partners=partners, negatives=negatives)

@@ -96,13 +96,24 @@ def test_model_compiled_by_inductor_matches_eager_for_given_partners():
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
+class Stack(nn.Module):
+    """An nn.Sequential inside a module: insert_feature_mix registers the layer on the module."""
+
+    def __init__(self, *layers: nn.Module) -> None:
+        super().__init__()
+        self.body = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
 @pytest.mark.slow
 @torch._inductor.config.patch(fallback_random=True)
 def test_hooked_model_compiles_and_follows_eager_draws():
     # fallback_random: compiled code draws from the eager generator, so partners match too.
     torch.manual_seed(0)
-    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 1))
-    hook = insert_feature_mix(net, "1", FeatureMix("hard_mix", grid=(4, 2)))
+    net = Stack(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 1))
+    hook = insert_feature_mix(net, "body.1", FeatureMix("hard_mix", grid=(4, 2)))
     images, labels = torch.randn(6, 3, 8, 4), torch.tensor([0, 0, 1, 1, 2, 3])
     outputs = []
     for model in (net, torch.compile(net, fullgraph=True)):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 import torchvision
 from torch import nn
 
@@ -15,6 +16,7 @@ from pmm_kernels import (
     feature_mix,
     insert_feature_mix,
     mixed_targets,
+    soft_cross_entropy,
 )
 
 LABELS = torch.tensor([0, 0, 1, 1])
@@ -26,7 +28,7 @@ LABELS = torch.tensor([0, 0, 1, 1])
         ((24, 8), (3, 2), 3 * 6 / 192),
         ((8, 4), (1, 1), 3 / 32),
         ((16, 8), (2, 2), 12 / 128),
-        ((4, 2), (1, 1), 3 / 8),
+        ((4, 2), (1, 1), 1 / 8),  # 8 blocks: round(3 * 8 / 32) = 1 of them
     ],
 )
 def test_grid_keeps_the_mixed_fraction(hw, block, lam):
@@ -35,6 +37,42 @@ def test_grid_keeps_the_mixed_fraction(hw, block, lam):
     mix(feat)
     assert mix.block_size_for(*hw) == block
     assert torch.equal(mix.last_info.lam, torch.full((2,), lam, dtype=torch.float32))
+
+
+# map -> (block, blocks mixed of the map's blocks); the target is 3/32 = 9.4 %.
+GEOMETRY = {
+    (24, 8): ((3, 2), 3, 32),
+    (16, 8): ((2, 2), 3, 32),
+    (13, 7): ((2, 2), 3, 28),  # edge blocks clipped: 7x4 blocks of 1 to 4 cells
+    (7, 7): ((1, 2), 3, 28),
+    (4, 2): ((1, 1), 1, 8),
+    (2, 1): ((1, 1), 1, 2),  # the fewest possible: 50 %, far off, warned
+}
+
+
+@pytest.mark.parametrize("hw", list(GEOMETRY))
+def test_geometry_on_any_map_keeps_the_share_of_blocks(hw, recwarn):
+    block, k, blocks = GEOMETRY[hw]
+    mix = FeatureMix("cutout", generator=torch.Generator().manual_seed(0))
+    for _ in range(2):  # the second forward warns no more
+        mix(torch.rand(256, 1, *hw))
+    assert (mix.block_size_for(*hw), mix.num_blocks_for(*hw)) == (block, k)
+    assert mix.last_info.blocks.shape == (256, k)
+    # Random blocks: the mixed fraction measured from the mask averages k / blocks.
+    measured = mix.last_info.mask.float().mean().item()
+    assert measured == pytest.approx(k / blocks, abs=0.01)
+    far_off = [w for w in recwarn if "far from the target 9.4%" in str(w.message)]
+    assert len(far_off) == (1 if hw == (2, 1) else 0)
+    if far_off:
+        assert "mixes 1 of the 2 blocks of a 2x1 map (50.0%)" in str(far_off[0].message)
+
+
+def test_salient_modes_follow_the_same_geometry():
+    mix = FeatureMix("a_hard_mix")
+    mix(torch.rand(4, 3, 13, 7), LABELS)
+    assert mix.last_info.blocks.shape == (4, 3)
+    cells = mix.last_info.mask.sum(dim=(1, 2))
+    assert ((cells >= 3) & (cells <= 12)).all()  # 3 blocks of 1 to 4 cells
 
 
 def test_block_size_pins_the_block():
@@ -111,6 +149,20 @@ def test_targets_mix_labels_only_for_label_mixing_modes():
         assert torch.equal(mix.targets(LABELS, 2, 0.1), mixed_targets(LABELS, info, 2, 0.1))
 
 
+@pytest.mark.parametrize("mode", list(MODES))
+def test_targets_with_soft_cross_entropy_are_the_loss_of_every_mode(mode):
+    torch.manual_seed(0)
+    mix, logits = FeatureMix(mode), torch.randn(4, 2)
+    mix(torch.rand(4, 3, 8, 4), LABELS)
+    loss = soft_cross_entropy(logits, mix.targets(LABELS, 2), label_smoothing=0.1)
+    if MODES[mode].mixes_labels:
+        lam = mix.last_info.lam[:, None]
+        area = (1 - lam) * F.one_hot(LABELS, 2) + lam * F.one_hot(LABELS[mix.last_info.partners], 2)
+        torch.testing.assert_close(loss, F.cross_entropy(logits, area, label_smoothing=0.1))
+    else:  # the labels stay: the engines' own integer-label loss
+        torch.testing.assert_close(loss, F.cross_entropy(logits, LABELS, label_smoothing=0.1))
+
+
 def test_a_hard_mix_layer_keeps_its_call():
     layer = AHardMix(block_size=(2, 2), num_blocks=2, generator=torch.Generator().manual_seed(0))
     feat, attn = torch.randn(4, 3, 6, 4), torch.rand(4, 3)
@@ -146,6 +198,27 @@ BAD_LAYERS = [
 def test_layer_checks_its_arguments_when_built(options, error, message):
     with pytest.raises(error, match=message):
         FeatureMix(**options)
+
+
+def test_a_hard_mix_layer_agrees_with_feature_mix_by_keyword():
+    # The positional orders differ on purpose (docs); the keywords are the same.
+    feat, attn = torch.randn(4, 3, 8, 4), torch.rand(4, 3)
+    outputs = []
+    for layer in (AHardMix(), FeatureMix("a_hard_mix")):
+        torch.manual_seed(0)
+        outputs.append(layer(feat, labels=LABELS, attn=attn))
+    assert torch.equal(*outputs)
+
+
+@pytest.mark.parametrize(
+    ("labels", "values"), [([0, 1, 2, 3], "[0, 3]"), ([0, -1, 1, 1], "[-1, 1]")]
+)
+def test_classifier_labels_out_of_range_are_named(labels, values):
+    mix = FeatureMix(classifier=nn.Linear(5, 3))
+    with pytest.raises(
+        ValueError, match=rf"labels must lie in \[0, 3\) .* got values in \{values}"
+    ):
+        mix(torch.rand(4, 5, 8, 4), torch.tensor(labels))
 
 
 def test_layer_errors_at_forward_name_the_problem():

@@ -1,0 +1,379 @@
+"""Put a :class:`~pmm_kernels.FeatureMix` into an existing model and give it labels.
+
+:func:`insert_feature_mix` registers the layer as a submodule of the model and runs it after a
+named submodule through a forward hook, so the model's own ``forward(images)`` stays as it is.
+:func:`mix_labels` and :func:`labels_from_batch` hand the labels to every inserted layer; both find
+the layers from the model itself, so they work on copies (``copy.deepcopy``, pickle) and through a
+``DistributedDataParallel`` or single-device ``DataParallel`` wrapper.
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+from pmm_kernels import validation as check
+from pmm_kernels.modules import FeatureMix
+
+# Containers whose forward or users' loops run every child: a layer registered there would run.
+CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
+DATA_PARALLEL = (
+    "labels are not split with the batch under nn.DataParallel over several GPUs: use "
+    "DistributedDataParallel (one process per GPU)"
+)
+
+
+def feature_mix_layers(model: nn.Module) -> list[FeatureMix]:
+    """Every :class:`~pmm_kernels.FeatureMix` in ``model``, inserted or built in."""
+    return [module for module in model.modules() if isinstance(module, FeatureMix)]
+
+
+def _refuse_data_parallel(model: nn.Module) -> None:
+    for module in model.modules():
+        if isinstance(module, nn.DataParallel) and len(module.device_ids) > 1:
+            raise ValueError(f"mix_labels: {DATA_PARALLEL}")
+
+
+@contextmanager
+def mix_labels(model: nn.Module, labels: torch.Tensor) -> Iterator[None]:
+    """Give ``labels`` to every :class:`~pmm_kernels.FeatureMix` in ``model`` inside the block.
+
+    Works on the model the layers were inserted into, on a ``copy.deepcopy`` or unpickled copy of
+    it, and through ``DistributedDataParallel`` or a single-device ``DataParallel``. The labels
+    are a plain attribute of each layer, never saved in ``state_dict``; the layer moves them to
+    its map's device.
+
+    Args:
+        model: a model holding at least one FeatureMix.
+        labels: (N,) integer labels of the batch the model is called with.
+
+    Raises:
+        ValueError: no FeatureMix in ``model``, labels not (N,), or ``nn.DataParallel`` over
+            several GPUs (labels would not be split with the batch).
+        TypeError: ``model`` is not an ``nn.Module`` or ``labels`` not an integer tensor.
+
+    Example:
+        >>> import torchvision
+        >>> net = torchvision.models.resnet18(num_classes=4)
+        >>> hook = insert_feature_mix(net, "layer3", FeatureMix())
+        >>> with mix_labels(net, torch.tensor([0, 1, 2, 3])):
+        ...     logits = net(torch.randn(4, 3, 128, 64))
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {check.describe(model)}")
+    labels = check.check_tensor("labels", labels)
+    if labels.dim() != 1:
+        raise ValueError(f"labels must have shape (N,), got {check.describe(labels)}")
+    check.check_labels("labels", labels, labels.shape[0])
+    _refuse_data_parallel(model)
+    layers = feature_mix_layers(model)
+    if not layers:
+        raise ValueError(
+            f"mix_labels: {type(model).__name__} holds no FeatureMix; insert one with "
+            "pmm_kernels.insert_feature_mix first"
+        )
+    previous = [layer.labels for layer in layers]
+    for layer in layers:
+        layer.labels = labels
+    try:
+        yield
+    finally:
+        for layer, old in zip(layers, previous, strict=True):
+            layer.labels = old
+
+
+class BatchLabels:
+    """The hooks of :func:`labels_from_batch`; :meth:`remove` takes them out."""
+
+    def __init__(self, model: nn.Module, key: str) -> None:
+        self.key = key
+        self._previous: list[torch.Tensor | None] = []
+        self._handles = [
+            model.register_forward_pre_hook(self._before),
+            model.register_forward_hook(self._after, always_call=True),
+        ]
+
+    def _before(self, model: nn.Module, args: tuple[Any, ...]) -> None:
+        if not model.training:
+            return
+        if getattr(model, "_is_replica", False):
+            raise ValueError(f"labels_from_batch: {DATA_PARALLEL}")
+        batch = args[0] if args else None
+        if not isinstance(batch, Mapping) or self.key not in batch:
+            got = f"keys {sorted(batch)}" if isinstance(batch, Mapping) else check.describe(batch)
+            raise ValueError(
+                f"labels_from_batch(key={self.key!r}): the model's first argument must be a "
+                f"mapping holding {self.key!r}, got {got}"
+            )
+        layers = feature_mix_layers(model)
+        self._previous = [layer.labels for layer in layers]
+        for layer in layers:
+            layer.labels = batch[self.key]
+
+    def _after(self, model: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        if not self._previous:
+            return
+        for layer, old in zip(feature_mix_layers(model), self._previous, strict=True):
+            layer.labels = old
+        self._previous = []
+
+    def remove(self) -> None:
+        """Stop reading labels from the batch."""
+        for handle in self._handles:
+            handle.remove()
+
+
+def labels_from_batch(model: nn.Module, key: str = "targets") -> BatchLabels:
+    """Read each training batch's labels from ``model``'s first argument, a mapping, at ``key``.
+
+    For engines that call the model with the whole batch, such as fast-reid
+    (``model(batched_inputs)`` with the labels at ``"targets"``): a forward pre-hook gives
+    ``batch[key]`` to every FeatureMix in the model for that forward, and a forward hook takes
+    them back afterwards.
+
+    Args:
+        model: the model the engine calls, holding at least one FeatureMix.
+        key: where the labels are in the batch.
+
+    Returns:
+        The hooks; ``.remove()`` takes them out.
+
+    Raises:
+        ValueError: ``model`` holds no FeatureMix; at a training forward, a first argument
+            without ``key``, or ``nn.DataParallel`` over several GPUs.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {check.describe(model)}")
+    if not isinstance(key, str):
+        raise TypeError(f"key must be a str, got {check.describe(key)}")
+    if not feature_mix_layers(model):
+        raise ValueError(
+            f"labels_from_batch: {type(model).__name__} holds no FeatureMix; insert one with "
+            "pmm_kernels.insert_feature_mix first"
+        )
+    return BatchLabels(model, key)
+
+
+def _needs_labels(mix: FeatureMix) -> bool:
+    return mix.spec.partner_rule == "different_label" or mix.classifier is not None
+
+
+@torch.compiler.disable(
+    reason="the submodule an inserted FeatureMix runs after did not run in a training forward of "
+    "the compiled model, so the layer never mixed: run one training step without torch.compile "
+    "to see which and what to do"
+)
+def _report_eagerly(hook: FeatureMixHook) -> None:
+    """With ``fullgraph=True`` the user sees the reason above; otherwise dynamo breaks the graph
+    and this runs eagerly, raising the full message."""
+    raise ValueError(hook._did_not_run())
+
+
+class FeatureMixHook:
+    """A :class:`FeatureMix` running after a submodule; made by :func:`insert_feature_mix`.
+
+    The layer is a submodule of the model (``hook.attribute`` on the nearest ancestor that is not
+    a container), so ``model.train()``/``eval()`` and copies of the model reach it. After each
+    training forward of the model, a hook checks that the submodule ran: a model that calls the
+    submodule's children one by one never runs the submodule itself, and the layer would never
+    mix.
+
+    Attributes:
+        mix: the layer (its ``last_info`` says what the last training step mixed).
+        name: the dotted name of the submodule it runs after.
+        attribute: the dotted name of the layer in the model.
+    """
+
+    def __init__(self, model: nn.Module, after: str, mix: FeatureMix) -> None:
+        self.mix = mix
+        self.name = after
+        self.model_name = type(model).__name__
+        module = model.get_submodule(after)
+        home, self.attribute = _home(model, after)
+        leaf = self.attribute.rpartition(".")[2]
+        if hasattr(home, leaf):
+            raise ValueError(
+                f"insert_feature_mix: {self.model_name} already has {self.attribute!r}: a layer "
+                f"runs after {after!r} already (hook.remove() takes it out)"
+            )
+        home.add_module(leaf, mix.train(module.training))  # a new submodule takes its mode
+        self._home = home
+        self._ran = False
+        self._checked = False  # the first passing eager check ends the probing of children
+        self._warned_eval = False
+        self._children_ran: list[str] = []
+        self._child_names = [name for name, _ in module.named_children()]
+        self._handles: list[RemovableHandle] = [
+            module.register_forward_hook(self._after),
+            model.register_forward_pre_hook(self._before_model),
+            model.register_forward_hook(self._after_model),
+        ]
+        # Until the first passing check: which children run, for the message when it fails.
+        self._probes = [
+            child.register_forward_hook(functools.partial(self._child_ran, name))
+            for name, child in module.named_children()
+        ]
+
+    @property
+    def labels(self) -> torch.Tensor | None:
+        """The layer's labels for the next forwards (:attr:`FeatureMix.labels`)."""
+        return self.mix.labels
+
+    @labels.setter
+    def labels(self, labels: torch.Tensor | None) -> None:
+        self.mix.labels = labels
+
+    @contextmanager
+    def labels_for(self, labels: torch.Tensor | None) -> Iterator[FeatureMixHook]:
+        """Use ``labels`` for the forwards inside the ``with`` block."""
+        previous, self.mix.labels = self.mix.labels, labels
+        try:
+            yield self
+        finally:
+            self.mix.labels = previous
+
+    def remove(self) -> None:
+        """Take the layer out again: its hooks and its submodule."""
+        for handle in self._handles + self._probes:
+            handle.remove()
+        delattr(self._home, self.attribute.rpartition(".")[2])
+
+    def _before_model(self, model: nn.Module, args: tuple[Any, ...]) -> None:
+        if not model.training:
+            return
+        self._ran = False
+        if not torch.compiler.is_compiling() and not self._checked:
+            self._children_ran = []
+
+    def _child_ran(self, child_name: str, child: nn.Module, args: Any, output: Any) -> None:
+        if not torch.compiler.is_compiling() and not self._checked:
+            self._children_ran.append(child_name)
+
+    def _after(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
+        self._ran = True
+        if not self.mix.training:
+            return None  # eval: the output stays as it is
+        if getattr(module, "_is_replica", False):
+            raise ValueError(f"insert_feature_mix: {DATA_PARALLEL}")
+        if not isinstance(output, torch.Tensor) or output.dim() != 4:
+            raise TypeError(
+                f"insert_feature_mix: {self.name!r} must return an (N, C, H, W) tensor, got "
+                f"{check.describe(output)}"
+            )
+        if self.mix.labels is None and _needs_labels(self.mix):
+            raise ValueError(
+                f"the {self.mix.mode} layer after {self.name!r} needs labels: run the model "
+                "inside `with pmm_kernels.mix_labels(model, labels):` (or hook.labels_for)"
+            )
+        return self.mix._mix(output, None, None, None)
+
+    def _after_model(self, model: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        if not model.training:
+            return
+        compiling = torch.compiler.is_compiling()
+        if not self._ran:
+            if compiling:
+                _report_eagerly(self)
+            raise ValueError(self._did_not_run())
+        if not self.mix.training:
+            if not compiling and not self._warned_eval:
+                self._warned_eval = True
+                warnings.warn(
+                    f"{self.model_name} trains but its FeatureMix {self.attribute!r} is in eval "
+                    "mode, so it does not mix (torchreid's open_specified_layers sets every child "
+                    f"outside open_layers to eval: add {self.attribute!r} to them to mix). Warned "
+                    "once.",
+                    stacklevel=2,
+                )
+        elif not compiling and not self._checked:
+            self._checked = True
+            for probe in self._probes:
+                probe.remove()
+
+    def _did_not_run(self) -> str:
+        module_children = [f"{self.name}.{name}" for name in self._child_names]
+        message = (
+            f"insert_feature_mix(after={self.name!r}): {self.name!r} did not run in this "
+            f"training forward of {self.model_name}, so the layer after it never mixed"
+        )
+        if self._children_ran:
+            ran = [f"{self.name}.{name}" for name in self._children_ran]
+            return (
+                f"{message}. The model calls its children directly; those that ran: {ran}. "
+                f"Insert after the last of them: after={ran[-1]!r}"
+            )
+        if module_children:
+            return (
+                f"{message}, nor did its children {module_children}: insert after a "
+                "submodule that the model's forward calls"
+            )
+        return f"{message}: insert after a submodule that the model's forward calls"
+
+
+def _home(model: nn.Module, after: str) -> tuple[nn.Module, str]:
+    """The nearest ancestor of ``after`` that is not a container, and the layer's dotted name."""
+    parts = after.split(".")
+    for depth in range(len(parts) - 1, -1, -1):
+        home_name = ".".join(parts[:depth])
+        home = model.get_submodule(home_name)
+        if not isinstance(home, CONTAINERS):
+            leaf = "mix_after_" + "_".join(parts[depth:])
+            return home, f"{home_name}.{leaf}" if home_name else leaf
+    raise ValueError(
+        f"insert_feature_mix: {after!r} sits only in containers (nn.Sequential, nn.ModuleList, "
+        "nn.ModuleDict), which would run the layer as one of their children; wrap the model in "
+        "an nn.Module or put the FeatureMix into the Sequential yourself"
+    )
+
+
+def insert_feature_mix(model: nn.Module, after: str, mix: FeatureMix) -> FeatureMixHook:
+    """Run ``mix`` on the output of ``model``'s submodule ``after``, through a forward hook.
+
+    The model's ``forward`` is untouched, so training engines that call ``model(images)`` keep
+    working; give the labels with :func:`mix_labels` (or :func:`labels_from_batch`, or the
+    returned hook). The layer becomes the submodule ``hook.attribute`` of the model, e.g.
+    ``model.mix_after_layer3``: ``model.train()``/``eval()`` switch it, it adds no keys to
+    ``state_dict`` and it travels with copies of the model. A training forward of ``model`` in
+    which ``after`` did not run raises a ``ValueError`` naming the children that did.
+
+    Args:
+        model: any ``nn.Module`` that is not a container (wrap an ``nn.Sequential`` first).
+        after: dotted name of the submodule, as in ``model.named_modules()``, e.g. ``"layer3"``.
+        mix: the layer to run.
+
+    Returns:
+        The :class:`FeatureMixHook`; ``hook.remove()`` takes the layer out.
+
+    Raises:
+        ValueError: no submodule of that name, only containers around it, or a layer already
+            after it. TypeError: ``mix`` is not a FeatureMix.
+
+    Example:
+        >>> import torchvision
+        >>> net = torchvision.models.resnet18(num_classes=4)
+        >>> hook = insert_feature_mix(net, "layer4", FeatureMix(classifier=net.fc))
+        >>> with mix_labels(net, torch.tensor([0, 1, 2, 3])):
+        ...     logits = net(torch.randn(4, 3, 256, 128))
+        >>> net.mix_after_layer4.last_info.mask.shape
+        torch.Size([4, 8, 4])
+    """
+    if not isinstance(mix, FeatureMix):
+        raise TypeError(f"mix must be a FeatureMix, got {check.describe(mix)}")
+    if not isinstance(after, str) or not after:
+        raise ValueError(f"after must be the dotted name of a submodule, got {after!r}")
+    try:
+        model.get_submodule(after)
+    except AttributeError:
+        names = [name for name, _ in model.named_children()]
+        raise ValueError(
+            f"after={after!r} is not a submodule of {type(model).__name__}; its children are "
+            f"{names}"
+        ) from None
+    return FeatureMixHook(model, after, mix)

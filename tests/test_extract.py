@@ -1,7 +1,6 @@
 """Feature extraction (``pmm_model.FeatureExtractor``, ``pmm-extract``) against the evaluate path.
 
-The checkpoints are untrained resnet18 networks at 64x32 with random BatchNorm statistics, so the
-embeddings depend on every layer the way a trained network's do.
+The checkpoints and images come from :mod:`deploy_fixtures`.
 """
 
 from __future__ import annotations
@@ -11,56 +10,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from deploy_fixtures import HEIGHT, WIDTH, make_checkpoint, make_tree
 from PIL import Image
 
 import pmm_model
-from pmm_model.checkpoint import load_model, save_checkpoint
+from pmm_model.checkpoint import load_model
 from pmm_model.cli import extract as cli
 from pmm_model.data.datasets import read_market_tree
 from pmm_model.data.loaders import build_test_loaders
 from pmm_model.evaluation import extract_features
 from pmm_model.extract import FeatureExtractor, read_image_list
-from pmm_model.models import build_model
-
-HEIGHT, WIDTH = 64, 32
-LAYOUT = {
-    "bounding_box_train": [(1, 1), (2, 2), (3, 1)],
-    "query": [(1, 1), (2, 2), (3, 1), (4, 2), (5, 1)],
-    "bounding_box_test": [(1, 2), (2, 1), (3, 2), (4, 1), (5, 2), (0, 2)],
-}
-
-
-def make_checkpoint(path: Path, kind: str, seed: int = 0) -> Path:
-    """An untrained resnet18 network with random BN statistics, saved as training saves it."""
-    torch.manual_seed(seed)
-    options = {"block_size": (1, 1)} if kind == "pmm" else {}
-    model = build_model(kind, 4, backbone="resnet18", **options)
-    for module in model.modules():
-        if isinstance(module, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
-            module.running_mean.uniform_(-0.2, 0.2)
-            module.running_var.uniform_(0.5, 2.0)
-    args = {
-        "model": kind,
-        "backbone": "resnet18",
-        "num_classes": 4,
-        "height": HEIGHT,
-        "width": WIDTH,
-        "pretrained": None,
-    }
-    save_checkpoint(path, {"model": model.state_dict(), "args": args})
-    return path
-
-
-def make_tree(root: Path, seed: int = 0) -> Path:
-    """A Market-layout tree of noise images of varied sizes."""
-    rng = np.random.default_rng(seed)
-    for split, items in LAYOUT.items():
-        (root / split).mkdir(parents=True)
-        for i, (pid, cam) in enumerate(items):
-            size = (int(rng.integers(30, 50)), int(rng.integers(60, 100)))
-            pixels = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
-            Image.fromarray(pixels).save(root / split / f"{pid:04d}_c{cam}s1_{i:06d}_01.jpg")
-    return root
 
 
 @pytest.fixture(scope="module")

@@ -1,14 +1,20 @@
 # `make demo` and `make test` each set up .venv on first use, so either works on a fresh clone.
+# `make test PY=/some/venv/bin/python` uses that interpreter as it is instead (no set-up, no install).
 PYTHON ?= python3
 VENV := .venv
-PY := $(VENV)/bin/python
+PY ?= $(VENV)/bin/python
+ifeq ($(origin PY),file)
+SETUP := $(VENV)/.installed
+else
+SETUP :=
+endif
 
 # The GPU check runs on a CUDA machine with torch, triton, pytest and hypothesis already
 # installed (no venv): `make gpu-check GPU_RESULTS=/some/folder`.
 GPU_PYTHON ?= python3
 GPU_RESULTS ?= gpu-results
 
-.PHONY: demo test bench study static-check gpu-check clean
+.PHONY: demo test test-fast lint bench study static-check gpu-check clean
 
 $(VENV)/.installed: pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -18,24 +24,33 @@ $(VENV)/.installed: pyproject.toml
 # The demo's run folder is disposable: each `make demo` starts it afresh.
 DEMO_RUN := runs/pmm-synthetic
 
-demo: $(VENV)/.installed
+demo: $(SETUP)
 	$(PY) -m pmm_model.train --preset demo --output-dir $(DEMO_RUN) --overwrite
 	$(PY) -m pmm_model.visualize --checkpoint $(DEMO_RUN)/checkpoint.pt --data synthetic --out $(DEMO_RUN)
 
 # The ablation study on the synthetic set: 8 variants x 3 seeds, each trained as `make demo`
 # trains PMM (resumes where it stopped if rerun).
 STUDY_ARGS ?= --seeds 3 --out runs/study
-study: $(VENV)/.installed
+study: $(SETUP)
 	$(PY) -m pmm_model.study $(STUDY_ARGS)
 
-test: $(VENV)/.installed
-	$(PY) -m ruff check .
-	$(PY) -m pytest tests
+# CI's command (`.ci/run`): lint, format check, then every test. The tests run with this checkout
+# first on PYTHONPATH, so the subprocesses they start (torchrun, the CLIs) import it too.
+test: lint
+	PYTHONPATH=$(CURDIR) $(PY) -m pytest tests
 
-bench: $(VENV)/.installed
+# The same checks without the end-to-end runs (tests marked `slow`): the tier to run while editing.
+test-fast: lint
+	PYTHONPATH=$(CURDIR) $(PY) -m pytest tests -m "not slow"
+
+lint: $(SETUP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+bench: $(SETUP)
 	$(PY) -m pytest benchmarks --benchmark-only
 
-static-check: $(VENV)/.installed
+static-check: $(SETUP)
 	$(PY) -m pmm_kernels.static_check
 
 gpu-check:

@@ -7,17 +7,18 @@ Example:
     >>> out, info = pmm_kernels.feature_mix(feat, None, mode="cutout")
 """
 
-from pmm_kernels.functional import (
-    BACKENDS,
-    MODES,
-    MixInfo,
-    MixMode,
-    a_hard_mix,
-    feature_mix,
-    mixed_targets,
-    saliency,
-)
+from importlib.metadata import PackageNotFoundError, version
+
+from pmm_kernels.functional import a_hard_mix, feature_mix, mixed_targets, saliency
+from pmm_kernels.modes import MODES, MixInfo, MixMode
 from pmm_kernels.modules import AHardMix, FeatureMix, FeatureMixHook, insert_feature_mix
+from pmm_kernels.ops.feature_mix import BACKENDS
+
+try:
+    # The distribution is "pmm" (pyproject.toml); it ships pmm_kernels and pmm_model.
+    __version__ = version("pmm")
+except PackageNotFoundError:  # run from a source tree that was never installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "BACKENDS",

@@ -1,66 +1,36 @@
-"""Functional API: :func:`feature_mix` (every mode), :func:`a_hard_mix`, :func:`saliency` and
-:func:`mixed_targets`."""
+"""The public entry points of the feature-mix family.
+
+:func:`feature_mix` (every mode of docs/op.md#modes), :func:`a_hard_mix` (the paper's mode, its
+own signature), :func:`saliency` (the Grad-CAM map the attentive modes rank blocks by) and
+:func:`mixed_targets` (the loss targets of a mix). Each checks its arguments
+(:mod:`pmm_kernels.validation`), makes the random draws of docs/op.md#draws and calls the custom
+op (:mod:`pmm_kernels.ops.feature_mix`), whose backend policy picks the Triton or PyTorch path.
+"""
 
 from __future__ import annotations
 
-import importlib.util
-import os
-from typing import Literal, NamedTuple, overload
+from typing import Literal, overload
 
 import torch
 import torch.nn.functional as F
 
 from pmm_kernels import validation as check
-from pmm_kernels.ops.feature_mix import FeatureMixFunction
+from pmm_kernels.modes import MODES, MixInfo, MixMode
+from pmm_kernels.ops.feature_mix import BACKENDS, Backend, FeatureMixFunction, resolve_backend
 from pmm_kernels.ops.reference import saliency_torch
-from pmm_kernels.ops.utils import batch_drop_corner, batch_drop_size, block_grid
+from pmm_kernels.ops.utils import batch_drop_corner, batch_drop_size, draw_uniform
 
-Backend = Literal["auto", "torch", "triton"]
-BACKENDS: tuple[str, ...] = ("auto", "torch", "triton")
-BACKEND_ENV = "PMM_KERNELS_BACKEND"
-
-
-class MixMode(NamedTuple):
-    """How a mode chooses its cells and fills them (docs/op.md#feature-mix-family).
-
-    Attributes:
-        cells: ``"salient"`` (the k most salient blocks), ``"random"`` (k random blocks) or
-            ``"rectangle"`` (one rectangle shared by the batch).
-        partner_rule: ``"different_label"``, ``"any_other"``, or ``"none"`` (cells are zeroed).
-        mixes_labels: whether the loss should see :func:`mixed_targets` instead of the labels.
-    """
-
-    cells: str
-    partner_rule: str
-    mixes_labels: bool
-
-
-MODES: dict[str, MixMode] = {
-    "a_hard_mix": MixMode("salient", "different_label", False),
-    "hard_mix": MixMode("random", "different_label", False),
-    "a_cutmix": MixMode("salient", "any_other", True),
-    "cutmix": MixMode("random", "any_other", True),
-    "cutout": MixMode("random", "none", False),
-    "batch_drop": MixMode("rectangle", "none", False),
-}
-
-
-class MixInfo(NamedTuple):
-    """What a mix did to each sample.
-
-    Attributes:
-        negatives: (N,) int64 partner of each sample (the sample its cells came from), -1 where
-            no cell came from a partner (always for ``cutout`` and ``batch_drop``).
-        blocks: (N, k) int64 selected block indices (row-major), highest score (or key) first;
-            (N, 1) of -1 for ``batch_drop``.
-        mask: (N, H, W) bool, True where the cell was replaced or zeroed.
-        lam: (N,) float32 replaced or zeroed area / (H * W).
-    """
-
-    negatives: torch.Tensor
-    blocks: torch.Tensor
-    mask: torch.Tensor
-    lam: torch.Tensor
+__all__ = [
+    "BACKENDS",
+    "MODES",
+    "Backend",
+    "MixInfo",
+    "MixMode",
+    "a_hard_mix",
+    "feature_mix",
+    "mixed_targets",
+    "saliency",
+]
 
 
 def saliency(feat: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -82,77 +52,6 @@ def saliency(feat: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     weights = check.check_weights("weights", weights, feat)
     check.check_same_device(feat, weights=weights)
     return saliency_torch(feat, weights)
-
-
-def _use_triton(backend: str | None, feat: torch.Tensor, num_grid_blocks: int) -> bool:
-    """Whether the Triton kernels run; "auto" picks them where they apply, "triton" insists."""
-    if backend is None:
-        backend = os.environ.get(BACKEND_ENV, "auto")
-        source = f"the {BACKEND_ENV} environment variable"
-    else:
-        source = "backend"
-    if backend not in BACKENDS:
-        raise ValueError(f"{source} must be one of {BACKENDS}, got {backend!r}")
-    if backend == "torch":
-        return False
-    n, _, h, w = feat.shape
-    if backend == "auto":
-        if not feat.is_cuda or feat.dtype == torch.float64 or not _triton_available():
-            return False
-        from pmm_kernels.ops.feature_mix_triton import unsupported_reason
-
-        return unsupported_reason(n, h, w, num_grid_blocks) is None
-
-    interpreted = os.environ.get("TRITON_INTERPRET") == "1"
-    if not feat.is_cuda and not (feat.device.type == "cpu" and interpreted):
-        raise ValueError(
-            f"backend='triton' runs on CUDA tensors (or on CPU tensors with TRITON_INTERPRET=1 "
-            f"set before triton is imported), got tensors on {feat.device}"
-        )
-    if feat.dtype == torch.float64:
-        raise TypeError(
-            "backend='triton' supports float16, bfloat16 and float32 feat, got float64; "
-            "use backend='torch'"
-        )
-    from pmm_kernels.ops.feature_mix_triton import unsupported_reason
-
-    reason = unsupported_reason(n, h, w, num_grid_blocks)
-    if reason is not None:
-        raise ValueError(reason)
-    return True
-
-
-def _triton_available() -> bool:
-    return importlib.util.find_spec("triton") is not None
-
-
-def _uniform(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device):
-    """``torch.rand`` from ``generator`` (on its own device) or from ``device``'s default one."""
-    if generator is None:
-        # No generator keyword at all: torch.compile cannot trace ``generator=None`` with a
-        # symbolic batch size.
-        return torch.rand(shape, device=device)
-    if torch.compiler.is_compiling():
-        raise ValueError(
-            "generator: torch.compile cannot trace draws from a torch.Generator; pass "
-            "generator=None (build the layer without one) in compiled code"
-        )
-    return torch.rand(shape, generator=generator, device=generator.device).to(device)
-
-
-def _check_negatives(negatives: torch.Tensor, n: int) -> torch.Tensor:
-    if torch.compiler.is_compiling():
-        # Reading the range back would break the graph: check on the device instead.
-        torch._assert_async(
-            ((negatives >= -1) & (negatives < n)).all(), "negatives must lie in [-1, N)"
-        )
-    else:
-        low, high = int(negatives.min()), int(negatives.max())
-        if low < -1 or high >= n:
-            raise ValueError(
-                f"negatives must lie in [-1, {n}) for a batch of {n}, got values in [{low}, {high}]"
-            )
-    return negatives.to(torch.int64)
 
 
 def feature_mix(
@@ -231,56 +130,32 @@ def feature_mix(
     """
     feat = check.check_feat(feat)
     n, _, h, w = feat.shape
-    spec = MODES.get(mode) if isinstance(mode, str) else None
-    if spec is None:
-        raise ValueError(f"mode must be one of {tuple(MODES)}, got {mode!r}")
-    if spec.cells == "salient":
-        if attn is None:
-            raise ValueError(
-                f"mode={mode!r} ranks blocks by saliency: pass attn, (N, C) channel weights or "
-                "an (N, H, W) map (FeatureMix computes one for you)"
-            )
-        attn = check.check_attn(attn, feat)
-    elif attn is not None:
-        raise ValueError(
-            f"mode={mode!r} chooses its cells at random and takes no attn, got "
-            f"{check.describe(attn)}"
+    spec, attn, labels, block_size, (rows, cols), h_ratio, w_ratio, generator, negatives = (
+        check.check_mix_args(
+            feat,
+            labels,
+            attn,
+            mode=mode,
+            block_size=block_size,
+            num_blocks=num_blocks,
+            negatives=negatives,
+            generator=generator,
+            h_ratio=h_ratio,
+            w_ratio=w_ratio,
         )
-    if labels is None:
-        if spec.partner_rule == "different_label":
-            raise ValueError(f"mode={mode!r} draws partners of a different label: pass labels")
-        labels = torch.zeros(n, dtype=torch.int64, device=feat.device)
-    labels = check.check_labels("labels", labels, n)
-    block_size = check.check_int_pair("block_size", block_size, "(bh, bw)")
-    rows, cols = block_grid(h, w, block_size)
-    check.check_positive_int("num_blocks", num_blocks)
-    if num_blocks > rows * cols and spec.cells != "rectangle":
-        raise ValueError(
-            f"num_blocks must be in [1, {rows * cols}] for a {h}x{w} map cut into "
-            f"{block_size[0]}x{block_size[1]} blocks ({rows}x{cols} grid), got {num_blocks}"
-        )
-    h_ratio = check.check_ratio("h_ratio", h_ratio)
-    w_ratio = check.check_ratio("w_ratio", w_ratio)
-    generator = check.check_generator(generator)
-    if negatives is not None:
-        if spec.partner_rule == "none":
-            raise ValueError(f"mode={mode!r} zeroes its cells and takes no negatives")
-        negatives = check.check_labels("negatives", negatives, n)
-    check.check_same_device(feat, attn=attn, labels=labels, negatives=negatives)
-    if negatives is not None:
-        negatives = _check_negatives(negatives, n)
-    use_triton = _use_triton(backend, feat, rows * cols)
+    )
+    use_triton = resolve_backend(backend, feat, rows * cols)
 
     # The draws of docs/op.md#draws, in that order.
     keys = corner = u = None
     if spec.cells == "random":
-        keys = _uniform((n, rows * cols), generator, feat.device)
+        keys = draw_uniform((n, rows * cols), generator, feat.device)
     elif spec.cells == "rectangle":
         block_size = batch_drop_size(h, w, h_ratio, w_ratio)
-        corner = batch_drop_corner(_uniform((2,), generator, feat.device), h, w, block_size)
+        corner = batch_drop_corner(draw_uniform((2,), generator, feat.device), h, w, block_size)
         num_blocks = 1
     if spec.partner_rule != "none" and negatives is None:
-        u = _uniform((n,), generator, feat.device)
+        u = draw_uniform((n,), generator, feat.device)
     out, partners, blocks, mask, lam = FeatureMixFunction.apply(
         feat,
         attn,
@@ -428,12 +303,7 @@ def mixed_targets(
         raise ValueError(f"labels must have shape (N,), got {check.describe(labels)}")
     labels = check.check_labels("labels", labels, labels.shape[0])
     check.check_positive_int("num_classes", num_classes)
-    if (
-        isinstance(smoothing, bool)
-        or not isinstance(smoothing, int | float)
-        or not (0 <= smoothing < 1)
-    ):
-        raise ValueError(f"smoothing must be a number in [0, 1), got {smoothing!r}")
+    smoothing = check.check_smoothing(smoothing)
     labels = labels.long()
     targets = F.one_hot(labels, num_classes).float()
     if info is not None:

@@ -6,7 +6,13 @@ returns the value in its normalised form.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import NamedTuple
+
 import torch
+
+from pmm_kernels.modes import MODES, MixMode
+from pmm_kernels.ops.utils import block_grid
 
 FEATURE_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -111,7 +117,106 @@ def check_generator(generator: object) -> torch.Generator | None:
     return generator
 
 
-def check_choice(name: str, value: object, choices) -> str:
+def check_choice(name: str, value: object, choices: Iterable[str]) -> str:
     if not isinstance(value, str) or value not in choices:
         raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
     return value
+
+
+def check_negatives(negatives: torch.Tensor, n: int) -> torch.Tensor:
+    """Given partners in [-1, N) as int64: read back on the host (one sync on CUDA), or under
+    ``torch.compile`` asserted on the device, where a read-back would break the graph."""
+    if torch.compiler.is_compiling():
+        torch._assert_async(
+            ((negatives >= -1) & (negatives < n)).all(), "negatives must lie in [-1, N)"
+        )
+    else:
+        low, high = int(negatives.min()), int(negatives.max())
+        if low < -1 or high >= n:
+            raise ValueError(
+                f"negatives must lie in [-1, {n}) for a batch of {n}, got values in [{low}, {high}]"
+            )
+    return negatives.to(torch.int64)
+
+
+class MixArgs(NamedTuple):
+    """:func:`pmm_kernels.feature_mix`'s arguments, checked and normalised."""
+
+    spec: MixMode
+    attn: torch.Tensor | None
+    labels: torch.Tensor
+    block_size: tuple[int, int]
+    grid: tuple[int, int]
+    h_ratio: float
+    w_ratio: float
+    generator: torch.Generator | None
+    negatives: torch.Tensor | None
+
+
+def check_mix_args(
+    feat: torch.Tensor,
+    labels: object,
+    attn: object,
+    *,
+    mode: object,
+    block_size: object,
+    num_blocks: object,
+    negatives: object,
+    generator: object,
+    h_ratio: object,
+    w_ratio: object,
+) -> MixArgs:
+    """Check :func:`pmm_kernels.feature_mix`'s arguments against ``feat`` (already checked) and
+    the mode; labels default to zeros where the mode needs none."""
+    n, _, h, w = feat.shape
+    spec = MODES.get(mode) if isinstance(mode, str) else None
+    if spec is None:
+        raise ValueError(f"mode must be one of {tuple(MODES)}, got {mode!r}")
+    if spec.cells == "salient":
+        if attn is None:
+            raise ValueError(
+                f"mode={mode!r} ranks blocks by saliency: pass attn, (N, C) channel weights or "
+                "an (N, H, W) map (FeatureMix computes one for you)"
+            )
+        attn = check_attn(attn, feat)
+    elif attn is not None:
+        raise ValueError(
+            f"mode={mode!r} chooses its cells at random and takes no attn, got {describe(attn)}"
+        )
+    if labels is None:
+        if spec.partner_rule == "different_label":
+            raise ValueError(f"mode={mode!r} draws partners of a different label: pass labels")
+        labels = torch.zeros(n, dtype=torch.int64, device=feat.device)
+    labels = check_labels("labels", labels, n)
+    block_size = check_int_pair("block_size", block_size, "(bh, bw)")
+    rows, cols = block_grid(h, w, block_size)
+    num_blocks = check_positive_int("num_blocks", num_blocks)
+    if num_blocks > rows * cols and spec.cells != "rectangle":
+        raise ValueError(
+            f"num_blocks must be in [1, {rows * cols}] for a {h}x{w} map cut into "
+            f"{block_size[0]}x{block_size[1]} blocks ({rows}x{cols} grid), got {num_blocks}"
+        )
+    h_ratio = check_ratio("h_ratio", h_ratio)
+    w_ratio = check_ratio("w_ratio", w_ratio)
+    generator = check_generator(generator)
+    if negatives is not None:
+        if spec.partner_rule == "none":
+            raise ValueError(f"mode={mode!r} zeroes its cells and takes no negatives")
+        negatives = check_labels("negatives", negatives, n)
+    check_same_device(feat, attn=attn, labels=labels, negatives=negatives)
+    if negatives is not None:
+        negatives = check_negatives(negatives, n)
+    return MixArgs(
+        spec, attn, labels, block_size, (rows, cols), h_ratio, w_ratio, generator, negatives
+    )
+
+
+def check_smoothing(smoothing: object) -> float:
+    """Label smoothing eps in [0, 1)."""
+    if (
+        isinstance(smoothing, bool)
+        or not isinstance(smoothing, int | float)
+        or not (0 <= smoothing < 1)
+    ):
+        raise ValueError(f"smoothing must be a number in [0, 1), got {smoothing!r}")
+    return float(smoothing)

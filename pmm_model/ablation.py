@@ -53,6 +53,7 @@ from pmm_model.checkpoint import atomic_write
 from pmm_model.config import DEFAULTS, make_config
 from pmm_model.engine import METRIC_KEYS, TrainingInterrupted, run_training
 from pmm_model.models import MIX_MODES
+from pmm_model.pictures import plot_bars
 from pmm_model.run_folder import CHECKPOINT
 
 __all__ = [
@@ -446,34 +447,21 @@ def markdown_table(rows: Sequence[VariantSummary]) -> str:
 
 
 def _chart(rows: Sequence[VariantSummary], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only; no display needed
-    import matplotlib.pyplot as plt
-
     names = {"rank1": "rank-1", "mAP": "mAP", "mINP": "mINP"}
-    x = np.arange(len(rows))
-    width = 0.8 / len(METRIC_KEYS)
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(rows) + 2), 4.5), layout="constrained")
-    for i, key in enumerate(METRIC_KEYS):
-        means = np.array([100 * row.mean[key] for row in rows])
-        stds = np.nan_to_num(np.array([100 * row.std[key] for row in rows]))
-        ax.bar(
-            x + (i - (len(METRIC_KEYS) - 1) / 2) * width,
-            np.nan_to_num(means),
-            width,
-            yerr=stds,
-            capsize=3,
-            label=names[key],
-        )
-    ax.set_xticks(x, [row.variant for row in rows], rotation=30, ha="right")
-    ax.set_ylabel("% (mean ± std over seeds)")
-    ax.set_ylim(0, 100)
-    ax.set_title(title)
-    ax.legend(loc="upper left", ncols=len(METRIC_KEYS))
-    ax.grid(axis="y", alpha=0.3)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    plot_bars(
+        path,
+        [row.variant for row in rows],
+        {
+            names[key]: (
+                [100 * row.mean[key] for row in rows],
+                [100 * row.std[key] for row in rows],
+            )
+            for key in METRIC_KEYS
+        },
+        ylabel="% (mean ± std over seeds)",
+        ylim=(0, 100),
+        title=title,
+    )
 
 
 def write_report(out: str | Path) -> tuple[Path, Path]:

@@ -8,6 +8,10 @@ signal), ``rng`` (:func:`rng_state` of every rank, in rank order), ``metrics`` (
 so far) and ``args`` (the training configuration, see :mod:`pmm_model.config`, including
 ``model``, ``backbone``, ``num_classes``, ``height`` and ``width``).
 
+:func:`restore_training` loads such a checkpoint into a run's model, optimizer and scaler and
+sets each rank's RNG state, even when the number of processes changed (see
+:class:`ResumePoint`).
+
 Example:
     >>> model, args = load_model("runs/pmm-synthetic/checkpoint.pt")  # doctest: +SKIP
     >>> args["model"], args["num_classes"]  # doctest: +SKIP
@@ -20,6 +24,7 @@ import os
 import random
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -31,11 +36,14 @@ from pmm_model.config import model_options
 from pmm_model.models import build_model
 
 __all__ = [
+    "ResumePoint",
     "atomic_write",
     "load_checkpoint",
     "load_model",
     "model_options",
+    "rank_seed",
     "remove_temp_files",
+    "restore_training",
     "rng_state",
     "save_checkpoint",
     "set_rng_state",
@@ -80,7 +88,88 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> None:
+def rank_seed(seed: int, rank: int, *more: int) -> int:
+    """A torch seed for ``rank`` derived from the run's ``seed`` (and e.g. an epoch).
+
+    Distinct ranks get independent streams (``numpy.random.SeedSequence``), so PMM's mixing
+    draws differ between ranks while the run stays reproducible.
+
+    Example:
+        >>> rank_seed(0, 1) == rank_seed(0, 1) != rank_seed(0, 2)
+        True
+    """
+    return int(np.random.SeedSequence([seed, rank, *more]).generate_state(1)[0])
+
+
+@dataclass(frozen=True)
+class ResumePoint:
+    """Where a restored run continues, for this rank.
+
+    Attributes:
+        epoch: epochs completed.
+        step: this rank's steps of epoch ``epoch + 1`` already done.
+        batches: global batches of that epoch already done (the checkpoint's ``batches``).
+        saved_world_size: how many processes wrote the checkpoint.
+        saved_epochs: the run length the checkpoint was trained for.
+        repeated: global batches trained again because ``batches`` does not split evenly over
+            the new number of processes.
+    """
+
+    epoch: int
+    step: int
+    batches: int
+    saved_world_size: int
+    saved_epochs: int
+    repeated: int
+
+
+def restore_training(
+    checkpoint: dict[str, Any],
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    rank: int,
+    world_size: int,
+    seed: int,
+) -> ResumePoint:
+    """Load a training checkpoint into a run's parts and set this rank's RNG state.
+
+    With the same number of processes each rank gets back its own RNG state, so the run
+    continues bit-identically. With another number rank 0 takes the first saved state and the
+    other ranks a fresh stream (:func:`rank_seed` of ``seed``, the rank and the epoch).
+
+    Args:
+        checkpoint: as :func:`load_checkpoint` returns it.
+        model: the bare network (no DDP wrapper).
+        optimizer, scaler: built for ``model``.
+        rank, world_size: this process's place in the job.
+        seed: the run's seed.
+
+    Returns:
+        Where the run continues on this rank.
+    """
+    model.load_state_dict(checkpoint["model"])
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    if checkpoint.get("scaler"):  # a run saved without fp16 has an empty scaler state
+        scaler.load_state_dict(checkpoint["scaler"])
+    epoch, batches = checkpoint["epoch"], checkpoint.get("batches", 0)
+    states = checkpoint["rng"] if isinstance(checkpoint["rng"], list) else [checkpoint["rng"]]
+    saved_world = len(states)
+    set_rng_state(states[rank] if saved_world == world_size else states[0])
+    if saved_world != world_size and rank:
+        torch.manual_seed(rank_seed(seed, rank, epoch))
+    step, rest = divmod(batches, world_size)
+    return ResumePoint(
+        epoch=epoch,
+        step=step,
+        batches=batches,
+        saved_world_size=saved_world,
+        saved_epochs=checkpoint["args"]["epochs"],
+        repeated=world_size - rest if rest else 0,
+    )
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], object]) -> None:
     """Call ``write`` on a temporary file beside ``path``, then move it into place.
 
     The data is fsynced before ``os.replace`` (atomic) and the folder after it, so after an

@@ -14,16 +14,22 @@ What a run guarantees:
   Rank 0 alone writes the log, checkpoints and metrics, and evaluates alone (the network is
   the same on every rank) while the others wait.
 * **Checkpoints** (``checkpoint.pt``) are written every ``checkpoint_every`` epochs, before
-  every evaluation and at the end, atomically and fsynced. A failing evaluation stops the run
-  with an :class:`EvaluationFailed` naming the saved checkpoint; resuming it evaluates first.
-* **Signals.** SIGTERM or SIGINT (the first one) lets the current step finish, writes a
-  checkpoint that records the step, logs how to resume and raises :class:`TrainingInterrupted`.
+  every evaluation and at the end, atomically and fsynced (:mod:`pmm_model.checkpoint`). A
+  failing evaluation stops the run with an :class:`EvaluationFailed` naming the saved
+  checkpoint; resuming it evaluates first.
+* **Signals** (:class:`~pmm_model.runtime.StopSignals`). SIGTERM or SIGINT (the first one)
+  lets the current step finish, writes a checkpoint that records the step, logs it and raises
+  :class:`TrainingInterrupted`.
   A second SIGINT stops at once. Resuming continues exactly where the signal stopped it.
 * **Divergence.** A non-finite loss raises :class:`TrainingDiverged` before the step is
   applied; the last checkpoint is not touched.
 * **Resume** reproduces the uninterrupted run exactly (same world size; any number of loader
   workers). A changed ``epochs`` rescales the learning-rate schedule to the new length (and
   the log says so); resuming a finished run changes nothing.
+
+Errors are :class:`TrainingError` subclasses whose attributes say where the run stopped and
+what was kept, so a front end can word them in its own terms (the CLI names its flags). The
+engine reports progress through the ``pmm_model.engine`` logger.
 
 Example:
     >>> metrics = run_training({"epochs": 1}, preset="demo")  # doctest: +SKIP
@@ -38,10 +44,10 @@ import logging
 import math
 import random
 import signal
-import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -53,19 +59,26 @@ from tqdm import tqdm
 from pmm_model.checkpoint import (
     atomic_write,
     load_checkpoint,
+    rank_seed,
+    restore_training,
     rng_state,
     save_checkpoint,
-    set_rng_state,
 )
-from pmm_model.config import make_config, model_options, resume_config
+from pmm_model.config import ConfigError, make_config, model_options, resume_config
 from pmm_model.data.datasets import ReIDDataset, build_dataset
 from pmm_model.data.loaders import build_test_loaders, build_train_loader
 from pmm_model.data.sampler import PKSampler
+from pmm_model.errors import (
+    EvaluationFailed,
+    TrainingDiverged,
+    TrainingError,
+    TrainingInterrupted,
+)
 from pmm_model.evaluation import evaluate
 from pmm_model.losses import PMMLoss
 from pmm_model.models import build_model
-from pmm_model.run_folder import RunFolder
-from pmm_model.runtime import Distributed, init_distributed
+from pmm_model.run_folder import CHECKPOINT, METRICS, RunFolder
+from pmm_model.runtime import Distributed, StopSignals, init_distributed
 
 __all__ = [
     "AMP_DTYPES",
@@ -83,28 +96,7 @@ logger = logging.getLogger("pmm_model.engine")
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}
 METRIC_KEYS = ("rank1", "mAP", "mINP")
 
-
-class TrainingError(RuntimeError):
-    """A run stopped; the message says what happened and what was kept."""
-
-
-class TrainingDiverged(TrainingError):
-    """The loss became NaN or infinite."""
-
-
-class EvaluationFailed(TrainingError):
-    """Evaluation raised; the training before it is checkpointed."""
-
-
-class TrainingInterrupted(TrainingError):
-    """SIGTERM or SIGINT stopped the run after checkpointing; ``signum`` says which."""
-
-    def __init__(self, message: str, signum: int) -> None:
-        super().__init__(message)
-        self.signum = signum
-
-    def __reduce__(self):  # picklable, so a rank can pass it to the others
-        return type(self), (str(self), self.signum)
+_T = TypeVar("_T")
 
 
 def lr_factor(epoch: int, epochs: int) -> float:
@@ -128,33 +120,6 @@ def lr_factor(epoch: int, epochs: int) -> float:
     return 0.01
 
 
-class _StopSignals:
-    """Records SIGTERM/SIGINT instead of dying; a second SIGINT raises KeyboardInterrupt."""
-
-    SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-    def __init__(self) -> None:
-        self.received: int | None = None
-        self._previous: dict[int, Any] = {}
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.received == signal.SIGINT and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        if self.received is None:
-            self.received = signum
-
-    def __enter__(self) -> _StopSignals:
-        # Python delivers signals to the main thread only; elsewhere keep the defaults.
-        if threading.current_thread() is threading.main_thread():
-            for signum in self.SIGNALS:
-                self._previous[signum] = signal.signal(signum, self._handle)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-
-
 class Engine:
     """One training run of a configuration; :meth:`run` trains and returns the final metrics.
 
@@ -166,6 +131,8 @@ class Engine:
         checkpoint_path: where ``checkpoint`` was read from (for messages, and to tell
             whether the run continues in its own folder).
         overwrite: start over in an output folder that holds another run.
+        option_name: how the log names a configuration key (e.g. as a command-line flag);
+            default: the key itself.
 
     Example:
         >>> class WithSGD(Engine):  # doctest: +SKIP
@@ -180,25 +147,31 @@ class Engine:
         checkpoint: dict[str, Any] | None = None,
         checkpoint_path: str | Path | None = None,
         overwrite: bool = False,
+        option_name: Callable[[str], str] | None = None,
     ) -> None:
         self.config = dict(config)
         self.checkpoint = checkpoint
         self.checkpoint_path = checkpoint_path
         self.overwrite = overwrite
+        self.option_name: Callable[[str], str] = option_name or str
+        output = Path(self.config["output_dir"])
+        self.checkpoint_file = output / CHECKPOINT  # where this run writes (rank 0)
+        self.metrics_file = output / METRICS
         self.dist = Distributed()
         self.device = torch.device("cpu")
-        self.model: nn.Module | None = None  # the bare network (no DDP wrapper)
-        self.net: nn.Module | None = None  # what training calls: the model, or its DDP wrapper
-        self.optimizer: torch.optim.Optimizer | None = None
-        self.criterion: nn.Module | None = None
-        self.scaler: torch.amp.GradScaler | None = None
-        self.amp_dtype: torch.dtype | None = None
-        self.train_loader: DataLoader | None = None
-        self.sampler: PKSampler | None = None
-        self._test_loaders: tuple[DataLoader, DataLoader] | None = None  # rank 0 only
         self.metrics: list[dict[str, Any]] = []
-        self.folder: RunFolder | None = None
-        self._signals = _StopSignals()
+        self.folder: RunFolder | None = None  # rank 0, while the run holds it
+        self.signals = StopSignals()
+        # Built by _setup() when the run starts (declared here for readers and type checkers).
+        self.model: nn.Module  # the bare network (no DDP wrapper)
+        self.net: nn.Module  # what training calls: the model, or its DDP wrapper
+        self.optimizer: torch.optim.Optimizer
+        self.criterion: nn.Module
+        self.scaler: torch.amp.GradScaler
+        self.amp_dtype: torch.dtype | None = None
+        self.train_loader: DataLoader
+        self.sampler: PKSampler
+        self.test_loaders: tuple[DataLoader, DataLoader] | None = None  # rank 0 only
 
     # ---- parts a subclass may replace -------------------------------------------------
 
@@ -230,7 +203,9 @@ class Engine:
 
     def evaluate(self) -> dict[str, float]:
         """Rank-1, mAP and mINP of the bare network on query/gallery (rank 0 only)."""
-        query_loader, gallery_loader = self._test_loaders
+        if self.test_loaders is None:
+            raise RuntimeError("evaluate() runs on rank 0 of a started run only")
+        query_loader, gallery_loader = self.test_loaders
         # Forked RNG: evaluation must not shift the training stream, or a resumed run would
         # differ from an uninterrupted one depending on when it evaluated.
         devices = [self.device] if self.device.type == "cuda" else []
@@ -248,14 +223,15 @@ class Engine:
 
         Raises:
             TrainingError: the run stopped (divergence, failed evaluation, signal); what
-                was saved is in the message.
+                was saved is in the message and the attributes.
             RunFolderError: the output folder is in use, holds another run or is unwritable.
+            ConfigError: an option this machine cannot run (e.g. ``sync_bn`` without CUDA).
             ValueError, FileNotFoundError: data or model options that do not work.
         """
         tic = time.perf_counter()
         self.dist, self.device = init_distributed(self.config["device"])
         try:
-            with self._signals:
+            with self.signals:
                 self._main_only(self._open_folder)
                 try:
                     entry = self._train()
@@ -269,7 +245,7 @@ class Engine:
             "wall_seconds": time.perf_counter() - tic,
         }
 
-    def _main_only(self, fn, *args):
+    def _main_only(self, fn: Callable[..., _T], *args: Any) -> _T:
         """Run ``fn`` on rank 0; its result, or its exception, reaches every rank."""
         outcome: tuple[bool, Any] = (True, None)
         if self.dist.is_main:
@@ -300,9 +276,10 @@ class Engine:
         """Build everything; returns the epoch and this rank's step the run starts from."""
         config, dist = self.config, self.dist
         if config["sync_bn"] and dist.enabled and self.device.type != "cuda":
-            raise ValueError(
-                f"--sync-bn needs CUDA devices (torch's SyncBatchNorm does not run "
-                f"on {self.device.type}); drop it"
+            raise ConfigError(
+                f"needs CUDA devices (torch's SyncBatchNorm does not run on "
+                f"{self.device.type}); drop it",
+                "sync_bn",
             )
         if not dist.is_main:  # only rank 0 reports; keep the others' warnings off stderr
             logging.getLogger("pmm_model").addHandler(logging.NullHandler())
@@ -342,9 +319,7 @@ class Engine:
             start = self._restore(self.checkpoint)
         elif dist.rank:
             # Distinct mixing draws per rank; DDP gives every rank rank 0's initial weights.
-            torch.manual_seed(
-                int(np.random.SeedSequence([config["seed"], dist.rank]).generate_state(1)[0])
-            )
+            torch.manual_seed(rank_seed(config["seed"], dist.rank))
         net = model
         if dist.enabled:
             net = DistributedDataParallel(
@@ -356,7 +331,7 @@ class Engine:
             data.train, config, dist.rank, dist.world_size, pin
         )
         if dist.is_main:
-            self._test_loaders = build_test_loaders(
+            self.test_loaders = build_test_loaders(
                 data,
                 config["height"],
                 config["width"],
@@ -381,48 +356,46 @@ class Engine:
 
     def _restore(self, checkpoint: dict[str, Any]) -> tuple[int, int]:
         config, dist = self.config, self.dist
-        self.model.load_state_dict(checkpoint["model"])
-        self.optimizer.load_state_dict(checkpoint["optimizer"])
-        if checkpoint.get("scaler"):  # a run saved without fp16 has an empty scaler state
-            self.scaler.load_state_dict(checkpoint["scaler"])
+        point = restore_training(
+            checkpoint,
+            self.model,
+            self.optimizer,
+            self.scaler,
+            dist.rank,
+            dist.world_size,
+            config["seed"],
+        )
         self.metrics = list(checkpoint["metrics"])
-        epoch, batches = checkpoint["epoch"], checkpoint.get("batches", 0)
-        states = checkpoint["rng"] if isinstance(checkpoint["rng"], list) else [checkpoint["rng"]]
-        saved_world = len(states)
-        set_rng_state(states[dist.rank] if saved_world == dist.world_size else states[0])
-        if saved_world != dist.world_size and dist.rank:
-            torch.manual_seed(
-                int(np.random.SeedSequence([config["seed"], dist.rank, epoch]).generate_state(1)[0])
-            )
         if dist.is_main:
-            where = f"epoch {epoch}" + (f", global batch {batches}" if batches else "")
+            where = f"epoch {point.epoch}" + (
+                f", global batch {point.batches}" if point.batches else ""
+            )
             logger.info("resumed from %s after %s", self.checkpoint_path, where)
-            if saved_world != dist.world_size:
+            if point.saved_world_size != dist.world_size:
                 logger.info(
                     "the checkpoint was written by %d processes, this run has %d: it "
                     "continues, but not bit-identically to an unchanged run",
-                    saved_world,
+                    point.saved_world_size,
                     dist.world_size,
                 )
-            saved_epochs = checkpoint["args"]["epochs"]
-            if saved_epochs != config["epochs"]:
+            if point.saved_epochs != config["epochs"]:
                 logger.info(
-                    "--epochs %d -> %d: the learning-rate schedule is rescaled to %d "
+                    "%s %d -> %d: the learning-rate schedule is rescaled to %d "
                     "epochs (next epoch's lr %.2e)",
-                    saved_epochs,
+                    self.option_name("epochs"),
+                    point.saved_epochs,
                     config["epochs"],
                     config["epochs"],
-                    self._lr(epoch),
+                    self._lr(point.epoch),
                 )
-        step, rest = divmod(batches, dist.world_size)
-        if rest and dist.is_main:
-            logger.info(
-                "%d global batches done do not split over %d processes: %d are repeated",
-                batches,
-                dist.world_size,
-                dist.world_size - rest,
-            )
-        return epoch, step
+            if point.repeated:
+                logger.info(
+                    "%d global batches done do not split over %d processes: %d are repeated",
+                    point.batches,
+                    dist.world_size,
+                    point.repeated,
+                )
+        return point.epoch, point.step
 
     def _lr(self, epoch: int) -> float:
         return self.config["lr"] * lr_factor(epoch, self.config["epochs"])
@@ -433,7 +406,7 @@ class Engine:
         if not self.dist.is_main:
             return
         save_checkpoint(
-            self.folder.checkpoint_path,
+            self.checkpoint_file,
             {
                 "model": self.model.state_dict(),
                 "optimizer": self.optimizer.state_dict(),
@@ -447,9 +420,8 @@ class Engine:
         )
 
     def _write_metrics(self) -> None:
-        atomic_write(
-            self.folder.metrics_path, lambda f: f.write(json.dumps(self.metrics, indent=2).encode())
-        )
+        text = json.dumps(self.metrics, indent=2).encode()
+        atomic_write(self.metrics_file, lambda f: f.write(text))
 
     def _evaluate_and_record(self, epoch: int, seconds: float) -> dict[str, Any]:
         """Evaluate on rank 0 after the checkpoint of ``epoch`` is written."""
@@ -458,11 +430,14 @@ class Engine:
             try:
                 entry = {"epoch": epoch, **self.evaluate(), "seconds_per_epoch": seconds}
             except Exception as err:
+                cause = f"{type(err).__name__}: {err}"
                 raise EvaluationFailed(
-                    f"evaluation after epoch {epoch} failed ({type(err).__name__}: {err}); the "
-                    f"training up to epoch {epoch} is saved in {self.folder.checkpoint_path}: "
-                    f"fix the cause (e.g. --skip-bad-images for unreadable images) and continue "
-                    f"with --resume {self.folder.checkpoint_path}, which evaluates first"
+                    f"evaluation after epoch {epoch} failed ({cause}); the training up to "
+                    f"epoch {epoch} is saved in {self.checkpoint_file}: fix the cause and "
+                    "resume it, which evaluates first",
+                    epoch=epoch,
+                    checkpoint=self.checkpoint_file,
+                    cause=cause,
                 ) from err
             self.metrics.append(entry)
             logger.info(
@@ -481,21 +456,25 @@ class Engine:
         return entry
 
     def _stop_requested(self, nonfinite: bool = False) -> tuple[bool, bool]:
-        stop, diverged = self.dist.any([self._signals.received is not None, nonfinite], self.device)
+        stop, diverged = self.dist.any([self.signals.received is not None, nonfinite], self.device)
         return stop, diverged
 
     def _interrupt(self, epoch: int, batches: int, saved: bool = False) -> TrainingInterrupted:
-        signum = self._signals.received or signal.SIGTERM
+        signum = self.signals.received or signal.SIGTERM
         if not saved:
             self._save(epoch, batches)
         where = f"epoch {epoch + 1}, global batch {batches}" if batches else f"epoch {epoch}"
-        message = (
-            f"stopped by {signal.Signals(signum).name} after {where}; checkpoint saved: "
-            f"continue with --resume {Path(self.config['output_dir']) / 'checkpoint.pt'}"
+        error = TrainingInterrupted(
+            f"stopped by {signal.Signals(signum).name} after {where}; checkpoint saved in "
+            f"{self.checkpoint_file}",
+            signum,
+            epoch=epoch + 1 if batches else epoch,
+            checkpoint=self.checkpoint_file,
+            where=where,
         )
         if self.dist.is_main:
-            logger.info("%s", message)
-        return TrainingInterrupted(message, signum)
+            logger.info("%s", error)
+        return error
 
     def _train(self) -> dict[str, Any]:
         start_epoch, start_step = self._setup()
@@ -512,13 +491,15 @@ class Engine:
             evaluated[start_epoch] = self._evaluate_and_record(start_epoch, 0.0)
         elif start_epoch >= epochs and start_step == 0 and dist.is_main:
             logger.info(
-                "the run has trained %d epochs already (--epochs %d): nothing to do",
+                "the run has trained %d epochs already (%s %d): nothing to do",
                 start_epoch,
+                self.option_name("epochs"),
                 epochs,
             )
         if start_epoch >= epochs and start_step == 0:
             return self._finish(evaluated[max(evaluated)])
-        entry, train_seconds, epochs_timed = None, 0.0, 0
+        entry: dict[str, Any] | None = None
+        train_seconds, epochs_timed = 0.0, 0
         for epoch in range(start_epoch, epochs):
             tic = time.perf_counter()
             loss = self._train_epoch(epoch, start_step if epoch == start_epoch else 0)
@@ -543,13 +524,15 @@ class Engine:
             if evaluate_now:
                 entry = self._evaluate_and_record(done, train_seconds / epochs_timed)
                 train_seconds, epochs_timed = 0.0, 0
-        return self._finish(entry)
+        return self._finish(entry)  # type: ignore[arg-type]  # the last epoch evaluates
 
     def _finish(self, entry: dict[str, Any]) -> dict[str, Any]:
         if self.dist.is_main:
-            print(
-                f"rank-1: {100 * entry['rank1']:.1f}%  mAP: {100 * entry['mAP']:.1f}%  "
-                f"mINP: {100 * entry['mINP']:.1f}%"
+            logger.info(
+                "rank-1: %.1f%%  mAP: %.1f%%  mINP: %.1f%%",
+                100 * entry["rank1"],
+                100 * entry["mAP"],
+                100 * entry["mINP"],
             )
         return entry
 
@@ -580,18 +563,7 @@ class Engine:
             value = loss.item()
             stop, diverged = self._stop_requested(not math.isfinite(value))
             if diverged:
-                where = f"epoch {epoch + 1}, step {step + 1}/{self.sampler.steps()}"
-                last = Path(config["output_dir"]) / "checkpoint.pt"
-                saved = (
-                    f"the last checkpoint ({last}) is kept"
-                    if last.is_file()
-                    else "no checkpoint was written"
-                )
-                raise TrainingDiverged(
-                    f"the loss is not finite ({value} on rank {dist.rank}) at {where}: training "
-                    f"diverged, {saved}. Try a lower --lr (now {config['lr']:g})"
-                    + (" or --amp off" if self.amp_dtype is not None else "")
-                )
+                raise self._diverged(epoch, step, value)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
@@ -601,6 +573,25 @@ class Engine:
             if stop and step + 1 < self.sampler.steps():
                 raise self._interrupt(epoch, (step + 1) * dist.world_size)
         return total / max(steps, 1)
+
+    def _diverged(self, epoch: int, step: int, value: float) -> TrainingDiverged:
+        where = f"epoch {epoch + 1}, step {step + 1}/{self.sampler.steps()}"
+        kept = self.checkpoint_file if self.checkpoint_file.is_file() else None
+        saved = f"the last checkpoint ({kept}) is kept" if kept else "no checkpoint was written"
+        amp = self.amp_dtype is not None
+        return TrainingDiverged(
+            f"the loss is not finite ({value} on rank {self.dist.rank}) at {where}: training "
+            f"diverged, {saved}; try a lower lr (now {self.config['lr']:g})"
+            + (" or amp off" if amp else ""),
+            epoch=epoch + 1,
+            checkpoint=kept,
+            step=step + 1,
+            steps=self.sampler.steps(),
+            rank=self.dist.rank,
+            loss=value,
+            lr=self.config["lr"],
+            amp=amp,
+        )
 
 
 def run_training(

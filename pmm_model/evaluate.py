@@ -1,6 +1,6 @@
-"""``python -m pmm_model.evaluate``: alias of the evaluation CLI :mod:`pmm_model.cli.evaluate`."""
-
-from pmm_model.cli.evaluate import main
+"""``python -m pmm_model.evaluate``: an alias of :mod:`pmm_model.cli.evaluate`."""
 
 if __name__ == "__main__":
+    from pmm_model.cli.evaluate import main
+
     main()

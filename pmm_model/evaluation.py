@@ -12,7 +12,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -21,9 +21,17 @@ from torch import nn
 from pmm_model.metrics import ArrayLike, RankAccumulator, RankResult, _rows_per_block, evaluate_rank
 from pmm_model.reranking import re_ranking
 
-__all__ = ["evaluate", "evaluate_features", "extract_features", "pairwise_distance"]
+__all__ = [
+    "DISTANCES",
+    "evaluate",
+    "evaluate_features",
+    "extract_features",
+    "pairwise_distance",
+    "rank_gallery",
+]
 
-METRICS = ("euclidean", "cosine")
+# The distances between features that evaluation can rank by (the ``metric`` arguments).
+DISTANCES = ("euclidean", "cosine")
 
 
 def _forward(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
@@ -89,8 +97,8 @@ def _check_features(query: torch.Tensor, gallery: torch.Tensor, metric: str) -> 
             f"query and gallery features must share dim and device, got {tuple(query.shape)} "
             f"on {query.device} and {tuple(gallery.shape)} on {gallery.device}"
         )
-    if metric not in METRICS:
-        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+    if metric not in DISTANCES:
+        raise ValueError(f"metric must be one of {DISTANCES}, got {metric!r}")
 
 
 def _prepare_gallery(gallery: torch.Tensor, metric: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -143,6 +151,51 @@ def pairwise_distance(
     for i in range(0, len(query), step):
         out[i : i + step] = _distance_block(query[i : i + step], g, g_sq, metric)
     return out
+
+
+def rank_gallery(
+    distances: torch.Tensor | np.ndarray,
+    query_pid: int,
+    query_camid: int,
+    gallery_pids: Sequence[int] | np.ndarray,
+    gallery_camids: Sequence[int] | np.ndarray,
+    topk: int = 10,
+) -> tuple[list[int], list[str]]:
+    """The ``topk`` nearest gallery entries of one query and each one's verdict.
+
+    Ranking is by increasing distance, equal distances in gallery order, as in the metrics.
+    Junk entries (the query's identity *and* camera, which the metrics ignore) stay in the
+    list so a picture can show them, with the verdict ``"junk"``; the others are ``"true"``
+    (same identity) or ``"false"``.
+
+    Args:
+        distances: ``(G,)`` distances from the query to the gallery.
+        query_pid: the query's identity.
+        query_camid: the query's camera.
+        gallery_pids: ``(G,)`` gallery identities.
+        gallery_camids: ``(G,)`` gallery cameras.
+        topk: list length (at most G).
+
+    Returns:
+        ``(indices, verdicts)`` of the ``topk`` entries, nearest first.
+
+    Example:
+        >>> rank_gallery([0.5, 0.1, 0.3], 7, 0, [7, 7, 2], [0, 1, 1], topk=3)
+        ([1, 2, 0], ['true', 'false', 'junk'])
+    """
+    dist = np.asarray(torch.as_tensor(distances).detach().cpu(), dtype=np.float64)
+    pids, cams = np.asarray(gallery_pids), np.asarray(gallery_camids)
+    if dist.ndim != 1 or pids.shape != dist.shape or cams.shape != dist.shape:
+        raise ValueError(
+            f"distances, gallery_pids and gallery_camids must be (G,) each, got "
+            f"{dist.shape}, {pids.shape} and {cams.shape}"
+        )
+    order = np.argsort(dist, kind="stable")[:topk].tolist()
+    verdicts = [
+        ("junk" if cams[g] == query_camid else "true") if pids[g] == query_pid else "false"
+        for g in order
+    ]
+    return order, verdicts
 
 
 def evaluate_features(

@@ -45,6 +45,7 @@ __all__ = [
     "ReIDOutput",
     "build_backbone",
     "build_model",
+    "pmm_saliency",
 ]
 
 # name -> (torchvision constructor, ImageNet weights enum member)
@@ -369,6 +370,46 @@ class PMMNet(nn.Module):
             label_mix=[None, *infos] if mixes_labels else [],
             saliency=[saliency for _, saliency in mixes],
         )
+
+
+def pmm_saliency(
+    model: nn.Module, images: Tensor, labels: Tensor
+) -> tuple[list[Tensor | None], list[pmm_kernels.MixInfo]]:
+    """Run a PMM network's training forward once; return its mixes' saliency maps and MixInfo.
+
+    A probe of what the network mixes (for pictures): batch-norm layers use their running
+    statistics, as at test time, and are not updated; the model's modes are restored
+    afterwards. No parameter gradient is kept.
+
+    Args:
+        model: a :class:`PMMNet` (any mode).
+        images: ``(N, 3, H, W)`` normalised inputs on the model's device.
+        labels: ``(N,)`` training identities (classifier indices) of the images.
+
+    Returns:
+        ``(saliencies, infos)``: per mixing stage (PMM: stages 2 and 3) the ``(N, h, w)``
+        float32 map that ranked the blocks (stage 1's and stage 2's Grad-CAM; None for the
+        modes that draw blocks at random) and the mix's ``MixInfo``, on the CPU.
+
+    Raises:
+        TypeError: ``model`` is not a :class:`PMMNet`.
+    """
+    if not isinstance(model, PMMNet):
+        raise TypeError(f"model must be a PMMNet (it mixes features), got {type(model).__name__}")
+    modes = {module: module.training for module in model.modules()}
+    model.train()
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.eval()
+    try:
+        with torch.enable_grad():
+            out = model(images, labels)
+    finally:
+        for module, training in modes.items():
+            module.train(training)
+    saliencies = [None if s is None else s.detach().float().cpu() for s in out.saliency]
+    infos = [pmm_kernels.MixInfo(*(t.detach().cpu() for t in info)) for info in out.mix_info]
+    return saliencies, infos
 
 
 MODELS: dict[str, type[nn.Module]] = {"baseline": BaselineNet, "pmm": PMMNet}

@@ -1,9 +1,10 @@
-"""Where training runs: device resolution and the torch.distributed process group.
+"""Where training runs: device resolution, the torch.distributed process group, and signals.
 
 One process per device. Under ``torchrun`` (which sets ``RANK``, ``WORLD_SIZE`` and
 ``LOCAL_RANK``) :func:`init_distributed` joins the process group (NCCL on CUDA, gloo on CPU)
 and each process takes the GPU of its local rank; without those variables it is a plain
-one-process run and nothing touches ``torch.distributed``.
+one-process run and nothing touches ``torch.distributed``. :class:`StopSignals` turns SIGTERM
+and SIGINT into a flag the training loop polls, so a run stops at a step boundary.
 
 Example:
     >>> resolve_device("cpu")
@@ -16,13 +17,15 @@ from __future__ import annotations
 
 import datetime
 import os
+import signal
+import threading
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
-__all__ = ["Distributed", "init_distributed", "resolve_device"]
+__all__ = ["Distributed", "StopSignals", "init_distributed", "resolve_device"]
 
 # Rank 0 evaluates alone while the others wait in a collective; the default 10-30 minute
 # timeouts would kill a long evaluation on a large gallery.
@@ -131,3 +134,39 @@ def init_distributed(device_name: str | None) -> tuple[Distributed, torch.device
             device_id=device if device.type == "cuda" else None,
         )
     return ctx, device
+
+
+class StopSignals:
+    """Records SIGTERM/SIGINT instead of dying; a second SIGINT raises KeyboardInterrupt.
+
+    Used as a context manager around a run: inside it the first signal only sets
+    :attr:`received` (the signal number), which the training loop polls between steps.
+
+    Example:
+        >>> with StopSignals() as signals:
+        ...     signals.received is None
+        True
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.received == signal.SIGINT and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        if self.received is None:
+            self.received = signum
+
+    def __enter__(self) -> StopSignals:
+        # Python delivers signals to the main thread only; elsewhere keep the defaults.
+        if threading.current_thread() is threading.main_thread():
+            for signum in self.SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import runpy
+import sys
 
 import numpy as np
 import pytest
@@ -14,19 +16,19 @@ from pmm_kernels import MixInfo
 from pmm_model.checkpoint import save_checkpoint
 from pmm_model.cli.visualize import main
 from pmm_model.data.synthetic import ensure_synthetic
-from pmm_model.models import build_model
-from pmm_model.visualize import (
+from pmm_model.evaluation import rank_gallery
+from pmm_model.models import build_model, pmm_saliency
+from pmm_model.pictures import (
     MIX_OUTLINE,
     VERDICT_COLORS,
     Box,
     PanelGrid,
     denormalize,
     mix_rectangles,
+    plot_bars,
     plot_mixing,
     plot_ranked_list,
     plot_training_curves,
-    pmm_saliency,
-    rank_gallery,
 )
 
 
@@ -332,3 +334,29 @@ def test_cli_writes_the_three_pictures(tiny_pmm, tmp_path, capsys) -> None:
     ranked = _png(written["ranked"])
     assert ranked.shape[:2] == PanelGrid(2, 5, 32, 64, gap=10).size[::-1]
     assert _png(written["curves"]).shape[:2] == (400, 800)
+
+
+def test_star_import_gives_every_public_name() -> None:
+    # __all__ once listed a `main` the module never defined, so `import *` raised.
+    namespace: dict[str, object] = {}
+    exec("from pmm_model.pictures import *", namespace)
+    assert {"draw_checkpoint", "plot_bars", "plot_mixing", "mix_rectangles"} <= set(namespace)
+
+
+def test_module_entry_point_runs_the_cli(monkeypatch, capsys) -> None:
+    monkeypatch.setattr(sys, "argv", ["python -m pmm_model.visualize", "--help"])
+    monkeypatch.delitem(sys.modules, "pmm_model.visualize", raising=False)
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_module("pmm_model.visualize", run_name="__main__")
+    assert exit_info.value.code == 0
+    assert "--checkpoint" in capsys.readouterr().out
+
+
+def test_bar_chart_png_and_bad_series(tmp_path) -> None:
+    series = {"rank-1": ([70.0, float("nan")], [2.0, float("nan")]), "mAP": ([60.0, 50.0], [1, 1])}
+    plot_bars(tmp_path / "bars.png", ["a", "b"], series, ylim=(0, 100), title="t")
+    assert _png(tmp_path / "bars.png").shape == (450, 600, 3)
+    with pytest.raises(ValueError, match=r"series\['x'\] must have 2 means"):
+        plot_bars(tmp_path / "x.png", ["a", "b"], {"x": ([1.0], [0.0])})
+    with pytest.raises(ValueError, match="series: no bars"):
+        plot_bars(tmp_path / "x.png", ["a"], {})

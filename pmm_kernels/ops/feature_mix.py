@@ -4,14 +4,71 @@ The custom ops (``pmm::feature_mix_forward`` and ``pmm::feature_mix_backward``) 
 to ``torch.compile``: no graph break inside it, and fake implementations give the outputs' shapes
 and strides (the real outputs are allocated to match them). Each op runs either the Triton kernels
 (``feature_mix_triton``) or the PyTorch path (``reference``), as the caller chose: the two
-launchers share one signature and one contract.
+launchers share one signature and one contract. :func:`resolve_backend` is the policy that
+decides which.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import os
+from typing import Literal
+
 import torch
 
 from pmm_kernels.ops import reference
+
+Backend = Literal["auto", "torch", "triton"]
+BACKENDS: tuple[str, ...] = ("auto", "torch", "triton")
+BACKEND_ENV = "PMM_KERNELS_BACKEND"
+
+
+def resolve_backend(backend: str | None, feat: torch.Tensor, num_grid_blocks: int) -> bool:
+    """Whether the Triton kernels run; "auto" picks them where they apply, "triton" insists.
+
+    Args:
+        backend: one of :data:`BACKENDS`, or None to read :data:`BACKEND_ENV` (default "auto").
+        feat: the (N, C, H, W) feature map the op runs on.
+        num_grid_blocks: blocks in the block grid (rows * cols).
+
+    Raises:
+        ValueError: an unknown backend, or "triton" where the kernels cannot run.
+        TypeError: "triton" with float64 ``feat``.
+    """
+    if backend is None:
+        backend = os.environ.get(BACKEND_ENV, "auto")
+        source = f"the {BACKEND_ENV} environment variable"
+    else:
+        source = "backend"
+    if backend not in BACKENDS:
+        raise ValueError(f"{source} must be one of {BACKENDS}, got {backend!r}")
+    if backend == "torch":
+        return False
+    n, _, h, w = feat.shape
+    if backend == "auto":
+        if not feat.is_cuda or feat.dtype == torch.float64 or not _triton_available():
+            return False
+        return _triton_module().unsupported_reason(n, h, w, num_grid_blocks) is None
+
+    interpreted = os.environ.get("TRITON_INTERPRET") == "1"
+    if not feat.is_cuda and not (feat.device.type == "cpu" and interpreted):
+        raise ValueError(
+            f"backend='triton' runs on CUDA tensors (or on CPU tensors with TRITON_INTERPRET=1 "
+            f"set before triton is imported), got tensors on {feat.device}"
+        )
+    if feat.dtype == torch.float64:
+        raise TypeError(
+            "backend='triton' supports float16, bfloat16 and float32 feat, got float64; "
+            "use backend='torch'"
+        )
+    reason = _triton_module().unsupported_reason(n, h, w, num_grid_blocks)
+    if reason is not None:
+        raise ValueError(reason)
+    return True
+
+
+def _triton_available() -> bool:
+    return importlib.util.find_spec("triton") is not None
 
 
 def _triton_module():

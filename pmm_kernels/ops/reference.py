@@ -74,6 +74,8 @@ def feature_mix_forward_torch(
         out.masked_fill_(mask[:, None], 0)
     else:
         if attn is None:
+            if keys is None:
+                raise ValueError("one of attn, keys and corner must choose the cells")
             scores = keys
         else:
             saliency = (

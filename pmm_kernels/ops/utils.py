@@ -109,6 +109,8 @@ def sample_partners(
     n = labels.shape[0]
     if rule == "none":
         return torch.full((n,), -1, dtype=torch.int64, device=labels.device)
+    if u is None:
+        raise ValueError(f"partner_rule={rule!r} without given partners needs u")
     if rule == "different_label":
         candidates = labels[None, :] != labels[:, None]
     else:
@@ -146,3 +148,19 @@ def rectangle_mask(
     in_rows = (r >= top) & (r < top + size[0])
     in_cols = (c >= left) & (c < left + size[1])
     return in_rows[:, None] & in_cols[None, :]
+
+
+def draw_uniform(
+    shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device
+) -> torch.Tensor:
+    """``torch.rand`` from ``generator`` (on its own device) or from ``device``'s default one."""
+    if generator is None:
+        # No generator keyword at all: torch.compile cannot trace ``generator=None`` with a
+        # symbolic batch size.
+        return torch.rand(shape, device=device)
+    if torch.compiler.is_compiling():
+        raise ValueError(
+            "generator: torch.compile cannot trace draws from a torch.Generator; pass "
+            "generator=None (build the layer without one) in compiled code"
+        )
+    return torch.rand(shape, generator=generator, device=generator.device).to(device)

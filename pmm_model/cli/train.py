@@ -23,7 +23,9 @@ after checkpointing.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,12 +35,19 @@ from pmm_model.checkpoint import load_checkpoint
 from pmm_model.cli.args import existing_file, finite_float, int_at_least, pretrained_weights
 from pmm_model.config import DEFAULTS, PRESETS, ConfigError, make_config, resume_config
 from pmm_model.data.datasets import dataset_names
-from pmm_model.engine import AMP_DTYPES, Engine, TrainingError, TrainingInterrupted
+from pmm_model.engine import (
+    AMP_DTYPES,
+    Engine,
+    EvaluationFailed,
+    TrainingDiverged,
+    TrainingError,
+    TrainingInterrupted,
+)
 from pmm_model.models import BACKBONES, CAM_MODES, MIX_MODES, MODELS
 from pmm_model.run_folder import RunFolderError
 from pmm_model.runtime import resolve_device
 
-__all__ = ["build_parser", "main", "parse_args"]
+__all__ = ["build_parser", "describe", "flag_name", "main", "parse_args"]
 
 PROG = "python -m pmm_model.train"
 
@@ -212,18 +221,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def flag_name(key: str) -> str:
+    """The command-line flag of configuration ``key`` (``p`` -> ``--ids-per-batch``).
+
+    Example:
+        >>> flag_name("p"), flag_name("eval_every")
+        ('--ids-per-batch', '--eval-every')
+    """
+    return _flags().get(key, f"--{key.replace('_', '-')}")
+
+
+@functools.cache
+def _flags() -> dict[str, str]:
+    return {
+        action.dest: action.option_strings[0]
+        for action in build_parser()._actions
+        if action.option_strings and action.option_strings[0].startswith("--")
+    }
+
+
 def _config_error(parser: argparse.ArgumentParser, err: ConfigError) -> None:
     if err.option is None:
         parser.error(str(err))
-    parser.error(f"argument --{err.option.replace('_', '-')}: {err.reason}")
+    parser.error(f"argument {flag_name(err.option)}: {err.reason}")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """The configuration of the command line and how to start it.
 
     Returns:
-        ``(config, start)``: ``start`` has ``checkpoint`` (loaded, or None),
-        ``checkpoint_path`` and ``overwrite``.
+        ``(config, start)``: ``start`` has :class:`~pmm_model.engine.Engine`'s other
+        arguments, ``checkpoint`` (loaded, or None), ``checkpoint_path``, ``overwrite`` and
+        ``option_name`` (:func:`flag_name`, so the log names flags).
 
     Bad values end the program with an argparse error (exit status 2) naming the option,
     before any data is read.
@@ -253,7 +282,12 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[dict[str, Any], dict[
         resolve_device(config["device"])
     except ValueError as err:
         parser.error(f"argument --device: {err}")
-    return config, {"checkpoint": checkpoint, "checkpoint_path": resume, "overwrite": overwrite}
+    return config, {
+        "checkpoint": checkpoint,
+        "checkpoint_path": resume,
+        "overwrite": overwrite,
+        "option_name": flag_name,
+    }
 
 
 def _fail(status: int, message: str) -> NoReturn:
@@ -261,6 +295,37 @@ def _fail(status: int, message: str) -> NoReturn:
     if os.environ.get("RANK", "0") == "0":
         print(f"{PROG}: error: {message}", file=sys.stderr)
     sys.exit(status)
+
+
+def describe(err: Exception) -> str:
+    """The one-line message for a failed run, naming this CLI's flags where they help."""
+    if isinstance(err, ConfigError) and err.option is not None:
+        return f"{flag_name(err.option)}: {err.reason}"
+    if isinstance(err, TrainingInterrupted) and err.checkpoint is not None:
+        name = signal.Signals(err.signum).name
+        return (
+            f"stopped by {name} after {err.where}; checkpoint saved: continue with "
+            f"--resume {err.checkpoint}"
+        )
+    if isinstance(err, EvaluationFailed) and err.checkpoint is not None:
+        return (
+            f"evaluation after epoch {err.epoch} failed ({err.cause}); the training up to epoch "
+            f"{err.epoch} is saved in {err.checkpoint}: fix the cause (e.g. --skip-bad-images for "
+            f"unreadable images) and continue with --resume {err.checkpoint}, which evaluates "
+            "first"
+        )
+    if isinstance(err, TrainingDiverged) and err.step is not None:
+        kept = (
+            f"the last checkpoint ({err.checkpoint}) is kept"
+            if err.checkpoint is not None
+            else "no checkpoint was written"
+        )
+        return (
+            f"the loss is not finite ({err.loss} on rank {err.rank}) at epoch {err.epoch}, step "
+            f"{err.step}/{err.steps}: training diverged, {kept}. Try a lower --lr (now "
+            f"{err.lr:g})" + (" or --amp off" if err.amp else "")
+        )
+    return str(err)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, float]:
@@ -273,9 +338,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     try:
         return Engine(config, **start).run()
     except TrainingInterrupted as err:
-        _fail(128 + err.signum, str(err))
+        _fail(128 + err.signum, describe(err))
     except (TrainingError, RunFolderError, ValueError, FileNotFoundError) as err:
-        _fail(1, str(err))
+        _fail(1, describe(err))
     except KeyboardInterrupt:
         _fail(128 + 2, "interrupted by a second Ctrl-C before checkpointing")
 

@@ -1,0 +1,55 @@
+"""The feature-mix family's mode table and the record of what a mix did.
+
+:data:`MODES` maps each mode name to a :class:`MixMode` (how it chooses and fills its cells,
+docs/op.md#feature-mix-family); :class:`MixInfo` is what :func:`pmm_kernels.feature_mix` returns
+beside the mixed map.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+
+class MixMode(NamedTuple):
+    """How a mode chooses its cells and fills them (docs/op.md#feature-mix-family).
+
+    Attributes:
+        cells: ``"salient"`` (the k most salient blocks), ``"random"`` (k random blocks) or
+            ``"rectangle"`` (one rectangle shared by the batch).
+        partner_rule: ``"different_label"``, ``"any_other"``, or ``"none"`` (cells are zeroed).
+        mixes_labels: whether the loss should see :func:`mixed_targets` instead of the labels.
+    """
+
+    cells: str
+    partner_rule: str
+    mixes_labels: bool
+
+
+MODES: dict[str, MixMode] = {
+    "a_hard_mix": MixMode("salient", "different_label", False),
+    "hard_mix": MixMode("random", "different_label", False),
+    "a_cutmix": MixMode("salient", "any_other", True),
+    "cutmix": MixMode("random", "any_other", True),
+    "cutout": MixMode("random", "none", False),
+    "batch_drop": MixMode("rectangle", "none", False),
+}
+
+
+class MixInfo(NamedTuple):
+    """What a mix did to each sample.
+
+    Attributes:
+        negatives: (N,) int64 partner of each sample (the sample its cells came from), -1 where
+            no cell came from a partner (always for ``cutout`` and ``batch_drop``).
+        blocks: (N, k) int64 selected block indices (row-major), highest score (or key) first;
+            (N, 1) of -1 for ``batch_drop``.
+        mask: (N, H, W) bool, True where the cell was replaced or zeroed.
+        lam: (N,) float32 replaced or zeroed area / (H * W).
+    """
+
+    negatives: torch.Tensor
+    blocks: torch.Tensor
+    mask: torch.Tensor
+    lam: torch.Tensor

@@ -1,0 +1,233 @@
+"""The import graph of ``pmm_kernels`` and ``pmm_model``: no circle, and no import upwards.
+
+Every module under the two packages is parsed with :mod:`ast` (nothing is imported), and each
+``import``/``from ... import`` statement anywhere in it (module level, inside functions, under
+``TYPE_CHECKING``) becomes an edge to the module it names. ``from package import name`` points
+at ``package.name`` when that is a module of the tree, else at ``package`` (its
+``__init__.py``). The parent packages that Python imports on the way are not edges: they are
+not a dependency that the code chose.
+
+The rules:
+
+(a) the graph has no cycle;
+(b) ``pmm_kernels`` imports nothing from ``pmm_model``;
+(c) ``pmm_model.cli`` (the command-line front ends) is imported only by ``pmm_model.cli``
+    itself and by the *alias modules*. An alias module is a module of ``pmm_model`` whose body
+    is a docstring and one ``if __name__ == "__main__":`` block, and nothing else: it exists
+    so that ``python -m pmm_model.<name>`` runs ``pmm_model.cli.<name>``, and importing it
+    runs nothing;
+(d) every module of ``pmm_model`` has a layer in :data:`LAYERS`, and no module imports one of
+    a higher layer (imports within a layer are allowed; (a) still forbids circles there).
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("pmm_kernels", "pmm_model")
+ALIASES = ("pmm_model.train", "pmm_model.evaluate", "pmm_model.study", "pmm_model.visualize")
+
+# Lowest first. A module belongs to the layer of its longest listed prefix ("pmm_model.data"
+# covers the data subpackage). A new module needs a line here: choose the lowest layer whose
+# modules it may import.
+LAYERS: tuple[tuple[str, ...], ...] = (
+    # What a model is fed and how its rankings are scored: no network in sight.
+    ("pmm_model.data", "pmm_model.metrics", "pmm_model.reranking", "pmm_model.runtime"),
+    # The networks (pmm_model's __init__ re-exports build_model).
+    ("pmm_model.models", "pmm_model"),
+    # What is computed on a network's outputs, and the configuration of one.
+    ("pmm_model.evaluation", "pmm_model.losses", "pmm_model.config"),
+    # A trained network on disk.
+    ("pmm_model.checkpoint", "pmm_model.run_folder"),
+    # Training loops and pictures of a trained network.
+    ("pmm_model.engine", "pmm_model.pictures"),
+    # Grids of training runs.
+    ("pmm_model.ablation",),
+    # Command-line front ends: the only code that parses arguments and exits.
+    ("pmm_model.cli",),
+    # `python -m pmm_model.<name>` entry points (see rule (c)).
+    ALIASES,
+)
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def _sources() -> dict[str, Path]:
+    return {
+        _module_name(path): path for package in PACKAGES for path in (ROOT / package).rglob("*.py")
+    }
+
+
+SOURCES = _sources()
+
+
+def _is_main_guard(node: ast.stmt) -> bool:
+    """``if __name__ == "__main__":`` exactly."""
+    return (
+        isinstance(node, ast.If)
+        and isinstance(node.test, ast.Compare)
+        and isinstance(node.test.left, ast.Name)
+        and node.test.left.id == "__name__"
+        and len(node.test.ops) == 1
+        and isinstance(node.test.ops[0], ast.Eq)
+        and len(node.test.comparators) == 1
+        and isinstance(node.test.comparators[0], ast.Constant)
+        and node.test.comparators[0].value == "__main__"
+        and not node.orelse
+    )
+
+
+def _is_alias(tree: ast.Module) -> bool:
+    """A docstring and one ``__main__`` block, nothing else (rule (c))."""
+    body = list(tree.body)
+    if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+        body.pop(0)
+    return len(body) == 1 and _is_main_guard(body[0])
+
+
+def _targets(module: str, node: ast.Import | ast.ImportFrom) -> list[str]:
+    """The modules an import statement of ``module`` names (those of the two packages only)."""
+    if isinstance(node, ast.Import):
+        names = [alias.name for alias in node.names]
+    else:
+        base = node.module or ""
+        if node.level:
+            package = module if SOURCES[module].name == "__init__.py" else module.rpartition(".")[0]
+            for _ in range(node.level - 1):
+                package = package.rpartition(".")[0]
+            base = f"{package}.{base}" if base else package
+        names = [
+            f"{base}.{alias.name}" if f"{base}.{alias.name}" in SOURCES else base
+            for alias in node.names
+        ]
+    # `import a.b.c` of a name that is no module of the tree (a typo) still points at its
+    # longest existing prefix, so no edge is lost.
+    found = []
+    for name in names:
+        while name and name not in SOURCES:
+            name = name.rpartition(".")[0]
+        if name and name.split(".")[0] in PACKAGES:
+            found.append(name)
+    return found
+
+
+def _graph() -> tuple[dict[str, set[str]], set[str]]:
+    """module -> modules it imports (itself excluded), and the alias modules."""
+    graph, aliases = {}, set()
+    for module, path in SOURCES.items():
+        tree = ast.parse(path.read_text(), filename=str(path))
+        if module.startswith("pmm_model.") and _is_alias(tree):
+            aliases.add(module)
+        graph[module] = {
+            target
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Import | ast.ImportFrom)
+            for target in _targets(module, node)
+            if target != module
+        }
+    return graph, aliases
+
+
+GRAPH, ALIAS_MODULES = _graph()
+
+
+def _in(module: str, package: str) -> bool:
+    return module == package or module.startswith(package + ".")
+
+
+def _layer(module: str) -> int | None:
+    matches = [
+        (len(prefix), rank)
+        for rank, prefixes in enumerate(LAYERS)
+        for prefix in prefixes
+        # A package's own name stands for its __init__ only, not for everything under it.
+        if (module == prefix if prefix in PACKAGES else _in(module, prefix))
+    ]
+    return max(matches)[1] if matches else None
+
+
+def _cycle() -> list[str] | None:
+    """One cycle of the graph as ``[a, b, ..., a]``, or None."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: finished
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for target in sorted(GRAPH[node]):
+            if state.get(target) == 1:
+                return [*path[path.index(target) :], target]
+            if target not in state and (found := visit(target)):
+                return found
+        path.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(GRAPH):
+        if node not in state and (found := visit(node)):
+            return found
+    return None
+
+
+def test_the_tree_is_parsed() -> None:
+    # Guards the rules below against passing on an empty graph.
+    assert {"pmm_kernels.functional", "pmm_model.models", "pmm_model.cli.train"} <= set(GRAPH)
+    assert "pmm_model.models" in GRAPH["pmm_model.losses"]
+    assert "pmm_kernels.validation" in GRAPH["pmm_kernels.functional"]
+
+
+def test_no_import_cycle() -> None:
+    cycle = _cycle()
+    assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_kernels_import_nothing_from_the_model_package() -> None:
+    offending = sorted(
+        f"{module} imports {target}"
+        for module, targets in GRAPH.items()
+        if _in(module, "pmm_kernels")
+        for target in targets
+        if _in(target, "pmm_model")
+    )
+    assert offending == []
+
+
+def test_only_cli_and_alias_modules_import_the_cli() -> None:
+    offending = sorted(
+        f"{module} imports {target}"
+        for module, targets in GRAPH.items()
+        if not _in(module, "pmm_model.cli") and module not in ALIAS_MODULES
+        for target in targets
+        if _in(target, "pmm_model.cli")
+    )
+    assert offending == []
+
+
+@pytest.mark.parametrize("alias", ALIASES)
+def test_entry_point_aliases_only_run_their_cli(alias: str) -> None:
+    assert alias in ALIAS_MODULES, (
+        f"{alias} must be a docstring and one `if __name__ == '__main__':` block"
+    )
+    assert GRAPH[alias] == {"pmm_model.cli." + alias.rpartition(".")[2]}
+
+
+def test_no_import_from_a_higher_layer() -> None:
+    unranked = sorted(m for m in GRAPH if _in(m, "pmm_model") and _layer(m) is None)
+    assert unranked == [], f"give these modules a layer in LAYERS: {unranked}"
+    offending = sorted(
+        f"{module} (layer {_layer(module)}) imports {target} (layer {_layer(target)})"
+        for module, targets in GRAPH.items()
+        if _in(module, "pmm_model")
+        for target in targets
+        if _in(target, "pmm_model") and _layer(target) > _layer(module)
+    )
+    assert offending == []

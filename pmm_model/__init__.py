@@ -37,7 +37,6 @@ if _missing_train := _missing(_TRAIN_MODULES):
         name=_missing_train[0],
     )
 
-from pmm_model.extract import FeatureExtractor  # noqa: E402
 from pmm_model.models import build_model  # noqa: E402
 
-__all__ = ["FeatureExtractor", "MissingExtraError", "build_model"]
+__all__ = ["MissingExtraError", "build_model"]

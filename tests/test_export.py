@@ -15,6 +15,8 @@ from PIL import Image
 pytest.importorskip("onnx")
 pytest.importorskip("onnxscript")
 ort = pytest.importorskip("onnxruntime")
+# Each export traces the network with torch.export: seconds, not milliseconds.
+pytestmark = pytest.mark.slow
 
 from deploy_fixtures import HEIGHT, WIDTH, make_checkpoint, make_tree  # noqa: E402
 

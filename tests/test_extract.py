@@ -13,7 +13,6 @@ import torch
 from deploy_fixtures import HEIGHT, WIDTH, make_checkpoint, make_tree
 from PIL import Image
 
-import pmm_model
 from pmm_model.checkpoint import load_model
 from pmm_model.cli import extract as cli
 from pmm_model.data.datasets import read_market_tree
@@ -219,7 +218,3 @@ def test_cli_bad_image_and_arguments(tmp_path, tree, checkpoint, capsys):
             cli.main(argv)
         assert exit_info.value.code == 2
         assert message in capsys.readouterr().err
-
-
-def test_package_exports_the_extractor():
-    assert pmm_model.FeatureExtractor is FeatureExtractor

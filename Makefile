@@ -14,7 +14,7 @@ endif
 GPU_PYTHON ?= python3
 GPU_RESULTS ?= gpu-results
 
-.PHONY: demo test test-fast lint bench study static-check gpu-check clean
+.PHONY: demo test test-fast lint wheel-check bench study static-check gpu-check clean
 
 $(VENV)/.installed: pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -50,6 +50,12 @@ test-fast: lint
 lint: $(SETUP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+
+# The wheel as users install it, in a fresh venv (see .ci/wheel_check.sh); WHEEL_VENV is
+# removed and created afresh.
+WHEEL_VENV ?= $(or $(TMPDIR),/tmp)/pmm-wheel-venv
+wheel-check:
+	bash .ci/wheel_check.sh $(WHEEL_VENV)
 
 bench: $(SETUP)
 	$(PY) -m pytest benchmarks --benchmark-only

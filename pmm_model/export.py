@@ -24,7 +24,7 @@ import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -218,15 +218,19 @@ def export_onnx(
     with warnings.catch_warnings():
         # torch.export's notes on the tracing it does; the parity check below is what counts.
         warnings.simplefilter("ignore")
-        program = torch.onnx.export(
-            model,
-            (random_images[:1],),
-            dynamo=True,
-            input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
-            opset_version=opset,
-            dynamic_shapes=({0: torch.export.Dim("batch")},),
-            verbose=False,
+        # With dynamo=True and no file argument, export returns the ONNXProgram.
+        program = cast(
+            torch.onnx.ONNXProgram,
+            torch.onnx.export(
+                model,
+                (random_images[:1],),
+                dynamo=True,
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                opset_version=opset,
+                dynamic_shapes=({0: torch.export.Dim("batch")},),
+                verbose=False,
+            ),
         )
     metadata = _metadata(args, embedding_dim)
     program.model.metadata_props.update(metadata)

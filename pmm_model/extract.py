@@ -23,6 +23,7 @@ import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeGuard
 
 import numpy as np
 import torch
@@ -87,7 +88,7 @@ class ExtractedFeatures:
         if path.suffix != ".npz":
             raise ValueError(f"features file must end in .npz, got {str(path)!r}")
         path.parent.mkdir(parents=True, exist_ok=True)
-        arrays: dict[str, np.ndarray] = {
+        arrays: dict[str, Any] = {
             "features": self.features.numpy(),
             "names": np.asarray(self.names, dtype=str),
             "skipped": np.asarray(self.skipped, dtype=str),
@@ -163,7 +164,7 @@ class _ImageFiles:
     ids: list[tuple[int, int] | None]
 
 
-def _is_pil_source(images: object) -> bool:
+def _is_pil_source(images: object) -> TypeGuard[Image.Image | Sequence[Image.Image]]:
     return isinstance(images, Image.Image) or (
         isinstance(images, Sequence)
         and not isinstance(images, str)
@@ -291,8 +292,8 @@ class FeatureExtractor:
         self.device = resolve_device(None if device is None else str(device))
         if amp and self.device.type != "cuda":
             raise ValueError(f"amp=True needs a CUDA device, got {str(self.device)!r}")
-        self.model, self.args = load_model(checkpoint, map_location="cpu")
-        self.model: nn.Module = self.model.to(self.device)
+        model, self.args = load_model(checkpoint, map_location="cpu")
+        self.model: nn.Module = model.to(self.device)
         self.height, self.width = int(self.args["height"]), int(self.args["width"])
         self.transform = build_transforms(self.height, self.width, is_train=False)
         self.flip, self.amp, self.normalize = flip, amp, normalize
@@ -393,8 +394,11 @@ class FeatureExtractor:
             features, pids, camids = extract_features(self.model, batches, self.device, self.flip)
         if self.normalize:
             features = nn.functional.normalize(features, dim=1)
-        if not known_ids:
-            pids = camids = None
         return ExtractedFeatures(
-            features, names, pids, camids, normalized=self.normalize, flip=self.flip
+            features,
+            names,
+            pids if known_ids else None,
+            camids if known_ids else None,
+            normalized=self.normalize,
+            flip=self.flip,
         )

@@ -28,7 +28,7 @@ demo: $(SETUP)
 	$(PY) -m pmm_model.train --preset demo --output-dir $(DEMO_RUN) --overwrite
 	$(PY) -m pmm_model.visualize --checkpoint $(DEMO_RUN)/checkpoint.pt --data synthetic --out $(DEMO_RUN)
 	$(PY) -m pmm_model.cli.extract --checkpoint $(DEMO_RUN)/checkpoint.pt --data synthetic \
-		--split gallery --out $(DEMO_RUN)/gallery.npz
+		--split gallery --out $(DEMO_RUN)/gallery.npz --workers 0
 	$(PY) -m pmm_model.cli.export --checkpoint $(DEMO_RUN)/checkpoint.pt --data synthetic \
 		--split query --out $(DEMO_RUN)/model.onnx
 

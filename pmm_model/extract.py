@@ -33,7 +33,9 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from pmm_model.checkpoint import load_model
-from pmm_model.data.datasets import IMAGE_EXTENSIONS, ImageDataset, Record
+
+# The Market naming "<pid>_c<camera>..." exactly as the dataset loaders parse it.
+from pmm_model.data.datasets import _MARKET_NAME, IMAGE_EXTENSIONS, ImageDataset, Record
 from pmm_model.data.transforms import build_transforms
 from pmm_model.evaluation import extract_features
 from pmm_model.runtime import resolve_device
@@ -49,8 +51,6 @@ ImageSource = (
     | Sequence[str | os.PathLike | Image.Image | tuple[str, int, int]]
 )
 
-# Market naming, as the dataset loaders parse it: "<pid>_c<camera>..." (camera 1-based on disk).
-_MARKET_NAME = re.compile(r"^(-?\d+)_c(\d+)")
 # Records whose identity and camera the layout does not name.
 UNKNOWN = -1
 
@@ -127,8 +127,12 @@ def read_image_list(path: str | os.PathLike) -> list[tuple[str, tuple[int, int] 
         ValueError: a line that is not a path optionally followed by two ints, or no entries.
     """
     path = Path(path)
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not a text list file of image paths") from None
     entries = []
-    for line_no, line in enumerate(path.read_text().splitlines(), 1):
+    for line_no, line in enumerate(text.splitlines(), 1):
         parts = line.split()
         if not parts or parts[0].startswith("#"):
             continue
@@ -190,6 +194,8 @@ def _image_files(images: object) -> _ImageFiles:
             paths = _folder_images(path)
             names = [p.relative_to(path).as_posix() for p in paths]
             return _ImageFiles(paths, names, [_market_ids(n) for n in names])
+        if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS:
+            return _ImageFiles([path], [path.name], [_market_ids(path.name)])
         if path.is_file():
             entries = read_image_list(path)
             paths = [Path(image) for image, _ in entries]
@@ -311,7 +317,7 @@ class FeatureExtractor:
 
                 - a folder: every image file under it (recursively, sorted by path), named by
                   path relative to the folder;
-                - a list file (any non-folder path): see :func:`read_image_list`;
+                - an image file, or a list file (any other file): see :func:`read_image_list`;
                 - a sequence of image paths;
                 - a sequence of ``(path, pid, camid)`` records, e.g. a dataset split
                   (:class:`~pmm_model.data.datasets.ReIDDataset`'s ``query``);

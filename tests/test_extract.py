@@ -92,6 +92,9 @@ def test_pil_images_tensors_and_paths_agree(checkpoint, tree):
     # One image alone is another batch shape: equal up to float rounding.
     np.testing.assert_allclose(extractor(batch[0]), from_paths.features[:1], rtol=0, atol=1e-6)
     assert torch.equal(extractor(pictures[0]), extractor(batch[0]))
+    one_file = extractor.extract(paths[0])  # an image file, not a list file
+    assert one_file.names == [paths[0].name] and one_file.pids.tolist() == [1]
+    assert torch.equal(one_file.features, extractor(batch[0]))
     in_memory = extractor.extract(pictures)
     assert in_memory.names == [str(i) for i in range(len(paths))] and in_memory.pids is None
 
@@ -168,6 +171,9 @@ def test_bad_arguments(tmp_path, checkpoint, tree):
         extractor([Image.new("RGB", (8, 8)), "a.jpg"])
     with pytest.raises(FileNotFoundError, match="no such folder or list file"):
         extractor(tmp_path / "nowhere")
+    (tmp_path / "blob.bin").write_bytes(bytes(range(256)))
+    with pytest.raises(ValueError, match=r"blob\.bin: not a text list file"):
+        extractor(tmp_path / "blob.bin")
     with pytest.raises(FileNotFoundError, match="1 files do not exist"):
         extractor([tmp_path / "missing.jpg"])
     with pytest.raises(ValueError, match=r"must end in \.npz"):

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from pmm_model import MissingExtraError
 from pmm_model.checkpoint import load_model
 from pmm_model.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from pmm_model.extract import FeatureExtractor, ImageSource
@@ -119,7 +120,7 @@ class ExportReport:
 def _require_deploy() -> None:
     missing = [name for name in DEPLOY_PACKAGES if importlib.util.find_spec(name) is None]
     if missing:
-        raise ImportError(
+        raise MissingExtraError(
             f"ONNX export needs {', '.join(missing)}: pip install 'pmm[deploy]'", name=missing[0]
         )
 
@@ -192,7 +193,8 @@ def export_onnx(
         The :class:`ExportReport` (path, metadata, parity figures).
 
     Raises:
-        ImportError: the ``deploy`` extra is missing (the message says how to install it).
+        MissingExtraError: (an ImportError) the ``deploy`` extra is missing; the message says
+            how to install it.
         ParityError: onnxruntime disagrees with PyTorch beyond the tolerance; nothing is left
             at ``out`` (the rejected graph is kept as ``<out>.rejected`` for inspection).
         FileNotFoundError, ValueError: a bad checkpoint or bad ``real_images`` (as for

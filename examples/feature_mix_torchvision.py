@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> list[float]:
         info = mix.last_info
         print(
             f"step {step}: loss {loss.item():.4f}, mixed area {info.lam.mean().item():.3f}, "
-            f"partners {info.negatives.tolist()}"
+            f"partners {info.partners.tolist()}"
         )
 
     model.eval()

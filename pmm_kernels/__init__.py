@@ -10,6 +10,7 @@ Example:
 from importlib.metadata import PackageNotFoundError, version
 
 from pmm_kernels.functional import a_hard_mix, feature_mix, mixed_targets, saliency
+from pmm_kernels.losses import SoftCrossEntropy, soft_cross_entropy
 from pmm_kernels.modes import MODES, MixInfo, MixMode
 from pmm_kernels.modules import AHardMix, FeatureMix, FeatureMixHook, insert_feature_mix
 from pmm_kernels.ops.feature_mix import BACKENDS
@@ -28,9 +29,11 @@ __all__ = [
     "FeatureMixHook",
     "MixInfo",
     "MixMode",
+    "SoftCrossEntropy",
     "a_hard_mix",
     "feature_mix",
     "insert_feature_mix",
     "mixed_targets",
     "saliency",
+    "soft_cross_entropy",
 ]

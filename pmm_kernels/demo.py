@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> None:
 
     print(f"A-Hard-Mix of {n} samples, 24x8 map, 3x2 blocks (8x4 grid), k=3")
     for i in range(n):
-        j = int(info.negatives[i])
+        j = int(info.partners[i])
         blocks = ", ".join(f"{b} (row {b // 4}, col {b % 4})" for b in info.blocks[i].tolist())
         source = f"sample {j} (id {int(labels[j])})" if j >= 0 else "nobody (no other id)"
         print(

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from pmm_kernels import validation as check
-from pmm_kernels.modes import MODES, MixInfo, MixMode
+from pmm_kernels.modes import MODES, MixInfo, MixMode, warn_deprecated
 from pmm_kernels.ops.feature_mix import BACKENDS, Backend, FeatureMixFunction, resolve_backend
 from pmm_kernels.ops.reference import saliency_torch
 from pmm_kernels.ops.utils import batch_drop_corner, batch_drop_size, draw_uniform
@@ -62,11 +62,12 @@ def feature_mix(
     mode: str = "a_hard_mix",
     block_size: tuple[int, int] = (3, 2),
     num_blocks: int = 3,
-    negatives: torch.Tensor | None = None,
+    partners: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
     h_ratio: float = 0.33,
     w_ratio: float = 1.0,
     backend: Backend | None = None,
+    negatives: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, MixInfo]:
     """Mix a feature map with one of the modes of docs/op.md#modes and say what was done.
 
@@ -101,10 +102,11 @@ def feature_mix(
             or an (N, H, W) saliency map. A constant: it gets no gradient.
         mode: one of :data:`MODES`.
         block_size: block height and width in cells (not used by ``batch_drop``).
-        num_blocks: blocks per sample, 1 <= k <= number of blocks (not used by ``batch_drop``).
-        negatives: (N,) partners in [-1, N), -1 meaning "do not mix"; skips the partner draw.
-            Only for the modes with a partner. Checking their range reads them on the host (one
-            sync on CUDA; under ``torch.compile`` an on-device assert instead).
+        num_blocks: k, the blocks per sample, 1 <= k <= number of blocks (not used by
+            ``batch_drop``).
+        partners: (N,) partner of each sample in [-1, N), -1 meaning "do not mix"; skips the
+            partner draw. Only for the modes with a partner. Checking their range reads them on
+            the host (one sync on CUDA; under ``torch.compile`` an on-device assert instead).
         generator: generator of the random draws; None uses feat's device's default generator
             (the only choice under ``torch.compile``).
         h_ratio: ``batch_drop``'s rectangle height, ``max(1, round(h_ratio * H))`` cells.
@@ -112,14 +114,15 @@ def feature_mix(
         backend: "triton" (CUDA, or CPU under ``TRITON_INTERPRET=1``), "torch", or "auto"
             (Triton for CUDA tensors where it applies). ``None`` reads
             ``PMM_KERNELS_BACKEND``, default "auto".
+        negatives: deprecated name of ``partners`` (warns); removed in the next release.
 
     Returns:
         The (N, C, H, W) output, in ``feat``'s dtype and memory format, and a :class:`MixInfo`.
 
     Raises:
-        TypeError: a non-tensor argument, non-floating ``feat`` or non-integer labels/negatives.
-        ValueError: an unknown mode, wrong shapes, devices that differ, a bad block size, k,
-            ratio or negatives, or an argument the mode does not take.
+        TypeError: a non-tensor argument, non-floating ``feat`` or non-integer labels/partners.
+        ValueError: an unknown mode, wrong shapes, devices that differ, a bad block size,
+            num_blocks, ratio or partners, or an argument the mode does not take.
 
     Example:
         >>> feat = torch.randn(4, 16, 24, 8, requires_grad=True)
@@ -130,7 +133,8 @@ def feature_mix(
     """
     feat = check.check_feat(feat)
     n, _, h, w = feat.shape
-    spec, attn, labels, block_size, (rows, cols), h_ratio, w_ratio, generator, negatives = (
+    partners = _renamed_partners(partners, negatives)
+    spec, attn, labels, block_size, (rows, cols), h_ratio, w_ratio, generator, partners = (
         check.check_mix_args(
             feat,
             labels,
@@ -138,7 +142,7 @@ def feature_mix(
             mode=mode,
             block_size=block_size,
             num_blocks=num_blocks,
-            negatives=negatives,
+            partners=partners,
             generator=generator,
             h_ratio=h_ratio,
             w_ratio=w_ratio,
@@ -154,22 +158,24 @@ def feature_mix(
         block_size = batch_drop_size(h, w, h_ratio, w_ratio)
         corner = batch_drop_corner(draw_uniform((2,), generator, feat.device), h, w, block_size)
         num_blocks = 1
-    if spec.partner_rule != "none" and negatives is None:
+    if spec.partner_rule != "none" and partners is None:
         u = draw_uniform((n,), generator, feat.device)
-    out, partners, blocks, mask, lam = FeatureMixFunction.apply(
+    out, chosen, blocks, mask, lam = FeatureMixFunction.apply(
         feat,
         attn,
         keys,
         corner,
         labels,
         u,
-        negatives,
+        partners,
         block_size,
         num_blocks,
         spec.partner_rule,
         use_triton,
     )
-    return out, MixInfo(partners, blocks, mask, lam)
+    # Read by mixed_targets: the label-keeping modes and unpaired samples keep their labels.
+    label_lam = torch.where(chosen >= 0, lam, 0.0) if spec.mixes_labels else torch.zeros_like(lam)
+    return out, MixInfo(chosen, blocks, mask, lam, label_lam)
 
 
 @overload
@@ -180,10 +186,11 @@ def a_hard_mix(
     *,
     block_size: tuple[int, int] = ...,
     num_blocks: int = ...,
-    negatives: torch.Tensor | None = ...,
+    partners: torch.Tensor | None = ...,
     generator: torch.Generator | None = ...,
     return_info: Literal[False] = ...,
     backend: Backend | None = ...,
+    negatives: torch.Tensor | None = ...,
 ) -> torch.Tensor: ...
 
 
@@ -195,10 +202,11 @@ def a_hard_mix(
     *,
     block_size: tuple[int, int] = ...,
     num_blocks: int = ...,
-    negatives: torch.Tensor | None = ...,
+    partners: torch.Tensor | None = ...,
     generator: torch.Generator | None = ...,
     return_info: Literal[True],
     backend: Backend | None = ...,
+    negatives: torch.Tensor | None = ...,
 ) -> tuple[torch.Tensor, MixInfo]: ...
 
 
@@ -209,12 +217,13 @@ def a_hard_mix(
     *,
     block_size: tuple[int, int] = (3, 2),
     num_blocks: int = 3,
-    negatives: torch.Tensor | None = None,
+    partners: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
     return_info: bool = False,
     backend: Backend | None = None,
+    negatives: torch.Tensor | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, MixInfo]:
-    """Attentive feature Hard-Mix: swap each sample's most salient blocks with a negative's.
+    """Attentive feature Hard-Mix: swap each sample's most salient blocks with a partner's.
 
     :func:`feature_mix` with ``mode="a_hard_mix"`` (docs/op.md#a_hard_mix). The map is cut into
     ``block_size`` blocks (row-major, edge blocks clipped). Each sample keeps its
@@ -229,14 +238,15 @@ def a_hard_mix(
             (N, H, W) saliency map used as given.
         labels: (N,) integer identity labels.
         block_size: block height and width in cells.
-        num_blocks: blocks replaced per sample, 1 <= k <= number of blocks.
-        negatives: (N,) partner indices in [-1, N), -1 meaning "do not mix"; skips sampling.
-            Checking their range reads them on the host (one sync on CUDA).
+        num_blocks: k, the blocks replaced per sample, 1 <= k <= number of blocks.
+        partners: (N,) partner of each sample in [-1, N), -1 meaning "do not mix"; skips
+            sampling. Checking their range reads them on the host (one sync on CUDA).
         generator: generator for partner sampling; a CPU generator gives the same partners on
             every backend.
         return_info: also return a :class:`MixInfo`.
         backend: "triton" (CUDA, or CPU under ``TRITON_INTERPRET=1``), "torch", or "auto"
             (Triton for CUDA tensors). ``None`` reads ``PMM_KERNELS_BACKEND``, default "auto".
+        negatives: deprecated name of ``partners`` (warns); removed in the next release.
 
     Returns:
         The mixed (N, C, H, W) map, in ``feat``'s dtype and memory format, and with
@@ -244,7 +254,7 @@ def a_hard_mix(
 
     Raises:
         TypeError: a non-tensor argument, non-floating ``feat`` or non-integer ``labels``.
-        ValueError: wrong shapes, devices that differ, bad block size, k or negatives.
+        ValueError: wrong shapes, devices that differ, bad block size, num_blocks or partners.
 
     Example:
         >>> feat = torch.randn(4, 16, 24, 8, requires_grad=True)
@@ -256,6 +266,7 @@ def a_hard_mix(
     check.check_feat(feat)
     check.check_tensor("attn", attn)
     check.check_tensor("labels", labels)
+    partners = _renamed_partners(partners, negatives)
     out, info = feature_mix(
         feat,
         labels,
@@ -263,7 +274,7 @@ def a_hard_mix(
         mode="a_hard_mix",
         block_size=block_size,
         num_blocks=num_blocks,
-        negatives=negatives,
+        partners=partners,
         generator=generator,
         backend=backend,
     )
@@ -273,49 +284,61 @@ def a_hard_mix(
 def mixed_targets(
     labels: torch.Tensor, info: MixInfo | None, num_classes: int, smoothing: float = 0.0
 ) -> torch.Tensor:
-    """Soft targets of the label-mixing modes (``a_cutmix``, ``cutmix``),
-    docs/op.md#feature-mix-family.
+    """The (smoothed) loss targets of a mix, docs/op.md#soft-targets.
 
-    ``t_i = (1 - lam_i) * onehot(y_i) + lam_i * onehot(y_partner(i))``, and ``onehot(y_i)`` where
-    the partner is -1; label smoothing then gives ``t * (1 - smoothing) + smoothing / classes``.
-    The other modes keep their labels: pass ``info=None`` for their (smoothed) one-hot targets,
-    or check ``MODES[mode].mixes_labels`` (``FeatureMix.targets`` does).
+    ``t_i = (1 - l_i) * onehot(y_i) + l_i * onehot(y_partner(i))`` with ``l = info.label_lam``:
+    the area ``lam`` for the label-mixing modes (``a_cutmix``, ``cutmix``), 0 for the modes that
+    keep their labels (``a_hard_mix``, ``hard_mix``, ``cutout``, ``batch_drop``) and for samples
+    without a partner (-1), which so get ``onehot(y_i)``. Label smoothing then gives
+    ``t * (1 - smoothing) + smoothing / num_classes``. ``info=None`` gives the (smoothed)
+    one-hot targets of unmixed labels.
 
     Args:
         labels: (N,) integer class labels in [0, num_classes).
-        info: the :class:`MixInfo` of the mix, or None for unmixed targets.
+        info: the :class:`MixInfo` of the mix (of any mode), or None for unmixed targets.
         num_classes: number of classes.
         smoothing: label smoothing eps in [0, 1).
 
     Returns:
         (N, num_classes) float32 targets on ``labels``' device; each row sums to 1. Use them with
-        ``torch.nn.functional.cross_entropy(logits, targets)``.
+        :func:`pmm_kernels.soft_cross_entropy` or ``torch.nn.functional.cross_entropy``.
+
+    Raises:
+        TypeError: non-integer labels or partners, or an ``info`` that is not a MixInfo.
+        ValueError: labels outside [0, num_classes), partners outside [-1, N), a ``lam`` or
+            ``label_lam`` outside [0, 1] or NaN, or shapes that do not fit. Checking the ranges
+            reads them on the host (one sync on CUDA; an on-device assert under
+            ``torch.compile``).
 
     Example:
-        >>> info = MixInfo(torch.tensor([1, -1]), torch.zeros(2, 1, dtype=torch.long),
-        ...                torch.zeros(2, 2, 2, dtype=torch.bool), torch.tensor([0.25, 0.0]))
-        >>> mixed_targets(torch.tensor([0, 2]), info, num_classes=3)
-        tensor([[0.7500, 0.0000, 0.2500],
-                [0.0000, 0.0000, 1.0000]])
+        >>> labels, partners = torch.tensor([0, 0, 1, 1]), torch.tensor([2, -1, 0, 1])
+        >>> _, info = feature_mix(torch.randn(4, 8, 4, 4), labels, mode="cutmix",
+        ...                       block_size=(2, 2), num_blocks=1, partners=partners)
+        >>> mixed_targets(labels, info, num_classes=2)
+        tensor([[0.7500, 0.2500],
+                [1.0000, 0.0000],
+                [0.2500, 0.7500],
+                [0.2500, 0.7500]])
     """
-    labels = check.check_tensor("labels", labels)
-    if labels.dim() != 1:
-        raise ValueError(f"labels must have shape (N,), got {check.describe(labels)}")
-    labels = check.check_labels("labels", labels, labels.shape[0])
-    check.check_positive_int("num_classes", num_classes)
-    smoothing = check.check_smoothing(smoothing)
-    labels = labels.long()
+    labels, smoothing = check.check_target_args(labels, info, num_classes, smoothing)
     targets = F.one_hot(labels, num_classes).float()
     if info is not None:
-        if not isinstance(info, MixInfo):
-            raise TypeError(f"info must be a MixInfo or None, got {check.describe(info)}")
-        partners = info.negatives
-        if partners.shape != labels.shape or info.lam.shape != labels.shape:
-            raise ValueError(
-                f"info is for a batch of {tuple(partners.shape)} but labels have shape "
-                f"{tuple(labels.shape)}"
-            )
-        lam = torch.where(partners >= 0, info.lam, 0.0)[:, None]
+        share = info.lam if info.label_lam is None else info.label_lam
+        partners = info.partners
+        share = torch.where(partners >= 0, share, 0.0)[:, None]
         partner_targets = F.one_hot(labels[partners.clamp_min(0)], num_classes).float()
-        targets = (1 - lam) * targets + lam * partner_targets
+        targets = (1 - share) * targets + share * partner_targets
     return targets * (1 - smoothing) + smoothing / num_classes
+
+
+def _renamed_partners(
+    partners: torch.Tensor | None, negatives: torch.Tensor | None
+) -> torch.Tensor | None:
+    """``partners``, or the same tensor passed by its deprecated name ``negatives``."""
+    if negatives is None:
+        return partners
+    if partners is not None:
+        raise ValueError("pass partners only: negatives is its deprecated name, got both")
+    # Two frames up: past feature_mix or a_hard_mix, at the user's call.
+    warn_deprecated("the negatives= keyword", "partners=", stacklevel=3)
+    return negatives

@@ -7,6 +7,7 @@ beside the mixed map.
 
 from __future__ import annotations
 
+import warnings
 from typing import NamedTuple
 
 import torch
@@ -41,15 +42,45 @@ class MixInfo(NamedTuple):
     """What a mix did to each sample.
 
     Attributes:
-        negatives: (N,) int64 partner of each sample (the sample its cells came from), -1 where
-            no cell came from a partner (always for ``cutout`` and ``batch_drop``).
-        blocks: (N, k) int64 selected block indices (row-major), highest score (or key) first;
-            (N, 1) of -1 for ``batch_drop``.
+        partners: (N,) int64 partner of each sample (the sample whose cells it took; for the
+            cutmix modes it may share the label), -1 where no cell came from a partner (always
+            for ``cutout`` and ``batch_drop``).
+        blocks: (N, num_blocks) int64 selected block indices (row-major), highest score (or key)
+            first; (N, 1) of -1 for ``batch_drop``.
         mask: (N, H, W) bool, True where the cell was replaced or zeroed.
         lam: (N,) float32 replaced or zeroed area / (H * W).
+        label_lam: (N,) float32 share of the partner's label in the sample's loss target
+            (:func:`pmm_kernels.mixed_targets`): ``lam`` where the mode mixes labels
+            (``MODES[mode].mixes_labels``: ``a_cutmix``, ``cutmix``) and the sample has a
+            partner, else 0. None only in a MixInfo built by hand without it, for which
+            :func:`~pmm_kernels.mixed_targets` mixes by ``lam`` wherever there is a partner.
+            A tensor rather than the mode's name, so that a MixInfo stays a tuple of tensors
+            (``MixInfo(*(t.cpu() for t in info))`` keeps working).
     """
 
-    negatives: torch.Tensor
+    partners: torch.Tensor
     blocks: torch.Tensor
     mask: torch.Tensor
     lam: torch.Tensor
+    label_lam: torch.Tensor | None = None
+
+    @property
+    def negatives(self) -> torch.Tensor:
+        """Deprecated name of :attr:`partners` (a partner need not have another label); it
+        will be removed in the next release."""
+        warn_deprecated("MixInfo.negatives", "MixInfo.partners", stacklevel=2)
+        return self.partners
+
+
+def warn_deprecated(old: str, new: str, stacklevel: int) -> None:
+    """A ``DeprecationWarning`` that ``old`` is ``new``'s name of the last release, pointing
+    ``stacklevel`` frames above the caller (1: the caller itself), at the user's line.
+
+    Not under ``torch.compile``, which cannot trace ``warnings.warn``: the eager run warns.
+    """
+    if not torch.compiler.is_compiling():
+        warnings.warn(
+            f"{old} is deprecated and will be removed in the next release; use {new}",
+            DeprecationWarning,
+            stacklevel=stacklevel + 1,
+        )

@@ -156,7 +156,7 @@ class FeatureMix(nn.Module):
             mode=self.mode,
             block_size=self.block_size_for(feat.shape[2], feat.shape[3]),
             num_blocks=self.num_blocks,
-            negatives=negatives,
+            partners=negatives,
             generator=self.generator,
             h_ratio=self.h_ratio,
             w_ratio=self.w_ratio,

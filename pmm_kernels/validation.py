@@ -6,12 +6,13 @@ returns the value in its normalised form.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import math
+from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
 import torch
 
-from pmm_kernels.modes import MODES, MixMode
+from pmm_kernels.modes import MODES, MixInfo, MixMode
 from pmm_kernels.ops.utils import block_grid
 
 FEATURE_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -123,20 +124,20 @@ def check_choice(name: str, value: object, choices: Iterable[str]) -> str:
     return value
 
 
-def check_negatives(negatives: torch.Tensor, n: int) -> torch.Tensor:
-    """Given partners in [-1, N) as int64: read back on the host (one sync on CUDA), or under
+def check_partners(partners: torch.Tensor, n: int) -> torch.Tensor:
+    """Partners in [-1, N) as int64: read back on the host (one sync on CUDA), or under
     ``torch.compile`` asserted on the device, where a read-back would break the graph."""
     if torch.compiler.is_compiling():
         torch._assert_async(
-            ((negatives >= -1) & (negatives < n)).all(), "negatives must lie in [-1, N)"
+            ((partners >= -1) & (partners < n)).all(), "partners must lie in [-1, N)"
         )
     else:
-        low, high = int(negatives.min()), int(negatives.max())
+        low, high = int(partners.min()), int(partners.max())
         if low < -1 or high >= n:
             raise ValueError(
-                f"negatives must lie in [-1, {n}) for a batch of {n}, got values in [{low}, {high}]"
+                f"partners must lie in [-1, {n}) for a batch of {n}, got values in [{low}, {high}]"
             )
-    return negatives.to(torch.int64)
+    return partners.to(torch.int64)
 
 
 class MixArgs(NamedTuple):
@@ -150,7 +151,7 @@ class MixArgs(NamedTuple):
     h_ratio: float
     w_ratio: float
     generator: torch.Generator | None
-    negatives: torch.Tensor | None
+    partners: torch.Tensor | None
 
 
 def check_mix_args(
@@ -161,7 +162,7 @@ def check_mix_args(
     mode: object,
     block_size: object,
     num_blocks: object,
-    negatives: object,
+    partners: object,
     generator: object,
     h_ratio: object,
     w_ratio: object,
@@ -199,24 +200,143 @@ def check_mix_args(
     h_ratio = check_ratio("h_ratio", h_ratio)
     w_ratio = check_ratio("w_ratio", w_ratio)
     generator = check_generator(generator)
-    if negatives is not None:
+    if partners is not None:
         if spec.partner_rule == "none":
-            raise ValueError(f"mode={mode!r} zeroes its cells and takes no negatives")
-        negatives = check_labels("negatives", negatives, n)
-    check_same_device(feat, attn=attn, labels=labels, negatives=negatives)
-    if negatives is not None:
-        negatives = check_negatives(negatives, n)
+            raise ValueError(f"mode={mode!r} zeroes its cells and takes no partners")
+        partners = check_labels("partners", partners, n)
+    check_same_device(feat, attn=attn, labels=labels, partners=partners)
+    if partners is not None:
+        partners = check_partners(partners, n)
     return MixArgs(
-        spec, attn, labels, block_size, (rows, cols), h_ratio, w_ratio, generator, negatives
+        spec, attn, labels, block_size, (rows, cols), h_ratio, w_ratio, generator, partners
     )
 
 
-def check_smoothing(smoothing: object) -> float:
+def check_smoothing(smoothing: object, name: str = "smoothing") -> float:
     """Label smoothing eps in [0, 1)."""
     if (
         isinstance(smoothing, bool)
         or not isinstance(smoothing, int | float)
         or not (0 <= smoothing < 1)
     ):
-        raise ValueError(f"smoothing must be a number in [0, 1), got {smoothing!r}")
+        raise ValueError(f"{name} must be a number in [0, 1), got {smoothing!r}")
     return float(smoothing)
+
+
+def check_target_args(
+    labels: object, info: object, num_classes: object, smoothing: object
+) -> tuple[torch.Tensor, float]:
+    """Check :func:`pmm_kernels.mixed_targets`' arguments; returns int64 labels and smoothing.
+
+    The ranges (labels in [0, num_classes), ``info``'s partners in [-1, N), ``lam`` and
+    ``label_lam`` in [0, 1], no NaN) are read back on the host in one transfer: one sync on
+    CUDA, in loss code, where a training step reads its loss anyway. Under ``torch.compile``,
+    where a read-back would break the graph, they are asserted on the device instead.
+    """
+    labels = check_tensor("labels", labels)
+    if labels.dim() != 1:
+        raise ValueError(f"labels must have shape (N,), got {describe(labels)}")
+    n = labels.shape[0]
+    labels = check_labels("labels", labels, n).long()
+    num_classes = check_positive_int("num_classes", num_classes)
+    smoothing = check_smoothing(smoothing)
+    # (name, values, lowest and highest allowed, the range in words)
+    ranges = [("labels", labels, 0, num_classes - 1, f"[0, num_classes) = [0, {num_classes})")]
+    if info is not None:
+        if not isinstance(info, MixInfo):
+            raise TypeError(f"info must be a MixInfo or None, got {describe(info)}")
+        if info.partners.shape != labels.shape or info.lam.shape != labels.shape:
+            raise ValueError(
+                f"info is for a batch of {tuple(info.partners.shape)} but labels have shape "
+                f"{tuple(labels.shape)}"
+            )
+        check_labels("info.partners", info.partners, n)
+        ranges.append(("info.partners", info.partners, -1, n - 1, f"[-1, {n}) for a batch of {n}"))
+        for name in ("lam", "label_lam"):
+            value = getattr(info, name)
+            if value is None:
+                continue
+            if value.shape != (n,) or not value.is_floating_point():
+                raise ValueError(
+                    f"info.{name} must be a floating (N,) = ({n},) tensor, got {describe(value)}"
+                )
+            ranges.append((f"info.{name}", value, 0, 1, "[0, 1]"))
+    if n > 0:
+        check_ranges(ranges)
+    return labels, smoothing
+
+
+Range = tuple[str, torch.Tensor, float, float, str]
+
+
+def check_ranges(ranges: Sequence[Range]) -> None:
+    """Each ``(name, values, low, high, words)``: every value in [low, high], none NaN, else a
+    ``ValueError`` saying ``name must lie in words``.
+
+    All bounds come back to the host in one transfer (one sync on CUDA); under
+    ``torch.compile``, where a read-back would break the graph, each range is asserted on the
+    device instead. The tensors must not be empty.
+    """
+    if torch.compiler.is_compiling():
+        for name, values, low, high, _ in ranges:
+            # NaN fails both comparisons.
+            torch._assert_async(((values >= low) & (values <= high)).all(), f"{name} out of range")
+        return
+    bounds = torch.stack([b.double() for r in ranges for b in torch.aminmax(r[1])]).tolist()
+    for (name, _, low, high, words), got_low, got_high in zip(
+        ranges, bounds[::2], bounds[1::2], strict=True
+    ):
+        if math.isnan(got_low) or math.isnan(got_high):
+            raise ValueError(f"{name} must lie in {words}, got NaN")
+        if got_low < low or got_high > high:
+            raise ValueError(
+                f"{name} must lie in {words}, got values in [{got_low:g}, {got_high:g}]"
+            )
+
+
+# Rows of probability targets may miss 1 by float32 rounding (or bfloat16's, 2**-8).
+ROW_SUM_TOLERANCE = 1e-2
+
+
+def check_loss_args(
+    logits: object, targets: object, label_smoothing: object, reduction: object
+) -> float:
+    """Check :func:`pmm_kernels.soft_cross_entropy`'s arguments; returns the smoothing.
+
+    Labels must lie in [0, C); probabilities in [0, 1] with rows summing to 1 (within
+    :data:`ROW_SUM_TOLERANCE`), NaN rejected: read back in one transfer (:func:`check_ranges`).
+    """
+    logits = check_tensor("logits", logits)
+    targets = check_tensor("targets", targets)
+    if logits.dim() != 2 or not logits.is_floating_point():
+        raise ValueError(f"logits must be a floating (N, C) tensor, got {describe(logits)}")
+    n, c = logits.shape
+    label_smoothing = check_smoothing(label_smoothing, "label_smoothing")
+    check_choice("reduction", reduction, ("mean", "sum", "none"))
+    if targets.device != logits.device:
+        raise ValueError(
+            f"targets are on {targets.device} but logits on {logits.device}; "
+            "both must be on one device"
+        )
+    if targets.is_floating_point():
+        if targets.shape != (n, c):
+            raise ValueError(
+                f"targets must be (N,) integer labels or (N, C) = ({n}, {c}) probabilities, "
+                f"got {describe(targets)}"
+            )
+        ranges: list[Range] = [
+            ("targets", targets, 0, 1, "[0, 1] (probabilities)"),
+            (
+                "the row sums of targets",
+                targets.sum(dim=1),
+                1 - ROW_SUM_TOLERANCE,
+                1 + ROW_SUM_TOLERANCE,
+                f"1 ± {ROW_SUM_TOLERANCE:g} (each row is a probability distribution)",
+            ),
+        ]
+    else:
+        check_labels("targets", targets, n)
+        ranges = [("targets", targets, 0, c - 1, f"[0, C) = [0, {c})")]
+    if n > 0:
+        check_ranges(ranges)
+    return label_smoothing

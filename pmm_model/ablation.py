@@ -16,14 +16,16 @@ exists (written atomically after :func:`~pmm_model.engine.run_training` returned
 a run whose folder holds a ``checkpoint.pt`` but no result (interrupted by a signal, a crash or a
 failure) continues from that checkpoint with ``run_training(resume=...)``, exactly where it
 stopped; a run with neither starts afresh. ``<out>/study.json`` records the training options of
-the grid: a second call with different ones (other than where and how fast it runs: device,
-workers, dataset root, checkpointing) is refused, so one table never mixes two settings. More
+the grid, the dataset and its root (resolved) included: a second call with different ones (other
+than where and how fast it runs: device, workers, checkpointing) is refused, so one table never
+mixes two settings or two datasets. More
 variants or seeds may be added to a grid later.
 
 **Failures.** A run that fails (divergence, failed evaluation, unreadable data, ...) is recorded
 in its folder's ``attempt.json`` and the grid goes on with the next run; the table counts it and
 the next call retries it. SIGINT/SIGTERM stop the grid after the current run checkpointed
-(:class:`~pmm_model.engine.TrainingInterrupted` is re-raised).
+(:class:`~pmm_model.engine.TrainingInterrupted` is re-raised), also when the signal arrives
+during an evaluation.
 
 On a GPU, the same grid with ``data="market1501"`` and the paper's setting (no preset, i.e.
 :data:`pmm_model.config.DEFAULTS`, with ImageNet weights) is the PMM paper's Table 3 ablation::
@@ -45,7 +47,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard, cast
 
 import numpy as np
 
@@ -87,7 +89,6 @@ STUDY_OWN_OPTIONS = ("model", "mix", "seed", "output_dir")
 _PLACE_OPTIONS = (
     "device",
     "workers",
-    "root",
     "checkpoint_every",
     "compile",
     "channels_last",
@@ -170,17 +171,17 @@ def check_seeds(seeds: int | Sequence[int]) -> list[int]:
         StudyError: a count < 1, an empty list, a negative, repeated or non-integer seed.
     """
 
-    def is_int(value: object) -> bool:
+    def is_int(value: object) -> TypeGuard[int]:
         return isinstance(value, int | np.integer) and not isinstance(value, bool)
 
     if is_int(seeds):
         if seeds < 1:
             raise StudyError(f"seeds: the number of seeds must be >= 1, got {seeds}")
         return list(range(int(seeds)))
-    seeds = list(seeds)
-    if not seeds or not all(is_int(s) and s >= 0 for s in seeds) or len(set(seeds)) < len(seeds):
-        raise StudyError(f"seeds: expected distinct integers >= 0, got {seeds}")
-    return [int(s) for s in seeds]
+    given = list(cast(Sequence[int], seeds))
+    if not given or not all(is_int(s) and s >= 0 for s in given) or len(set(given)) < len(given):
+        raise StudyError(f"seeds: expected distinct integers >= 0, got {given}")
+    return [int(s) for s in given]
 
 
 def run_dir(out: str | Path, variant: str, seed: int) -> Path:
@@ -285,11 +286,14 @@ def _settings(options: dict[str, Any], preset: str | None) -> dict[str, Any]:
         ConfigError: an option :func:`~pmm_model.config.make_config` rejects, for any variant.
     """
     configs = [make_config({**options, **VARIANTS[v], "output_dir": "-"}, preset) for v in VARIANTS]
-    return {
+    settings = {
         key: value
         for key, value in configs[0].items()
         if key not in (*STUDY_OWN_OPTIONS, *_PLACE_OPTIONS)
     }
+    if settings["root"] is not None:  # the same dataset, however the path is written
+        settings["root"] = str(Path(settings["root"]).resolve())
+    return settings
 
 
 def _claim_grid(out: Path, settings: dict[str, Any], variants: list[str], seeds: list[int]) -> None:
@@ -478,7 +482,7 @@ def write_report(out: str | Path) -> tuple[Path, Path]:
     rows = summarize(records)
     settings = _read_json(out / STUDY)["settings"]
     seeds = sorted({r.seed for r in records})
-    total = sum(r.wall_seconds for r in records if r.status == "done")
+    total = sum(r.wall_seconds or 0.0 for r in records if r.status == "done")
     about = (
         f"{settings['data']}, {settings['backbone']} at {settings['height']}x"
         f"{settings['width']}, {settings['epochs']} epochs, seeds {seeds}"

@@ -83,9 +83,9 @@ DEFAULTS: dict[str, Any] = {
 # Named defaults that explicit options override.
 PRESETS: dict[str, dict[str, Any]] = {
     # From scratch on 2 CPU cores in under two minutes (synthetic set, no pretrained weights).
-    # 128x64 input gives the paper's 8x4 block grid (1x1 blocks on the 8x4 map) and k = 3, so
-    # each stage mixes 3/32 of the map, the paper's 18/192. Six epochs of the scaled schedule
-    # leave two at the full rate, hence the doubled base rate.
+    # 128x64 input gives the paper's 8x4 block grid (1x1 blocks on the 8x4 map) and
+    # num_blocks = 3, so each stage mixes 3/32 of the map, the paper's 18/192. Six epochs of the
+    # scaled schedule leave two at the full rate, hence the doubled base rate.
     "demo": {
         "data": "synthetic",
         "backbone": "resnet18",
@@ -293,8 +293,8 @@ def resume_config(
             config[key] = value
         elif saved.get(key) != value:
             notes.append(
-                f"--resume keeps the checkpoint's {key}={saved.get(key)!r}; "
-                f"ignoring --{key.replace('_', '-')} {value!r}"
+                f"resuming keeps the checkpoint's {key}={saved.get(key)!r}; "
+                f"ignoring {key}={value!r}"
             )
     if "device" not in explicit:
         config["device"] = None

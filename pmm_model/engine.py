@@ -21,8 +21,15 @@ What a run guarantees:
   lets the current step finish, writes a checkpoint that records the step, logs it and raises
   :class:`TrainingInterrupted`.
   A second SIGINT stops at once. Resuming continues exactly where the signal stopped it.
-* **Divergence.** A non-finite loss raises :class:`TrainingDiverged` before the step is
-  applied; the last checkpoint is not touched.
+* **Divergence** raises :class:`TrainingDiverged` before the step is applied, and the last
+  checkpoint is not touched: a loss that is not finite, or more than :data:`EXPLOSION` times
+  the median of the last :data:`LOSS_HISTORY` finite step losses (and above :data:`EXPLOSION`),
+  or gradients that are not finite (without fp16 loss scaling, which skips such steps itself).
+  A checkpoint is never written with a non-finite weight, BatchNorm statistic or optimizer
+  state: the run stops as diverged instead.
+* **Distributed jobs** check at start-up that every rank has the same configuration
+  (:class:`RanksDisagree`), and a signal ends every rank within :attr:`Engine.stop_grace`
+  seconds even when a collective hangs.
 * **Resume** reproduces the uninterrupted run exactly (same world size; any number of loader
   workers). A changed ``epochs`` rescales the learning-rate schedule to the new length (and
   the log says so); resuming a finished run changes nothing.
@@ -44,7 +51,10 @@ import logging
 import math
 import random
 import signal
+import statistics
+import sys
 import time
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -57,8 +67,10 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from pmm_model.checkpoint import (
+    ResumePoint,
     atomic_write,
     load_checkpoint,
+    non_finite,
     rank_seed,
     restore_training,
     rng_state,
@@ -70,6 +82,7 @@ from pmm_model.data.loaders import build_test_loaders, build_train_loader
 from pmm_model.data.sampler import PKSampler
 from pmm_model.errors import (
     EvaluationFailed,
+    RanksDisagree,
     TrainingDiverged,
     TrainingError,
     TrainingInterrupted,
@@ -82,8 +95,11 @@ from pmm_model.runtime import Distributed, StopSignals, init_distributed
 
 __all__ = [
     "AMP_DTYPES",
+    "EXPLOSION",
+    "LOSS_HISTORY",
     "Engine",
     "EvaluationFailed",
+    "RanksDisagree",
     "TrainingDiverged",
     "TrainingError",
     "TrainingInterrupted",
@@ -95,6 +111,11 @@ logger = logging.getLogger("pmm_model.engine")
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}
 METRIC_KEYS = ("rank1", "mAP", "mINP")
+# Divergence: a step loss above EXPLOSION x max(1, median of the last LOSS_HISTORY finite step
+# losses). A sane re-identification loss stays within a few units, and a factor of 1000 leaves
+# room for any honest spike; the floor of 1 keeps a loss that has fallen near 0 from tripping it.
+EXPLOSION = 1e3
+LOSS_HISTORY = 50
 
 _T = TypeVar("_T")
 
@@ -141,6 +162,10 @@ class Engine:
         >>> WithSGD(make_config(preset="demo")).run()  # doctest: +SKIP
     """
 
+    stop_grace: float = 60.0
+    """Seconds every rank of a distributed job has to stop after a signal before it exits
+    anyway (a collective may hang when another rank died); one process waits as needed."""
+
     def __init__(
         self,
         config: dict[str, Any],
@@ -162,6 +187,8 @@ class Engine:
         self.metrics: list[dict[str, Any]] = []
         self.folder: RunFolder | None = None  # rank 0, while the run holds it
         self.signals = StopSignals()
+        self.resumed: ResumePoint | None = None  # where a restored run continued
+        self.recent_losses: deque[float] = deque(maxlen=LOSS_HISTORY)  # this rank's
         # Built by _setup() when the run starts (declared here for readers and type checkers).
         self.model: nn.Module  # the bare network (no DDP wrapper)
         self.net: nn.Module  # what training calls: the model, or its DDP wrapper
@@ -230,14 +257,16 @@ class Engine:
         """
         tic = time.perf_counter()
         self.dist, self.device = init_distributed(self.config["device"])
+        self.signals.grace = self.stop_grace if self.dist.enabled else None
         try:
             with self.signals:
+                self._check_ranks_agree()
                 self._main_only(self._open_folder)
                 try:
                     entry = self._train()
                 finally:
                     if self.folder is not None:
-                        self.folder.__exit__(None, None, None)
+                        self.folder.__exit__(*sys.exc_info())
         finally:
             self.dist.close()
         return {
@@ -258,13 +287,32 @@ class Engine:
             raise outcome[1]
         return outcome[1]
 
+    def _check_ranks_agree(self) -> None:
+        """Every rank must run the same configuration (one collective; no-op in one process)."""
+        if not self.dist.enabled:
+            return
+        mine = {
+            **self.config,
+            "resume": None if self.checkpoint_path is None else str(self.checkpoint_path),
+            "overwrite": self.overwrite,
+        }
+        differ = self.dist.disagreement(mine)
+        if differ:
+            listed = "; ".join(
+                f"{self.option_name(key)}: "
+                + ", ".join(f"{value!r} on rank {rank}" for rank, value in enumerate(v))
+                for key, v in differ.items()
+            )
+            raise RanksDisagree(
+                f"the {self.dist.world_size} processes were started with different options "
+                f"({listed}); start every process with the same command",
+                values=differ,
+            )
+
     def _open_folder(self) -> None:
-        path = Path(self.config["output_dir"])
-        resuming = (
-            self.checkpoint_path is not None
-            and Path(self.checkpoint_path).resolve().parent == path.resolve()
-        )
-        self.folder = RunFolder(path, resuming=resuming, overwrite=self.overwrite).__enter__()
+        self.folder = RunFolder(
+            self.config["output_dir"], self.checkpoint_path, self.overwrite
+        ).__enter__()
 
     def _seed(self) -> None:
         seed = self.config["seed"]
@@ -290,8 +338,9 @@ class Engine:
             self._seed()
         elif data.num_train_pids != config["num_classes"]:
             raise ValueError(
-                f"the checkpoint was trained on {config['num_classes']} identities, but "
-                f"{config['data']!r} has {data.num_train_pids}"
+                f"checkpoint {str(self.checkpoint_path)!r} was trained on "
+                f"{config['num_classes']} identities, but {config['data']!r} has "
+                f"{data.num_train_pids}"
             )
         config["num_classes"] = data.num_train_pids
         if dist.is_main:
@@ -330,6 +379,12 @@ class Engine:
         self.train_loader, self.sampler = build_train_loader(
             data.train, config, dist.rank, dist.world_size, pin
         )
+        if start[1] >= self.sampler.steps():
+            raise ValueError(
+                f"checkpoint {str(self.checkpoint_path)!r}: its batch counter is beyond the "
+                f"{self.sampler.steps() * dist.world_size} global batches of an epoch on "
+                "this data; it was not written by this run"
+            )
         if dist.is_main:
             self.test_loaders = build_test_loaders(
                 data,
@@ -364,8 +419,10 @@ class Engine:
             dist.rank,
             dist.world_size,
             config["seed"],
+            self.checkpoint_path,
         )
         self.metrics = list(checkpoint["metrics"])
+        self.resumed = point
         if dist.is_main:
             where = f"epoch {point.epoch}" + (
                 f", global batch {point.batches}" if point.batches else ""
@@ -401,30 +458,48 @@ class Engine:
         return self.config["lr"] * lr_factor(epoch, self.config["epochs"])
 
     def _save(self, epoch: int, batches: int = 0) -> None:
-        """Checkpoint (rank 0 writes; every rank contributes its RNG state)."""
+        """Checkpoint (rank 0 writes; every rank contributes its RNG state).
+
+        Raises:
+            TrainingDiverged: the state holds a non-finite value; nothing is written.
+        """
         states = self.dist.gather(rng_state())
-        if not self.dist.is_main:
-            return
-        save_checkpoint(
-            self.checkpoint_file,
-            {
+
+        def write() -> None:
+            state = {
                 "model": self.model.state_dict(),
                 "optimizer": self.optimizer.state_dict(),
                 "scaler": self.scaler.state_dict(),
-                "epoch": epoch,
-                "batches": batches,
-                "rng": states,
-                "metrics": self.metrics,
-                "args": self.config,
-            },
-        )
+            }
+            bad = non_finite(state)
+            if bad:
+                shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+                steps = self.sampler.steps()
+                raise self._diverged(
+                    f"{len(bad)} weights, statistics or optimizer states are not finite ({shown})",
+                    epoch=epoch + 1 if batches else epoch,
+                    step=batches // self.dist.world_size if batches else steps,
+                )
+            save_checkpoint(
+                self.checkpoint_file,
+                {
+                    **state,
+                    "epoch": epoch,
+                    "batches": batches,
+                    "rng": states,
+                    "metrics": self.metrics,
+                    "args": self.config,
+                },
+            )
+
+        self._main_only(write)
 
     def _write_metrics(self) -> None:
         text = json.dumps(self.metrics, indent=2).encode()
         atomic_write(self.metrics_file, lambda f: f.write(text))
 
-    def _evaluate_and_record(self, epoch: int, seconds: float) -> dict[str, Any]:
-        """Evaluate on rank 0 after the checkpoint of ``epoch`` is written."""
+    def _evaluate_and_record(self, epoch: int, seconds: float, batches: int = 0) -> dict[str, Any]:
+        """Evaluate on rank 0 after the checkpoint of ``epoch`` (and ``batches``) is written."""
 
         def on_main() -> dict[str, Any]:
             try:
@@ -452,12 +527,39 @@ class Engine:
 
         entry = self._main_only(on_main)
         self.metrics = self.dist.broadcast(self.metrics)
-        self._save(epoch)  # again, now with this evaluation in its metrics
+        self._save(epoch, batches)  # again, now with this evaluation in its metrics
         return entry
 
-    def _stop_requested(self, nonfinite: bool = False) -> tuple[bool, bool]:
-        stop, diverged = self.dist.any([self.signals.received is not None, nonfinite], self.device)
-        return stop, diverged
+    def _stop_requested(self) -> tuple[bool, list[int]]:
+        return self._step_flags("")
+
+    def _step_flags(self, problem: str) -> tuple[bool, list[int]]:
+        """(a signal reached some rank, the ranks whose ``problem`` is not empty): one
+        collective, so every rank decides alike."""
+        dist = self.dist
+        flags = self.dist.any(
+            [self.signals.received is not None]
+            + [bool(problem) and rank == dist.rank for rank in range(dist.world_size)],
+            self.device,
+        )
+        return flags[0], [rank for rank, flag in enumerate(flags[1:]) if flag]
+
+    def _loss_problem(self, value: float) -> str:
+        """Why ``value`` shows divergence, or ``""``: not finite, or an explosion."""
+        if not math.isfinite(value):
+            return f"the loss is not finite ({value})"
+        if self.recent_losses:
+            median = statistics.median(self.recent_losses)
+            if value > EXPLOSION * max(median, 1.0):
+                return (
+                    f"the loss exploded ({value:.4g}, over {EXPLOSION:g} x the median "
+                    f"{median:.4g} of the last {len(self.recent_losses)} steps)"
+                )
+        return ""
+
+    def _gradients_finite(self) -> bool:
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        return not grads or bool(torch.isfinite(torch.nn.utils.get_total_norm(grads)))
 
     def _interrupt(self, epoch: int, batches: int, saved: bool = False) -> TrainingInterrupted:
         signum = self.signals.received or signal.SIGTERM
@@ -478,25 +580,34 @@ class Engine:
 
     def _train(self) -> dict[str, Any]:
         start_epoch, start_step = self._setup()
+        if self.folder is not None:
+            self.folder.started()  # every check passed: a replaced run may go now
         config, dist = self.config, self.dist
         epochs, eval_every = config["epochs"], config["eval_every"]
         evaluated = {m["epoch"]: m for m in self.metrics}
-        if (
-            start_step == 0
-            and start_epoch > 0
+        finished = start_epoch >= epochs  # also a mid-epoch checkpoint resumed with fewer epochs
+        batches = self.resumed.batches if self.resumed is not None else 0
+        # The run stopped before this checkpoint's evaluation was recorded.
+        pending = (
+            start_epoch > 0
             and start_epoch not in evaluated
-            and (start_epoch % eval_every == 0 or start_epoch >= epochs)
-        ):
-            # The run stopped before this checkpoint's evaluation was recorded.
-            evaluated[start_epoch] = self._evaluate_and_record(start_epoch, 0.0)
-        elif start_epoch >= epochs and start_step == 0 and dist.is_main:
+            and (finished or (start_step == 0 and start_epoch % eval_every == 0))
+        )
+        if dist.is_main and finished:
+            partial = f" and {batches} global batches of epoch {start_epoch + 1}" if batches else ""
             logger.info(
-                "the run has trained %d epochs already (%s %d): nothing to do",
+                "the run has trained %d epochs%s already (%s %d): nothing to %s",
                 start_epoch,
+                partial,
                 self.option_name("epochs"),
                 epochs,
+                "train; evaluating it" if pending else "do",
             )
-        if start_epoch >= epochs and start_step == 0:
+        if pending:
+            evaluated[start_epoch] = self._evaluate_and_record(start_epoch, 0.0, batches)
+            if self._stop_requested()[0]:
+                raise self._interrupt(start_epoch, batches, saved=True)
+        if finished:
             return self._finish(evaluated[max(evaluated)])
         entry: dict[str, Any] | None = None
         train_seconds, epochs_timed = 0.0, 0
@@ -524,7 +635,11 @@ class Engine:
             if evaluate_now:
                 entry = self._evaluate_and_record(done, train_seconds / epochs_timed)
                 train_seconds, epochs_timed = 0.0, 0
-        return self._finish(entry)  # type: ignore[arg-type]  # the last epoch evaluates
+                if self._stop_requested()[0]:  # a signal during the evaluation
+                    raise self._interrupt(done, 0, saved=True)
+        if entry is None:  # unreachable: the last epoch always evaluates
+            raise RuntimeError("the run ended without an evaluation")
+        return self._finish(entry)
 
     def _finish(self, entry: dict[str, Any]) -> dict[str, Any]:
         if self.dist.is_main:
@@ -561,11 +676,25 @@ class Engine:
             ):
                 loss = self.forward_loss(images, pids)
             value = loss.item()
-            stop, diverged = self._stop_requested(not math.isfinite(value))
-            if diverged:
-                raise self._diverged(epoch, step, value)
+            problem = self._loss_problem(value)
+            stop, ranks = self._step_flags(problem)
+            if ranks:  # every rank is here: tell them all what the first such rank saw
+                seen = self.dist.gather((problem, value))[ranks[0]]
+                raise self._diverged(
+                    f"{seen[0]} on rank {ranks[0]}", epoch + 1, step + 1, ranks[0], seen[1]
+                )
+            self.recent_losses.append(value)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
+            if not self.scaler.is_enabled() and not self._gradients_finite():
+                # After DDP's all-reduce every rank holds the same gradients, so every rank
+                # stops here together.
+                raise self._diverged(
+                    f"the gradients are not finite (the loss, {value:.4g}, is)",
+                    epoch + 1,
+                    step + 1,
+                    loss=value,
+                )
             self.scaler.step(self.optimizer)
             self.scaler.update()
             total, steps = total + value, steps + 1
@@ -574,24 +703,35 @@ class Engine:
                 raise self._interrupt(epoch, (step + 1) * dist.world_size)
         return total / max(steps, 1)
 
-    def _diverged(self, epoch: int, step: int, value: float) -> TrainingDiverged:
-        where = f"epoch {epoch + 1}, step {step + 1}/{self.sampler.steps()}"
+    def _diverged(
+        self,
+        reason: str,
+        epoch: int,
+        step: int,
+        rank: int | None = None,
+        loss: float | None = None,
+    ) -> TrainingDiverged:
+        """The error for divergence seen at 1-based ``epoch`` and ``step``."""
+        steps = self.sampler.steps()
         kept = self.checkpoint_file if self.checkpoint_file.is_file() else None
         saved = f"the last checkpoint ({kept}) is kept" if kept else "no checkpoint was written"
         amp = self.amp_dtype is not None
-        return TrainingDiverged(
-            f"the loss is not finite ({value} on rank {self.dist.rank}) at {where}: training "
-            f"diverged, {saved}; try a lower lr (now {self.config['lr']:g})"
-            + (" or amp off" if amp else ""),
-            epoch=epoch + 1,
+        error = TrainingDiverged(
+            f"{reason} at epoch {epoch}, step {step}/{steps}: training diverged, {saved}; try a "
+            f"lower lr (now {self.config['lr']:g})" + (" or amp off" if amp else ""),
+            epoch=epoch,
             checkpoint=kept,
-            step=step + 1,
-            steps=self.sampler.steps(),
-            rank=self.dist.rank,
-            loss=value,
+            step=step,
+            steps=steps,
+            rank=rank,
+            loss=loss,
             lr=self.config["lr"],
             amp=amp,
+            reason=reason,
         )
+        if self.dist.is_main:
+            logger.error("%s", error)
+        return error
 
 
 def run_training(
@@ -625,7 +765,9 @@ def run_training(
     options = dict(options or {})
     if resume is None:
         return Engine(make_config(options, preset), overwrite=overwrite).run()
-    checkpoint = load_checkpoint(resume)
+    checkpoint = load_checkpoint(resume, training=True)
+    if preset is not None:
+        logger.warning("resuming keeps the checkpoint's options; ignoring preset=%r", preset)
     config, notes = resume_config(dict(checkpoint["args"]), options, str(Path(resume).parent))
     for note in notes:
         logger.warning("%s", note)

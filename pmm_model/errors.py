@@ -11,7 +11,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-__all__ = ["EvaluationFailed", "TrainingDiverged", "TrainingError", "TrainingInterrupted"]
+__all__ = [
+    "EvaluationFailed",
+    "RanksDisagree",
+    "TrainingDiverged",
+    "TrainingError",
+    "TrainingInterrupted",
+]
 
 
 def _rebuild_error(cls: type[TrainingError], args: tuple, fields: dict[str, Any]) -> TrainingError:
@@ -44,13 +50,15 @@ class TrainingError(RuntimeError):
 
 
 class TrainingDiverged(TrainingError):
-    """The loss became NaN or infinite.
+    """Training diverged: a non-finite or exploding loss, non-finite gradients, or non-finite
+    weights, BatchNorm statistics or optimizer state about to be checkpointed.
 
     Attributes:
+        reason: what was seen, e.g. ``"the loss is not finite (nan on rank 1)"``.
         step, steps: the step of epoch ``epoch`` (1-based) and the steps per epoch.
-        rank: the process that saw it.
-        loss: the loss value.
-        lr: the learning rate of the epoch.
+        rank: the first process that saw it (None: every process, or not known).
+        loss: the loss value, when the loss gave it away.
+        lr: the base learning rate.
         amp: whether autocast was on.
     """
 
@@ -66,10 +74,11 @@ class TrainingDiverged(TrainingError):
         loss: float | None = None,
         lr: float | None = None,
         amp: bool = False,
+        reason: str | None = None,
     ) -> None:
         super().__init__(message, epoch=epoch, checkpoint=checkpoint)
         self.step, self.steps, self.rank, self.loss = step, steps, rank, loss
-        self.lr, self.amp = lr, amp
+        self.lr, self.amp, self.reason = lr, amp, reason
 
 
 class EvaluationFailed(TrainingError):
@@ -111,3 +120,15 @@ class TrainingInterrupted(TrainingError):
         super().__init__(message, epoch=epoch, checkpoint=checkpoint)
         self.signum = signum
         self.where = where
+
+
+class RanksDisagree(TrainingError):
+    """The processes of a distributed job were started with different configurations.
+
+    Attributes:
+        values: for each configuration key that differs, its value on every rank (rank order).
+    """
+
+    def __init__(self, message: str, *, values: dict[str, list[Any]] | None = None) -> None:
+        super().__init__(message)
+        self.values = values or {}

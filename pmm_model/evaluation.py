@@ -239,11 +239,13 @@ def evaluate_features(
     """
     _check_features(qf, gf, metric)
     if rerank:
-        dist = [
+        q_g, q_q, g_g = (
             pairwise_distance(a, b, metric, chunk_size).cpu().numpy()
             for a, b in ((qf, gf), (qf, qf), (gf, gf))
-        ]
-        return evaluate_rank(re_ranking(*dist), q_pids, g_pids, q_camids, g_camids, max_rank)
+        )
+        return evaluate_rank(
+            re_ranking(q_g, q_q, g_g), q_pids, g_pids, q_camids, g_camids, max_rank
+        )
     acc = RankAccumulator(g_pids, g_camids, max_rank)
     if len(q_pids) != len(qf) or len(q_camids) != len(qf):
         raise ValueError(

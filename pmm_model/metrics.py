@@ -153,8 +153,7 @@ class RankAccumulator:
         # this line works on those few entries per row, in numpy.
         rows, cols = (g_pids[order] == q_pids[:, None]).nonzero(as_tuple=True)
         junk = g_camids[order[rows, cols]] == q_camids[rows]
-        rows, cols, junk = (t.cpu().numpy() for t in (rows, cols, junk))
-        self._add(rows, cols, junk, num_q)
+        self._add(rows.cpu().numpy(), cols.cpu().numpy(), junk.cpu().numpy(), num_q)
 
     def _add(self, rows: np.ndarray, cols: np.ndarray, junk: np.ndarray, num_q: int) -> None:
         # rows/cols list each row's same-pid entries in ranking order (row-major nonzero).

@@ -281,9 +281,10 @@ class PMMNet(nn.Module):
             )
             for _ in range(2)
         )
-        self.classifiers = nn.ModuleList(nn.Linear(feature_dim, num_classes) for _ in range(3))
-        for linear in self.classifiers:
+        classifiers = [nn.Linear(feature_dim, num_classes) for _ in range(3)]
+        for linear in classifiers:
             _init_classifier(linear)
+        self.classifiers = nn.ModuleList(classifiers)
 
     @property
     def _attentive(self) -> bool:

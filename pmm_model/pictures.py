@@ -38,7 +38,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import numpy as np
 import torch
@@ -49,7 +49,7 @@ from torch import Tensor, nn
 from pmm_kernels import MixInfo
 from pmm_kernels.ops.utils import block_cells, block_grid
 from pmm_kernels.validation import check_int_pair
-from pmm_model.data.datasets import ImageDataset, Record, ReIDDataset
+from pmm_model.data.datasets import ImageDataset, Record, ReIDDataset, image_problem
 from pmm_model.data.loaders import build_test_loaders
 from pmm_model.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transforms
 from pmm_model.evaluation import extract_features, pairwise_distance, rank_gallery
@@ -67,6 +67,7 @@ __all__ = [
     "plot_mixing",
     "plot_ranked_list",
     "plot_training_curves",
+    "read_metrics",
 ]
 
 # Magenta appears neither in the jet colour map of the saliency nor, much, in street scenes.
@@ -143,7 +144,8 @@ class PanelGrid:
 
 
 def _rgb(color: tuple[int, int, int]) -> tuple[float, float, float]:
-    return tuple(c / 255 for c in color)
+    red, green, blue = color
+    return red / 255, green / 255, blue / 255
 
 
 def _images(name: str, images: Tensor | np.ndarray, ndim: int = 4) -> np.ndarray:
@@ -203,8 +205,8 @@ def mix_rectangles(
     blocks = torch.as_tensor(info.blocks).detach().cpu()
     if mask.ndim != 3 or blocks.ndim != 2 or len(blocks) != len(mask):
         raise ValueError(
-            f"info.mask must be (N, H, W) and info.blocks (N, k), got {tuple(mask.shape)} and "
-            f"{tuple(blocks.shape)}"
+            f"info.mask must be (N, H, W) and info.blocks (N, num_blocks), got "
+            f"{tuple(mask.shape)} and {tuple(blocks.shape)}"
         )
     n, height, width = mask.shape
     rows, cols = block_grid(height, width, (bh, bw))
@@ -330,7 +332,7 @@ def plot_mixing(
         peak = sal.flatten(1).amax(1).clamp_min(1e-12).view(-1, 1, 1)
         maps.append((sal.clamp_min(0) / peak).numpy())
     rects = [mix_rectangles(info, block_size, (img_h, img_w)) for info in infos]
-    partners = [torch.as_tensor(info.negatives).cpu().tolist() for info in infos]
+    partners = [torch.as_tensor(info.partners).cpu().tolist() for info in infos]
     ids = torch.as_tensor(labels).tolist() if labels is not None else None
 
     rows = max(1, min(n, max_samples))
@@ -350,16 +352,17 @@ def plot_mixing(
     for i in range(rows):
         panel(i, 0, pictures[i], name(i))
         for s in range(len(infos)):
-            attentive = maps[s] is not None
+            sal_map = maps[s]
+            attentive = sal_map is not None
             ax = panel(
                 i,
                 1 + 2 * s,
                 pictures[i],
                 f"mix {s + 1}: {'saliency' if attentive else 'random blocks'}",
             )
-            if attentive:
+            if sal_map is not None:
                 ax.imshow(
-                    maps[s][i],
+                    sal_map[i],
                     extent=(0, img_w, img_h, 0),
                     cmap="jet",
                     vmin=0.0,
@@ -478,12 +481,7 @@ def plot_training_curves(
     Example:
         >>> plot_training_curves("curves.png", json.load(open("metrics.json")))  # doctest: +SKIP
     """
-    if not metrics:
-        raise ValueError("metrics: no entries to plot")
-    for i, entry in enumerate(metrics):
-        missing = [key for key in ("epoch", *(k for k, _ in CURVE_METRICS)) if key not in entry]
-        if missing:
-            raise ValueError(f"metrics[{i}] lacks {missing}; got keys {sorted(entry)}")
+    _check_metrics(metrics)
     epochs = [entry["epoch"] for entry in metrics]
     extra = next(
         (key for key in ("loss", "seconds_per_epoch") if all(key in entry for entry in metrics)),
@@ -570,6 +568,41 @@ def plot_bars(
     _save(fig, path)
 
 
+def _check_metrics(metrics: Any) -> None:
+    if not isinstance(metrics, list):
+        raise ValueError(f"metrics: expected a list of evaluations, got {type(metrics).__name__}")
+    if not metrics:
+        raise ValueError("metrics: no entries to plot")
+    for i, entry in enumerate(metrics):
+        if not isinstance(entry, dict):
+            raise ValueError(f"metrics[{i}] is not an object: {entry!r}")
+        missing = [key for key in ("epoch", *(k for k, _ in CURVE_METRICS)) if key not in entry]
+        if missing:
+            raise ValueError(f"metrics[{i}] lacks {missing}; got keys {sorted(entry)}")
+
+
+def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The evaluations of a run's ``metrics.json``, checked for :func:`plot_training_curves`.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        ValueError: not JSON, or not a list of entries with ``epoch``, ``rank1``, ``mAP``
+            and ``mINP`` (the message names the file).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"metrics file {str(path)!r}: no such file")
+    try:
+        metrics = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"metrics file {str(path)!r} is not JSON ({err})") from None
+    try:
+        _check_metrics(metrics)
+    except ValueError as err:
+        raise ValueError(f"metrics file {str(path)!r}: {err}") from None
+    return metrics
+
+
 def _batch(records: Sequence[Record], transform) -> tuple[Tensor, Tensor]:
     """The images and identities of ``records``, as one batch through ``transform``."""
     dataset = ImageDataset(records, transform)
@@ -577,15 +610,17 @@ def _batch(records: Sequence[Record], transform) -> tuple[Tensor, Tensor]:
     return torch.stack([image for image, _, _ in items]), torch.tensor([p for _, p, _ in items])
 
 
-def _training_batch(train: Sequence[Record], num_ids: int, per_id: int, seed: int) -> list[Record]:
-    """``per_id`` records of each of ``num_ids`` random identities, grouped by identity."""
+def _training_batch(
+    train: Sequence[Record], num_ids: int, images_per_id: int, seed: int
+) -> list[Record]:
+    """``images_per_id`` records of each of ``num_ids`` random identities, grouped by identity."""
     by_pid: dict[int, list[Record]] = {}
     for record in train:
         by_pid.setdefault(record.pid, []).append(record)
     rng = np.random.default_rng(seed)
-    eligible = sorted(pid for pid, recs in by_pid.items() if len(recs) >= per_id)
+    eligible = sorted(pid for pid, recs in by_pid.items() if len(recs) >= images_per_id)
     chosen = rng.choice(eligible, size=min(num_ids, len(eligible)), replace=False)
-    return [rec for pid in chosen for rec in by_pid[int(pid)][:per_id]]
+    return [rec for pid in chosen for rec in by_pid[int(pid)][:images_per_id]]
 
 
 def draw_checkpoint(
@@ -598,15 +633,16 @@ def draw_checkpoint(
     metrics: str | os.PathLike | None = None,
     title: str = "",
     ids: int = 4,
-    per_id: int = 2,
+    images_per_id: int = 2,
     queries: int = 6,
     topk: int = 10,
     seed: int = 0,
+    skip_bad_images: bool = False,
 ) -> dict[str, Path]:
     """Draw the pictures of a trained network: ``mixing.png``, ``ranked.png``, ``curves.png``.
 
     - ``mixing.png`` (a :class:`~pmm_model.models.PMMNet` only; other networks do not mix): a
-      batch of ``per_id`` training images of each of ``ids`` random identities goes once
+      batch of ``images_per_id`` training images of each of ``ids`` random identities goes once
       through the training forward (:func:`~pmm_model.models.pmm_saliency`), and
       :func:`plot_mixing` shows what each mix replaced, from whom, and the saliency that chose
       it.
@@ -625,16 +661,24 @@ def draw_checkpoint(
         data: the data set to draw images from.
         out: folder for the PNG files (created).
         device: where the network runs.
-        metrics: the run's ``metrics.json``; None or a missing file: no curves.
+        metrics: the run's ``metrics.json`` (:func:`read_metrics`); None: no curves.
         title: the curves' title.
         ids: identities in the mixing picture.
-        per_id: images per identity in the mixing picture.
+        images_per_id: images per identity in the mixing picture.
         queries: queries in the ranked-list picture.
         topk: gallery images per query.
         seed: choice of images and partners.
+        skip_bad_images: leave out images that cannot be decoded (named in a warning)
+            instead of raising.
 
     Returns:
         The written pictures by name (``mixing``, ``ranked``, ``curves``), in that order.
+
+    Raises:
+        ValueError, OSError: before anything is drawn: a metrics file that is missing or
+            not a run's, a mixing network whose class count does not fit ``data``,
+            ``images_per_id`` more images than 2 identities have, an unreadable image (see
+            :class:`~pmm_model.data.datasets.ImageDataset`).
 
     Example:
         >>> model, train_args = load_model("runs/pmm-synthetic/checkpoint.pt")  # doctest: +SKIP
@@ -642,15 +686,38 @@ def draw_checkpoint(
         >>> draw_checkpoint(model, train_args, data, "pictures")  # doctest: +SKIP
         {'mixing': PosixPath('pictures/mixing.png'), 'ranked': ..., 'curves': ...}
     """
+    # Everything that can fail is checked before the first picture is drawn.
+    height, width = train_args["height"], train_args["width"]
+    curves = read_metrics(metrics) if metrics is not None else None
+    mixing_batch = None
+    if isinstance(model, PMMNet):
+        if data.num_train_pids != train_args["num_classes"]:
+            raise ValueError(
+                f"the network was trained on {train_args['num_classes']} identities, but "
+                f"{data.name or 'the data'!r} has {data.num_train_pids}: the mixing picture "
+                "needs the training data of the checkpoint"
+            )
+        train = data.train
+        if skip_bad_images:
+            train = [r for r in train if image_problem(r.img_path, decode=True) is None]
+        mixing_batch = _training_batch(train, ids, images_per_id, seed)
+        if len({r.pid for r in mixing_batch}) < 2:
+            raise ValueError(
+                f"images_per_id {images_per_id}: fewer than 2 training identities have "
+                f"{images_per_id} images; "
+                "the mixing picture mixes between identities, so ask for fewer per identity"
+            )
+    query_loader, gallery_loader = build_test_loaders(
+        data, height, width, skip_bad_images=skip_bad_images
+    )
     model.to(device)
     torch.manual_seed(seed)
-    height, width = train_args["height"], train_args["width"]
     transform = build_transforms(height, width, is_train=False)
     out = Path(out)
     written: dict[str, Path] = {}
 
-    if isinstance(model, PMMNet):
-        images, labels = _batch(_training_batch(data.train, ids, per_id, seed), transform)
+    if mixing_batch is not None:
+        images, labels = _batch(mixing_batch, transform)
         saliencies, infos = pmm_saliency(model, images.to(device), labels.to(device))
         written["mixing"] = out / "mixing.png"
         plot_mixing(
@@ -662,7 +729,6 @@ def draw_checkpoint(
             labels=labels,
         )
 
-    query_loader, gallery_loader = build_test_loaders(data, height, width)
     qf, q_pids, q_cams = extract_features(model, query_loader, device)
     gf, g_pids, g_cams = extract_features(model, gallery_loader, device)
     picked = np.linspace(0, len(qf) - 1, min(queries, len(qf))).round().astype(int)
@@ -671,9 +737,12 @@ def draw_checkpoint(
         rank_gallery(row, q_pids[q], q_cams[q], g_pids, g_cams, topk)
         for row, q in zip(dist, picked, strict=True)
     ]
-    query_images, _ = _batch([data.query[q] for q in picked], transform)
+    # The loaders' records: with skip_bad_images they are the images left, in feature order.
+    query_records = cast(ImageDataset, query_loader.dataset).records
+    gallery_records = cast(ImageDataset, gallery_loader.dataset).records
+    query_images, _ = _batch([query_records[q] for q in picked], transform)
     gallery = torch.stack(
-        [_batch([data.gallery[g] for g in order], transform)[0] for order, _ in ranked]
+        [_batch([gallery_records[g] for g in order], transform)[0] for order, _ in ranked]
     )
     written["ranked"] = out / "ranked.png"
     plot_ranked_list(
@@ -688,7 +757,7 @@ def draw_checkpoint(
         ],
     )
 
-    if metrics is not None and Path(metrics).is_file():
+    if curves is not None:
         written["curves"] = out / "curves.png"
-        plot_training_curves(written["curves"], json.loads(Path(metrics).read_text()), title=title)
+        plot_training_curves(written["curves"], curves, title=title)
     return written

@@ -16,8 +16,11 @@ Example:
 from __future__ import annotations
 
 import datetime
+import logging
 import os
 import signal
+import socket
+import sys
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +29,8 @@ import torch
 import torch.distributed as dist
 
 __all__ = ["Distributed", "StopSignals", "init_distributed", "resolve_device"]
+
+logger = logging.getLogger("pmm_model.runtime")
 
 # Rank 0 evaluates alone while the others wait in a collective; the default 10-30 minute
 # timeouts would kill a long evaluation on a large gallery.
@@ -105,6 +110,19 @@ class Distributed:
         dist.all_gather_object(out, value)
         return out
 
+    def disagreement(self, options: dict[str, Any]) -> dict[str, list[Any]]:
+        """The keys of ``options`` whose values differ between ranks, each with its value on
+        every rank (one all-gather; every rank must call it and gets the same answer).
+
+        Example:
+            >>> Distributed().disagreement({"epochs": 2})  # one process agrees with itself
+            {}
+        """
+        everyone = self.gather(options)
+        keys = sorted({key for each in everyone for key in each})
+        values = {key: [each.get(key) for each in everyone] for key in keys}
+        return {key: v for key, v in values.items() if any(x != v[0] for x in v)}
+
     def close(self) -> None:
         """Leave the process group (if this object's job joined one)."""
         if self.enabled and dist.is_initialized():
@@ -142,6 +160,15 @@ class StopSignals:
     Used as a context manager around a run: inside it the first signal only sets
     :attr:`received` (the signal number), which the training loop polls between steps.
 
+    Python runs signal handlers in the main thread between bytecodes, so a main thread blocked
+    in a collective that never ends (a rank hangs or died) would never see the signal. With
+    ``grace`` set, a watchdog thread learns of the signal at once (``signal.set_wakeup_fd``)
+    and, if the context is not left within ``grace`` seconds, ends the process with status
+    128 + signal number, keeping whatever was last checkpointed.
+
+    Args:
+        grace: seconds the run has to stop after a signal; None waits as long as it takes.
+
     Example:
         >>> with StopSignals() as signals:
         ...     signals.received is None
@@ -150,9 +177,13 @@ class StopSignals:
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
-    def __init__(self) -> None:
+    def __init__(self, grace: float | None = None) -> None:
         self.received: int | None = None
+        self.grace = grace
         self._previous: dict[int, Any] = {}
+        self._previous_fd = -1
+        self._writer: socket.socket | None = None  # the wakeup fd, while a watchdog runs
+        self._left = threading.Event()
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self.received == signal.SIGINT and signum == signal.SIGINT:
@@ -160,13 +191,54 @@ class StopSignals:
         if self.received is None:
             self.received = signum
 
+    def _watch(self, reader: socket.socket) -> None:
+        """The watchdog thread: wait for a signal, then for the context to be left in time."""
+        with reader:
+            while True:
+                try:
+                    data = reader.recv(1)
+                except OSError:
+                    return
+                if not data or self._left.is_set():
+                    return  # the context was left (the writer is closed)
+                if data[0] in self.SIGNALS:
+                    break
+        signum = data[0]
+        if self._left.wait(self.grace):
+            return
+        message = (
+            f"{signal.Signals(signum).name}: the run did not stop within {self.grace:g} s "
+            "(a process waits in a collective that does not end: another rank hangs or "
+            "died); exiting, the last checkpoint is kept"
+        )
+        logger.error("%s", message)
+        sys.stderr.write(f"error: {message}\n")
+        sys.stderr.flush()
+        os._exit(128 + signum)
+
     def __enter__(self) -> StopSignals:
+        self.received = None
+        self._left.clear()
         # Python delivers signals to the main thread only; elsewhere keep the defaults.
         if threading.current_thread() is threading.main_thread():
             for signum in self.SIGNALS:
                 self._previous[signum] = signal.signal(signum, self._handle)
+            if self.grace is not None:
+                reader, writer = socket.socketpair()
+                writer.setblocking(False)
+                self._previous_fd = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
+                self._writer = writer
+                threading.Thread(
+                    target=self._watch, args=(reader,), name="pmm-stop-watchdog", daemon=True
+                ).start()
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self._left.set()
+        if self._writer is not None:
+            signal.set_wakeup_fd(self._previous_fd)
+            self._writer.close()  # the watchdog's recv returns b"" and the thread ends
+            self._writer = None
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
+        self._previous = {}

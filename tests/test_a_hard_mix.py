@@ -32,7 +32,7 @@ def make_feat(shape, dtype=torch.float32, layout="contiguous", device="cpu", see
 
 
 def check_against_oracle(
-    feat, attn, labels, *, block_size, num_blocks, generator_seed=0, negatives=None, backend="torch"
+    feat, attn, labels, *, block_size, num_blocks, generator_seed=0, partners=None, backend="torch"
 ):
     """Run the op and the oracle on the same inputs; assert out, info and grad agree exactly."""
     feat = feat.detach().requires_grad_()
@@ -43,7 +43,7 @@ def check_against_oracle(
         labels,
         block_size=block_size,
         num_blocks=num_blocks,
-        negatives=negatives,
+        partners=partners,
         generator=torch.Generator().manual_seed(generator_seed),
         return_info=True,
         backend=backend,
@@ -55,15 +55,15 @@ def check_against_oracle(
         block_size=block_size,
         num_blocks=num_blocks,
         u=u,
-        negatives=None if negatives is None else negatives.cpu(),
+        negatives=None if partners is None else partners.cpu(),
     )
     assert out.dtype == feat.dtype and out.shape == feat.shape
     assert torch.equal(out.detach().cpu(), expected.out)
-    assert info.negatives.tolist() == expected.negatives
+    assert info.partners.tolist() == expected.negatives
     assert info.blocks.tolist() == expected.blocks
     assert torch.equal(info.mask.cpu(), expected.mask)
     assert torch.equal(info.lam.cpu(), expected.lam)
-    assert info.negatives.dtype == info.blocks.dtype == torch.int64
+    assert info.partners.dtype == info.blocks.dtype == torch.int64
     assert info.mask.dtype == torch.bool and info.lam.dtype == torch.float32
 
     grad_out = torch.randn(feat.shape, generator=torch.Generator().manual_seed(1))
@@ -109,17 +109,17 @@ def test_matches_oracle_for_every_dtype_and_layout(dtype, layout, device):
         assert out.is_contiguous(memory_format=torch.channels_last)
 
 
-def test_given_negatives_with_repeated_and_missing_partners():
+def test_given_partners_with_repeated_and_missing_partners():
     # Sample 0 is the partner of five samples: the backward sums five takers in a fixed order.
     feat = make_feat((8, 4, 6, 4)) * 1e3
-    negatives = torch.tensor([1, 0, 0, 0, 0, 0, -1, 6])
+    partners = torch.tensor([1, 0, 0, 0, 0, 0, -1, 6])
     check_against_oracle(
         feat,
         torch.rand(8, 6, 4),
         torch.arange(8),
         block_size=(2, 2),
         num_blocks=3,
-        negatives=negatives,
+        partners=partners,
     )
 
 
@@ -174,7 +174,7 @@ def test_properties(n, c, h, w, bh, bw, num_labels, seed, data):
     assert torch.equal(out, again)  # same CPU generator, same result
 
     for i in range(n):
-        j = int(info.negatives[i])
+        j = int(info.partners[i])
         if j < 0:  # only when every sample shares i's label
             assert (labels == labels[i]).all()
             assert not info.mask[i].any() and info.lam[i] == 0
@@ -192,7 +192,7 @@ def test_one_identity_batch_passes_through_with_no_partner():
     feat = make_feat((5, 3, 6, 4))
     out, info = a_hard_mix(feat, torch.rand(5, 3), torch.full((5,), 7), return_info=True)
     assert torch.equal(out, feat)
-    assert info.negatives.tolist() == [-1] * 5
+    assert info.partners.tolist() == [-1] * 5
     assert not info.mask.any()
     assert torch.equal(info.lam, torch.zeros(5))
 
@@ -231,23 +231,23 @@ def test_partner_rule_follows_the_spec_formula():
         generator=torch.Generator().manual_seed(5),
         return_info=True,
     )
-    assert info.negatives.tolist() == oracle_partners(u, labels)
+    assert info.partners.tolist() == oracle_partners(u, labels)
 
 
 def test_gradcheck_in_float64():
     feat = torch.randn(5, 3, 5, 4, dtype=torch.float64, requires_grad=True)
     labels = torch.tensor([0, 1, 1, 0, 2])
     saliency_map = torch.rand(5, 5, 4, dtype=torch.float64)
-    negatives = torch.tensor([1, 0, 0, 2, 0])  # sample 0 is taken from three times
+    partners = torch.tensor([1, 0, 0, 2, 0])  # sample 0 is taken from three times
 
     def mix(x):
         return a_hard_mix(
-            x, saliency_map, labels, block_size=(2, 2), num_blocks=2, negatives=negatives
+            x, saliency_map, labels, block_size=(2, 2), num_blocks=2, partners=partners
         )
 
     assert torch.autograd.gradcheck(mix, (feat,))
     weights = torch.rand(5, 3, dtype=torch.float64, requires_grad=True)
-    out = a_hard_mix(feat, weights, labels, negatives=negatives, block_size=(2, 2))
+    out = a_hard_mix(feat, weights, labels, partners=partners, block_size=(2, 2))
     out.sum().backward()
     assert weights.grad is None  # attn is a constant
 
@@ -266,9 +266,9 @@ def test_matches_the_authors_op_on_the_paper_map():
     # Same partners, same channel weights, 24x8 map: the authors' mask arithmetic and ours agree.
     feat = torch.randn(16, 32, 24, 8)
     weights = torch.randn(16, 32)
-    negatives = torch.randint(0, 16, (16,))
-    ours = a_hard_mix(feat, weights, torch.arange(16), negatives=negatives)
-    theirs = authors_a_hard_mix(feat, weights, negatives)
+    partners = torch.randint(0, 16, (16,))
+    ours = a_hard_mix(feat, weights, torch.arange(16), partners=partners)
+    theirs = authors_a_hard_mix(feat, weights, partners)
     assert torch.equal(ours, theirs)
     assert not torch.equal(ours, feat)
 
@@ -282,9 +282,10 @@ def test_mixinfo_is_a_named_tuple_of_tensors():
         return_info=True,
     )
     assert isinstance(info, MixInfo)
-    negatives, blocks, mask, lam = info
-    assert negatives.shape == (2,) and blocks.shape == (2, 2)
+    partners, blocks, mask, lam, label_lam = info
+    assert partners.shape == (2,) and blocks.shape == (2, 2)
     assert mask.shape == (2, 6, 2) and lam.shape == (2,)
+    assert torch.equal(label_lam, torch.zeros(2))  # a_hard_mix keeps the labels
 
 
 GOOD = {
@@ -327,13 +328,13 @@ BAD_INPUTS = [
     ({"num_blocks": 1.5}, ValueError, "num_blocks must be a positive int"),
     ({"num_blocks": 5}, ValueError, r"num_blocks must be in \[1, 4\] for a 6x4 map"),
     (
-        {"negatives": torch.tensor([0, 1, 2, 4])},
+        {"partners": torch.tensor([0, 1, 2, 4])},
         ValueError,
-        r"negatives must lie in \[-1, 4\).*\[0, 4\]",
+        r"partners must lie in \[-1, 4\).*\[0, 4\]",
     ),
-    ({"negatives": torch.tensor([-2, 1, 2, 3])}, ValueError, r"negatives must lie in \[-1, 4\)"),
-    ({"negatives": torch.tensor([0.0, 1, 2, 3])}, TypeError, "negatives must be an integer"),
-    ({"negatives": torch.tensor([0, 1])}, ValueError, r"negatives must have shape \(N,\)"),
+    ({"partners": torch.tensor([-2, 1, 2, 3])}, ValueError, r"partners must lie in \[-1, 4\)"),
+    ({"partners": torch.tensor([0.0, 1, 2, 3])}, TypeError, "partners must be an integer"),
+    ({"partners": torch.tensor([0, 1])}, ValueError, r"partners must have shape \(N,\)"),
     ({"generator": 3}, TypeError, "generator must be a torch.Generator"),
     ({"backend": "cuda"}, ValueError, r"backend must be one of \('auto', 'torch', 'triton'\)"),
     (

@@ -25,7 +25,7 @@ def make_attn(mode, shape, form, seed):
     return torch.randn((n, c) if form == "weights" else (n, h, w), generator=generator)
 
 
-def check_mode(feat, labels, attn, *, mode, seed=0, negatives=None, **options):
+def check_mode(feat, labels, attn, *, mode, seed=0, partners=None, **options):
     """Run the op and the oracle; assert out, info and grad agree exactly."""
     feat = feat.detach().requires_grad_()
     out, info = feature_mix(
@@ -33,19 +33,19 @@ def check_mode(feat, labels, attn, *, mode, seed=0, negatives=None, **options):
         labels,
         attn,
         mode=mode,
-        negatives=negatives,
+        partners=partners,
         generator=torch.Generator().manual_seed(seed),
         backend="torch",
         **options,
     )
-    expected = oracle_mix(feat, labels, attn, mode=mode, seed=seed, negatives=negatives, **options)
+    expected = oracle_mix(feat, labels, attn, mode=mode, seed=seed, negatives=partners, **options)
     assert out.dtype == feat.dtype and out.shape == feat.shape and out.device == feat.device
     assert torch.equal(out.detach().cpu(), expected.out)
-    assert info.negatives.tolist() == expected.negatives
+    assert info.partners.tolist() == expected.negatives
     assert info.blocks.tolist() == expected.blocks
     assert torch.equal(info.mask.cpu(), expected.mask)
     assert torch.equal(info.lam.cpu(), expected.lam)
-    assert info.negatives.dtype == info.blocks.dtype == torch.int64
+    assert info.partners.dtype == info.blocks.dtype == torch.int64
     assert info.blocks.is_contiguous()
 
     grad_out = torch.randn(feat.shape, generator=torch.Generator().manual_seed(seed + 1))
@@ -133,7 +133,7 @@ def test_every_mode_dtype_and_layout(mode, layout, dtype, device):
 def test_given_partners_with_repeats_and_gaps(mode):
     # Sample 0 is the partner of five samples: the backward sums five takers in a fixed order.
     shape = (8, 4, 6, 4)
-    negatives = torch.tensor([1, 0, 0, 0, 0, 0, -1, 6])
+    partners = torch.tensor([1, 0, 0, 0, 0, 0, -1, 6])
     check_mode(
         make_feat(shape, seed=5) * 1e3,
         torch.arange(8),
@@ -141,7 +141,7 @@ def test_given_partners_with_repeats_and_gaps(mode):
         mode=mode,
         block_size=(2, 2),
         num_blocks=3,
-        negatives=negatives,
+        partners=partners,
     )
 
 
@@ -156,7 +156,7 @@ def test_single_sample_batches():
             block_size=(2, 2),
             num_blocks=2,
         )
-        assert info.negatives.tolist() == [-1]  # nobody to take from
+        assert info.partners.tolist() == [-1]  # nobody to take from
         if MODES[mode].partner_rule == "none":
             assert info.mask.any() and (out[:, :, info.mask[0]] == 0).all()
         else:
@@ -171,6 +171,47 @@ def test_a_hard_mix_is_the_a_hard_mix_mode():
     out2, info2 = feature_mix(feat, labels, attn, block_size=(2, 2), generator=torch.Generator())
     assert torch.equal(out, out2)
     assert all(torch.equal(a, b) for a, b in zip(info, info2, strict=True))
+
+
+@pytest.mark.parametrize("op", ["feature_mix", "a_hard_mix"])
+def test_negatives_keyword_still_works_with_a_deprecation_warning(op):
+    feat, attn, labels = make_feat((5, 3, 6, 4), seed=8), torch.rand(5, 3), torch.arange(5)
+    partners = torch.tensor([1, 0, -1, 4, 0])
+
+    def run(**given):
+        if op == "a_hard_mix":
+            return a_hard_mix(feat, attn, labels, block_size=(2, 2), return_info=True, **given)
+        return feature_mix(feat, labels, attn, block_size=(2, 2), **given)
+
+    with pytest.warns(DeprecationWarning, match=r"negatives= keyword .*use partners=") as caught:
+        old_out, old_info = run(negatives=partners)
+    assert caught[0].filename == __file__  # points at the user's call
+    new_out, new_info = run(partners=partners)
+    assert torch.equal(old_out, new_out)
+    assert all(torch.equal(a, b) for a, b in zip(old_info, new_info, strict=True))
+    with pytest.raises(ValueError, match="pass partners only"):
+        run(partners=partners, negatives=partners)
+
+
+def test_mix_info_negatives_is_partners_with_a_deprecation_warning():
+    _, info = feature_mix(make_feat((4, 3, 6, 4)), None, mode="cutmix", block_size=(2, 2))
+    with pytest.warns(DeprecationWarning, match=r"MixInfo.negatives .*MixInfo.partners") as caught:
+        negatives = info.negatives
+    assert caught[0].filename == __file__
+    assert negatives is info.partners
+
+
+def test_deprecated_names_trace_under_fullgraph_compile():
+    # warnings.warn cannot be traced: the deprecated names stay silent inside a compiled graph.
+    torch._dynamo.reset()
+
+    def mix(feat, given):
+        return feature_mix(feat, None, mode="cutmix", block_size=(2, 2), negatives=given)[1]
+
+    feat, given = make_feat((4, 3, 6, 4)), torch.tensor([1, 2, 3, 0])
+    info = torch.compile(mix, fullgraph=True, backend="eager")(feat, given)
+    assert torch.equal(info.partners, given)
+    torch._dynamo.reset()
 
 
 @settings(max_examples=30, deadline=None)
@@ -205,7 +246,7 @@ def test_gradcheck_in_float64(mode):
     feat = torch.randn(shape, dtype=torch.float64, requires_grad=True)
     attn = make_attn(mode, shape, "map", 0)
     attn = None if attn is None else attn.double()
-    negatives = torch.tensor([1, 0, 0, 2, 0]) if RULES[mode] != "none" else None
+    partners = torch.tensor([1, 0, 0, 2, 0]) if RULES[mode] != "none" else None
 
     def mix(x):
         return feature_mix(
@@ -215,7 +256,7 @@ def test_gradcheck_in_float64(mode):
             mode=mode,
             block_size=(2, 2),
             num_blocks=2,
-            negatives=negatives,
+            partners=partners,
             generator=torch.Generator().manual_seed(0),
         )[0]
 
@@ -236,13 +277,34 @@ def test_mixed_targets_follow_the_spec(mode, smoothing):
         num_blocks=2,
     )
     mixes = MODES[mode].mixes_labels
-    targets = mixed_targets(labels, info if mixes else None, 5, smoothing)
-    expected = oracle_targets(labels, info.negatives.tolist(), info.lam, 5, smoothing, mixes)
+    # The info of every mode: the label-keeping ones (and unpaired samples) get one-hot targets.
+    targets = mixed_targets(labels, info, 5, smoothing)
+    expected = oracle_targets(labels, info.partners.tolist(), info.lam, 5, smoothing, mixes)
     assert targets.dtype == torch.float32
     torch.testing.assert_close(targets.double(), expected, rtol=0, atol=1e-7)
     torch.testing.assert_close(targets.sum(1), torch.ones(6))
     if mixes:  # not trivially one-hot (a partner may share the label under "any other")
         assert (targets.max(dim=1).values < 1 - smoothing).sum() >= 4
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_mix_info_says_how_much_of_the_partners_label_the_loss_sees(mode):
+    labels = torch.tensor([0, 0, 1, 1])
+    _, info = feature_mix(
+        make_feat((4, 3, 6, 4), seed=9),
+        labels,
+        make_attn(mode, (4, 3, 6, 4), "weights", 9),
+        mode=mode,
+        block_size=(2, 2),
+        partners=torch.tensor([2, -1, 0, 1]) if RULES[mode] != "none" else None,
+    )
+    assert info.label_lam.dtype == torch.float32
+    if MODES[mode].mixes_labels:
+        assert info.label_lam.tolist() == [info.lam[0].item(), 0.0, *info.lam[2:].tolist()]
+        assert (info.label_lam[[0, 2, 3]] > 0).all()
+    else:  # a_hard_mix and hard_mix mix features across identities but keep the labels
+        assert torch.equal(info.label_lam, torch.zeros(4))
+        assert torch.equal(mixed_targets(labels, info, 2), torch.eye(2)[labels])
 
 
 def test_mixed_targets_ignore_unmixed_samples():
@@ -252,8 +314,10 @@ def test_mixed_targets_ignore_unmixed_samples():
         torch.zeros(2, 1, 1, dtype=torch.bool),
         torch.tensor([0.5, 0.5]),
     )
-    targets = mixed_targets(torch.tensor([1, 0]), info, 2)
+    targets = mixed_targets(torch.tensor([1, 0]), info, 2)  # built without label_lam: lam
     assert targets.tolist() == [[0.0, 1.0], [0.5, 0.5]]
+    targets = mixed_targets(torch.tensor([1, 0]), info._replace(label_lam=torch.zeros(2)), 2)
+    assert targets.tolist() == [[0.0, 1.0], [1.0, 0.0]]
 
 
 GOOD = {"feat": torch.randn(4, 3, 6, 4), "labels": torch.tensor([0, 0, 1, 1])}
@@ -265,18 +329,18 @@ BAD_INPUTS = [
     ({"mode": "cutmix", "attn": torch.rand(4, 3)}, ValueError, "takes no attn"),
     ({"mode": "hard_mix", "labels": None}, ValueError, "hard_mix' draws partners of a different"),
     (
-        {"mode": "cutout", "negatives": torch.tensor([1, 0, 3, 2])},
+        {"mode": "cutout", "partners": torch.tensor([1, 0, 3, 2])},
         ValueError,
-        "zeroes its cells and takes no negatives",
+        "zeroes its cells and takes no partners",
     ),
     ({"mode": "batch_drop", "h_ratio": 0.0}, ValueError, r"h_ratio must be a number in \(0, 1\]"),
     ({"mode": "batch_drop", "w_ratio": 1.5}, ValueError, r"w_ratio must be a number in \(0, 1\]"),
     ({"mode": "cutmix", "num_blocks": 5}, ValueError, r"num_blocks must be in \[1, 4\]"),
     ({"mode": "cutmix", "block_size": 2}, ValueError, "block_size must be two positive ints"),
     (
-        {"mode": "cutmix", "negatives": torch.tensor([0, 1, 2, 4])},
+        {"mode": "cutmix", "partners": torch.tensor([0, 1, 2, 4])},
         ValueError,
-        r"negatives must lie in \[-1, 4\)",
+        r"partners must lie in \[-1, 4\)",
     ),
     ({"mode": "cutmix", "labels": torch.tensor([0, 1])}, ValueError, r"labels must have shape"),
 ]
@@ -307,3 +371,39 @@ def test_mixed_targets_check_their_arguments():
         mixed_targets(torch.tensor([0, 1]), tuple(info), 2)
     with pytest.raises(TypeError, match="labels must be an integer tensor"):
         mixed_targets(torch.tensor([0.0, 1.0]), info, 2)
+
+
+MIX_INFO = MixInfo(
+    torch.tensor([1, 0, -1]),
+    torch.zeros(3, 1, dtype=torch.long),
+    torch.zeros(3, 1, 1, dtype=torch.bool),
+    torch.tensor([0.5, 0.25, 0.0]),
+    torch.tensor([0.5, 0.25, 0.0]),
+)
+
+BAD_TARGET_INPUTS = [
+    # (labels, changes to MIX_INFO, error, words the message must contain)
+    ([0, 1, 3], {}, r"labels must lie in \[0, num_classes\) = \[0, 3\), got values in \[0, 3\]"),
+    ([0, -1, 2], {}, r"labels must lie in \[0, num_classes\) = \[0, 3\), got values in \[-1, 2\]"),
+    (
+        [0, 1, 2],
+        {"partners": torch.tensor([1, 3, -1])},
+        r"info.partners must lie in \[-1, 3\) for a batch of 3, got values in \[-1, 3\]",
+    ),
+    ([0, 1, 2], {"partners": torch.tensor([1, -2, 0])}, r"info.partners must lie in \[-1, 3\)"),
+    ([0, 1, 2], {"lam": torch.tensor([0.5, float("nan"), 0.0])}, r"info.lam must lie .* got NaN"),
+    ([0, 1, 2], {"lam": torch.tensor([0.5, 1.5, 0.0])}, r"info.lam must lie in \[0, 1\]"),
+    ([0, 1, 2], {"label_lam": torch.tensor([-0.5, 0, 0])}, r"info.label_lam must lie in \[0, 1\]"),
+    ([0, 1, 2], {"label_lam": torch.full((3,), float("nan"))}, r"info.label_lam .* got NaN"),
+    ([0, 1, 2], {"label_lam": torch.zeros(2)}, r"info.label_lam must be a floating \(N,\)"),
+]
+
+
+@pytest.mark.parametrize(("labels", "changes", "message"), BAD_TARGET_INPUTS)
+def test_mixed_targets_name_out_of_range_values(labels, changes, message):
+    # Before: F.one_hot's RuntimeError, an IndexError, or NaN targets without a word.
+    with pytest.raises(ValueError, match=message):
+        mixed_targets(torch.tensor(labels), MIX_INFO._replace(**changes), 3)
+    if not changes:  # the labels alone are checked without an info too
+        with pytest.raises(ValueError, match=message):
+            mixed_targets(torch.tensor(labels), None, 3)

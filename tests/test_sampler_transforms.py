@@ -56,8 +56,21 @@ def test_sampler_is_reproducible_per_epoch():
 def test_sampler_rejects_bad_p_and_k():
     with pytest.raises(ValueError, match="p must be an int >= 2, got 1"):
         PKSampler([0, 1], 1, 4)
-    with pytest.raises(ValueError, match="k must be an int >= 1, got 0"):
+    with pytest.raises(ValueError, match="images_per_id must be an int >= 1, got 0"):
         PKSampler([0, 1], 2, 0)
+
+
+def test_sampler_keeps_the_old_k_keyword_for_one_release():
+    pids = [i // 6 for i in range(60)]
+    with pytest.warns(DeprecationWarning, match="images_per_id"):
+        old = PKSampler(pids, 4, k=3, seed=1)
+    assert list(old) == list(PKSampler(pids, 4, images_per_id=3, seed=1))
+    with pytest.warns(DeprecationWarning, match="images_per_id"):
+        assert old.k == old.images_per_id == 3
+    with pytest.raises(TypeError, match="images_per_id only"):
+        PKSampler(pids, 4, 3, k=3)
+    with pytest.raises(TypeError, match="missing the images_per_id"):
+        PKSampler(pids, 4)
 
 
 def test_train_and_test_transforms():

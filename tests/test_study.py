@@ -5,6 +5,7 @@ test, not training); one test trains a real tiny grid end to end (resnet18 at 64
 """
 
 import json
+import os
 import signal
 import statistics
 from pathlib import Path
@@ -313,3 +314,53 @@ def test_real_tiny_grid_end_to_end(tiny_root, tmp_path, capsys):
     assert "| baseline | 1/1 |" in text and "| pmm-a_hard_mix | 1/1 |" in text
     with Image.open(out / "study.png") as image:
         assert image.format == "PNG"
+
+
+def test_another_dataset_root_is_refused(fake, tiny_root, tmp_path):
+    # Issue 16.15: the root was a "place" option, so a second dataset joined the same table.
+    options = _options(tiny_root)
+    run_study(fake.out, ["baseline"], seeds=1, options=options)
+    other = tmp_path / "other_data"
+    other.mkdir()
+    with pytest.raises(StudyError, match=r"other settings \(root: .* -> '.*other_data'\)"):
+        run_study(fake.out, ["baseline"], seeds=1, options={**options, "root": str(other)})
+    # The same folder written another way is the same dataset.
+    relative = Path(str(tiny_root)) / ".." / Path(str(tiny_root)).name
+    run_study(fake.out, ["baseline"], seeds=1, options={**options, "root": str(relative)})
+
+
+def test_ctrl_c_while_the_report_is_drawn_is_one_line(fake, tiny_root, monkeypatch, capsys):
+    # Issue 16.18: Ctrl-C outside a training run printed a KeyboardInterrupt traceback.
+    def interrupted(out):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "write_report", interrupted)
+    try:
+        with pytest.raises(SystemExit) as excinfo:
+            cli.main(_argv(tiny_root, fake.out, "--report-only"))
+    except KeyboardInterrupt:
+        pytest.fail("KeyboardInterrupt escaped the CLI")
+    assert excinfo.value.code == 130
+    assert capsys.readouterr().err == "python -m pmm_model.study: interrupted (Ctrl-C)\n"
+
+
+@pytest.mark.slow
+def test_sigterm_during_an_evaluation_stops_the_grid(tiny_root, tmp_path, monkeypatch, capsys):
+    # Issue 16.5: the study swallowed SIGTERM during an evaluation and trained the next run.
+    from pmm_model.engine import Engine
+
+    real = Engine.evaluate
+
+    def evaluate_then_signal(self):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return real(self)
+
+    monkeypatch.setattr(Engine, "evaluate", evaluate_then_signal)
+    out = tmp_path / "grid"
+    with pytest.raises(SystemExit) as excinfo:
+        cli.main(_argv(tiny_root, out, "--variants", "baseline", "pmm-none", "--seeds", "1"))
+    assert excinfo.value.code == 128 + signal.SIGTERM
+    assert "stopped by SIGTERM after epoch 1" in capsys.readouterr().err
+    attempt = json.loads((run_dir(out, "baseline", 0) / "attempt.json").read_text())
+    assert attempt["status"] == "interrupted"
+    assert not run_dir(out, "pmm-none", 0).exists()  # the grid stopped

@@ -14,12 +14,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pmm_model.data import synthetic
 from pmm_model.data.synthetic import (
     REGIONS,
     IdentityAttributes,
+    cache,
     default_root,
     ensure_synthetic,
+    identities,
     make_cameras,
     make_identities,
     render_person,
@@ -177,7 +178,7 @@ def _changed_rows(base: IdentityAttributes, region: str) -> tuple[float, np.ndar
     """Renders ``base`` and a copy with every attribute of ``region`` changed, with the same pose
     and noise; returns the fraction of changed pixels and their row indices."""
     fields = REGIONS[region]
-    values = synthetic._region_values()[region]
+    values = identities.region_values()[region]
     other = next(
         v for v in values if all(x != y for x, y in zip(v, base.region(region), strict=True))
     )
@@ -225,7 +226,7 @@ def test_second_call_reuses_the_folder(tiny_set: Path, monkeypatch: pytest.Monke
     def fail(*args: object) -> None:
         raise AssertionError("regenerated an existing set")
 
-    monkeypatch.setattr(synthetic, "_write_set", fail)
+    monkeypatch.setattr(cache, "_write_set", fail)
     assert ensure_synthetic(tiny_set.parent, **TINY) == tiny_set
     assert {f: f.stat().st_mtime_ns for f in tiny_set.rglob("*")} == before
 
@@ -243,7 +244,7 @@ def test_interrupted_generation_leaves_no_folder(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls = 0
-    real_render = synthetic.render_person
+    real_render = cache.render_person
 
     def render_then_crash(*args: object, **kwargs: object) -> Image.Image:
         nonlocal calls
@@ -252,12 +253,12 @@ def test_interrupted_generation_leaves_no_folder(
             raise KeyboardInterrupt
         return real_render(*args, **kwargs)
 
-    monkeypatch.setattr(synthetic, "render_person", render_then_crash)
+    monkeypatch.setattr(cache, "render_person", render_then_crash)
     with pytest.raises(KeyboardInterrupt):
         ensure_synthetic(tmp_path, **TINY)
     assert list(tmp_path.iterdir()) == []
 
-    monkeypatch.setattr(synthetic, "render_person", real_render)
+    monkeypatch.setattr(cache, "render_person", real_render)
     root = ensure_synthetic(tmp_path, **TINY)
     assert len(list((root / "query").iterdir())) == TINY["num_test_ids"] * 2
 

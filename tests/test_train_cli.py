@@ -188,7 +188,8 @@ def failed_evaluation(tiny_root, tmp_path_factory):
     root = base / "data"
     shutil.copytree(tiny_root, root)
     corrupt = sorted((root / "bounding_box_test").glob("*.jpg"))[-1]
-    corrupt.write_bytes(corrupt.read_bytes()[:100])
+    data = corrupt.read_bytes()  # cut past its header: found only when it is decoded
+    corrupt.write_bytes(data[: len(data) * 2 // 3])
     out = base / "run"
     argv = _argv(root, out, "--model", "baseline", "--epochs", "2")
     err = io.StringIO()
@@ -203,7 +204,8 @@ def test_failed_evaluation_keeps_the_checkpoint_and_resume_may_skip_bad_images(f
     code, err, out, corrupt = failed_evaluation
     err = err.strip().splitlines()[-1]  # above it: the progress bar
     assert code == 1 and err.startswith(
-        "python -m pmm_model.train: error: evaluation after epoch 1 failed (OSError: cannot read"
+        "python -m pmm_model.train: error: evaluation after epoch 1 failed "
+        "(UnreadableImageError: cannot read"
     )
     assert corrupt.name in err and f"--resume {out / 'checkpoint.pt'}" in err
     assert load_checkpoint(out / "checkpoint.pt")["epoch"] == 1
@@ -269,7 +271,7 @@ def test_an_existing_run_folder_is_refused_unless_overwrite(tiny_root, straight,
     err = capsys.readouterr().err
     assert "holds another run" in err and "--resume" in err and "--overwrite" in err
     assert (straight[1] / "metrics.json").read_bytes() == before
-    with RunFolder(tmp_path / "busy", resuming=False):
+    with RunFolder(tmp_path / "busy"):
         assert _exit_code(_argv(tiny_root, tmp_path / "busy")) == 1
     assert "in use by another run" in capsys.readouterr().err
     run = tmp_path / "old"
@@ -414,3 +416,150 @@ def test_module_entry_points(module, monkeypatch, capsys):
         runpy.run_module(module, run_name="__main__")
     assert excinfo.value.code == 0
     assert "--ids-per-batch" in capsys.readouterr().out
+
+
+# ---- issue 16: never save garbage, never lose a run, clear messages -------------------------
+
+
+@pytest.mark.slow
+def test_a_nan_gradient_on_the_last_step_keeps_the_previous_checkpoint(
+    tiny_root, tmp_path, monkeypatch, capsys
+):
+    # Issue 16.3: a finite loss whose gradients are NaN on the last step of epoch 2 (the 6th
+    # step): before, the step was applied and epoch 2's checkpoint held NaN weights.
+    real = Engine.forward_loss
+    calls = []
+
+    def nan_gradients(self, images, pids):
+        calls.append(1)
+        loss = real(self, images, pids)
+        if len(calls) == 6:
+            loss.register_hook(lambda grad: grad * float("nan"))
+        return loss
+
+    monkeypatch.setattr(Engine, "forward_loss", nan_gradients)
+    argv = _argv(tiny_root, tmp_path, "--model", "baseline", "--eval-every", "5")
+    assert _exit_code(argv) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "the gradients are not finite" in err and "epoch 2, step 3/3" in err
+    assert f"the last checkpoint ({tmp_path / 'checkpoint.pt'}) is kept" in err
+    assert "Try a lower --lr" in err
+    checkpoint = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert checkpoint["epoch"] == 1
+    assert all(
+        torch.isfinite(t).all() for t in checkpoint["model"].values() if t.is_floating_point()
+    )
+
+
+@pytest.mark.slow
+def test_non_finite_batchnorm_statistics_are_never_checkpointed(
+    tiny_root, tmp_path, monkeypatch, capsys
+):
+    # Issue 16.3: NaN running statistics with a finite loss on the last step of epoch 1.
+    def poison_running_var(self):
+        bn = next(m for m in self.model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+        bn.running_var.fill_(float("nan"))
+
+    _calls_after(monkeypatch, "forward_loss", 3, poison_running_var)
+    argv = _argv(tiny_root, tmp_path, "--model", "baseline", "--epochs", "1")
+    assert _exit_code(argv) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "weights, statistics or optimizer states are not finite (model." in err
+    assert "running_var" in err
+    assert "epoch 1, step 3/3" in err and "no checkpoint was written" in err
+    assert not (tmp_path / "checkpoint.pt").exists()
+
+
+@pytest.fixture(scope="module")
+def four_ids(tmp_path_factory):
+    """The issue's tiny run T: a 4-identity folder tree and its options."""
+    root = ensure_synthetic(
+        tmp_path_factory.mktemp("four_ids"),
+        num_train_ids=4,
+        num_test_ids=3,
+        num_cameras=2,
+        images_per_id_per_camera=2,
+        height=64,
+        width=32,
+        num_distractors=2,
+    )
+    return [
+        "--preset", "demo", "--data", "folder", "--root", str(root), "--height", "64",
+        "--width", "32", "--ids-per-batch", "2", "--images-per-id", "2", "--feature-dim", "32",
+        "--workers", "0", "--device", "cpu",
+    ]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_an_exploding_loss_stops_as_diverged(four_ids, tmp_path, capsys):
+    # Issue 16.4: with --lr 1e6 the loss went from 7.6 to 2.2e11 at step 2 and on to 2.9e12,
+    # and the run exited 0.
+    argv = [*four_ids, "--lr", "1e6", "--epochs", "3", "--output-dir", str(tmp_path)]
+    assert _exit_code(argv) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "the loss exploded" in err and "over 1000 x the median" in err
+    assert "training diverged, no checkpoint was written. Try a lower --lr (now 1e+06)" in err
+    assert not (tmp_path / "checkpoint.pt").exists()
+
+
+@pytest.mark.slow
+def test_sigterm_during_the_last_evaluation_exits_128_plus_signal(
+    tiny_root, tmp_path, monkeypatch, capsys
+):
+    # Issue 16.5: the run used to finish and exit 0.
+    _calls_after(monkeypatch, "evaluate", 1, lambda self: os.kill(os.getpid(), signal.SIGTERM))
+    argv = _argv(tiny_root, tmp_path, "--model", "baseline", "--epochs", "1")
+    assert _exit_code(argv) == 128 + signal.SIGTERM
+    assert "stopped by SIGTERM after epoch 1; checkpoint saved" in capsys.readouterr().err
+    checkpoint = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert checkpoint["epoch"] == 1 and [m["epoch"] for m in checkpoint["metrics"]] == [1]
+
+
+@pytest.mark.slow
+def test_a_mid_epoch_checkpoint_resumed_with_fewer_epochs_evaluates_and_stops(
+    tiny_root, tmp_path, monkeypatch
+):
+    # Issue 16.14: SIGTERM in epoch 2 of 3 (step 5), then --resume with --epochs 1: before,
+    # TypeError: 'NoneType' object is not subscriptable.
+    _calls_after(monkeypatch, "forward_loss", 5, lambda self: os.kill(os.getpid(), signal.SIGTERM))
+    argv = _argv(tiny_root, tmp_path, "--model", "baseline", "--epochs", "3", "--eval-every", "5")
+    assert _exit_code(argv) == 128 + signal.SIGTERM
+    monkeypatch.undo()
+    assert (load_checkpoint(tmp_path / "checkpoint.pt")["batches"]) == 2
+    result = train.main(["--resume", str(tmp_path / "checkpoint.pt"), "--epochs", "1"])
+    assert set(result) == {"rank1", "mAP", "mINP", "wall_seconds"}
+    log = (tmp_path / "train.log").read_text()
+    assert (
+        "has trained 1 epochs and 2 global batches of epoch 2 already (--epochs 1): nothing to "
+        "train; evaluating it" in log
+    )
+    assert [m["epoch"] for m in json.loads((tmp_path / "metrics.json").read_text())] == [1]
+    checkpoint = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert (checkpoint["epoch"], checkpoint["batches"]) == (1, 2)  # the position is kept
+
+
+def test_resume_notes_name_real_flags_and_the_preset(straight, capsys):
+    # Issue 16.18: the notes said "ignoring --p 3" (no such flag) and dropped --preset.
+    train.parse_args(
+        ["--resume", str(straight[1] / "checkpoint.pt"), "--ids-per-batch", "3", "--preset", "demo"]
+    )
+    err = capsys.readouterr().err
+    assert (
+        "note: --resume keeps the checkpoint's --ids-per-batch 2; ignoring --ids-per-batch 3" in err
+    )
+    assert "ignoring --preset demo" in err
+    assert "--p " not in err
+
+
+def test_ctrl_c_during_start_up_is_one_line_and_130(straight, monkeypatch, capsys):
+    # Issue 16.18: Ctrl-C while the checkpoint loads printed a KeyboardInterrupt traceback.
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "load_checkpoint", interrupted)
+    try:
+        code = _exit_code(["--resume", str(straight[1] / "checkpoint.pt")])
+    except KeyboardInterrupt:
+        pytest.fail("KeyboardInterrupt escaped the CLI")
+    assert code == 130
+    assert capsys.readouterr().err == "python -m pmm_model.train: interrupted (Ctrl-C)\n"

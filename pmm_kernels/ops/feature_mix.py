@@ -86,14 +86,14 @@ def feature_mix_forward(
     corner: torch.Tensor | None,
     labels: torch.Tensor,
     u: torch.Tensor | None,
-    negatives: torch.Tensor | None,
+    given_partners: torch.Tensor | None,
     block_h: int,
     block_w: int,
     num_blocks: int,
     partner_rule: str,
     use_triton: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Mixed features and ``(negatives, blocks, mask, lam)``; inputs are already validated.
+    """Mixed features and ``(partners, blocks, mask, lam)``; inputs are already validated.
 
     See ``reference.feature_mix_forward_torch`` for the meaning of each argument.
     """
@@ -103,7 +103,16 @@ def feature_mix_forward(
         else reference.feature_mix_forward_torch
     )
     return forward(
-        feat, attn, keys, corner, labels, u, negatives, (block_h, block_w), num_blocks, partner_rule
+        feat,
+        attn,
+        keys,
+        corner,
+        labels,
+        u,
+        given_partners,
+        (block_h, block_w),
+        num_blocks,
+        partner_rule,
     )
 
 
@@ -115,7 +124,7 @@ def _(
     corner,
     labels,
     u,
-    negatives,
+    given_partners,
     block_h,
     block_w,
     num_blocks,
@@ -135,7 +144,7 @@ def _(
 @torch.library.custom_op("pmm::feature_mix_backward", mutates_args=())
 def feature_mix_backward(
     grad_out: torch.Tensor,
-    negatives: torch.Tensor,
+    partners: torch.Tensor,
     blocks: torch.Tensor,
     mask: torch.Tensor,
     block_h: int,
@@ -147,59 +156,100 @@ def feature_mix_backward(
     modes."""
     if use_triton:
         # Mode-independent: a zeroing mode's partners are all -1, so no cell has a taker.
-        return _triton_module().feature_mix_backward_triton(grad_out, negatives, mask)
+        return _triton_module().feature_mix_backward_triton(grad_out, partners, mask)
     if not from_partner:
         return reference.zeroed_backward_torch(grad_out, mask)
-    return reference.a_hard_mix_backward_torch(
-        grad_out, negatives, blocks, mask, (block_h, block_w)
-    )
+    return reference.a_hard_mix_backward_torch(grad_out, partners, blocks, mask, (block_h, block_w))
 
 
 @feature_mix_backward.register_fake
-def _(grad_out, negatives, blocks, mask, block_h, block_w, from_partner, use_triton):
+def _(grad_out, partners, blocks, mask, block_h, block_w, from_partner, use_triton):
     return torch.empty_like(grad_out, memory_format=torch.preserve_format)
+
+
+def _backward_setup_context(ctx, inputs, output):
+    _, partners, _, mask, *_ = inputs
+    ctx.save_for_backward(partners, mask)
+
+
+def _backward_backward(ctx, grad):
+    # The backward is linear in grad_out (it routes each cell's gradient to the cell's source),
+    # so its own gradient is its adjoint: the forward copy with the same plan. This makes
+    # double backward (gradgradcheck, Hessian-vector products, gradient penalties) work.
+    partners, mask = ctx.saved_tensors
+    return reference.replay_mix_torch(grad, partners, mask), *([None] * 7)
+
+
+feature_mix_backward.register_autograd(_backward_backward, setup_context=_backward_setup_context)
+
+
+@feature_mix_backward.register_vmap
+def _(info, in_dims, grad_out, partners, blocks, mask, block_h, block_w, from_partner, use_triton):
+    # Many gradients of one mix (torch.func.jacrev): the plan routes every channel alike, so the
+    # batch folds into the channels and one call serves all.
+    if any(dim is not None for dim in in_dims[1:4]):
+        raise ValueError(
+            "vmap over feature_mix_backward: only grad_out may be batched, not the plan"
+        )
+    batched = grad_out.movedim(in_dims[0], 1)
+    n, b, c, h, w = batched.shape
+    grad_feat = feature_mix_backward(
+        batched.reshape(n, b * c, h, w),
+        partners,
+        blocks,
+        mask,
+        block_h,
+        block_w,
+        from_partner,
+        use_triton,
+    )
+    return grad_feat.view(n, b, c, h, w), 1
 
 
 class FeatureMixFunction(torch.autograd.Function):
     """Forward mixes; backward routes each cell's gradient back to the sample it came from.
 
-    Only ``feat`` receives a gradient: every other input is a constant.
+    Only ``feat`` receives a gradient: every other input is a constant. Written with
+    ``setup_context``, so the ``torch.func`` transforms (``jacrev``, ``vjp``) apply.
     """
 
     @staticmethod
     def forward(
-        ctx,
         feat,
         attn,
         keys,
         corner,
         labels,
         u,
-        negatives,
+        given_partners,
         block_size,
         num_blocks,
         partner_rule,
         use_triton,
     ):
-        out, partners, blocks, mask, lam = feature_mix_forward(
+        return feature_mix_forward(
             feat,
             attn,
             keys,
             corner,
             labels,
             u,
-            negatives,
+            given_partners,
             *block_size,
             num_blocks,
             partner_rule,
             use_triton,
         )
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        block_size, partner_rule, use_triton = inputs[7], inputs[9], inputs[10]
+        _, partners, blocks, mask, lam = output
         ctx.save_for_backward(partners, blocks, mask)
         ctx.block_size = block_size
         ctx.from_partner = partner_rule != "none"
         ctx.use_triton = use_triton
         ctx.mark_non_differentiable(partners, blocks, mask, lam)
-        return out, partners, blocks, mask, lam
 
     @staticmethod
     def backward(ctx, grad_out, *_):

@@ -162,8 +162,8 @@ def _plan_kernel(
     corner_ptr,
     labels_ptr,
     u_ptr,
-    negatives_in_ptr,
-    negatives_ptr,
+    given_partners_ptr,
+    partners_ptr,
     blocks_ptr,
     mask_ptr,
     lam_ptr,
@@ -253,7 +253,7 @@ def _plan_kernel(
             selected = selected | (cell_block == pick)
 
     if RULE == 0:
-        partner = tl.load(negatives_in_ptr + i)
+        partner = tl.load(given_partners_ptr + i)
     elif RULE == 1:
         # Two passes over the labels in chunks, so registers don't grow with N: count the
         # candidates, then find the r-th one.
@@ -279,7 +279,7 @@ def _plan_kernel(
         partner = tl.where(m > 0, tl.where(r < i, r, r + 1), -1)
     else:
         partner = tl.full([], -1, tl.int64)
-    tl.store(negatives_ptr + i, partner.to(tl.int64))
+    tl.store(partners_ptr + i, partner.to(tl.int64))
 
     replaced = selected & (p < HW)
     if not ZERO_UNPAIRED:
@@ -300,7 +300,7 @@ def _plan_kernel(
 def _mix_kernel(
     feat_ptr,
     out_ptr,
-    negatives_ptr,
+    partners_ptr,
     mask_ptr,
     C,
     HW,
@@ -313,7 +313,7 @@ def _mix_kernel(
     BLOCK_C: tl.constexpr,
     BLOCK_HW: tl.constexpr,
 ):
-    """out[i, c, p] = mask[i, p] ? (j >= 0 ? feat[j, c, p] : 0) : feat[i, c, p], j = negatives[i].
+    """out[i, c, p] = mask[i, p] ? (j >= 0 ? feat[j, c, p] : 0) : feat[i, c, p], j = partners[i].
 
     The own tile is read and the output written at full width (masked on the tile bounds only,
     so both vectorise); the partner is read only at replaced cells and the choice is made in
@@ -327,7 +327,7 @@ def _mix_kernel(
     offsets = c[:, None] * f_sc + p[None, :] * f_sp
     own = tl.load(feat_ptr + i * f_sn + offsets, mask=tile)
     replaced = tl.load(mask_ptr + i * HW + p, mask=in_map, other=0).to(tl.int1)[None, :]
-    partner = tl.load(negatives_ptr + i)
+    partner = tl.load(partners_ptr + i)
     theirs = tl.load(
         feat_ptr + tl.maximum(partner, 0) * f_sn + offsets,
         mask=tile & replaced & (partner >= 0),
@@ -344,7 +344,7 @@ def _mix_kernel(
 def _patch_kernel(
     feat_ptr,
     out_ptr,
-    negatives_ptr,
+    partners_ptr,
     blocks_ptr,
     mask_ptr,
     C,
@@ -365,7 +365,7 @@ def _patch_kernel(
     BLOCK_Q: tl.constexpr,
 ):
     """Rewrite one selected block of one sample: out[i, c, p] = (j >= 0 ? feat[j, c, p] : 0)
-    for the cells p of block blocks[i, t] where mask[i, p], j = negatives[i].
+    for the cells p of block blocks[i, t] where mask[i, p], j = partners[i].
 
     Grid (N, K, ceil(C / BLOCK_C)): the work is proportional to the patched area, not to the map.
     ``out`` already holds ``feat`` everywhere else.
@@ -373,7 +373,7 @@ def _patch_kernel(
     i = tl.program_id(0).to(tl.int64)
     block = tl.load(blocks_ptr + i * K + tl.program_id(1))
     c = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
-    partner = tl.load(negatives_ptr + i)
+    partner = tl.load(partners_ptr + i)
     top = block // COLS * BH
     left = block % COLS * BW
     for start in range(0, BH * BW, BLOCK_Q):
@@ -493,7 +493,7 @@ def feature_mix_forward_triton(
     corner: torch.Tensor | None,
     labels: torch.Tensor,
     u: torch.Tensor | None,
-    negatives: torch.Tensor | None,
+    given_partners: torch.Tensor | None,
     block_size: tuple[int, int],
     num_blocks: int,
     partner_rule: str,
@@ -507,20 +507,20 @@ def feature_mix_forward_triton(
         corner: (2,) int64 (top, left) of a ``block_size`` rectangle (batch_drop), on feat's
             device. Exactly one of ``attn``, ``keys`` and ``corner`` is given.
         labels: (N,) integer labels (read by ``partner_rule="different_label"``).
-        u: (N,) float32 partner draws; None when ``negatives`` is given or the rule is "none".
-        negatives: (N,) int64 given partners in [-1, N); used as is.
+        u: (N,) float32 partner draws; None when ``given_partners`` is given or the rule is "none".
+        given_partners: (N,) int64 partners in [-1, N) chosen by the caller; used as is.
         block_size: (bh, bw) block size, or the rectangle's (rh, rw) with ``corner``.
-        num_blocks: k (1 with ``corner``).
+        num_blocks: blocks per sample (1 with ``corner``).
         partner_rule: "different_label", "any_other" or "none" (no partner: cells are zeroed).
 
     Returns:
-        ``out`` (feat's dtype and memory format), ``negatives`` (N,) int64, ``blocks`` (N, k)
+        ``out`` (feat's dtype and memory format), ``partners`` (N,) int64, ``blocks`` (N, k)
         int64 ((N, 1) of -1 with ``corner``), ``mask`` (N, H, W) bool and ``lam`` (N,) float32.
 
     Example:
         >>> feat = torch.randn(4, 8, 6, 4, device="cuda")
         >>> keys = torch.rand(4, 12, device="cuda")
-        >>> out, negatives, blocks, mask, lam = feature_mix_forward_triton(
+        >>> out, partners, blocks, mask, lam = feature_mix_forward_triton(
         ...     feat, None, keys, None, torch.arange(4, device="cuda"), None, None,
         ...     (2, 2), 3, "none")  # CutOut of 3 random 2x2 blocks
     """
@@ -530,9 +530,9 @@ def feature_mix_forward_triton(
         raise ValueError(
             f"partner_rule must be one of {tuple(_PARTNER_RULES)}, got {partner_rule!r}"
         )
-    rule = _RULE_GIVEN if negatives is not None else _PARTNER_RULES[partner_rule]
+    rule = _RULE_GIVEN if given_partners is not None else _PARTNER_RULES[partner_rule]
     if u is None and rule != _RULE_GIVEN and partner_rule != "none":
-        raise ValueError(f"partner_rule={partner_rule!r} without negatives needs u")
+        raise ValueError(f"partner_rule={partner_rule!r} without given partners needs u")
     _check_sample_span("feat", feat)
     n, c, h, w = feat.shape
     hw = h * w
@@ -590,7 +590,7 @@ def feature_mix_forward_triton(
         lam if corner is None else corner,
         labels,
         lam if u is None else u,
-        partners if negatives is None else negatives,
+        partners if given_partners is None else given_partners,
         partners,
         blocks,
         mask,
@@ -654,7 +654,7 @@ def feature_mix_forward_triton(
 
 
 def feature_mix_backward_triton(
-    grad_out: torch.Tensor, negatives: torch.Tensor, mask: torch.Tensor
+    grad_out: torch.Tensor, partners: torch.Tensor, mask: torch.Tensor
 ) -> torch.Tensor:
     """Launch the backward kernel of any feature-mix mode; bit-exact to the PyTorch path on CPU.
 
@@ -665,9 +665,9 @@ def feature_mix_backward_triton(
     hw = h * w
     # Takers grouped by the sample they took from, ascending within a group (stable sort); the
     # group of sample i ends at bucket_end[i + 1], the unmixed samples (-1) come first.
-    order = torch.sort(negatives, stable=True).indices
+    order = torch.sort(partners, stable=True).indices
     counts = torch.zeros(n + 1, dtype=torch.int64, device=grad_out.device)
-    counts.scatter_add_(0, negatives + 1, torch.ones_like(negatives))
+    counts.scatter_add_(0, partners + 1, torch.ones_like(partners))
     bucket_end = counts.cumsum(0)
 
     grad_feat = torch.empty_like(grad_out, memory_format=torch.preserve_format)

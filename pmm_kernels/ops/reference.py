@@ -4,9 +4,10 @@ Everything here is vectorised over samples and blocks, runs on any device, never
 to the host, and moves feature values only by copying them (or writing zeros), so the mixed output
 is bit-exact.
 
-The forward pass copies ``feat`` and then overwrites just the selected cells (``k * bh * bw`` per
-sample), and the backward pass masks ``grad_out`` and adds the partners' cells back with one
-ordered ``index_add_``: both touch the feature map about once, as the Triton kernels do.
+The forward pass copies ``feat`` and then overwrites just the selected cells
+(``num_blocks * bh * bw`` per sample), and the backward pass masks ``grad_out`` and adds the
+partners' cells back with one ordered ``index_add_``: both touch the feature map about once, as
+the Triton kernels do.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ __all__ = [
     "a_hard_mix_backward_torch",
     "block_grid",
     "feature_mix_forward_torch",
+    "replay_mix_torch",
     "saliency_torch",
     "zeroed_backward_torch",
 ]
@@ -47,12 +49,12 @@ def feature_mix_forward_torch(
     corner: torch.Tensor | None,
     labels: torch.Tensor,
     u: torch.Tensor | None,
-    negatives: torch.Tensor | None,
+    given_partners: torch.Tensor | None,
     block_size: tuple[int, int],
     num_blocks: int,
     partner_rule: str,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Mixed features and ``(negatives, blocks, mask, lam)`` for every mode
+    """Mixed features and ``(partners, blocks, mask, lam)`` for every mode
     (docs/op.md#feature-mix-family).
 
     Exactly one of ``attn`` (saliency top-k), ``keys`` (top-k of random keys) and ``corner``
@@ -61,7 +63,7 @@ def feature_mix_forward_torch(
     Inputs are already validated.
     """
     n, _, h, w = feat.shape
-    partners = sample_partners(u, labels, partner_rule, negatives)
+    partners = sample_partners(u, labels, partner_rule, given_partners)
     zeroing = partner_rule == "none"
     takes = torch.ones_like(partners, dtype=torch.bool) if zeroing else partners >= 0
     out = feat.clone(memory_format=torch.preserve_format)
@@ -99,9 +101,22 @@ def feature_mix_forward_torch(
     return out, partners, blocks, mask, lam
 
 
+def replay_mix_torch(x: torch.Tensor, partners: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The forward copy of a mix applied to ``x`` with a given plan (docs/op.md#copy).
+
+    ``out[i, :, p] = x[partners[i], :, p]`` where ``mask[i, p]`` and ``partners[i] >= 0``, 0 where
+    ``mask[i, p]`` and ``partners[i] == -1`` (the zeroing modes), else ``x[i, :, p]``. The
+    adjoint of the backward pass, so its gradient; made of differentiable PyTorch ops, so every
+    higher derivative follows.
+    """
+    has_partner = (partners >= 0)[:, None, None, None]
+    taken = torch.where(has_partner, x[partners.clamp_min(0)], x.new_zeros(()))
+    return torch.where(mask[:, None], taken, x)
+
+
 def a_hard_mix_backward_torch(
     grad_out: torch.Tensor,
-    negatives: torch.Tensor,
+    partners: torch.Tensor,
     blocks: torch.Tensor,
     mask: torch.Tensor,
     block_size: tuple[int, int],
@@ -125,12 +140,12 @@ def a_hard_mix_backward_torch(
     taken = grad[samples, :, rows, columns]  # (N, cells, C)
     # Adding -0.0 leaves every value, -0.0 included, exactly as it was: the padding cells and the
     # unmixed samples contribute nothing without a data-dependent (host-syncing) filter.
-    contributes = exists & (negatives >= 0)[:, None]
+    contributes = exists & (partners >= 0)[:, None]
     taken.masked_fill_(~contributes[..., None], -0.0)
 
     channels = torch.arange(grad.shape[1], device=grad.device)
     s_n, s_c, s_h, s_w = grad_feat.stride()
-    targets = (negatives.clamp_min(0)[:, None] * s_n + rows * s_h + columns * s_w)[
+    targets = (partners.clamp_min(0)[:, None] * s_n + rows * s_h + columns * s_w)[
         ..., None
     ] + channels * s_c
     # grad_feat is freshly allocated and dense, so its storage is a flat array of numel elements.

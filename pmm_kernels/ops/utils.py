@@ -66,8 +66,9 @@ def block_scores_torch(saliency: torch.Tensor, block_size: tuple[int, int]) -> t
     return padded.view(n, rows, bh, cols, bw).sum(dim=(2, 4)).flatten(1)
 
 
-def select_top_k(scores: torch.Tensor, k: int) -> torch.Tensor:
-    """Indices of the ``k`` largest entries per row, largest first, as a contiguous (N, k) int64.
+def select_top_k(scores: torch.Tensor, num_blocks: int) -> torch.Tensor:
+    """Indices of the ``num_blocks`` largest entries per row, largest first, as a contiguous
+    (N, num_blocks) int64.
 
     Non-finite scores rank below every finite one; a stable sort sends ties to the lower index.
     The same rule picks the most salient blocks and the blocks with the largest random keys.
@@ -75,7 +76,9 @@ def select_top_k(scores: torch.Tensor, k: int) -> torch.Tensor:
     keys = scores.masked_fill(~torch.isfinite(scores), float("-inf"))
     # Contiguous: a slice of the sort's indices has the row stride of all blocks, and a custom
     # op's outputs must have the strides its fake implementation declares.
-    return torch.sort(keys, dim=1, descending=True, stable=True).indices[:, :k].contiguous()
+    return (
+        torch.sort(keys, dim=1, descending=True, stable=True).indices[:, :num_blocks].contiguous()
+    )
 
 
 def _rank_th_candidate(candidates: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
@@ -94,18 +97,18 @@ def sample_partners(
     u: torch.Tensor | None,
     labels: torch.Tensor,
     rule: str,
-    negatives: torch.Tensor | None = None,
+    given_partners: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Partner of each sample, (N,) int64, -1 for none.
 
-    ``negatives`` given: those partners (copied). ``"different_label"``: the r-th sample whose label
+    ``given_partners``: those partners (copied). ``"different_label"``: the r-th sample whose label
     differs from i's (docs/op.md#partner); ``"any_other"``: the r-th sample j != i
     (docs/op.md#feature-mix-family); ``"none"``: -1 everywhere. Here
     r = min(floor(u_i * m_i), m_i - 1) over the m_i candidates in ascending index order.
     """
-    if negatives is not None:
+    if given_partners is not None:
         # Copied: a custom op's outputs may not alias its inputs.
-        return negatives.to(torch.int64).clone(memory_format=torch.contiguous_format)
+        return given_partners.to(torch.int64).clone(memory_format=torch.contiguous_format)
     n = labels.shape[0]
     if rule == "none":
         return torch.full((n,), -1, dtype=torch.int64, device=labels.device)
@@ -121,7 +124,8 @@ def sample_partners(
 def block_cells(
     blocks: torch.Tensor, height: int, width: int, block_size: tuple[int, int]
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Cell coordinates of the selected blocks, (N, k * bh * bw) each, plus which ones exist.
+    """Cell coordinates of the selected blocks, (N, num_blocks * bh * bw) each, plus which of
+    them exist.
 
     Cells that an edge block loses to clipping alias the block's first cell, which always exists,
     so every coordinate is safe to index with.

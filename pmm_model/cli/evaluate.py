@@ -18,7 +18,7 @@ from typing import Any
 
 from torch import nn
 
-from pmm_model.cli.args import int_at_least
+from pmm_model.cli.args import ctrl_c_exits, int_at_least, output_file
 from pmm_model.data.datasets import build_dataset, dataset_names
 from pmm_model.data.loaders import build_test_loaders
 from pmm_model.evaluation import evaluate
@@ -76,8 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     parser.add_argument(
         "--output",
-        type=Path,
-        help="write the metrics (fractions in [0, 1]) and CMC curve to this JSON",
+        type=output_file,
+        help="write the metrics (fractions in [0, 1]) and CMC curve to this JSON (checked "
+        "for writing before the evaluation)",
     )
     return parser
 
@@ -89,6 +90,7 @@ def format_table(result: RankResult) -> str:
     return "\n".join([f"{'metric':<8} {'%':>6}"] + [f"{n:<8} {100 * v:6.2f}" for n, v in rows])
 
 
+@ctrl_c_exits("python -m pmm_model.evaluate")
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the CLI; returns the dict it writes to ``--output``."""
     parser = build_parser()
@@ -100,24 +102,31 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     try:
         data = build_dataset(args.data, args.root)
         model, train_args = load_model_for_eval(args.checkpoint)
-    except (FileNotFoundError, ValueError) as err:
+        missing = [key for key in ("height", "width") if key not in train_args]
+        if missing:
+            raise ValueError(f"checkpoint args lack {missing}")
+        query_loader, gallery_loader = build_test_loaders(
+            data,
+            train_args["height"],
+            train_args["width"],
+            args.batch_size,
+            args.workers,
+            args.skip_bad_images,
+            pin_memory=device.type == "cuda",
+        )
+    except (OSError, ValueError) as err:  # bad data, checkpoint or image: before any work
         parser.exit(2, f"{parser.prog}: error: {err}\n")
-    missing = [key for key in ("height", "width") if key not in train_args]
-    if missing:
-        parser.exit(2, f"{parser.prog}: error: checkpoint args lack {missing}\n")
-
-    query_loader, gallery_loader = build_test_loaders(
-        data,
-        train_args["height"],
-        train_args["width"],
-        args.batch_size,
-        args.workers,
-        args.skip_bad_images,
-        pin_memory=device.type == "cuda",
-    )
-    result = evaluate(
-        model.to(device), query_loader, gallery_loader, device, flip=args.flip, rerank=args.rerank
-    )
+    try:
+        result = evaluate(
+            model.to(device),
+            query_loader,
+            gallery_loader,
+            device,
+            flip=args.flip,
+            rerank=args.rerank,
+        )
+    except (OSError, ValueError) as err:  # an image corrupt past its header, ...
+        parser.exit(1, f"{parser.prog}: error: evaluation failed: {err}\n")
 
     print(
         f"{data.name}: {len(data.query)} queries, {len(data.gallery)} gallery images"
@@ -136,8 +145,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         **result.to_dict(),
     }
     if args.output is not None:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(json.dumps(report, indent=1) + "\n")
+        output = Path(args.output)
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(json.dumps(report, indent=1) + "\n")
     return report
 
 

@@ -36,7 +36,13 @@ from pmm_model.ablation import (
     run_study,
     write_report,
 )
-from pmm_model.cli.args import finite_float, int_at_least, pretrained_weights
+from pmm_model.cli.args import (
+    ctrl_c_exits,
+    finite_float,
+    int_at_least,
+    output_folder,
+    pretrained_weights,
+)
 from pmm_model.config import DEFAULTS, PRESETS, ConfigError
 from pmm_model.data.datasets import dataset_names
 from pmm_model.engine import AMP_DTYPES, TrainingInterrupted
@@ -101,7 +107,12 @@ def build_parser() -> argparse.ArgumentParser:
         allow_abbrev=False,
     )
     grid = parser.add_argument_group("grid")
-    grid.add_argument("--out", default="runs/study", help="the grid's folder (default: runs/study)")
+    grid.add_argument(
+        "--out",
+        type=output_folder,
+        default="runs/study",
+        help="the grid's folder, checked for writing first (default: runs/study)",
+    )
     grid.add_argument(
         "--variants",
         nargs="+",
@@ -163,6 +174,7 @@ def _fail(status: int, message: str) -> NoReturn:
     sys.exit(status)
 
 
+@ctrl_c_exits(PROG)
 def main(argv: Sequence[str] | None = None) -> list[RunRecord]:
     """Run the CLI; returns the records of the runs (see :func:`pmm_model.ablation.run_study`).
 

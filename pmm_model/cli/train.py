@@ -23,6 +23,7 @@ after checkpointing.
 from __future__ import annotations
 
 import argparse
+import errno
 import functools
 import os
 import signal
@@ -32,8 +33,21 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from pmm_model.checkpoint import load_checkpoint
-from pmm_model.cli.args import existing_file, finite_float, int_at_least, pretrained_weights
-from pmm_model.config import DEFAULTS, PRESETS, ConfigError, make_config, resume_config
+from pmm_model.cli.args import (
+    ctrl_c_exits,
+    existing_file,
+    finite_float,
+    int_at_least,
+    pretrained_weights,
+)
+from pmm_model.config import (
+    DEFAULTS,
+    PRESETS,
+    RUNTIME_OPTIONS,
+    ConfigError,
+    make_config,
+    resume_config,
+)
 from pmm_model.data.datasets import dataset_names
 from pmm_model.engine import (
     AMP_DTYPES,
@@ -266,13 +280,12 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[dict[str, Any], dict[
     try:
         if resume is not None:
             try:
-                checkpoint = load_checkpoint(resume)
+                checkpoint = load_checkpoint(resume, training=True)
             except (ValueError, FileNotFoundError) as err:
                 parser.error(f"argument --resume: {err}")
-            config, notes = resume_config(
-                dict(checkpoint["args"]), explicit, str(Path(resume).parent)
-            )
-            for note in notes:
+            saved = checkpoint["args"]
+            config, _ = resume_config(dict(saved), explicit, str(Path(resume).parent))
+            for note in _resume_notes(saved, explicit, preset):
                 print(f"note: {note}", file=sys.stderr)
         else:
             config = make_config(explicit, preset)
@@ -288,6 +301,25 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[dict[str, Any], dict[
         "overwrite": overwrite,
         "option_name": flag_name,
     }
+
+
+def _resume_notes(saved: dict[str, Any], explicit: dict[str, Any], preset: str | None) -> list[str]:
+    """What ``--resume`` ignores of the command line, in flags."""
+    notes = []
+    if preset is not None:
+        notes.append(f"--resume keeps the checkpoint's options; ignoring --preset {preset}")
+    for key, value in explicit.items():
+        if key not in RUNTIME_OPTIONS and saved.get(key) != value:
+            flag = flag_name(key)
+            notes.append(
+                f"--resume keeps the checkpoint's {flag} {_shown(saved.get(key))}; "
+                f"ignoring {flag} {_shown(value)}"
+            )
+    return notes
+
+
+def _shown(value: Any) -> str:
+    return " ".join(map(str, value)) if isinstance(value, list | tuple) else str(value)
 
 
 def _fail(status: int, message: str) -> NoReturn:
@@ -314,20 +346,20 @@ def describe(err: Exception) -> str:
             f"unreadable images) and continue with --resume {err.checkpoint}, which evaluates "
             "first"
         )
-    if isinstance(err, TrainingDiverged) and err.step is not None:
+    if isinstance(err, TrainingDiverged) and err.reason is not None:
         kept = (
             f"the last checkpoint ({err.checkpoint}) is kept"
             if err.checkpoint is not None
             else "no checkpoint was written"
         )
         return (
-            f"the loss is not finite ({err.loss} on rank {err.rank}) at epoch {err.epoch}, step "
-            f"{err.step}/{err.steps}: training diverged, {kept}. Try a lower --lr (now "
-            f"{err.lr:g})" + (" or --amp off" if err.amp else "")
+            f"{err.reason} at epoch {err.epoch}, step {err.step}/{err.steps}: training diverged, "
+            f"{kept}. Try a lower --lr (now {err.lr:g})" + (" or --amp off" if err.amp else "")
         )
     return str(err)
 
 
+@ctrl_c_exits(PROG)
 def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     """Run the CLI; returns the final ``{"rank1", "mAP", "mINP", "wall_seconds"}``.
 
@@ -339,7 +371,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
         return Engine(config, **start).run()
     except TrainingInterrupted as err:
         _fail(128 + err.signum, describe(err))
-    except (TrainingError, RunFolderError, ValueError, FileNotFoundError) as err:
+    except OSError as err:
+        checkpoint = Path(config["output_dir"]) / "checkpoint.pt"
+        if err.errno in (errno.ENOSPC, errno.EDQUOT) and checkpoint.is_file():
+            _fail(1, f"{err.strerror}; free some space, then continue with --resume {checkpoint}")
+        _fail(1, describe(err))
+    except (TrainingError, RunFolderError, ValueError) as err:
         _fail(1, describe(err))
     except KeyboardInterrupt:
         _fail(128 + 2, "interrupted by a second Ctrl-C before checkpointing")

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pmm_model.checkpoint import load_model
-from pmm_model.cli.args import int_at_least
+from pmm_model.cli.args import ctrl_c_exits, existing_file, int_at_least, output_folder
 from pmm_model.data.datasets import build_dataset, dataset_names
 from pmm_model.pictures import draw_checkpoint
 from pmm_model.runtime import resolve_device
@@ -39,9 +39,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="dataset (default: %(default)s)",
     )
     parser.add_argument("--root", help="dataset root (synthetic: cache folder, optional)")
-    parser.add_argument("--out", required=True, help="folder for the PNG files")
+    parser.add_argument("--out", required=True, type=output_folder, help="folder for the PNG files")
     parser.add_argument(
-        "--metrics", help="metrics.json to plot (default: the one beside the checkpoint)"
+        "--metrics",
+        type=existing_file,
+        help="metrics.json to plot (default: the one beside the checkpoint, if there is one)",
+    )
+    parser.add_argument(
+        "--skip-bad-images",
+        action="store_true",
+        help="leave out images that cannot be decoded (named in a warning) instead of "
+        "stopping at the first one",
     )
     parser.add_argument(
         "--ids",
@@ -51,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--per-id",
+        dest="images_per_id",
         type=int_at_least(1),
         default=2,
         help="images per identity in the mixing picture (default: %(default)s)",
@@ -77,30 +86,42 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@ctrl_c_exits("python -m pmm_model.visualize")
 def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
     """Run the CLI; returns the written pictures by name (``mixing``, ``ranked``, ``curves``)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         device = resolve_device(args.device)
+    except ValueError as err:
+        parser.error(f"argument --device: {err}")
+    metrics = args.metrics
+    beside = Path(args.checkpoint).parent / "metrics.json"
+    if metrics is None and beside.is_file():
+        metrics = beside
+    try:
         model, train_args = load_model(args.checkpoint)
         data = build_dataset(args.data, args.root)
-    except (FileNotFoundError, ValueError) as err:
-        parser.error(str(err))
-    written = draw_checkpoint(
-        model,
-        train_args,
-        data,
-        args.out,
-        device=device,
-        metrics=args.metrics or Path(args.checkpoint).parent / "metrics.json",
-        title=f"{train_args['model']} on {args.data}",
-        ids=args.ids,
-        per_id=args.per_id,
-        queries=args.queries,
-        topk=args.topk,
-        seed=args.seed,
-    )
+        # draw_checkpoint checks the rest (metrics, data, per-id, images) before drawing.
+        written = draw_checkpoint(
+            model,
+            train_args,
+            data,
+            args.out,
+            device=device,
+            metrics=metrics,
+            title=f"{train_args['model']} on {args.data}",
+            ids=args.ids,
+            images_per_id=args.images_per_id,
+            queries=args.queries,
+            topk=args.topk,
+            seed=args.seed,
+            skip_bad_images=args.skip_bad_images,
+        )
+    except (OSError, ValueError) as err:
+        parser.exit(2, f"{parser.prog}: error: {err}\n")
+    if metrics is None:
+        print(f"curves: skipped, no --metrics and no {beside}")
     if "mixing" not in written:
         print(f"mixing: skipped, a {train_args['model']!r} model does not mix features")
     for name, path in written.items():

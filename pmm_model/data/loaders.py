@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from pmm_model.data.datasets import ImageDataset, Record, ReIDDataset
+from pmm_model.data.datasets import ImageDataset, Record, ReIDDataset, check_protocol
 from pmm_model.data.sampler import PKSampler
 from pmm_model.data.transforms import build_transforms
 
@@ -105,7 +105,7 @@ def build_train_loader(
     sampler = PKSampler(
         [r.pid for r in dataset.records],
         config["p"],
-        config["k"],
+        images_per_id=config["k"],
         seed=config["seed"],
         num_replicas=world_size,
         rank=rank,
@@ -132,16 +132,30 @@ def build_test_loaders(
     skip_bad_images: bool = False,
     pin_memory: bool = False,
 ) -> tuple[DataLoader, DataLoader]:
-    """Unshuffled ``(query_loader, gallery_loader)`` with the test transform."""
+    """Unshuffled ``(query_loader, gallery_loader)`` with the test transform.
+
+    Every image is checked first (see :class:`~pmm_model.data.datasets.ImageDataset`), and the
+    protocol again on the images left (:func:`~pmm_model.data.datasets.check_protocol`).
+
+    Raises:
+        UnreadableImageError: an image that cannot be read, without ``skip_bad_images``.
+        ValueError: no images left, or no query with a valid gallery match among them.
+    """
     transform = build_transforms(height, width, is_train=False)
+    query, gallery = (
+        ImageDataset(records, transform, skip_bad=skip_bad_images)
+        for records in (data.query, data.gallery)
+    )
+    if query.num_skipped or gallery.num_skipped:
+        check_protocol(query.records, gallery.records, f"dataset {data.name!r} (images left)")
     query_loader, gallery_loader = (
         DataLoader(
-            ImageDataset(records, transform, skip_bad=skip_bad_images),
+            dataset,
             batch_size=batch_size,
             num_workers=workers,
             pin_memory=pin_memory,
             worker_init_fn=_ignore_stop_signals,
         )
-        for records in (data.query, data.gallery)
+        for dataset in (query, gallery)
     )
     return query_loader, gallery_loader

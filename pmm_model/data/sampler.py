@@ -1,5 +1,8 @@
 """PK batch sampler: P identities x K images per batch, for the batch-hard triplet loss.
 
+The literature's P and K are ``p`` and ``images_per_id`` here (``k`` would clash with the
+number of blocks a mix replaces).
+
 With several processes (DDP) every rank draws the same seeded global order of batches and
 takes every ``num_replicas``-th one, so the ranks train on distinct batches that together are
 the one-process order.
@@ -7,6 +10,7 @@ the one-process order.
 
 from __future__ import annotations
 
+import warnings
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 
@@ -17,10 +21,11 @@ __all__ = ["PKSampler"]
 
 
 class PKSampler(Sampler[list[int]]):
-    """Yields batches of ``p * k`` dataset indices: ``p`` distinct ids, ``k`` images each.
+    """Yields batches of ``p * images_per_id`` dataset indices: ``p`` distinct ids, that many
+    images each.
 
-    Every epoch each identity's images are shuffled and cut into chunks of ``k`` (an identity
-    with fewer than ``k`` images is drawn with replacement up to ``k``; a final partial chunk
+    Every epoch each identity's images are shuffled and cut into chunks of ``images_per_id`` (an
+    identity with fewer images is drawn with replacement up to that many; a final partial chunk
     of a larger one is dropped), then batches take one chunk from each of ``p`` randomly chosen
     identities that still have chunks, until fewer than ``p`` are left (that last incomplete
     batch is dropped). The order depends only on ``seed`` and the epoch set with
@@ -33,13 +38,14 @@ class PKSampler(Sampler[list[int]]):
     Args:
         pids: identity label of each dataset index.
         p: identities per batch (>= 2, so every anchor has negatives).
-        k: images per identity (>= 1).
+        images_per_id: images per identity (>= 1), the K of P x K.
         seed: base seed.
         num_replicas: processes sharing the epoch (the DDP world size).
         rank: this process's rank, in ``[0, num_replicas)``.
+        k: deprecated name of ``images_per_id`` (a DeprecationWarning; to be removed).
 
     Example:
-        >>> sampler = PKSampler([0, 0, 1, 1, 1, 2, 2, 2], p=2, k=2, seed=0)
+        >>> sampler = PKSampler([0, 0, 1, 1, 1, 2, 2, 2], p=2, images_per_id=2, seed=0)
         >>> batches = list(sampler)
         >>> len(batches) == len(sampler), all(len(b) == 4 for b in batches)
         (True, True)
@@ -49,15 +55,32 @@ class PKSampler(Sampler[list[int]]):
         self,
         pids: Sequence[int],
         p: int,
-        k: int,
+        images_per_id: int | None = None,
         seed: int = 0,
         num_replicas: int = 1,
         rank: int = 0,
+        *,
+        k: int | None = None,
     ) -> None:
+        if k is not None:
+            if images_per_id is not None:
+                raise TypeError("PKSampler: pass images_per_id only; k is its deprecated name")
+            warnings.warn(
+                "PKSampler(k=...) is deprecated; pass images_per_id=... instead",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            images_per_id = k
+        if images_per_id is None:
+            raise TypeError("PKSampler: missing the images_per_id argument (images per identity)")
         if isinstance(p, bool) or not isinstance(p, int) or p < 2:
             raise ValueError(f"p must be an int >= 2, got {p!r}")
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise ValueError(f"k must be an int >= 1, got {k!r}")
+        if (
+            isinstance(images_per_id, bool)
+            or not isinstance(images_per_id, int)
+            or images_per_id < 1
+        ):
+            raise ValueError(f"images_per_id must be an int >= 1, got {images_per_id!r}")
         self.index_by_pid: dict[int, list[int]] = defaultdict(list)
         for index, pid in enumerate(pids):
             self.index_by_pid[int(pid)].append(index)
@@ -69,14 +92,25 @@ class PKSampler(Sampler[list[int]]):
             raise ValueError(f"num_replicas must be an int >= 1, got {num_replicas!r}")
         if not isinstance(rank, int) or not 0 <= rank < num_replicas:
             raise ValueError(f"rank must be an int in [0, {num_replicas}), got {rank!r}")
-        self.p, self.k, self.seed = p, k, seed
+        self.p, self.images_per_id, self.seed = p, images_per_id, seed
         self.num_replicas, self.rank = num_replicas, rank
         self.epoch, self.start = 0, 0
         if self.steps() == 0:
             raise ValueError(
-                f"{len(self._global_batches())} batches of p={p} identities x k={k} images per "
+                f"{len(self._global_batches())} batches of p={p} identities x "
+                f"images_per_id={images_per_id} images per "
                 f"epoch cannot be shared by {num_replicas} processes"
             )
+
+    @property
+    def k(self) -> int:
+        """Deprecated name of ``images_per_id`` (a DeprecationWarning; to be removed)."""
+        warnings.warn(
+            "PKSampler.k is deprecated; use PKSampler.images_per_id",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.images_per_id
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
         """Select the epoch whose batches the next iteration yields, from this rank's step
@@ -87,11 +121,12 @@ class PKSampler(Sampler[list[int]]):
         rng = np.random.default_rng([self.seed, self.epoch])
         chunks: dict[int, list[list[int]]] = {}
         for pid, indices in sorted(self.index_by_pid.items()):
-            if len(indices) < self.k:
-                drawn = rng.choice(indices, size=self.k, replace=True)
+            size = self.images_per_id
+            if len(indices) < size:
+                drawn = rng.choice(indices, size=size, replace=True)
             else:
-                drawn = rng.permutation(indices)[: len(indices) // self.k * self.k]
-            chunks[pid] = [drawn[i : i + self.k].tolist() for i in range(0, len(drawn), self.k)]
+                drawn = rng.permutation(indices)[: len(indices) // size * size]
+            chunks[pid] = [drawn[i : i + size].tolist() for i in range(0, len(drawn), size)]
         batches = []
         while len(chunks) >= self.p:
             batch = []

@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from pmm_model.checkpoint import save_checkpoint
+from pmm_model.config import make_config
 from pmm_model.models import build_model
 
 HEIGHT, WIDTH = 64, 32
@@ -33,14 +34,9 @@ def make_checkpoint(path: Path, kind: str, seed: int = 0) -> Path:
         if isinstance(module, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
             module.running_mean.uniform_(-0.2, 0.2)
             module.running_var.uniform_(0.5, 2.0)
-    args = {
-        "model": kind,
-        "backbone": "resnet18",
-        "num_classes": 4,
-        "height": HEIGHT,
-        "width": WIDTH,
-        "pretrained": None,
-    }
+    # The whole configuration, as the training CLI records it.
+    run = {"model": kind, "backbone": "resnet18", "height": HEIGHT, "width": WIDTH}
+    args = make_config(run | {"block_size": (1, 1)}) | {"num_classes": 4}
     save_checkpoint(path, {"model": model.state_dict(), "args": args})
     return path
 

@@ -14,11 +14,11 @@ endif
 GPU_PYTHON ?= python3
 GPU_RESULTS ?= gpu-results
 
-.PHONY: demo test test-fast lint bench study static-check gpu-check clean
+.PHONY: demo test test-fast lint wheel-check bench study static-check gpu-check clean
 
 $(VENV)/.installed: pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -e '.[train,dev]'
+	$(PY) -m pip install -e '.[train,deploy,dev]'
 	touch $@
 
 # The demo's run folder is disposable: each `make demo` starts it afresh.
@@ -27,6 +27,10 @@ DEMO_RUN := runs/pmm-synthetic
 demo: $(SETUP)
 	$(PY) -m pmm_model.train --preset demo --output-dir $(DEMO_RUN) --overwrite
 	$(PY) -m pmm_model.visualize --checkpoint $(DEMO_RUN)/checkpoint.pt --data synthetic --out $(DEMO_RUN)
+	$(PY) -m pmm_model.cli.extract --checkpoint $(DEMO_RUN)/checkpoint.pt --data synthetic \
+		--split gallery --out $(DEMO_RUN)/gallery.npz --workers 0
+	$(PY) -m pmm_model.cli.export --checkpoint $(DEMO_RUN)/checkpoint.pt --data synthetic \
+		--split query --out $(DEMO_RUN)/model.onnx
 
 # The ablation study on the synthetic set: 8 variants x 3 seeds, each trained as `make demo`
 # trains PMM (resumes where it stopped if rerun).
@@ -50,6 +54,12 @@ lint: $(SETUP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy
+
+# The wheel as users install it, in a fresh venv (see .ci/wheel_check.sh); WHEEL_VENV is
+# removed and created afresh.
+WHEEL_VENV ?= $(or $(TMPDIR),/tmp)/pmm-wheel-venv
+wheel-check:
+	bash .ci/wheel_check.sh $(WHEEL_VENV)
 
 bench: $(SETUP)
 	$(PY) -m pytest benchmarks --benchmark-only

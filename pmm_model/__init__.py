@@ -1,10 +1,42 @@
 """The thin PMM network around :mod:`pmm_kernels`: models, losses, data, training and evaluation.
 
+It needs the ``train`` extra (``pip install 'pmm[train]'``); a plain ``pip install pmm`` gives
+:mod:`pmm_kernels` alone, and importing this package then fails at once with a
+:class:`MissingExtraError` saying so.
+
 Example:
     >>> import pmm_model
     >>> model = pmm_model.build_model("baseline", num_classes=10, backbone="resnet18")
 """
 
-from pmm_model.models import build_model
+import importlib.util
 
-__all__ = ["build_model"]
+
+class MissingExtraError(ImportError):
+    """A package of an optional extra (``pmm[train]``, ``pmm[deploy]``) is not installed."""
+
+
+def _missing(modules: tuple[str, ...]) -> list[str]:
+    missing = []
+    for module in modules:
+        try:
+            if importlib.util.find_spec(module) is None:
+                missing.append(module)
+        except (ImportError, ValueError):  # a blocked or half-installed package
+            missing.append(module)
+    return missing
+
+
+# The `train` extra's import names (pillow is PIL), checked here so that a plain install fails
+# with what to do rather than on torchvision deep inside the model code.
+_TRAIN_MODULES = ("torchvision", "PIL", "tqdm", "matplotlib")
+if _missing_train := _missing(_TRAIN_MODULES):
+    raise MissingExtraError(
+        f"pmm_model needs the 'train' extra ({', '.join(_missing_train)} missing): "
+        "pip install 'pmm[train]'",
+        name=_missing_train[0],
+    )
+
+from pmm_model.models import build_model  # noqa: E402
+
+__all__ = ["MissingExtraError", "build_model"]

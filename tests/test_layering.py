@@ -50,8 +50,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("pmm_model.evaluation", "pmm_model.losses", "pmm_model.config"),
     # A trained network on disk.
     ("pmm_model.checkpoint", "pmm_model.run_folder"),
-    # Training loops and pictures of a trained network.
-    ("pmm_model.engine", "pmm_model.pictures"),
+    # Training loops, and pictures, embeddings and ONNX files of a trained network.
+    ("pmm_model.engine", "pmm_model.pictures", "pmm_model.extract", "pmm_model.export"),
     # Grids of training runs.
     ("pmm_model.ablation",),
     # Command-line front ends: the only code that parses arguments and exits.

@@ -49,9 +49,16 @@ import re
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
 
 from pmm_kernels.testing import cases
+
+if TYPE_CHECKING:  # imported where used: unavailable() must run first on a triton without it
+    from triton.backends.compiler import GPUTarget
 
 CAPS = (80, 90)
 MAX_REGISTERS = 96
@@ -148,14 +155,12 @@ def unavailable() -> str | None:
     return None
 
 
-def dtype_name(dtype) -> str:
+def dtype_name(dtype: torch.dtype) -> str:
     """How rows name a dtype: "float32" for ``torch.float32``."""
     return str(dtype).removeprefix("torch.")
 
 
-def _make_feat(dtype, layout: str, shape: cases.Shape):
-    import torch
-
+def _make_feat(dtype: torch.dtype, layout: str, shape: cases.Shape) -> torch.Tensor:
     feat = torch.zeros(shape.n, shape.c, shape.h, shape.w, dtype=dtype)
     return feat.contiguous(memory_format=torch.channels_last) if layout == "channels_last" else feat
 
@@ -181,7 +186,6 @@ def _bytes_model(kernel: str, f: float, launch_args: tuple, feat_bytes: int) -> 
 
 def record_launches() -> list[Launch]:
     """Every launch the launchers make over the check's cases; nothing runs."""
-    import torch
     from triton.runtime.autotuner import Autotuner
     from triton.runtime.jit import JITFunction
 
@@ -193,7 +197,14 @@ def record_launches() -> list[Launch]:
     case: dict = {}
     generator = torch.Generator().manual_seed(0)
 
-    def forward(call: cases.Call, shape: cases.Shape, feat, dtype, layout: str, mode: str):
+    def forward(
+        call: cases.Call,
+        shape: cases.Shape,
+        feat: torch.Tensor,
+        dtype: torch.dtype,
+        layout: str,
+        mode: str,
+    ) -> None:
         cut = call.cut(shape)
         case.update(
             feat=feat,
@@ -220,8 +231,8 @@ def record_launches() -> list[Launch]:
         def __init__(self, name: str):
             self.name = name
 
-        def __getitem__(self, grid):
-            def record(*args, **kwargs):
+        def __getitem__(self, grid: object) -> Callable[..., None]:
+            def record(*args: Any, **kwargs: Any) -> None:
                 feat_bytes = case["feat"].numel() * case["feat"].element_size()
                 launches.append(
                     Launch(
@@ -270,21 +281,19 @@ class _StandInDriver:
 
         self.target = GPUTarget("cuda", cap, 32)
 
-    def get_current_target(self):
+    def get_current_target(self) -> GPUTarget:
         return self.target
 
-    def get_current_device(self):
+    def get_current_device(self) -> int:
         return 0
 
-    def get_current_stream(self, device=None):
+    def get_current_stream(self, device: int | None = None) -> int:
         return 0
 
-    def get_active_torch_device(self):
-        import torch
-
+    def get_active_torch_device(self) -> torch.device:
         return torch.device("cpu")
 
-    def is_active(self):
+    def is_active(self) -> bool:
         return True
 
 
@@ -445,7 +454,7 @@ def summarize(rows: list[dict]) -> str:
     ]
     for (cap, kernel, aligned), rs in sorted(groups.items()):
 
-        def span(key, rs=rs):
+        def span(key: str, rs: list[dict] = rs) -> str:
             values = [r[key] for r in rs]
             return f"{min(values)}-{max(values)}" if min(values) != max(values) else str(values[0])
 
@@ -457,7 +466,7 @@ def summarize(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def run(caps=CAPS, max_registers: int = MAX_REGISTERS) -> dict:
+def run(caps: Sequence[int] = CAPS, max_registers: int = MAX_REGISTERS) -> dict:
     """The whole check: rows for every target (one process per target) and the problems."""
     reason = unavailable()
     if reason:

@@ -18,7 +18,7 @@ ort = pytest.importorskip("onnxruntime")
 # Each export traces the network with torch.export: seconds, not milliseconds.
 pytestmark = pytest.mark.slow
 
-from deploy_fixtures import HEIGHT, WIDTH, make_checkpoint, make_tree  # noqa: E402
+from oracles.deploy import HEIGHT, WIDTH, make_checkpoint, make_tree  # noqa: E402
 
 from pmm_model import export  # noqa: E402
 from pmm_model.cli import export as cli  # noqa: E402

@@ -1,6 +1,6 @@
 """Feature extraction (``pmm_model.FeatureExtractor``, ``pmm-extract``) against the evaluate path.
 
-The checkpoints and images come from :mod:`deploy_fixtures`.
+The checkpoints and images come from :mod:`oracles.deploy`.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from deploy_fixtures import HEIGHT, WIDTH, make_checkpoint, make_tree
+from oracles.deploy import HEIGHT, WIDTH, make_checkpoint, make_tree
 from PIL import Image
 
 from pmm_model.checkpoint import load_model

@@ -1,4 +1,5 @@
-"""What the tests share: the loop oracles, the inputs they feed the op and the tiny training set.
+"""What the tests share: the loop oracles, the inputs they feed the op and the tiny training set
+(the extraction and export tests' checkpoints and image trees are in ``oracles.deploy``).
 
 Tests import from here (``from oracles import make_feat``: pytest puts ``tests/`` on the path),
 never from each other; fixtures live in ``tests/conftest.py``.

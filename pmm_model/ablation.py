@@ -52,7 +52,7 @@ from typing import Any, TypeGuard, cast
 import numpy as np
 
 from pmm_model.checkpoint import atomic_write
-from pmm_model.config import DEFAULTS, make_config
+from pmm_model.config import DEFAULTS, make_config, upgrade_saved_config
 from pmm_model.engine import METRIC_KEYS, TrainingInterrupted, run_training
 from pmm_model.models import MIX_MODES
 from pmm_model.pictures import plot_bars
@@ -300,14 +300,11 @@ def _claim_grid(out: Path, settings: dict[str, Any], variants: list[str], seeds:
     path = out / STUDY
     if path.is_file():
         saved = _read_json(path)
-        differ = sorted(
-            key
-            for key in {*saved["settings"], *settings}
-            if saved["settings"].get(key) != settings.get(key)
-        )
+        before = upgrade_saved_config(saved["settings"])
+        differ = sorted(key for key in {*before, *settings} if before.get(key) != settings.get(key))
         if differ:
             changes = ", ".join(
-                f"{key}: {saved['settings'].get(key)!r} -> {settings.get(key)!r}" for key in differ
+                f"{key}: {before.get(key)!r} -> {settings.get(key)!r}" for key in differ
             )
             raise StudyError(
                 f"out: {str(out)!r} holds a grid trained with other settings "

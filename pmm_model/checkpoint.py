@@ -35,7 +35,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from pmm_model.config import DEFAULTS, ConfigError, check_config, model_options
+from pmm_model.config import (
+    DEFAULTS,
+    ConfigError,
+    check_config,
+    model_options,
+    upgrade_saved_config,
+)
 from pmm_model.models import build_model
 
 __all__ = [
@@ -324,6 +330,7 @@ def load_checkpoint(
         )
     if not isinstance(checkpoint["args"], dict):
         raise ValueError(f"checkpoint {str(path)!r}: its args are not a dict")
+    checkpoint["args"] = upgrade_saved_config(checkpoint["args"])
     missing = [key for key in REQUIRED_ARGS if key not in checkpoint["args"]]
     if missing:
         raise ValueError(f"checkpoint {str(path)!r}: its args lack {missing}")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import warnings
 from typing import Any
 
 from pmm_kernels.ops.reference import block_grid
@@ -22,6 +23,7 @@ from pmm_model.models import BACKBONES, CAM_MODES, MIX_MODES, MODELS
 __all__ = [
     "DEFAULTS",
     "PRESETS",
+    "RENAMED_OPTIONS",
     "RUNTIME_OPTIONS",
     "ConfigError",
     "check_config",
@@ -29,6 +31,7 @@ __all__ = [
     "make_config",
     "model_options",
     "resume_config",
+    "upgrade_saved_config",
 ]
 
 
@@ -51,8 +54,8 @@ DEFAULTS: dict[str, Any] = {
     "root": None,
     "height": 384,
     "width": 128,
-    "p": 16,
-    "k": 4,
+    "ids_per_batch": 16,
+    "images_per_id": 4,
     "cutout": True,
     "random_erasing": False,
     "skip_bad_images": False,
@@ -91,8 +94,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "backbone": "resnet18",
         "height": 128,
         "width": 64,
-        "p": 8,
-        "k": 4,
+        "ids_per_batch": 8,
+        "images_per_id": 4,
         "epochs": 6,
         "lr": 2e-3,
         "eval_every": 6,
@@ -107,6 +110,32 @@ RUNTIME_OPTIONS = (
     "epochs", "eval_every", "checkpoint_every", "device", "workers", "output_dir", "root", "amp",
     "skip_bad_images", "compile", "channels_last", "sync_bn",
 )  # fmt: skip
+
+
+# Keys renamed since checkpoints and study.json files were first written (old -> new): ``k`` also
+# meant the op's num_blocks, so the P x K sampler's sizes are spelled out.
+RENAMED_OPTIONS = {"p": "ids_per_batch", "k": "images_per_id"}
+
+
+def upgrade_saved_config(saved: dict[str, Any]) -> dict[str, Any]:
+    """A configuration saved under older key names (:data:`RENAMED_OPTIONS`), under today's.
+
+    Example:
+        >>> upgrade_saved_config({"p": 8, "k": 4, "epochs": 6})
+        {'ids_per_batch': 8, 'images_per_id': 4, 'epochs': 6}
+    """
+    return {RENAMED_OPTIONS.get(key, key): value for key, value in saved.items()}
+
+
+def _renamed_options(options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` given by code under old key names, under today's, with a DeprecationWarning."""
+    for old in RENAMED_OPTIONS.keys() & options.keys():
+        warnings.warn(
+            f"option {old!r} is deprecated; use {RENAMED_OPTIONS[old]!r}",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+    return upgrade_saved_config(options)
 
 
 def feature_map_size(height: int, width: int) -> tuple[int, int]:
@@ -185,8 +214,8 @@ def check_config(config: dict[str, Any]) -> None:
     for key, low in (
         ("height", 16),
         ("width", 8),
-        ("p", 2),
-        ("k", 1),
+        ("ids_per_batch", 2),
+        ("images_per_id", 1),
         ("epochs", 1),
         ("eval_every", 1),
         ("checkpoint_every", 1),
@@ -240,13 +269,14 @@ def make_config(options: dict[str, Any] | None = None, preset: str | None = None
     """Defaults, then ``preset``, then ``options``; derived values filled in and checked.
 
     Args:
-        options: option -> value, keys of :data:`DEFAULTS` (None values mean "default").
+        options: option -> value, keys of :data:`DEFAULTS` (None values mean "default"); the
+            old names of :data:`RENAMED_OPTIONS` still work, with a DeprecationWarning.
         preset: a key of :data:`PRESETS`.
 
     Raises:
         ConfigError: an unknown option or preset, or a value :func:`check_config` rejects.
     """
-    options = dict(options or {})
+    options = _renamed_options(options or {})
     unknown = sorted(set(options) - set(DEFAULTS))
     _need(not unknown, f"unknown options {unknown}; valid: {sorted(DEFAULTS)}")
     _need(
@@ -286,6 +316,7 @@ def resume_config(
     Raises:
         ConfigError: a runtime option the resumed run cannot use.
     """
+    explicit = _renamed_options(explicit)
     config = {**DEFAULTS, "block_size": saved.get("block_size"), **saved}
     notes = []
     for key, value in explicit.items():

@@ -395,13 +395,13 @@ class Engine:
                 config["skip_bad_images"],
                 pin,
             )
-            per_rank = config["p"] * config["k"]
+            per_rank = config["ids_per_batch"] * config["images_per_id"]
             logger.info(
                 "world size %d: %d x %d = %d images per rank and step, %d per global batch, "
                 "%d steps per epoch on %s",
                 dist.world_size,
-                config["p"],
-                config["k"],
+                config["ids_per_batch"],
+                config["images_per_id"],
                 per_rank,
                 per_rank * dist.world_size,
                 self.sampler.steps(),

@@ -545,7 +545,14 @@ def test_resume_refuses_an_absurd_batch_counter(finished, tmp_path):
 def pmm_checkpoint(tmp_path_factory):
     """An untrained PMM checkpoint of ``T``'s configuration (4 classes), with metrics.json."""
     config = make_config(
-        {"data": "folder", "height": 64, "width": 32, "p": 2, "k": 2, "feature_dim": 32},
+        {
+            "data": "folder",
+            "height": 64,
+            "width": 32,
+            "ids_per_batch": 2,
+            "images_per_id": 2,
+            "feature_dim": 32,
+        },
         preset="demo",
     )
     config["num_classes"] = 4

@@ -158,10 +158,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--height", type=int_at_least(16), help=_default("height"))
     train.add_argument("--width", type=int_at_least(8), help=_default("width"))
     train.add_argument(
-        "--ids-per-batch", dest="p", type=int_at_least(2), metavar="P", help=_default("p")
+        "--ids-per-batch", type=int_at_least(2), metavar="P", help=_default("ids_per_batch")
     )
     train.add_argument(
-        "--images-per-id", dest="k", type=int_at_least(1), metavar="K", help=_default("k")
+        "--images-per-id", type=int_at_least(1), metavar="K", help=_default("images_per_id")
     )
     train.add_argument("--amp", choices=AMP_DTYPES, help=_default("amp"))
     train.add_argument("--workers", type=int_at_least(0), help=_default("workers"))

@@ -105,17 +105,15 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--width", type=int_at_least(8), help=f"input width {_default('width')}")
     data.add_argument(
         "--ids-per-batch",
-        dest="p",
         type=int_at_least(2),
         metavar="P",
-        help=f"identities per batch and process, >= 2 {_default('p')}",
+        help=f"identities per batch and process, >= 2 {_default('ids_per_batch')}",
     )
     data.add_argument(
         "--images-per-id",
-        dest="k",
         type=int_at_least(1),
         metavar="K",
-        help=f"images per identity {_default('k')}",
+        help=f"images per identity {_default('images_per_id')}",
     )
     data.add_argument(
         "--cutout", action=argparse.BooleanOptionalAction, help="Cutout, p=0.5 (default: on)"
@@ -236,11 +234,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def flag_name(key: str) -> str:
-    """The command-line flag of configuration ``key`` (``p`` -> ``--ids-per-batch``).
+    """The command-line flag of configuration ``key`` (``feature_dim`` -> ``--feature-dim``).
 
     Example:
-        >>> flag_name("p"), flag_name("eval_every")
-        ('--ids-per-batch', '--eval-every')
+        >>> flag_name("feature_dim"), flag_name("eval_every")
+        ('--feature-dim', '--eval-every')
     """
     return _flags().get(key, f"--{key.replace('_', '-')}")
 

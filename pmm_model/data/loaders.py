@@ -105,8 +105,8 @@ def build_train_loader(
     dataset = ImageDataset(records, transform, skip_bad=config["skip_bad_images"])
     sampler = PKSampler(
         [r.pid for r in dataset.records],
-        config["p"],
-        images_per_id=config["k"],
+        config["ids_per_batch"],
+        images_per_id=config["images_per_id"],
         seed=config["seed"],
         num_replicas=world_size,
         rank=rank,

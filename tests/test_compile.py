@@ -24,7 +24,7 @@ def assert_is_a_mix(out, feat, info):
     """Every cell of out comes from the sample itself, its partner, or zeros
     (docs/op.md#feature-mix-family)."""
     for i in range(feat.shape[0]):
-        m, j = info.mask[i], int(info.negatives[i])
+        m, j = info.mask[i], int(info.partners[i])
         assert torch.equal(out[i][:, ~m], feat[i][:, ~m])
         expected = feat[j][:, m] if j >= 0 else torch.zeros_like(feat[i][:, m])
         assert torch.equal(out[i][:, m], expected)
@@ -41,7 +41,7 @@ def test_a_hard_mix_trains_under_inductor_fullgraph():
     (grad,) = torch.autograd.grad(out, feat, grad_out)
     assert_is_a_mix(out.detach(), feat.detach(), info)
     assert info.blocks.is_contiguous()
-    eager = pmm_kernels.a_hard_mix(feat, attn, labels, negatives=info.negatives)
+    eager = pmm_kernels.a_hard_mix(feat, attn, labels, partners=info.partners)
     assert torch.equal(out, eager)
     assert torch.equal(grad, torch.autograd.grad(eager, feat, grad_out)[0])
 
@@ -69,8 +69,8 @@ class TinyNet(nn.Module):
         self.fc = nn.Linear(8, 4)
         self.mix = FeatureMix(mix_mode, grid=(4, 2), classifier=self.fc)
 
-    def forward(self, images, labels, negatives):
-        x = self.mix(self.stem(images), labels, negatives=negatives)
+    def forward(self, images, labels, partners):
+        x = self.mix(self.stem(images), labels, partners=partners)
         return self.fc(x.mean(dim=(2, 3)))
 
 
@@ -79,11 +79,11 @@ def test_model_compiled_by_inductor_matches_eager_for_given_partners():
     torch.manual_seed(0)
     net = TinyNet("a_hard_mix")
     images, labels = torch.randn(6, 3, 8, 4), torch.tensor([0, 0, 1, 1, 2, 3])
-    negatives = torch.tensor([2, 3, 0, 5, 0, -1])
+    partners = torch.tensor([2, 3, 0, 5, 0, -1])
     results = []
     for model in (net, torch.compile(net, fullgraph=True)):
         net.zero_grad()
-        logits = model(images, labels, negatives)
+        logits = model(images, labels, partners)
         logits.square().sum().backward()
         results.append(
             (logits.detach(), [p.grad.clone() for p in net.parameters()], net.mix.last_info)

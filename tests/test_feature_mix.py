@@ -36,10 +36,10 @@ def check_mode(feat, labels, attn, *, mode, seed=0, partners=None, **options):
         backend="torch",
         **options,
     )
-    expected = oracle_mix(feat, labels, attn, mode=mode, seed=seed, negatives=partners, **options)
+    expected = oracle_mix(feat, labels, attn, mode=mode, seed=seed, partners=partners, **options)
     assert out.dtype == feat.dtype and out.shape == feat.shape and out.device == feat.device
     assert torch.equal(out.detach().cpu(), expected.out)
-    assert info.partners.tolist() == expected.negatives
+    assert info.partners.tolist() == expected.partners
     assert info.blocks.tolist() == expected.blocks
     assert torch.equal(info.mask.cpu(), expected.mask)
     assert torch.equal(info.lam.cpu(), expected.lam)
@@ -49,7 +49,7 @@ def check_mode(feat, labels, attn, *, mode, seed=0, partners=None, **options):
     grad_out = torch.randn(feat.shape, generator=torch.Generator().manual_seed(seed + 1))
     grad_out = grad_out.to(feat.dtype)
     (grad,) = torch.autograd.grad(out, feat, grad_out.to(feat.device))
-    assert torch.equal(grad.cpu(), oracle_backward(grad_out, expected.negatives, expected.mask))
+    assert torch.equal(grad.cpu(), oracle_backward(grad_out, expected.partners, expected.mask))
     return out, info
 
 

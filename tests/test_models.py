@@ -118,7 +118,7 @@ def test_fast_and_paper_grad_cam_choose_the_same_blocks(monkeypatch):
     torch.testing.assert_close(fast_map3, paper_map3, rtol=1e-4, atol=1e-7)
     assert fast_map2.sum() > 0 and fast_map3.sum() > 0  # not trivially equal
     for fast, paper in zip(infos["fast"], infos["paper"], strict=True):
-        assert torch.equal(fast.negatives, paper.negatives)
+        assert torch.equal(fast.partners, paper.partners)
         assert torch.equal(fast.blocks, paper.blocks)
         assert torch.equal(fast.mask, paper.mask)
 

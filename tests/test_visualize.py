@@ -44,7 +44,7 @@ def _has_color(pixels: np.ndarray, x: int, y: int, color, reach: int = 2) -> boo
     return bool((np.abs(window - np.asarray(color)).max(axis=-1) <= 8).any())
 
 
-def _mix(n=6, c=3, h=7, w=5, block_size=(3, 2), k=2, negatives=None, seed=0):
+def _mix(n=6, c=3, h=7, w=5, block_size=(3, 2), k=2, partners=None, seed=0):
     generator = torch.Generator().manual_seed(seed)
     feat = torch.randn(n, c, h, w, generator=generator)
     saliency = torch.rand(n, h, w, generator=generator)
@@ -55,7 +55,7 @@ def _mix(n=6, c=3, h=7, w=5, block_size=(3, 2), k=2, negatives=None, seed=0):
         labels,
         block_size=block_size,
         num_blocks=k,
-        negatives=negatives,
+        partners=partners,
         generator=generator,
         return_info=True,
     )
@@ -64,12 +64,12 @@ def _mix(n=6, c=3, h=7, w=5, block_size=(3, 2), k=2, negatives=None, seed=0):
 
 def test_rectangles_cover_exactly_the_mask_including_clipped_edge_blocks() -> None:
     # 7x5 map in 3x2 blocks: the last block row and column are clipped (1 row, 1 column).
-    negatives = torch.tensor([2, -1, 0, 5, 1, 3])
-    _, info = _mix(k=3, negatives=negatives)
+    partners = torch.tensor([2, -1, 0, 5, 1, 3])
+    _, info = _mix(k=3, partners=partners)
     image_size = (70, 20)  # 10 pixels per cell down, 4 across
     boxes = mix_rectangles(info, (3, 2), image_size)
     for i, sample_boxes in enumerate(boxes):
-        if negatives[i] < 0:
+        if partners[i] < 0:
             assert sample_boxes == []
             continue
         assert len(sample_boxes) == 3
@@ -165,7 +165,7 @@ def test_mixing_figure_outlines_the_replaced_blocks(tmp_path) -> None:
 
 
 def test_mixing_figure_marks_unmixed_samples(tmp_path) -> None:
-    saliency, info = _mix(n=2, h=8, w=4, block_size=(1, 1), k=1, negatives=torch.tensor([-1, 0]))
+    saliency, info = _mix(n=2, h=8, w=4, block_size=(1, 1), k=1, partners=torch.tensor([-1, 0]))
     grid = plot_mixing(tmp_path / "m.png", torch.rand(2, 3, 32, 16), [saliency], [info], (1, 1))
     pixels = _png(tmp_path / "m.png")
     left, top, right, bottom = grid.image_box(0, 2)
@@ -252,8 +252,8 @@ def test_pmm_saliency_returns_the_maps_that_chose_the_blocks(tiny_pmm) -> None:
         flat = saliency.flatten(1)
         best = torch.sort(flat, dim=1, descending=True, stable=True).indices[:, 0]
         assert torch.equal(info.blocks[:, 0], best)
-        assert (info.negatives >= 0).all()
-        assert (labels[info.negatives] != labels).all()
+        assert (info.partners >= 0).all()
+        assert (labels[info.partners] != labels).all()
     assert not model.training
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
     assert all(p.grad is None for p in model.parameters())

@@ -17,7 +17,7 @@ import torch
 @dataclass
 class OracleResult:
     out: torch.Tensor
-    negatives: list[int]
+    partners: list[int]
     blocks: list[list[int]]
     mask: torch.Tensor
     lam: torch.Tensor
@@ -59,7 +59,7 @@ def oracle_forward(
     block_size: tuple[int, int],
     num_blocks: int,
     u: torch.Tensor | None = None,
-    negatives: torch.Tensor | None = None,
+    partners: torch.Tensor | None = None,
 ) -> OracleResult:
     x = feat.detach().cpu().double().numpy()
     a = attn.detach().cpu().double().numpy()
@@ -85,18 +85,18 @@ def oracle_forward(
 
         blocks.append(sorted(range(rows * cols), key=rank_key)[:num_blocks])
 
-    partners = oracle_partners(u, labels) if negatives is None else negatives.tolist()
+    chosen = oracle_partners(u, labels) if partners is None else partners.tolist()
     out = feat.detach().clone()
     mask = torch.zeros(n, h, w, dtype=torch.bool)
     for i in range(n):
-        if partners[i] < 0:
+        if chosen[i] < 0:
             continue
         for b in blocks[i]:
             for r, q in cells(b):
                 mask[i, r, q] = True
-                out[i, :, r, q] = feat.detach()[partners[i], :, r, q]
+                out[i, :, r, q] = feat.detach()[chosen[i], :, r, q]
     lam = torch.tensor([float(mask[i].sum()) / (h * w) for i in range(n)], dtype=torch.float32)
-    return OracleResult(out, partners, blocks, mask, lam)
+    return OracleResult(out, chosen, blocks, mask, lam)
 
 
 def oracle_backward(

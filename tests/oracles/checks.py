@@ -33,11 +33,11 @@ def check_against_oracle(
         block_size=block_size,
         num_blocks=num_blocks,
         u=u,
-        negatives=None if partners is None else partners.cpu(),
+        partners=None if partners is None else partners.cpu(),
     )
     assert out.dtype == feat.dtype and out.shape == feat.shape
     assert torch.equal(out.detach().cpu(), expected.out)
-    assert info.partners.tolist() == expected.negatives
+    assert info.partners.tolist() == expected.partners
     assert info.blocks.tolist() == expected.blocks
     assert torch.equal(info.mask.cpu(), expected.mask)
     assert torch.equal(info.lam.cpu(), expected.lam)
@@ -48,6 +48,6 @@ def check_against_oracle(
     grad_out = grad_out.to(device=feat.device, dtype=feat.dtype)
     (grad,) = torch.autograd.grad(out, feat, grad_out)
     assert torch.equal(
-        grad.cpu(), oracle_backward(grad_out.cpu(), expected.negatives, expected.mask)
+        grad.cpu(), oracle_backward(grad_out.cpu(), expected.partners, expected.mask)
     )
     return out, info

@@ -41,7 +41,7 @@ def oracle_mix(
     block_size: tuple[int, int] = (3, 2),
     num_blocks: int = 3,
     seed: int = 0,
-    negatives: torch.Tensor | None = None,
+    partners: torch.Tensor | None = None,
     h_ratio: float = 0.33,
     w_ratio: float = 1.0,
 ) -> OracleResult:
@@ -85,30 +85,30 @@ def oracle_mix(
 
     rule = RULES[mode]
     if rule == "none":
-        partners = [-1] * n
-    elif negatives is not None:
-        partners = negatives.tolist()
+        drawn = [-1] * n
+    elif partners is not None:
+        drawn = partners.tolist()
     else:
         u = torch.rand(n, generator=generator).tolist()
         label_list = labels.tolist()
-        partners = []
+        drawn = []
         for i in range(n):
             if rule == "different_label":
                 candidates = [j for j in range(n) if label_list[j] != label_list[i]]
             else:
                 candidates = [j for j in range(n) if j != i]
-            partners.append(_pick(u[i], candidates))
+            drawn.append(_pick(u[i], candidates))
 
     out = x.clone()
     mask = torch.zeros(n, h, w, dtype=torch.bool)
     for i in range(n):
-        if rule != "none" and partners[i] < 0:
+        if rule != "none" and drawn[i] < 0:
             continue
         for r, q in chosen[i]:
             mask[i, r, q] = True
-            out[i, :, r, q] = 0 if rule == "none" else x[partners[i], :, r, q]
+            out[i, :, r, q] = 0 if rule == "none" else x[drawn[i], :, r, q]
     lam = torch.tensor([float(mask[i].sum()) / (h * w) for i in range(n)], dtype=torch.float32)
-    return OracleResult(out, partners, blocks, mask, lam)
+    return OracleResult(out, drawn, blocks, mask, lam)
 
 
 def oracle_targets(labels, partners, lam, num_classes, smoothing, mixes_labels):

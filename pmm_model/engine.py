@@ -22,9 +22,9 @@ What a run guarantees:
   :class:`TrainingInterrupted`.
   A second SIGINT stops at once. Resuming continues exactly where the signal stopped it.
 * **Divergence** raises :class:`TrainingDiverged` before the step is applied, and the last
-  checkpoint is not touched: a loss that is not finite, or more than :data:`EXPLOSION` times
-  the median of the last :data:`LOSS_HISTORY` finite step losses (and above :data:`EXPLOSION`),
-  or gradients that are not finite (without fp16 loss scaling, which skips such steps itself).
+  checkpoint is not touched: a loss that is not finite or that explodes, or gradients that are
+  not finite without fp16 loss scaling, which skips such steps itself
+  (:mod:`pmm_model.divergence` says when).
   A checkpoint is never written with a non-finite weight, BatchNorm statistic or optimizer
   state: the run stops as diverged instead.
 * **Distributed jobs** check at start-up that every rank has the same configuration
@@ -48,13 +48,10 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import random
 import signal
-import statistics
 import sys
 import time
-from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -80,6 +77,7 @@ from pmm_model.config import ConfigError, make_config, model_options, resume_con
 from pmm_model.data.datasets import ReIDDataset, build_dataset
 from pmm_model.data.loaders import build_test_loaders, build_train_loader
 from pmm_model.data.sampler import PKSampler
+from pmm_model.divergence import LossWatch, gradients_finite
 from pmm_model.errors import (
     EvaluationFailed,
     RanksDisagree,
@@ -95,8 +93,6 @@ from pmm_model.runtime import Distributed, StopSignals, init_distributed
 
 __all__ = [
     "AMP_DTYPES",
-    "EXPLOSION",
-    "LOSS_HISTORY",
     "Engine",
     "EvaluationFailed",
     "RanksDisagree",
@@ -111,11 +107,6 @@ logger = logging.getLogger("pmm_model.engine")
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}
 METRIC_KEYS = ("rank1", "mAP", "mINP")
-# Divergence: a step loss above EXPLOSION x max(1, median of the last LOSS_HISTORY finite step
-# losses). A sane re-identification loss stays within a few units, and a factor of 1000 leaves
-# room for any honest spike; the floor of 1 keeps a loss that has fallen near 0 from tripping it.
-EXPLOSION = 1e3
-LOSS_HISTORY = 50
 
 _T = TypeVar("_T")
 
@@ -188,7 +179,7 @@ class Engine:
         self.folder: RunFolder | None = None  # rank 0, while the run holds it
         self.signals = StopSignals()
         self.resumed: ResumePoint | None = None  # where a restored run continued
-        self.recent_losses: deque[float] = deque(maxlen=LOSS_HISTORY)  # this rank's
+        self.losses = LossWatch()  # this rank's
         # Built by _setup() when the run starts (declared here for readers and type checkers).
         self.model: nn.Module  # the bare network (no DDP wrapper)
         self.net: nn.Module  # what training calls: the model, or its DDP wrapper
@@ -544,23 +535,6 @@ class Engine:
         )
         return flags[0], [rank for rank, flag in enumerate(flags[1:]) if flag]
 
-    def _loss_problem(self, value: float) -> str:
-        """Why ``value`` shows divergence, or ``""``: not finite, or an explosion."""
-        if not math.isfinite(value):
-            return f"the loss is not finite ({value})"
-        if self.recent_losses:
-            median = statistics.median(self.recent_losses)
-            if value > EXPLOSION * max(median, 1.0):
-                return (
-                    f"the loss exploded ({value:.4g}, over {EXPLOSION:g} x the median "
-                    f"{median:.4g} of the last {len(self.recent_losses)} steps)"
-                )
-        return ""
-
-    def _gradients_finite(self) -> bool:
-        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-        return not grads or bool(torch.isfinite(torch.nn.utils.get_total_norm(grads)))
-
     def _interrupt(self, epoch: int, batches: int, saved: bool = False) -> TrainingInterrupted:
         signum = self.signals.received or signal.SIGTERM
         if not saved:
@@ -676,17 +650,17 @@ class Engine:
             ):
                 loss = self.forward_loss(images, pids)
             value = loss.item()
-            problem = self._loss_problem(value)
+            problem = self.losses.problem(value)
             stop, ranks = self._step_flags(problem)
             if ranks:  # every rank is here: tell them all what the first such rank saw
                 seen = self.dist.gather((problem, value))[ranks[0]]
                 raise self._diverged(
                     f"{seen[0]} on rank {ranks[0]}", epoch + 1, step + 1, ranks[0], seen[1]
                 )
-            self.recent_losses.append(value)
+            self.losses.record(value)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
-            if not self.scaler.is_enabled() and not self._gradients_finite():
+            if not self.scaler.is_enabled() and not gradients_finite(self.model):
                 # After DDP's all-reduce every rank holds the same gradients, so every rank
                 # stops here together.
                 raise self._diverged(

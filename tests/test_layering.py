@@ -35,13 +35,14 @@ ALIASES = ("pmm_model.train", "pmm_model.evaluate", "pmm_model.study", "pmm_mode
 # covers the data subpackage). A new module needs a line here: choose the lowest layer whose
 # modules it may import.
 LAYERS: tuple[tuple[str, ...], ...] = (
-    # What a model is fed, how its rankings are scored, the process it runs in and the errors
-    # that stop a run: no network in sight.
+    # What a model is fed, how its rankings are scored, the process it runs in, when a run has
+    # diverged and the errors that stop one: no network in sight.
     (
         "pmm_model.data",
         "pmm_model.metrics",
         "pmm_model.reranking",
         "pmm_model.runtime",
+        "pmm_model.divergence",
         "pmm_model.errors",
     ),
     # The networks (pmm_model's __init__ re-exports build_model).

@@ -10,6 +10,7 @@ Example:
 """
 
 import importlib.util
+from typing import TYPE_CHECKING, Any
 
 
 class MissingExtraError(ImportError):
@@ -37,6 +38,18 @@ if _missing_train := _missing(_TRAIN_MODULES):
         name=_missing_train[0],
     )
 
-from pmm_model.models import build_model  # noqa: E402
+if TYPE_CHECKING:
+    from pmm_model.models import build_model
 
 __all__ = ["MissingExtraError", "build_model"]
+
+
+def __getattr__(name: str) -> Any:
+    # build_model is imported on first use, so that `import pmm_model`, which every command
+    # does first, does not load torch: the commands load it inside their Ctrl-C guard
+    # (pmm_model.cli.scripts), and a Ctrl-C while it loads ends with one line.
+    if name == "build_model":
+        from pmm_model.models import build_model
+
+        return build_model
+    raise AttributeError(f"module 'pmm_model' has no attribute {name!r}")

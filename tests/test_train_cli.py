@@ -11,6 +11,7 @@ import os
 import runpy
 import shutil
 import signal
+import subprocess
 import sys
 
 import pytest
@@ -552,3 +553,34 @@ def test_ctrl_c_during_start_up_is_one_line_and_130(straight, monkeypatch, capsy
         pytest.fail("KeyboardInterrupt escaped the CLI")
     assert code == 130
     assert capsys.readouterr().err == "python -m pmm_model.train: interrupted (Ctrl-C)\n"
+
+
+# A command's first seconds go to loading torch. The probe sends itself a real SIGINT as the
+# command starts importing its CLI module (and torch with it).
+_SIGINT_WHILE_LOADING = """
+import importlib, os, signal, sys
+import pmm_model.cli.scripts as scripts
+assert "torch" not in sys.modules, "torch was loaded before the Ctrl-C guard"
+real_import = importlib.import_module
+def import_interrupted(name):
+    os.kill(os.getpid(), signal.SIGINT)
+    return real_import(name)
+importlib.import_module = import_interrupted
+sys.argv = ["pmm-train", "--help"]
+scripts.train()
+"""
+
+
+def test_ctrl_c_while_a_command_loads_torch_is_one_line_and_130():
+    # Issue 16.18: Ctrl-C in the seconds `python -m pmm_model.train` spends importing torch
+    # printed a KeyboardInterrupt traceback and died of the signal (status -2).
+    run = subprocess.run(
+        [sys.executable, "-c", _SIGINT_WHILE_LOADING],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        # A shell without job control starts background jobs with SIGINT ignored, and Python
+        # then installs no handler: restore the default so that the child sees Ctrl-C.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    assert (run.returncode, run.stderr) == (130, "pmm-train: interrupted (Ctrl-C)\n")

@@ -2,18 +2,29 @@
 
 Each CLI's ``main`` returns what it produced, for tests and callers; a console script's return
 value becomes the process's exit status, so these entry points run ``main`` and return None
-(exit 0). Errors exit inside ``main`` with their own status.
+(exit 0). Errors exit inside ``main`` with their own status. The ``python -m pmm_model.<name>``
+aliases run these too.
+
+This module and the packages above it import neither torch nor the CLI: the CLI module (and
+torch with it, seconds) is imported under the same Ctrl-C guard as its ``main``, so a Ctrl-C
+at any point of start-up ends with one line and status 130.
 """
 
 from __future__ import annotations
 
 import importlib
 
+from pmm_model.cli.args import ctrl_c_exits
+
 __all__ = ["evaluate", "export", "extract", "study", "train", "visualize"]
 
 
 def _run(name: str) -> None:
-    importlib.import_module(f"pmm_model.cli.{name}").main()
+    @ctrl_c_exits(f"pmm-{name}")
+    def start() -> None:
+        importlib.import_module(f"pmm_model.cli.{name}").main()
+
+    start()
 
 
 def train() -> None:

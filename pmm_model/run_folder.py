@@ -38,7 +38,7 @@ from types import TracebackType
 
 from pmm_model.checkpoint import remove_temp_files
 
-__all__ = ["RUN_FILES", "RunFolder", "RunFolderError"]
+__all__ = ["RUN_FILES", "LogFile", "RunFolder", "RunFolderError"]
 
 CHECKPOINT, METRICS, LOG = "checkpoint.pt", "metrics.json", "train.log"
 RUN_FILES = (CHECKPOINT, METRICS, LOG)
@@ -47,6 +47,30 @@ RUN_FILES = (CHECKPOINT, METRICS, LOG)
 PREVIOUS, DISCARDED = ".previous-run", ".previous-run.deleting"
 
 logger = logging.getLogger("pmm_model.run_folder")
+
+
+class LogFile(logging.FileHandler):
+    """``train.log``, appended to. A write that fails (a full disk) is reported once on stderr
+    and the file is then left alone: the run goes on, logging to stdout, and a checkpoint that
+    cannot be written stops it with how to resume. The standard handler prints a traceback
+    for every record instead."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path, mode="a")
+        self.failed = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self.failed:
+            super().emit(record)
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        self.failed = True
+        error = sys.exc_info()[1]
+        reason = os.strerror(error.errno) if isinstance(error, OSError) and error.errno else error
+        print(
+            f"warning: cannot write {self.baseFilename} ({reason}); logging to stdout only",
+            file=sys.stderr,
+        )
 
 
 class RunFolderError(RuntimeError):
@@ -219,7 +243,7 @@ class RunFolder:
 
     def _setup_logging(self) -> None:
         self._handlers = [
-            logging.FileHandler(self.path / LOG, mode="a"),
+            LogFile(self.path / LOG),
             logging.StreamHandler(sys.stdout),
         ]
         # On the package logger, so the data loaders' warnings (skipped images) reach the log.

@@ -39,7 +39,7 @@ from pmm_model.data.datasets import (
 )
 from pmm_model.engine import Engine
 from pmm_model.models import build_model
-from pmm_model.run_folder import RunFolder, RunFolderError
+from pmm_model.run_folder import LogFile, RunFolder, RunFolderError
 
 RUN_FILES = ("checkpoint.pt", "metrics.json", "train.log")
 
@@ -445,6 +445,37 @@ def test_a_full_disk_during_training_says_how_to_resume(tree, tmp_path, monkeypa
     monkeypatch.undo()
     assert load_checkpoint(out / "checkpoint.pt")["epoch"] == 1
     assert "the run stopped: [Errno 28] no space left" in (out / "train.log").read_text()
+
+
+class _FullDiskStream:
+    """A log file's stream on a full disk."""
+
+    def write(self, text):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def flush(self):
+        pass
+
+    def close(self):
+        pass
+
+
+def test_a_full_disk_under_the_log_is_one_warning_not_a_traceback_per_record(tmp_path, capsys):
+    # logging's FileHandler printed "--- Logging error ---" and a traceback for every record.
+    handler = LogFile(tmp_path / "train.log")
+    handler.stream = _FullDiskStream()
+    log = logging.getLogger("pmm_model.test_full_disk")
+    log.addHandler(handler)
+    try:
+        log.warning("one")
+        log.warning("two")
+    finally:
+        log.removeHandler(handler)
+        handler.close()
+    assert capsys.readouterr().err == (
+        f"warning: cannot write {tmp_path / 'train.log'} (No space left on device); "
+        "logging to stdout only\n"
+    )
 
 
 def test_study_out_is_checked_before_the_grid(tmp_path, capsys):

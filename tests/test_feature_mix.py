@@ -6,7 +6,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from oracles import LAYOUTS, SEEDS, make_feat, mix_problems
+from oracles import LAYOUTS, SEEDS, assert_matches_oracle, make_feat, mix_problems
 from oracles.a_hard_mix import oracle_backward
 from oracles.feature_mix import ATTENTIVE, RULES, oracle_mix, oracle_targets
 
@@ -37,14 +37,7 @@ def check_mode(feat, labels, attn, *, mode, seed=0, partners=None, **options):
         **options,
     )
     expected = oracle_mix(feat, labels, attn, mode=mode, seed=seed, partners=partners, **options)
-    assert out.dtype == feat.dtype and out.shape == feat.shape and out.device == feat.device
-    assert torch.equal(out.detach().cpu(), expected.out)
-    assert info.partners.tolist() == expected.partners
-    assert info.blocks.tolist() == expected.blocks
-    assert torch.equal(info.mask.cpu(), expected.mask)
-    assert torch.equal(info.lam.cpu(), expected.lam)
-    assert info.partners.dtype == info.blocks.dtype == torch.int64
-    assert info.blocks.is_contiguous()
+    assert_matches_oracle(feat, out, info, expected)
 
     grad_out = torch.randn(feat.shape, generator=torch.Generator().manual_seed(seed + 1))
     grad_out = grad_out.to(feat.dtype)

@@ -5,7 +5,7 @@ Tests import from here (``from oracles import make_feat``: pytest puts ``tests/`
 never from each other; fixtures live in ``tests/conftest.py``.
 """
 
-from .checks import check_against_oracle
+from .checks import assert_matches_oracle, check_against_oracle
 from .data import TINY_SET, tiny_run_options, tiny_synthetic_set
 from .inputs import LAYOUTS, SEEDS, make_feat, mix_problems
 
@@ -13,6 +13,7 @@ __all__ = [
     "LAYOUTS",
     "SEEDS",
     "TINY_SET",
+    "assert_matches_oracle",
     "check_against_oracle",
     "make_feat",
     "mix_problems",

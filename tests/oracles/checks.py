@@ -4,9 +4,23 @@ from __future__ import annotations
 
 import torch
 
-from pmm_kernels import a_hard_mix
+from pmm_kernels import MixInfo, a_hard_mix
 
-from .a_hard_mix import oracle_backward, oracle_forward
+from .a_hard_mix import OracleResult, oracle_backward, oracle_forward
+
+
+def assert_matches_oracle(
+    feat: torch.Tensor, out: torch.Tensor, info: MixInfo, expected: OracleResult
+) -> None:
+    """The op's output and info equal the oracle's exactly, with the contract's dtypes."""
+    assert out.dtype == feat.dtype and out.shape == feat.shape and out.device == feat.device
+    assert torch.equal(out.detach().cpu(), expected.out)
+    assert info.partners.tolist() == expected.partners
+    assert info.blocks.tolist() == expected.blocks
+    assert torch.equal(info.mask.cpu(), expected.mask)
+    assert torch.equal(info.lam.cpu(), expected.lam)
+    assert info.partners.dtype == info.blocks.dtype == torch.int64 and info.blocks.is_contiguous()
+    assert info.mask.dtype == torch.bool and info.lam.dtype == torch.float32
 
 
 def check_against_oracle(
@@ -35,14 +49,7 @@ def check_against_oracle(
         u=u,
         partners=None if partners is None else partners.cpu(),
     )
-    assert out.dtype == feat.dtype and out.shape == feat.shape
-    assert torch.equal(out.detach().cpu(), expected.out)
-    assert info.partners.tolist() == expected.partners
-    assert info.blocks.tolist() == expected.blocks
-    assert torch.equal(info.mask.cpu(), expected.mask)
-    assert torch.equal(info.lam.cpu(), expected.lam)
-    assert info.partners.dtype == info.blocks.dtype == torch.int64
-    assert info.mask.dtype == torch.bool and info.lam.dtype == torch.float32
+    assert_matches_oracle(feat, out, info, expected)
 
     grad_out = torch.randn(feat.shape, generator=torch.Generator().manual_seed(1))
     grad_out = grad_out.to(device=feat.device, dtype=feat.dtype)

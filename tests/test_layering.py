@@ -14,8 +14,8 @@ The rules:
 (c) ``pmm_model.cli`` (the command-line front ends) is imported only by ``pmm_model.cli``
     itself and by the *alias modules*. An alias module is a module of ``pmm_model`` whose body
     is a docstring and one ``if __name__ == "__main__":`` block, and nothing else: it exists
-    so that ``python -m pmm_model.<name>`` runs ``pmm_model.cli.<name>``, and importing it
-    runs nothing;
+    so that ``python -m pmm_model.<name>`` runs ``pmm_model.cli.<name>`` (through the console
+    script's entry point ``pmm_model.cli.scripts.<name>``), and importing it runs nothing;
 (d) every module of ``pmm_model`` has a layer in :data:`LAYERS`, and no module imports one of
     a higher layer (imports within a layer are allowed; (a) still forbids circles there).
 """
@@ -225,7 +225,16 @@ def test_entry_point_aliases_only_run_their_cli(alias: str) -> None:
     assert alias in ALIAS_MODULES, (
         f"{alias} must be a docstring and one `if __name__ == '__main__':` block"
     )
-    assert GRAPH[alias] == {"pmm_model.cli." + alias.rpartition(".")[2]}
+    # The console script's entry point, which imports the CLI under the Ctrl-C guard.
+    assert GRAPH[alias] == {"pmm_model.cli.scripts"}
+    name = alias.rpartition(".")[2]
+    imported = [
+        item.name
+        for node in ast.walk(ast.parse(SOURCES[alias].read_text()))
+        if isinstance(node, ast.ImportFrom)
+        for item in node.names
+    ]
+    assert imported == [name], f"{alias} must run pmm_model.cli.scripts.{name}"
 
 
 def test_no_import_from_a_higher_layer() -> None:

@@ -1,7 +1,7 @@
 """Train a PMM or baseline re-identification network: ``python -m pmm_model.train``.
 
 Examples:
-    The small CPU demo (synthetic data, resnet18 at 128x64, about 70 s on 2 cores)::
+    The small CPU demo (synthetic data, resnet18 at 128x64, one to two minutes on 2 cores)::
 
         python -m pmm_model.train --preset demo
 

@@ -54,7 +54,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import torch
@@ -107,8 +107,6 @@ logger = logging.getLogger("pmm_model.engine")
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}
 METRIC_KEYS = ("rank1", "mAP", "mINP")
-
-_T = TypeVar("_T")
 
 
 def lr_factor(epoch: int, epochs: int) -> float:
@@ -252,7 +250,7 @@ class Engine:
         try:
             with self.signals:
                 self._check_ranks_agree()
-                self._main_only(self._open_folder)
+                self.dist.on_main(self._open_folder)
                 try:
                     entry = self._train()
                 finally:
@@ -264,19 +262,6 @@ class Engine:
             **{key: entry[key] for key in METRIC_KEYS},
             "wall_seconds": time.perf_counter() - tic,
         }
-
-    def _main_only(self, fn: Callable[..., _T], *args: Any) -> _T:
-        """Run ``fn`` on rank 0; its result, or its exception, reaches every rank."""
-        outcome: tuple[bool, Any] = (True, None)
-        if self.dist.is_main:
-            try:
-                outcome = (True, fn(*args))
-            except Exception as err:  # re-raised below on every rank
-                outcome = (False, err)
-        outcome = self.dist.broadcast(outcome)
-        if not outcome[0]:
-            raise outcome[1]
-        return outcome[1]
 
     def _check_ranks_agree(self) -> None:
         """Every rank must run the same configuration (one collective; no-op in one process)."""
@@ -483,7 +468,7 @@ class Engine:
                 },
             )
 
-        self._main_only(write)
+        self.dist.on_main(write)
 
     def _write_metrics(self) -> None:
         text = json.dumps(self.metrics, indent=2).encode()
@@ -516,7 +501,7 @@ class Engine:
             self._write_metrics()
             return entry
 
-        entry = self._main_only(on_main)
+        entry = self.dist.on_main(on_main)
         self.metrics = self.dist.broadcast(self.metrics)
         self._save(epoch, batches)  # again, now with this evaluation in its metrics
         return entry

@@ -22,8 +22,9 @@ import signal
 import socket
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -31,6 +32,8 @@ import torch.distributed as dist
 __all__ = ["Distributed", "StopSignals", "init_distributed", "resolve_device"]
 
 logger = logging.getLogger("pmm_model.runtime")
+
+_T = TypeVar("_T")
 
 # Rank 0 evaluates alone while the others wait in a collective; the default 10-30 minute
 # timeouts would kill a long evaluation on a large gallery.
@@ -109,6 +112,25 @@ class Distributed:
         out: list[Any] = [None] * self.world_size
         dist.all_gather_object(out, value)
         return out
+
+    def on_main(self, fn: Callable[..., _T], *args: Any) -> _T:
+        """Run ``fn`` on rank 0 alone; its result, or its exception, reaches every rank (every
+        rank must call it).
+
+        Example:
+            >>> Distributed().on_main(max, 2, 3)
+            3
+        """
+        outcome: tuple[bool, Any] = (True, None)
+        if self.is_main:
+            try:
+                outcome = (True, fn(*args))
+            except Exception as err:  # raised below on every rank
+                outcome = (False, err)
+        outcome = self.broadcast(outcome)
+        if not outcome[0]:
+            raise outcome[1]
+        return outcome[1]
 
     def disagreement(self, options: dict[str, Any]) -> dict[str, list[Any]]:
         """The keys of ``options`` whose values differ between ranks, each with its value on

@@ -25,7 +25,7 @@ WHEEL=$(echo "$WORK"/dist/pmm-*.whl)
 import sys, zipfile
 names = set(zipfile.ZipFile(sys.argv[1]).namelist())
 wanted = ["pmm_kernels/py.typed", "pmm_model/py.typed", "pmm_model/cli/scripts.py",
-          "pmm_model/extract.py", "pmm_model/export.py", "pmm_kernels/ops/feature_mix_triton.py"]
+          "pmm_model/apps/extract.py", "pmm_model/apps/export.py", "pmm_kernels/ops/feature_mix_triton.py"]
 missing = [name for name in wanted if name not in names]
 assert not missing, f"the wheel lacks {missing}"
 assert not [n for n in names if n.startswith("tests/")], "the wheel ships the tests"

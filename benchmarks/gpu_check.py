@@ -6,8 +6,9 @@ Needs torch, triton, pytest and hypothesis already installed (no network, no ins
 5-8 minutes on one H100. Writes to RESULTS_DIR (default ``$PMM_GPU_RESULTS`` or
 ``gpu-results``):
 
-* ``tests.txt``: ``pytest tests/test_triton_kernels.py tests/test_gpu_static.py``, the kernels
-  compiled and run on the GPU against the PyTorch path on CPU, and the static check;
+* ``tests.txt``: ``pytest tests/kernels/test_triton_kernels.py
+  tests/kernels/test_gpu_static.py``, the kernels compiled and run on the GPU against the
+  PyTorch path on CPU, and the static check;
 * ``op_rows.json`` and ``op_rows.md``: at the paper's map (C=2048, 24x8, k=3 blocks of 3x2) for
   N in {64, 256}, float32 and bfloat16, both attn forms, forward, forward+backward and backward
   alone (Triton and eager only): the ``clone()`` floor, the Triton kernels, eager PyTorch,
@@ -43,8 +44,8 @@ def run_tests(out: Path, timeout_s: int) -> dict:
         sys.executable,
         "-m",
         "pytest",
-        "tests/test_triton_kernels.py",
-        "tests/test_gpu_static.py",
+        "tests/kernels/test_triton_kernels.py",
+        "tests/kernels/test_gpu_static.py",
         "-q",
         "-p",
         "no:cacheprovider",

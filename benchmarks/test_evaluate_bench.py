@@ -3,8 +3,8 @@
 3,368 queries x 15,913 gallery images, 1536-d float32 features (the PMM test feature), 750
 test identities over 6 cameras plus pid-0 distractors, as in Market-1501. Features are id
 centroids plus noise, so rankings look like a trained model's rather than random. Timed:
-:func:`pmm_model.evaluation.evaluate_features` without re-ranking (distances, ranking, CMC,
-mAP, mINP; target <= 10 s on a 2-core CPU).
+:func:`pmm_model.evaluation.evaluator.evaluate_features` without re-ranking (distances,
+ranking, CMC, mAP, mINP; target <= 10 s on a 2-core CPU).
 
 ``extra_info`` records the peak memory of the call above the resident size before it
 (``peak_mib``): the kernel's resident high-water mark (``VmHWM``) is reset through
@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 import torch
 
-from pmm_model.evaluation import evaluate_features
+from pmm_model.evaluation.evaluator import evaluate_features
 
 NUM_QUERY, NUM_GALLERY, DIM = 3368, 15913, 1536
 NUM_IDS, NUM_CAMS, NUM_DISTRACTORS = 750, 6, 2793

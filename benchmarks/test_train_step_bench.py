@@ -5,7 +5,7 @@ input and batch, side by side in one benchmark group. ``cam="paper"`` reproduces
 cost: each of the two Grad-CAMs takes the gradient w.r.t. the whole feature map by a backward
 through the trunk and every parameter, like their ``score.backward()`` (we discard those
 parameter gradients instead of zeroing ``.grad`` later). ``cam="fast"`` differentiates only the
-small head, w.r.t. the pooled vector. Both select the same blocks (tests/test_models.py).
+small head, w.r.t. the pooled vector. Both select the same blocks (tests/model/test_models.py).
 
 CPU: resnet18, batch 16 (4 ids x 4) at 128x64. CUDA: the paper's resnet50, batch 64 at 384x128,
 bf16 autocast.
@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from pmm_model import build_model
-from pmm_model.losses import PMMLoss
+from pmm_model.nets.losses import PMMLoss
 
 ON_GPU = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if ON_GPU else "cpu")
@@ -42,7 +42,7 @@ def _step(cam: str, channels_last: bool = False, compile: bool = False):
         model = model.to(memory_format=torch.channels_last)
         images = images.contiguous(memory_format=torch.channels_last)
     if compile:
-        model.backbone.compile()  # what --compile does (pmm_model.engine)
+        model.backbone.compile()  # what --compile does (pmm_model.run.engine)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, weight_decay=5e-4)
     criterion = PMMLoss()
     labels = torch.arange(num_ids, device=DEVICE).repeat_interleave(4)

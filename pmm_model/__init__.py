@@ -39,7 +39,7 @@ if _missing_train := _missing(_TRAIN_MODULES):
     )
 
 if TYPE_CHECKING:
-    from pmm_model.models import build_model
+    from pmm_model.nets.models import build_model
 
 __all__ = ["MissingExtraError", "build_model"]
 
@@ -49,7 +49,7 @@ def __getattr__(name: str) -> Any:
     # does first, does not load torch: the commands load it inside their Ctrl-C guard
     # (pmm_model.cli.scripts), and a Ctrl-C while it loads ends with one line.
     if name == "build_model":
-        from pmm_model.models import build_model
+        from pmm_model.nets.models import build_model
 
         return build_model
     raise AttributeError(f"module 'pmm_model' has no attribute {name!r}")

@@ -31,30 +31,19 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("pmm_kernels", "pmm_model")
 ALIASES = ("pmm_model.train", "pmm_model.evaluate", "pmm_model.study", "pmm_model.visualize")
 
-# Lowest first. A module belongs to the layer of its longest listed prefix ("pmm_model.data"
-# covers the data subpackage). A new module needs a line here: choose the lowest layer whose
-# modules it may import.
+# Lowest first: each folder of pmm_model is a layer. A module belongs to the layer of its longest
+# listed prefix ("pmm_model.data" covers the data subpackage). A new folder needs a line here.
 LAYERS: tuple[tuple[str, ...], ...] = (
-    # What a model is fed, how its rankings are scored, the process it runs in, when a run has
-    # diverged and the errors that stop one: no network in sight.
-    (
-        "pmm_model.data",
-        "pmm_model.metrics",
-        "pmm_model.reranking",
-        "pmm_model.runtime",
-        "pmm_model.divergence",
-        "pmm_model.errors",
-    ),
-    # The networks (pmm_model's __init__ re-exports build_model).
-    ("pmm_model.models", "pmm_model"),
-    # What is computed on a network's outputs, and the configuration of one.
-    ("pmm_model.evaluation", "pmm_model.losses", "pmm_model.config"),
-    # A trained network on disk.
-    ("pmm_model.checkpoint", "pmm_model.run_folder"),
-    # Training loops, and pictures, embeddings and ONNX files of a trained network.
-    ("pmm_model.engine", "pmm_model.pictures", "pmm_model.extract", "pmm_model.export"),
-    # Grids of training runs.
-    ("pmm_model.ablation",),
+    # What a model is fed: no network in sight.
+    ("pmm_model.data",),
+    # The networks and their losses (pmm_model's __init__ re-exports build_model).
+    ("pmm_model.nets", "pmm_model"),
+    # Ranking a gallery with a network's features, and its metrics.
+    ("pmm_model.evaluation",),
+    # One training run: configuration, checkpoints, run folder, process, errors, engine.
+    ("pmm_model.run",),
+    # What is made of trained networks: embeddings, ONNX files, pictures, study grids.
+    ("pmm_model.apps",),
     # Command-line front ends: the only code that parses arguments and exits.
     ("pmm_model.cli",),
     # `python -m pmm_model.<name>` entry points (see rule (c)).
@@ -188,8 +177,8 @@ def _cycle() -> list[str] | None:
 
 def test_the_tree_is_parsed() -> None:
     # Guards the rules below against passing on an empty graph.
-    assert {"pmm_kernels.functional", "pmm_model.models", "pmm_model.cli.train"} <= set(GRAPH)
-    assert "pmm_model.models" in GRAPH["pmm_model.losses"]
+    assert {"pmm_kernels.functional", "pmm_model.nets.models", "pmm_model.cli.train"} <= set(GRAPH)
+    assert "pmm_model.nets.models" in GRAPH["pmm_model.nets.losses"]
     assert "pmm_kernels.validation" in GRAPH["pmm_kernels.functional"]
 
 
@@ -235,6 +224,16 @@ def test_entry_point_aliases_only_run_their_cli(alias: str) -> None:
         for item in node.names
     ]
     assert imported == [name], f"{alias} must run pmm_model.cli.scripts.{name}"
+
+
+def test_pmm_model_modules_live_in_their_layers_folders() -> None:
+    # The folders name the layers: at the top of pmm_model only its __init__ and the aliases.
+    top_level = sorted(
+        module
+        for module, path in SOURCES.items()
+        if _in(module, "pmm_model") and path.parent == ROOT / "pmm_model"
+    )
+    assert top_level == sorted(["pmm_model", *ALIASES])
 
 
 def test_no_import_from_a_higher_layer() -> None:

@@ -21,9 +21,9 @@ from torch import nn
 from pmm_model.cli.args import ctrl_c_exits, int_at_least, output_file
 from pmm_model.data.datasets import build_dataset, dataset_names
 from pmm_model.data.loaders import build_test_loaders
-from pmm_model.evaluation import evaluate
-from pmm_model.metrics import RankResult
-from pmm_model.runtime import resolve_device
+from pmm_model.evaluation.evaluator import evaluate
+from pmm_model.evaluation.metrics import RankResult
+from pmm_model.run.runtime import resolve_device
 
 __all__ = ["build_parser", "format_table", "load_model_for_eval", "main"]
 
@@ -35,7 +35,7 @@ def load_model_for_eval(path: str) -> tuple[nn.Module, dict[str, Any]]:
 
     The one place the CLI touches the checkpoint format, so tests can replace it.
     """
-    from pmm_model.checkpoint import load_model
+    from pmm_model.run.checkpoint import load_model
 
     return load_model(path, map_location="cpu")
 

@@ -19,10 +19,10 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
+from pmm_model.apps.export import ExportReport, ParityError, export_onnx
 from pmm_model.cli.args import existing_file, int_at_least
 from pmm_model.cli.extract import SPLITS
 from pmm_model.data.datasets import build_dataset, dataset_names
-from pmm_model.export import ExportReport, ParityError, export_onnx
 
 __all__ = ["build_parser", "main"]
 

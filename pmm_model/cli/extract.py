@@ -22,9 +22,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from pmm_model.apps.extract import ExtractedFeatures, FeatureExtractor
 from pmm_model.cli.args import existing_file, int_at_least
 from pmm_model.data.datasets import build_dataset, dataset_names
-from pmm_model.extract import ExtractedFeatures, FeatureExtractor
 
 __all__ = ["build_parser", "main"]
 

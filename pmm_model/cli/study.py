@@ -1,10 +1,10 @@
 """The ablation study as one command: ``python -m pmm_model.study``.
 
 Trains every variant (baseline, PMM without mixing, PMM with each feature-mix mode) with each
-seed, one :func:`pmm_model.engine.run_training` run per folder ``<out>/<variant>/seed<seed>``,
+seed, one :func:`pmm_model.run.engine.run_training` run per folder ``<out>/<variant>/seed<seed>``,
 then writes ``<out>/study.md`` (mean ± std over seeds of rank-1, mAP, mINP and wall time) and
 ``<out>/study.png``. Running the same command again resumes a half-finished grid: finished runs
-are skipped, interrupted ones continue from their checkpoint (see :mod:`pmm_model.ablation`).
+are skipped, interrupted ones continue from their checkpoint (see :mod:`pmm_model.apps.study`).
 
 Examples:
     The grid on the synthetic set, on the CPU::
@@ -28,7 +28,7 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from pmm_model.ablation import (
+from pmm_model.apps.study import (
     VARIANTS,
     RunRecord,
     StudyError,
@@ -43,10 +43,10 @@ from pmm_model.cli.args import (
     output_folder,
     pretrained_weights,
 )
-from pmm_model.config import DEFAULTS, PRESETS, ConfigError
 from pmm_model.data.datasets import dataset_names
-from pmm_model.engine import AMP_DTYPES, TrainingInterrupted
-from pmm_model.models import BACKBONES
+from pmm_model.nets.models import BACKBONES
+from pmm_model.run.config import DEFAULTS, PRESETS, ConfigError
+from pmm_model.run.engine import AMP_DTYPES, TrainingInterrupted
 
 __all__ = ["PAPER", "build_parser", "main"]
 
@@ -176,7 +176,7 @@ def _fail(status: int, message: str) -> NoReturn:
 
 @ctrl_c_exits(PROG)
 def main(argv: Sequence[str] | None = None) -> list[RunRecord]:
-    """Run the CLI; returns the records of the runs (see :func:`pmm_model.ablation.run_study`).
+    """Run the CLI; returns the records of the runs (see :func:`pmm_model.apps.study.run_study`).
 
     Errors end the program: status 2 for arguments, 1 when a run failed (after the report),
     128 + signal number when a signal stopped the grid.

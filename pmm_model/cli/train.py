@@ -32,7 +32,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from pmm_model.checkpoint import load_checkpoint
 from pmm_model.cli.args import (
     ctrl_c_exits,
     existing_file,
@@ -40,7 +39,10 @@ from pmm_model.cli.args import (
     int_at_least,
     pretrained_weights,
 )
-from pmm_model.config import (
+from pmm_model.data.datasets import dataset_names
+from pmm_model.nets.models import BACKBONES, CAM_MODES, MIX_MODES, MODELS
+from pmm_model.run.checkpoint import load_checkpoint
+from pmm_model.run.config import (
     DEFAULTS,
     PRESETS,
     RUNTIME_OPTIONS,
@@ -48,8 +50,7 @@ from pmm_model.config import (
     make_config,
     resume_config,
 )
-from pmm_model.data.datasets import dataset_names
-from pmm_model.engine import (
+from pmm_model.run.engine import (
     AMP_DTYPES,
     Engine,
     EvaluationFailed,
@@ -57,9 +58,8 @@ from pmm_model.engine import (
     TrainingError,
     TrainingInterrupted,
 )
-from pmm_model.models import BACKBONES, CAM_MODES, MIX_MODES, MODELS
-from pmm_model.run_folder import RunFolderError
-from pmm_model.runtime import resolve_device
+from pmm_model.run.folder import RunFolderError
+from pmm_model.run.runtime import resolve_device
 
 __all__ = ["build_parser", "describe", "flag_name", "main", "parse_args"]
 
@@ -262,7 +262,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[dict[str, Any], dict[
     """The configuration of the command line and how to start it.
 
     Returns:
-        ``(config, start)``: ``start`` has :class:`~pmm_model.engine.Engine`'s other
+        ``(config, start)``: ``start`` has :class:`~pmm_model.run.engine.Engine`'s other
         arguments, ``checkpoint`` (loaded, or None), ``checkpoint_path``, ``overwrite`` and
         ``option_name`` (:func:`flag_name`, so the log names flags).
 

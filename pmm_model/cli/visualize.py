@@ -7,7 +7,7 @@ Example:
 Writes ``mixing.png`` (PMM only: what each mix replaced, from whom, and the saliency that chose
 it), ``ranked.png`` (queries and their top gallery matches) and ``curves.png`` (from the
 ``metrics.json`` beside the checkpoint), and prints their paths. The drawing itself is
-:func:`pmm_model.pictures.draw_checkpoint`.
+:func:`pmm_model.apps.visualize.draw_checkpoint`.
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-from pmm_model.checkpoint import load_model
+from pmm_model.apps.visualize import draw_checkpoint
 from pmm_model.cli.args import ctrl_c_exits, existing_file, int_at_least, output_folder
 from pmm_model.data.datasets import build_dataset, dataset_names
-from pmm_model.pictures import draw_checkpoint
-from pmm_model.runtime import resolve_device
+from pmm_model.run.checkpoint import load_model
+from pmm_model.run.runtime import resolve_device
 
 __all__ = ["build_parser", "main"]
 

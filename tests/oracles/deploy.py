@@ -13,9 +13,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pmm_model.checkpoint import save_checkpoint
-from pmm_model.config import make_config
-from pmm_model.models import build_model
+from pmm_model.nets.models import build_model
+from pmm_model.run.checkpoint import save_checkpoint
+from pmm_model.run.config import make_config
 
 HEIGHT, WIDTH = 64, 32
 LAYOUT = {

@@ -1,0 +1,1 @@
+"""What is made of trained networks: embeddings, ONNX files, pictures and study grids."""

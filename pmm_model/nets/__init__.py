@@ -1,0 +1,1 @@
+"""The networks (PMM and the BoT-style baseline) and their losses."""

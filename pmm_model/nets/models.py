@@ -1,0 +1,443 @@
+"""Re-identification networks on torchvision ResNets: PMM and a BoT baseline.
+
+PMM's three stages are described in docs/method.md#network.
+
+Both networks return a :class:`ReIDOutput` (per-stage features and logits) in training mode
+and a single embedding tensor in eval mode, so one loss and one evaluation path serve both.
+
+Example:
+    >>> import torch
+    >>> from pmm_model.nets.models import build_model
+    >>> model = build_model("pmm", num_classes=4, backbone="resnet18", block_size=(1, 1))
+    >>> images, labels = torch.randn(8, 3, 64, 32), torch.arange(4).repeat_interleave(2)
+    >>> out = model(images, labels)
+    >>> [f.shape[1] for f in out.features], out.logits[0].shape
+    ([512, 512, 512], torch.Size([8, 4]))
+    >>> model.eval()(images).shape
+    torch.Size([8, 1536])
+"""
+
+from __future__ import annotations
+
+import os
+import urllib.error
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import torchvision.models as tvm
+from torch import Tensor, nn
+from torchvision.models.resnet import Bottleneck
+
+import pmm_kernels
+from pmm_kernels.validation import check_int_pair, check_positive_int
+
+__all__ = [
+    "BACKBONES",
+    "CAM_MODES",
+    "MIX_MODES",
+    "MODELS",
+    "BaselineNet",
+    "PMMNet",
+    "ReIDOutput",
+    "build_backbone",
+    "build_model",
+    "pmm_saliency",
+]
+
+# name -> (torchvision constructor, ImageNet weights enum member)
+BACKBONES: dict[str, tuple[Callable[..., tvm.ResNet], tvm.WeightsEnum]] = {
+    "resnet18": (tvm.resnet18, tvm.ResNet18_Weights.IMAGENET1K_V1),
+    "resnet34": (tvm.resnet34, tvm.ResNet34_Weights.IMAGENET1K_V1),
+    "resnet50": (tvm.resnet50, tvm.ResNet50_Weights.IMAGENET1K_V1),
+}
+CAM_MODES = ("fast", "paper")
+# PMMNet's stage-2/3 mixes: the feature-mix family, or "none" (stages 2 and 3 see x_part unmixed:
+# the "PMM without mixing" ablation).
+MIX_MODES = (*pmm_kernels.MODES, "none")
+
+
+@dataclass
+class ReIDOutput:
+    """What a network returns in training mode: one entry per stage, in stage order.
+
+    Attributes:
+        features: ``(N, D)`` embeddings that the triplet loss sees (PMM: three 512-d stage
+            features; baseline: the pooled feature before its BN-neck).
+        logits: ``(N, num_classes)`` identity logits for the cross-entropy loss.
+        mix_info: the ``pmm_kernels.MixInfo`` of each mixing stage (PMM: stages 2 and 3;
+            baseline and ``mix="none"``: empty), kept so callers can see which blocks were
+            replaced.
+        label_mix: per stage, the ``MixInfo`` whose partners' labels that stage's
+            cross-entropy mixes in by area (``pmm_kernels.mixed_targets``), or None for the
+            plain labels; empty means plain labels everywhere (every mode but ``a_cutmix``
+            and ``cutmix``).
+        saliency: per mixing stage, in ``mix_info``'s order, the detached ``(N, h, w)``
+            Grad-CAM map that ranked the blocks, or None for a mode that draws them at random.
+    """
+
+    features: list[Tensor]
+    logits: list[Tensor]
+    mix_info: list[pmm_kernels.MixInfo] = field(default_factory=list)
+    label_mix: list[pmm_kernels.MixInfo | None] = field(default_factory=list)
+    saliency: list[Tensor | None] = field(default_factory=list)
+
+
+def _imagenet_state_dict(backbone: str) -> dict[str, Tensor]:
+    weights = BACKBONES[backbone][1]
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
+    try:
+        return weights.get_state_dict(progress=True, check_hash=True)
+    except (urllib.error.URLError, OSError) as err:
+        raise RuntimeError(
+            f"pretrained='imagenet': could not load {weights} for backbone {backbone!r} "
+            f"({err}). Offline? Download {weights.url} on a connected machine and put it at "
+            f"{cached} (the torch hub cache; set TORCH_HOME to move it), or pass "
+            "pretrained=<path to a torchvision ResNet state dict>."
+        ) from None
+
+
+def _file_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"pretrained={str(path)!r}: no such file")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise ValueError(
+            f"pretrained={str(path)!r}: expected a torchvision ResNet state dict "
+            f"(parameter name -> tensor), got {type(state).__name__}"
+        )
+    return state
+
+
+def build_backbone(
+    name: str = "resnet50", pretrained: str | os.PathLike | None = None
+) -> tuple[nn.Sequential, int]:
+    """A torchvision ResNet trunk (conv1..layer4, last stride 1) and its output channel count.
+
+    Layer 4 runs with stride 1, as in the authors' ``res_part``, so a 384x128 input gives a
+    24x8 map. Parameter names match torchvision's, so torchvision state dicts load directly.
+
+    Args:
+        name: ``"resnet18"``, ``"resnet34"`` or ``"resnet50"``.
+        pretrained: None (random init), ``"imagenet"`` (torchvision's IMAGENET1K_V1 weights
+            from the torch hub cache, downloaded when online) or the path of a torchvision
+            ResNet state dict (``fc.*`` keys are ignored; every other key must match).
+
+    Returns:
+        ``(trunk, channels)``: 512 for resnet18/34, 2048 for resnet50.
+
+    Raises:
+        ValueError: unknown name, or a state dict whose keys/shapes do not fit.
+        FileNotFoundError: ``pretrained`` names a file that does not exist.
+        RuntimeError: ``"imagenet"`` weights are neither cached nor downloadable.
+
+    Example:
+        >>> trunk, channels = build_backbone("resnet18")
+        >>> trunk(torch.zeros(1, 3, 128, 64)).shape, channels
+        (torch.Size([1, 512, 8, 4]), 512)
+    """
+    if name not in BACKBONES:
+        raise ValueError(f"backbone={name!r} is not supported; valid: {', '.join(BACKBONES)}")
+    resnet = BACKBONES[name][0]()
+    if pretrained is not None:
+        state = (
+            _imagenet_state_dict(name) if pretrained == "imagenet" else _file_state_dict(pretrained)
+        )
+        state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+        try:
+            missing, unexpected = resnet.load_state_dict(state, strict=False)
+        except RuntimeError as err:  # shape mismatch, e.g. resnet50 weights for resnet18
+            raise ValueError(f"pretrained={str(pretrained)!r} does not fit {name}: {err}") from None
+        missing = [k for k in missing if not k.startswith("fc.")]
+        if missing or unexpected:
+            raise ValueError(
+                f"pretrained={str(pretrained)!r} does not fit {name}: "
+                f"missing keys {missing[:5]}, unexpected keys {unexpected[:5]}"
+            )
+    for module in resnet.layer4[0].modules():
+        if isinstance(module, nn.Conv2d) and module.stride == (2, 2):
+            module.stride = (1, 1)
+    names = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
+    trunk = nn.Sequential(OrderedDict((n, getattr(resnet, n)) for n in names))
+    return trunk, resnet.fc.in_features
+
+
+def _init_classifier(linear: nn.Linear) -> None:
+    # Small logits at the start, as in BoT/BDB, so label-smoothed CE does not saturate early.
+    nn.init.normal_(linear.weight, std=0.001)
+    if linear.bias is not None:
+        nn.init.zeros_(linear.bias)
+
+
+class BaselineNet(nn.Module):
+    """BoT-style global-feature baseline: ResNet (last stride 1), GAP, BN-neck, classifier.
+
+    Training mode ``forward(images, labels)`` returns a one-stage :class:`ReIDOutput` (the
+    triplet loss sees the pooled feature, the classifier the BN-neck feature); eval mode
+    ``forward(images)`` returns the BN-neck feature.
+
+    Example:
+        >>> net = BaselineNet(num_classes=3, backbone="resnet18").eval()
+        >>> net(torch.zeros(2, 3, 64, 32)).shape
+        torch.Size([2, 512])
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        backbone: str = "resnet50",
+        pretrained: str | os.PathLike | None = None,
+    ) -> None:
+        super().__init__()
+        self.backbone, channels = build_backbone(backbone, pretrained)
+        self.bnneck = nn.BatchNorm1d(channels)
+        self.bnneck.bias.requires_grad_(False)  # BoT: a shift-free neck keeps the metric space
+        self.classifier = nn.Linear(channels, num_classes, bias=False)
+        _init_classifier(self.classifier)
+
+    def forward(self, images: Tensor, labels: Tensor | None = None) -> ReIDOutput | Tensor:
+        """Embeddings (eval mode) or a one-stage :class:`ReIDOutput` (training mode)."""
+        feat = F.adaptive_avg_pool2d(self.backbone(images), 1).flatten(1)
+        neck = self.bnneck(feat)
+        if not self.training:
+            return neck
+        return ReIDOutput(features=[feat], logits=[self.classifier(neck)])
+
+
+class PMMNet(nn.Module):
+    """Progressive Multi-stage feature Mix network (docs/method.md#network), three stages.
+
+    Stage 1 classifies the average-pooled trunk map ``x``. Stages 2 and 3 share one extra
+    randomly initialised torchvision ``Bottleneck(C, C // 4)`` (identity shortcut; C = 2048 for
+    resnet50 as in the paper, 512 for resnet18/34) giving ``x_part``. In training, stage 2 sees
+    ``x_part`` with the blocks that are most salient for stage 1 (Grad-CAM channel weights of
+    ``x``) swapped in from a different identity; stage 3 sees the unmixed ``x_part`` mixed by
+    the Grad-CAM saliency of the mixed stage-2 map. All mixing goes through
+    ``pmm_kernels.feature_mix``, each call drawing its own partners; ``mix`` picks the mode
+    (the paper's ablation), and the random modes skip Grad-CAM.
+
+    Grad-CAM weights are ``d(sum_n logit[n, y_n]) / d(feature map)`` averaged over H and W.
+    ``cam="fast"`` obtains them as ``g / (H*W)`` with ``g`` the gradient w.r.t. the pooled
+    vector feeding the head, which equals that spatial mean for both average and max
+    pooling, so only the small head is differentiated. ``cam="paper"`` reproduces the
+    authors' computation and cost: the gradient w.r.t. the full map, averaged over H and W,
+    taken by a backward that (like their ``score.backward()``) also runs through the trunk
+    and every parameter; the parameter gradients are discarded, never stored in ``.grad``.
+
+    Args:
+        num_classes: number of training identities.
+        backbone: ``"resnet18"``, ``"resnet34"`` or ``"resnet50"``.
+        pretrained: see :func:`build_backbone`.
+        feature_dim: width of each stage's embedding (512 in the paper).
+        block_size: ``(bh, bw)`` mixing block in feature-map cells; ``(3, 2)`` on the paper's
+            24x8 map. Keep the 8x4 block grid for other inputs, e.g. ``(1, 1)`` at 128x64.
+        num_blocks: blocks replaced per sample and stage (not used by ``batch_drop``).
+        cam: ``"fast"`` or ``"paper"`` (see above; both select the same blocks).
+        mix: a mode of ``pmm_kernels.MODES`` (default ``"a_hard_mix"``, the paper's PMM), or
+            ``"none"``: stages 2 and 3 see ``x_part`` unmixed (PMM without mixing).
+
+    Training mode ``forward(images, labels)`` returns a :class:`ReIDOutput` with three
+    ``(N, feature_dim)`` features, three logit tensors and the two ``MixInfo``; eval mode
+    ``forward(images)`` returns the ``(N, 3 * feature_dim)`` concatenated embedding.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        backbone: str = "resnet50",
+        pretrained: str | os.PathLike | None = None,
+        feature_dim: int = 512,
+        block_size: tuple[int, int] = (3, 2),
+        num_blocks: int = 3,
+        cam: str = "fast",
+        mix: str = "a_hard_mix",
+    ) -> None:
+        super().__init__()
+        if cam not in CAM_MODES:
+            raise ValueError(f"cam={cam!r} is not supported; valid: {', '.join(CAM_MODES)}")
+        if mix not in MIX_MODES:
+            raise ValueError(f"mix={mix!r} is not supported; valid: {', '.join(MIX_MODES)}")
+        self.block_size = check_int_pair("block_size", block_size)
+        self.num_blocks = check_positive_int("num_blocks", num_blocks)
+        check_positive_int("feature_dim", feature_dim)
+        self.cam = cam
+        self.mix = mix
+        self.backbone, channels = build_backbone(backbone, pretrained)
+        self.extra_block = Bottleneck(channels, channels // 4)
+        for module in self.extra_block.modules():
+            if isinstance(module, nn.Conv2d):  # torchvision's ResNet init for a fresh block
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+        self.reduction1 = nn.Sequential(
+            nn.Conv2d(channels, feature_dim, 1, bias=False),
+            nn.BatchNorm2d(feature_dim),
+            nn.ReLU(inplace=True),
+        )
+        self.reduction2, self.reduction3 = (
+            nn.Sequential(
+                nn.Linear(channels, feature_dim), nn.BatchNorm1d(feature_dim), nn.ReLU(inplace=True)
+            )
+            for _ in range(2)
+        )
+        classifiers = [nn.Linear(feature_dim, num_classes) for _ in range(3)]
+        for linear in classifiers:
+            _init_classifier(linear)
+        self.classifiers = nn.ModuleList(classifiers)
+
+    @property
+    def _attentive(self) -> bool:
+        return self.mix != "none" and pmm_kernels.MODES[self.mix].cells == "salient"
+
+    def _mix(self, feat: Tensor, saliency: Tensor | None, labels: Tensor):
+        return pmm_kernels.feature_mix(
+            feat,
+            labels,
+            saliency,
+            mode=self.mix,
+            block_size=self.block_size,
+            num_blocks=self.num_blocks,
+        )
+
+    def _mix_stage(
+        self, x_part: Tensor, ranked: Tensor, logits: Tensor, pooled: Tensor, labels: Tensor
+    ) -> tuple[Tensor, tuple[pmm_kernels.MixInfo, Tensor | None] | None]:
+        """``x_part`` mixed, with its ``(MixInfo, saliency)``; unchanged and None for "none".
+
+        The attentive modes rank blocks by the Grad-CAM map of ``ranked`` for ``logits``, which
+        the head computed from ``pooled``; the random modes need no saliency.
+        """
+        if self.mix == "none":
+            return x_part, None
+        saliency = None
+        if self._attentive:
+            weights = self._cam_weights(logits, labels, pooled, ranked)
+            saliency = pmm_kernels.saliency(ranked.detach(), weights)
+        mixed, info = self._mix(x_part, saliency, labels)
+        return mixed, (info, saliency)
+
+    def _cam_weights(self, logits: Tensor, labels: Tensor, pooled: Tensor, fmap: Tensor) -> Tensor:
+        """Grad-CAM channel weights ``(N, C)`` (float32, no graph) of ``fmap`` for the true ids."""
+        score = logits.gather(1, labels[:, None]).sum()
+        if self.cam == "fast":
+            (grad,) = torch.autograd.grad(score, pooled, retain_graph=True)
+            return grad.flatten(1).float() / (fmap.shape[2] * fmap.shape[3])
+        params = [p for p in self.parameters() if p.requires_grad]
+        grads = torch.autograd.grad(score, [fmap, *params], retain_graph=True, allow_unused=True)
+        return grads[0].float().mean(dim=(2, 3))
+
+    def forward(self, images: Tensor, labels: Tensor | None = None) -> ReIDOutput | Tensor:
+        """Embeddings (eval mode) or a three-stage :class:`ReIDOutput` (training mode).
+
+        Raises:
+            ValueError: training mode without ``labels``.
+            RuntimeError: training mode with autograd disabled.
+        """
+        x = self.backbone(images)
+        x_part = self.extra_block(x)
+        pooled1 = F.adaptive_avg_pool2d(x, 1)
+        f1 = self.reduction1(pooled1).flatten(1)
+        if not self.training:
+            pooled_part = F.adaptive_max_pool2d(x_part, 1).flatten(1)
+            return torch.cat([f1, self.reduction2(pooled_part), self.reduction3(pooled_part)], 1)
+        if labels is None:
+            raise ValueError("labels are required in training mode (Grad-CAM needs the true ids)")
+        if not torch.is_grad_enabled():
+            raise RuntimeError(
+                "PMMNet's training-mode forward needs autograd for Grad-CAM; run it outside "
+                "torch.no_grad(), or call model.eval() for embeddings"
+            )
+        logits1 = self.classifiers[0](f1)
+
+        # Stage 2 ranks x_part's blocks by the Grad-CAM map of x, the map stage 1 classified.
+        mixed2, mix2 = self._mix_stage(x_part, x, logits1, pooled1, labels)
+        pooled2 = F.adaptive_max_pool2d(mixed2, 1)
+        f2 = self.reduction2(pooled2.flatten(1))
+        logits2 = self.classifiers[1](f2)
+
+        # Stage 3 ranks blocks by the Grad-CAM map of the *mixed* stage-2 input but mixes the
+        # unmixed x_part, so the two masks do not accumulate.
+        mixed3, mix3 = self._mix_stage(x_part, mixed2, logits2, pooled2, labels)
+        f3 = self.reduction3(F.adaptive_max_pool2d(mixed3, 1).flatten(1))
+        logits3 = self.classifiers[2](f3)
+        mixes = [mix for mix in (mix2, mix3) if mix is not None]
+        infos = [info for info, _ in mixes]
+        mixes_labels = self.mix != "none" and pmm_kernels.MODES[self.mix].mixes_labels
+        return ReIDOutput(
+            features=[f1, f2, f3],
+            logits=[logits1, logits2, logits3],
+            mix_info=infos,
+            label_mix=[None, *infos] if mixes_labels else [],
+            saliency=[saliency for _, saliency in mixes],
+        )
+
+
+def pmm_saliency(
+    model: nn.Module, images: Tensor, labels: Tensor
+) -> tuple[list[Tensor | None], list[pmm_kernels.MixInfo]]:
+    """Run a PMM network's training forward once; return its mixes' saliency maps and MixInfo.
+
+    A probe of what the network mixes (for pictures): batch-norm layers use their running
+    statistics, as at test time, and are not updated; the model's modes are restored
+    afterwards. No parameter gradient is kept.
+
+    Args:
+        model: a :class:`PMMNet` (any mode).
+        images: ``(N, 3, H, W)`` normalised inputs on the model's device.
+        labels: ``(N,)`` training identities (classifier indices) of the images.
+
+    Returns:
+        ``(saliencies, infos)``: per mixing stage (PMM: stages 2 and 3) the ``(N, h, w)``
+        float32 map that ranked the blocks (stage 1's and stage 2's Grad-CAM; None for the
+        modes that draw blocks at random) and the mix's ``MixInfo``, on the CPU.
+
+    Raises:
+        TypeError: ``model`` is not a :class:`PMMNet`.
+    """
+    if not isinstance(model, PMMNet):
+        raise TypeError(f"model must be a PMMNet (it mixes features), got {type(model).__name__}")
+    modes = {module: module.training for module in model.modules()}
+    model.train()
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.eval()
+    try:
+        with torch.enable_grad():
+            out = model(images, labels)
+    finally:
+        for module, training in modes.items():
+            module.train(training)
+    saliencies = [None if s is None else s.detach().float().cpu() for s in out.saliency]
+    infos = [pmm_kernels.MixInfo(*(t.detach().cpu() for t in info)) for info in out.mix_info]
+    return saliencies, infos
+
+
+MODELS: dict[str, type[nn.Module]] = {"baseline": BaselineNet, "pmm": PMMNet}
+
+
+def build_model(name: str, num_classes: int, **options) -> nn.Module:
+    """Build a re-identification network by name.
+
+    Args:
+        name: ``"pmm"`` (:class:`PMMNet`) or ``"baseline"`` (:class:`BaselineNet`).
+        num_classes: number of training identities (>= 1).
+        **options: keyword arguments of that class, e.g. ``backbone="resnet18"``,
+            ``pretrained="imagenet"``; PMM also takes ``feature_dim``, ``block_size``,
+            ``num_blocks``, ``cam`` and ``mix``.
+
+    Returns:
+        The network, in training mode.
+
+    Raises:
+        ValueError: unknown name, bad ``num_classes`` or a bad option value.
+
+    Example:
+        >>> build_model("baseline", 10, backbone="resnet18").classifier.out_features
+        10
+    """
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; valid names: {', '.join(MODELS)}")
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+    return MODELS[name](num_classes, **options)

@@ -1,0 +1,1 @@
+"""One training run: its configuration, checkpoints, run folder, process, errors and engine."""

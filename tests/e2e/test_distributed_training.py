@@ -1,0 +1,247 @@
+"""A 2-process DDP job (gloo on CPU, under torchrun): same weights on both ranks, one
+checkpoint, rank 0 alone logging, and resume from a 1-process and from a 2-process checkpoint;
+then jobs whose ranks misbehave (other options, a NaN on one rank, a hang) fail clearly and fast.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from oracles import tiny_run_options
+
+from pmm_model.run.checkpoint import load_checkpoint
+from pmm_model.run.engine import run_training
+
+REPO = Path(__file__).resolve().parents[2]
+
+# Runs the training CLI's configuration with an Engine that also saves each rank's weights
+# (parameters: BatchNorm running statistics are each rank's own until DDP broadcasts rank 0's
+# at the next forward; the checkpoint has rank 0's).
+RANK_WEIGHTS_SCRIPT = """
+import sys
+import torch
+from pmm_model.cli.train import parse_args
+from pmm_model.run.engine import Engine
+
+class SaveRankWeights(Engine):
+    def run(self):
+        result = super().run()
+        weights = {name: p.detach() for name, p in self.model.named_parameters()}
+        torch.save(weights, f"{sys.argv[1]}/rank{self.dist.rank}.pt")
+        return result
+
+config, start = parse_args(sys.argv[2:])
+SaveRankWeights(config, **start).run()
+"""
+
+
+def _torchrun(*args, cwd):
+    # The subprocesses must import this checkout, whatever the venv's editable install names.
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        *args,
+    ]
+    done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done
+
+
+@pytest.mark.slow
+def test_two_process_gloo_job_and_resume(tiny_root, tmp_path):
+    # 6 ids x 4 images, P=2 x K=4: three global batches, so one step per rank and epoch.
+    root = tiny_root
+    # A 1-process run, through the plain-Python entry point.
+    single = tmp_path / "single"
+    result = run_training({**tiny_run_options(root), "output_dir": str(single)})
+    assert set(result) == {"rank1", "mAP", "mINP", "wall_seconds"}
+
+    # A 1-process checkpoint continued by 2 processes in a new folder.
+    ddp = tmp_path / "ddp"
+    script = tmp_path / "save_rank_weights.py"
+    script.write_text(RANK_WEIGHTS_SCRIPT)
+    _torchrun(
+        str(script),
+        str(ddp),
+        "--resume",
+        str(single / "checkpoint.pt"),
+        "--epochs",
+        "2",
+        "--output-dir",
+        str(ddp),
+        cwd=tmp_path,
+    )
+    rank0, rank1 = (torch.load(ddp / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert rank0.keys() == rank1.keys() and len(rank0) > 50
+    for name, tensor in rank0.items():
+        assert torch.equal(tensor, rank1[name]), name
+    checkpoint = load_checkpoint(ddp / "checkpoint.pt")
+    assert checkpoint["epoch"] == 2 and len(checkpoint["rng"]) == 2
+    for name, tensor in rank0.items():
+        assert torch.equal(checkpoint["model"][name], tensor), name
+    assert sorted(p.name for p in ddp.iterdir()) == [
+        ".lock",
+        "checkpoint.pt",
+        "metrics.json",
+        "rank0.pt",
+        "rank1.pt",
+        "train.log",
+    ]
+
+    # The 2-process checkpoint continued by the CLI under torchrun.
+    _torchrun(
+        "-m",
+        "pmm_model.train",
+        "--resume",
+        str(ddp / "checkpoint.pt"),
+        "--epochs",
+        "3",
+        cwd=tmp_path,
+    )
+    assert load_checkpoint(ddp / "checkpoint.pt")["epoch"] == 3
+    assert [m["epoch"] for m in json.loads((ddp / "metrics.json").read_text())] == [1, 2, 3]
+    log = (ddp / "train.log").read_text()
+    # Rank 0 alone logs: one line per epoch, the world size and per-rank batch at each start.
+    assert (
+        log.count(
+            "world size 2: 2 x 4 = 8 images per rank and step, 16 per global batch, "
+            "1 steps per epoch"
+        )
+        == 2
+    )
+    assert log.count("epoch 2/2: loss") == 1 and log.count("epoch 3/3: loss") == 1
+    assert "written by 1 processes, this run has 2" in log
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="no torch.distributed")
+def test_sampler_gives_each_rank_distinct_batches_of_one_order():
+    from pmm_model.data.sampler import PKSampler
+
+    pids = [i // 5 for i in range(60)]  # 12 ids x 5 images
+    whole = list(PKSampler(pids, p=3, images_per_id=2, seed=4))
+    ranks = [
+        list(PKSampler(pids, p=3, images_per_id=2, seed=4, num_replicas=3, rank=r))
+        for r in range(3)
+    ]
+    assert all(len(r) == len(whole) // 3 for r in ranks)
+    assert [b for step in zip(*ranks, strict=True) for b in step] == whole[: len(whole) // 3 * 3]
+    with pytest.raises(ValueError, match="cannot be shared by 100 processes"):
+        PKSampler(pids, p=3, images_per_id=2, num_replicas=100, rank=0)
+
+
+# A 2-process job whose ranks misbehave on purpose, through the training CLI.
+FAULTY_SCRIPT = """
+import os, sys, time
+from pathlib import Path
+from pmm_model.cli import train
+from pmm_model.run.engine import Engine
+
+mode, rank, argv = sys.argv[1], int(os.environ["RANK"]), sys.argv[2:]
+if mode == "epochs":
+    argv += ["--epochs", str(2 + rank)]
+
+class Faulty(Engine):
+    stop_grace = 3.0
+
+    def forward_loss(self, images, pids):
+        loss = super().forward_loss(images, pids)
+        if mode == "nan" and rank == 1:
+            return loss * float("nan")
+        if mode == "hang":
+            if rank == 0:  # then waits in the step's collective for rank 1, which never comes
+                Path(os.environ["PID_FILE"]).write_text(str(os.getpid()))
+            else:
+                time.sleep(600)
+        return loss
+
+train.Engine = Faulty
+train.main(argv)
+"""
+
+
+@pytest.fixture(scope="module")
+def faulty_job(tiny_root, tmp_path_factory):
+    """Starts FAULTY_SCRIPT under torchrun: ``start(mode, out, **env) -> Popen``."""
+    base = tmp_path_factory.mktemp("faulty")
+    root = tiny_root
+    script = base / "faulty.py"
+    script.write_text(FAULTY_SCRIPT)
+
+    def start(mode, out, **env):
+        argv = [
+            "--data", "folder", "--root", str(root), "--output-dir", str(out), "--model",
+            "baseline", "--backbone", "resnet18", "--height", "64", "--width", "32",
+            "--ids-per-batch", "2", "--images-per-id", "4", "--workers", "0", "--device", "cpu",
+        ]  # fmt: skip
+        command = [
+            sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+            "2", str(script), mode, *argv,
+        ]  # fmt: skip
+        environ = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", **env}
+        return subprocess.Popen(
+            command,
+            cwd=base,
+            env=environ,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    return start
+
+
+def _outcome(job, timeout):
+    """(exit status, stderr) of a torchrun job; a job that outlives ``timeout`` fails the test."""
+    try:
+        _, err = job.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        job.kill()
+        _, err = job.communicate()
+        pytest.fail(f"the job still ran after {timeout} s (it hangs): {err[-2000:]}")
+    return job.returncode, err
+
+
+@pytest.mark.slow
+def test_ranks_with_different_options_fail_at_once(faulty_job, tmp_path):
+    # Issue 16.6: --epochs 2 on rank 0 and 3 on rank 1 deadlocked at the end of epoch 2.
+    code, err = _outcome(faulty_job("epochs", tmp_path / "run"), timeout=240)
+    assert code == 1
+    assert "different options (--epochs: 2 on rank 0, 3 on rank 1)" in err, err[-3000:]
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+@pytest.mark.slow
+def test_a_nan_loss_names_the_rank_that_saw_it(faulty_job, tmp_path):
+    # Issue 16.18: rank 0 reported its own rank for rank 1's NaN.
+    code, err = _outcome(faulty_job("nan", tmp_path / "run"), timeout=240)
+    assert code == 1
+    assert "the loss is not finite (nan) on rank 1 at epoch 1, step 1/1" in err, err[-3000:]
+
+
+@pytest.mark.slow
+def test_a_signal_during_a_hung_collective_still_ends_the_job(faulty_job, tmp_path):
+    # Issue 16.6: SIGTERM was ignored while rank 0 waited in a collective for a rank that
+    # hangs (the collective timeout is 2 h); now rank 0 exits stop_grace (3 s) after it.
+    pid_file = tmp_path / "rank0.pid"
+    job = faulty_job("hang", tmp_path / "run", PID_FILE=str(pid_file))
+    for _ in range(2400):
+        if (pid_file.exists() and pid_file.read_text()) or job.poll() is not None:
+            break
+        time.sleep(0.1)
+    time.sleep(2)  # into the collective
+    if pid_file.exists():
+        os.kill(int(pid_file.read_text()), signal.SIGTERM)
+    code, err = _outcome(job, timeout=120)
+    assert code != 0
+    assert "SIGTERM: the run did not stop within 3 s" in err, err[-3000:]

@@ -18,7 +18,8 @@ GPU_RESULTS ?= gpu-results
 
 $(VENV)/.installed: pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -e '.[train,deploy,dev]'
+	$(PY) -m pip install -e '.[train,deploy,dev,clients]'
+	$(PY) -m pip install --no-deps 'fastreid==1.4.0'
 	touch $@
 
 # The demo's run folder is disposable: each `make demo` starts it afresh.

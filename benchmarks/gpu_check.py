@@ -7,8 +7,8 @@ Needs torch, triton, pytest and hypothesis already installed (no network, no ins
 ``gpu-results``):
 
 * ``tests.txt``: ``pytest tests/kernels/test_triton_kernels.py
-  tests/kernels/test_gpu_static.py``, the kernels compiled and run on the GPU against the
-  PyTorch path on CPU, and the static check;
+  tests/kernels/test_gpu_static.py tests/kernels/test_gpu.py``, the kernels compiled and run on
+  the GPU against the PyTorch path on CPU, the static check and the tests marked ``gpu``;
 * ``op_rows.json`` and ``op_rows.md``: at the paper's map (C=2048, 24x8, k=3 blocks of 3x2) for
   N in {64, 256}, float32 and bfloat16, both attn forms, forward, forward+backward and backward
   alone (Triton and eager only): the ``clone()`` floor, the Triton kernels, eager PyTorch,
@@ -46,6 +46,7 @@ def run_tests(out: Path, timeout_s: int) -> dict:
         "pytest",
         "tests/kernels/test_triton_kernels.py",
         "tests/kernels/test_gpu_static.py",
+        "tests/kernels/test_gpu.py",
         "-q",
         "-p",
         "no:cacheprovider",

@@ -51,7 +51,7 @@ from typing import Any, TypeGuard, cast
 
 import numpy as np
 
-from pmm_model.apps.visualize import plot_bars
+from pmm_model.apps.plots import plot_bars
 from pmm_model.nets.models import MIX_MODES
 from pmm_model.run.checkpoint import atomic_write
 from pmm_model.run.config import DEFAULTS, make_config, upgrade_saved_config

@@ -5,7 +5,8 @@ Example:
         --data market1501 --root /data --flip --output results.json
 
 Prints rank-1/5/10, mAP and mINP in percent; ``--output`` writes them (as fractions in
-[0, 1], with the whole CMC curve) to a JSON file.
+[0, 1], with the whole CMC curve) to a JSON file. ``--eval-protocol occluded`` evaluates on the
+occluded copies of the queries (docs/datasets.md#occluded-queries), the gallery unchanged.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from torch import nn
 from pmm_model.cli.args import ctrl_c_exits, int_at_least, output_file
 from pmm_model.data.datasets import build_dataset, dataset_names
 from pmm_model.data.loaders import build_test_loaders
+from pmm_model.data.occlusion import EVAL_PROTOCOLS, with_protocol
 from pmm_model.evaluation.evaluator import evaluate
 from pmm_model.evaluation.metrics import RankResult
 from pmm_model.run.runtime import resolve_device
@@ -50,6 +52,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint", required=True, help="checkpoint.pt written by training")
     parser.add_argument("--data", required=True, choices=dataset_names(), help="dataset name")
     parser.add_argument("--root", help="dataset root (optional for synthetic: its cache folder)")
+    parser.add_argument(
+        "--eval-protocol",
+        choices=EVAL_PROTOCOLS,
+        default="standard",
+        help="standard: the dataset's queries; occluded: each query with one body region "
+        "hidden, the gallery unchanged (default: %(default)s)",
+    )
     parser.add_argument(
         "--flip",
         action="store_true",
@@ -100,7 +109,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     except ValueError as err:
         parser.error(f"argument --device: {err}")
     try:
-        data = build_dataset(args.data, args.root)
+        data = with_protocol(build_dataset(args.data, args.root), args.eval_protocol)
         model, train_args = load_model_for_eval(args.checkpoint)
         missing = [key for key in ("height", "width") if key not in train_args]
         if missing:
@@ -137,6 +146,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "checkpoint": str(args.checkpoint),
         "data": args.data,
         "root": args.root,
+        "eval_protocol": args.eval_protocol,
         "flip": args.flip,
         "rerank": args.rerank,
         "num_query": len(data.query),

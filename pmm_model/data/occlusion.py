@@ -41,6 +41,7 @@ from PIL import Image
 from pmm_model.data.datasets import Record, ReIDDataset
 
 __all__ = [
+    "EVAL_PROTOCOLS",
     "FILLS",
     "JITTER",
     "OCCLUDERS",
@@ -50,9 +51,12 @@ __all__ = [
     "occlude",
     "occluded_queries",
     "occluder_for",
+    "with_protocol",
 ]
 
 PROTOCOL_VERSION = 1
+# The evaluation protocols: the data set's own queries, or their occluded copies.
+EVAL_PROTOCOLS = ("standard", "occluded")
 
 
 @dataclass(frozen=True)
@@ -188,6 +192,22 @@ def occluded_queries(data: ReIDDataset, cache: str | os.PathLike | None = None) 
     return ReIDDataset(
         data.train, queries, data.gallery, name=f"{data.name}-occluded", root=data.root
     )
+
+
+def with_protocol(
+    data: ReIDDataset, protocol: str, cache: str | os.PathLike | None = None
+) -> ReIDDataset:
+    """``data`` as evaluated under ``protocol`` (one of :data:`EVAL_PROTOCOLS`).
+
+    Raises:
+        ValueError: an unknown protocol (the message lists the valid ones).
+        OSError: see :func:`occluded_queries`.
+    """
+    if protocol == "standard":
+        return data
+    if protocol == "occluded":
+        return occluded_queries(data, cache)
+    raise ValueError(f"protocol must be one of {', '.join(EVAL_PROTOCOLS)}, got {protocol!r}")
 
 
 def contact_sheet(records: list[Record], columns: int = 8) -> Image.Image:

@@ -5,6 +5,7 @@ import runpy
 import sys
 
 import pytest
+import torch
 from PIL import Image
 from torch import nn
 
@@ -130,3 +131,28 @@ def test_module_help(monkeypatch, capsys):
         "--output",
     ):
         assert flag in out
+
+
+def test_cli_occluded_protocol_evaluates_the_occluded_queries(market_tree, tmp_path, monkeypatch):
+    monkeypatch.setenv("PMM_DATA_DIR", str(tmp_path / "cache"))
+    batches = []
+
+    class Recorder(nn.Module):
+        def forward(self, images):
+            batches.append(images.clone())
+            return images.mean((2, 3))
+
+    monkeypatch.setattr(
+        cli, "load_model_for_eval", lambda path: (Recorder(), {"height": 16, "width": 8})
+    )
+    common = ["--checkpoint", "c.pt", "--data", "folder", "--root", str(market_tree)]
+    standard = cli.main([*common, "--workers", "0"])
+    assert standard["eval_protocol"] == "standard" and not (tmp_path / "cache").exists()
+    occluded = cli.main([*common, "--workers", "0", "--eval-protocol", "occluded"])
+    assert occluded["eval_protocol"] == "occluded" and occluded["num_query"] == 2
+    written = sorted((tmp_path / "cache").rglob("*.png"))
+    assert [p.stem for p in written] == sorted(p.stem for p in (market_tree / "query").iterdir())
+    # Batches: standard query, standard gallery, occluded query, occluded gallery.
+    assert len(batches) == 4
+    assert not torch.equal(batches[0], batches[2])  # the queries were hidden
+    assert torch.equal(batches[1], batches[3])  # the gallery was not

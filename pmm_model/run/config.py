@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import inspect
 import math
-import warnings
 from typing import Any
 
 from pmm_kernels.ops.reference import block_grid
@@ -127,17 +126,6 @@ def upgrade_saved_config(saved: dict[str, Any]) -> dict[str, Any]:
     return {RENAMED_OPTIONS.get(key, key): value for key, value in saved.items()}
 
 
-def _renamed_options(options: dict[str, Any]) -> dict[str, Any]:
-    """``options`` given by code under old key names, under today's, with a DeprecationWarning."""
-    for old in RENAMED_OPTIONS.keys() & options.keys():
-        warnings.warn(
-            f"option {old!r} is deprecated; use {RENAMED_OPTIONS[old]!r}",
-            DeprecationWarning,
-            stacklevel=3,
-        )
-    return upgrade_saved_config(options)
-
-
 def feature_map_size(height: int, width: int) -> tuple[int, int]:
     """The trunk's output map for an input, as :func:`pmm_model.nets.models.build_backbone` gives.
 
@@ -180,6 +168,16 @@ def model_options(config: dict[str, Any]) -> dict[str, Any]:
 def _need(ok: bool, message: str, option: str | None = None) -> None:
     if not ok:
         raise ConfigError(message, option)
+
+
+def _refuse_old_names(options: dict[str, Any]) -> None:
+    renamed = sorted(RENAMED_OPTIONS.keys() & options.keys())
+    _need(
+        not renamed,
+        "; ".join(f"option {old!r} is now called {RENAMED_OPTIONS[old]!r}" for old in renamed)
+        + " (checkpoints written under the old names are still read)",
+        renamed[0] if renamed else None,
+    )
 
 
 def _positive_int(config: dict[str, Any], key: str, low: int = 1) -> None:
@@ -270,13 +268,14 @@ def make_config(options: dict[str, Any] | None = None, preset: str | None = None
 
     Args:
         options: option -> value, keys of :data:`DEFAULTS` (None values mean "default"); the
-            old names of :data:`RENAMED_OPTIONS` still work, with a DeprecationWarning.
+            old names of :data:`RENAMED_OPTIONS` are refused, naming today's.
         preset: a key of :data:`PRESETS`.
 
     Raises:
         ConfigError: an unknown option or preset, or a value :func:`check_config` rejects.
     """
-    options = _renamed_options(options or {})
+    options = dict(options or {})
+    _refuse_old_names(options)
     unknown = sorted(set(options) - set(DEFAULTS))
     _need(not unknown, f"unknown options {unknown}; valid: {sorted(DEFAULTS)}")
     _need(
@@ -316,7 +315,7 @@ def resume_config(
     Raises:
         ConfigError: a runtime option the resumed run cannot use.
     """
-    explicit = _renamed_options(explicit)
+    _refuse_old_names(explicit)
     config = {**DEFAULTS, "block_size": saved.get("block_size"), **saved}
     notes = []
     for key, value in explicit.items():

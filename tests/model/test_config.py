@@ -1,7 +1,7 @@
 """The configuration's renamed keys: ``p``/``k`` became ``ids_per_batch``/``images_per_id``.
 
-``k`` also named the op's ``num_blocks`` (issue 15's one vocabulary). Code that passes the old
-names keeps working for a release with a DeprecationWarning; checkpoints and study folders
+``k`` also named the op's ``num_blocks`` (issue 15's one vocabulary). The old names were never
+released: options under them are refused, naming the new ones; checkpoints and study folders
 written under the old names are read under the new ones.
 """
 
@@ -18,7 +18,13 @@ from oracles.deploy import make_checkpoint
 from pmm_model.apps import study
 from pmm_model.apps.study import StudyError, run_study
 from pmm_model.run.checkpoint import checkpoint_args, load_checkpoint
-from pmm_model.run.config import DEFAULTS, RENAMED_OPTIONS, make_config, resume_config
+from pmm_model.run.config import (
+    DEFAULTS,
+    RENAMED_OPTIONS,
+    ConfigError,
+    make_config,
+    resume_config,
+)
 from pmm_model.run.engine import METRIC_KEYS
 
 
@@ -27,15 +33,13 @@ def test_the_old_keys_are_gone_from_the_defaults():
     assert set(RENAMED_OPTIONS.values()) <= DEFAULTS.keys()
 
 
-def test_old_option_names_still_work_with_a_deprecation_warning():
-    with pytest.warns(DeprecationWarning) as caught:
-        config = make_config({"p": 3, "k": 2}, preset="demo")
-    assert sorted(str(w.message) for w in caught) == [
-        "option 'k' is deprecated; use 'images_per_id'",
-        "option 'p' is deprecated; use 'ids_per_batch'",
-    ]
-    assert (config["ids_per_batch"], config["images_per_id"]) == (3, 2)
-    assert "p" not in config and "k" not in config
+def test_old_option_names_are_refused_naming_the_new_ones():
+    # Never released: the old names are read from checkpoints only, not taken as options.
+    with pytest.raises(ConfigError, match=r"option 'k' is now called 'images_per_id'; option 'p'"):
+        make_config({"p": 3, "k": 2}, preset="demo")
+    saved = make_config(preset="demo") | {"num_classes": 4}
+    with pytest.raises(ConfigError, match=r"option 'k' is now called 'images_per_id'"):
+        resume_config(saved, {"k": 3}, "runs/x")
 
 
 def test_the_new_names_give_no_warning():
@@ -43,15 +47,6 @@ def test_the_new_names_give_no_warning():
         warnings.simplefilter("error")
         config = make_config({"ids_per_batch": 3, "images_per_id": 2}, preset="demo")
     assert (config["ids_per_batch"], config["images_per_id"]) == (3, 2)
-
-
-def test_a_resume_given_an_old_name_changes_the_same_key():
-    saved = make_config(preset="demo") | {"num_classes": 4}
-    with pytest.warns(DeprecationWarning, match="'k'"):
-        config, notes = resume_config(saved, {"k": 3}, "runs/x")
-    # Not a runtime option: the checkpoint's value stays, and the note names today's key.
-    assert config["images_per_id"] == saved["images_per_id"]
-    assert notes == ["resuming keeps the checkpoint's images_per_id=4; ignoring images_per_id=3"]
 
 
 def test_a_checkpoint_written_under_the_old_names_is_read_under_the_new(tmp_path):

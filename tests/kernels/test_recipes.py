@@ -128,7 +128,7 @@ def test_torchreid_recipe():
     check_mixed(model.mix_after_layer3, torch.arange(8) % NUM_IDS)
     assert model.mix_after_layer3.labels is None  # only during the step
     # Fixbase epochs: open_specified_layers switches the layer off like any child, and says so.
-    with pytest.warns(UserWarning, match="add 'mix_after_layer3' to them"):
+    with pytest.warns(UserWarning, match="'mix_after_layer3' is in eval mode, so it does not mix"):
         engine.train(batches(1), open_layers=["classifier"])
     engine.train(batches(1), open_layers=["classifier", "mix_after_layer3"])
     model.eval()

@@ -317,7 +317,7 @@ class FeatureMixHook:
         delattr(self._home, self.attribute.rpartition(".")[2])
 
     def _before_model(self, model: nn.Module, args: tuple[Any, ...]) -> None:
-        if not model.training:
+        if not model.training or recomputing():  # a recompute replays the forward it belongs to
             return
         self._ran = False
         if not torch.compiler.is_compiling():
@@ -356,7 +356,7 @@ class FeatureMixHook:
         return _replace(output, self.output, mixed)
 
     def _after_model(self, model: nn.Module, args: tuple[Any, ...], output: Any) -> None:
-        if not model.training:
+        if not model.training or recomputing():
             return
         compiling = torch.compiler.is_compiling()
         if not self._ran:

@@ -205,7 +205,7 @@ def fastreid_batches(steps: int = 2, n: int = 8):
 def test_fastreid_recipe():
     torch.manual_seed(0)
     model = Baseline().train()
-    # The fast-reid calling convention, as in docs/recipes.md. fast-reid's ResNet runs layer3 block by
+    # The fast-reid calling convention, as in docs/recipes.md: its ResNet runs layer3 block by
     # block, so the layer goes after the last block.
     pmm_kernels.insert_feature_mix(model, "backbone.layer3.2", pmm_kernels.FeatureMix())
     pmm_kernels.labels_from_batch(model, key="targets")

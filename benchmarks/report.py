@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 # extra_info keys shown in their own column, in this order; the rest go to "other".
-COLUMNS = ("x_clone", "bytes_over_feat", "gb_per_s", "peak_mib", "cpu_s")
+COLUMNS = ("x_clone", "x_op", "bytes_over_feat", "gb_per_s", "peak_mib", "cpu_s")
 
 
 def _cell(value: object) -> str:

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import warnings
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,7 +46,10 @@ class _Call:
 def recomputing() -> bool:
     """True while autograd runs a backward, the only time a forward runs inside one: activation
     checkpointing (``torch.utils.checkpoint``, reentrant or not; timm's
-    ``set_grad_checkpointing``) recomputing the forward to get its saved tensors."""
+    ``set_grad_checkpointing``) recomputing the forward to get its saved tensors. False while
+    dynamo traces (compiled code does not replay; see docs/layer.md)."""
+    if torch.compiler.is_compiling():
+        return False
     return torch._C._current_graph_task_id() != -1
 
 
@@ -56,6 +60,29 @@ def _draw_state(generator: torch.Generator | None, device: torch.device) -> torc
     if device.type == "cuda":
         return torch.cuda.get_rng_state(device)
     return torch.get_rng_state()
+
+
+# Each layer's batch labels, by the id of its _LabelSlot.
+_BATCH_LABELS: dict[int, torch.Tensor | None] = {}
+
+
+class _LabelSlot:
+    """A layer's key into :data:`_BATCH_LABELS`, where its labels live instead of on the layer.
+
+    Dynamo takes tensors reached through an ``nn.Module``'s attributes to have static shapes
+    (``torch._dynamo.config.force_nn_module_property_static_shapes``): labels stored on the
+    layer made ``torch.compile`` recompile for every batch size. A module-level dict is read as
+    a global, whose shapes may vary. The entry goes when the slot does; a copy of the layer gets
+    a slot of its own, empty.
+    """
+
+    __slots__ = ("__weakref__",)
+
+    def __init__(self) -> None:
+        weakref.finalize(self, _BATCH_LABELS.pop, id(self), None)
+
+    def __reduce__(self) -> tuple[type, tuple[()]]:
+        return _LabelSlot, ()
 
 
 class FeatureMix(nn.Module):
@@ -188,12 +215,21 @@ class FeatureMix(nn.Module):
         self.generator = check.check_generator(generator)
         self.backend = backend
         self.last_info: MixInfo | None = None
-        self.labels: torch.Tensor | None = None
+        self.__dict__["_labels"] = _LabelSlot()
         self._warned_geometry = False
         self._calls: list[_Call] = []  # this training forward's calls, in order
         self._collecting = False  # inside a forward begun by the hook or mix_labels
         self._targets_read = True
         self._warned_targets = False
+
+    @property
+    def labels(self) -> torch.Tensor | None:
+        """(N,) labels used when :meth:`forward` gets none; not in ``state_dict``."""
+        return _BATCH_LABELS.get(id(self._labels))
+
+    @labels.setter
+    def labels(self, labels: torch.Tensor | None) -> None:
+        _BATCH_LABELS[id(self._labels)] = labels
 
     @property
     def infos(self) -> tuple[MixInfo, ...]:
@@ -232,7 +268,7 @@ class FeatureMix(nn.Module):
         # A copy is a model of its own: the batch labels (and the draws kept for a replay) of
         # the original's current step must not come along, or the copy would mix with them.
         state = self.__dict__.copy()
-        state["labels"], state["_calls"], state["_collecting"] = None, [], False
+        state["_labels"], state["_calls"], state["_collecting"] = _LabelSlot(), [], False
         return state
 
     def __prepare_scriptable__(self) -> nn.Module:
@@ -312,7 +348,9 @@ class FeatureMix(nn.Module):
                 )
         return classifier.weight.detach()[labels]
 
-    def _labels(self, feat: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor | None:
+    def _batch_labels(
+        self, feat: torch.Tensor, labels: torch.Tensor | None
+    ) -> torch.Tensor | None:
         """``labels``, else :attr:`labels` moved to ``feat``'s device (data loaders and engines
         hand over labels on the CPU)."""
         if labels is not None or self.labels is None:
@@ -347,7 +385,7 @@ class FeatureMix(nn.Module):
             return self._replay(feat, attn, partners)
         if not self._collecting:
             self.begin_forward(collect=False)
-        labels = self._labels(feat, labels)
+        labels = self._batch_labels(feat, labels)
         draw_device = self.generator.device if self.generator is not None else feat.device
         state = None if compiling else _draw_state(self.generator, draw_device)
         out, info = self._run(feat, labels, attn, partners, self.generator)

@@ -5,6 +5,7 @@ set_grad_checkpointing replaying the mix the loss saw."""
 from __future__ import annotations
 
 import warnings
+from contextlib import nullcontext
 
 import pytest
 import torch
@@ -75,3 +76,25 @@ def test_set_grad_checkpointing_replays_the_mix(mode):
         return model.conv1.weight.grad
 
     assert torch.allclose(stem_gradient(False), stem_gradient(True), rtol=1e-4, atol=1e-6)
+
+
+def test_compiled_resnet50_makes_no_more_graphs_with_the_layer():
+    # The issue's case: timm resnet50 at batch 16 -> 12 -> 8 -> 16 made 3 graphs with the layer.
+    from torch._dynamo.testing import CompileCounter
+
+    def count(with_layer: bool) -> int:
+        torch._dynamo.reset()
+        model = timm.create_model("resnet50", pretrained=False, num_classes=4)
+        if with_layer:
+            pmm_kernels.insert_feature_mix(model, "layer4.-1", pmm_kernels.FeatureMix())
+        counter = CompileCounter()
+        compiled = torch.compile(model, backend=counter)
+        for n in (16, 12, 8, 16):
+            images = torch.randn(n, 3, 64, 32)
+            labels = torch.arange(n) % 4
+            with pmm_kernels.mix_labels(model, labels) if with_layer else nullcontext():
+                compiled(images)
+        torch._dynamo.reset()
+        return counter.frame_count
+
+    assert count(True) == count(False)

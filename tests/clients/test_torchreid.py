@@ -138,3 +138,21 @@ def test_cutmix_scores_torchreids_cross_entropy_on_the_mixed_targets(datamanager
             engine.forward_backward(data)
     layer = model.mix_after_layer4
     assert layer.last_info.label_lam.gt(0).any()  # labels were mixed, and scored
+
+
+def test_osnet_classifier_after_its_fc_is_refused():
+    # OSNet's conv5 has 512 channels and its classifier takes 512 features, but a 512-512 fc sits
+    # between the pool and the classifier: its rows are not conv5's Grad-CAM weights.
+    import pmm_kernels
+
+    model = torchreid.models.build_model(
+        "osnet_x1_0", num_classes=4, loss="softmax", pretrained=False
+    )
+    pmm_kernels.insert_feature_mix(
+        model, "conv5", pmm_kernels.FeatureMix(classifier=model.classifier)
+    )
+    with (
+        pytest.raises(ValueError, match="does not read the average-pooled map of 'conv5'"),
+        pmm_kernels.mix_labels(model.train(), torch.tensor([0, 0, 1, 1])),
+    ):
+        model(torch.randn(4, 3, 128, 64))

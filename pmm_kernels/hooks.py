@@ -21,6 +21,7 @@ from torch.utils.hooks import RemovableHandle
 
 from pmm_kernels import validation as check
 from pmm_kernels.modules import FeatureMix, recomputing
+from pmm_kernels.tokens import token_grid, useless_placement
 
 # Containers whose forward or users' loops run every child: a layer registered there would run.
 CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
@@ -214,11 +215,11 @@ def _select(output: Any, key: int | str | None, name: str) -> torch.Tensor:
                 f"insert_feature_mix(output={key!r}): {name!r} returns {check.describe(output)}, "
                 f"which has no element {key!r}"
             ) from None
-    if not isinstance(found, torch.Tensor) or found.dim() != 4:
+    if not isinstance(found, torch.Tensor) or found.dim() not in (3, 4):
         where = name if key is None else f"{name}[{key!r}]"
         raise TypeError(
-            f"insert_feature_mix: {where} must be an (N, C, H, W) tensor, got "
-            f"{check.describe(found)}"
+            f"insert_feature_mix: {where} must be an (N, C, H, W) map or (N, P + H*W, C) "
+            f"tokens, got {check.describe(found)}"
         )
     return found
 
@@ -352,7 +353,11 @@ class FeatureMixHook:
             )
         mixed = self.mix._mix(feat, None, None, None)
         if self._classifier_probe is not None and self._pooled is None:
-            self._pooled = mixed.detach().float().mean((2, 3))
+            if self.mix.layout_of(feat) == "nchw":
+                self._pooled = mixed.detach().float().mean((2, 3))
+            else:  # tokens: a cls-token head scores each token (docs/transformers.md)
+                self._classifier_probe.remove()
+                self._classifier_probe, self._classifier_checked = None, True
         return _replace(output, self.output, mixed)
 
     def _after_model(self, model: nn.Module, args: tuple[Any, ...], output: Any) -> None:
@@ -505,7 +510,14 @@ def insert_feature_mix(
             ``"backbone.layer3.-1"`` is the end of the stage at any depth (:func:`resolve_after`).
         mix: the layer to run.
         output: for a submodule that returns a tuple, list or dict (torchreid's MLFN blocks),
-            the index or key of the (N, C, H, W) map to mix; the rest passes through.
+            the index or key of the map to mix; the rest passes through.
+
+    Transformers (docs/transformers.md): a block's (N, P + H*W, C) tokens are mixed on the grid
+    read from the model (timm's ``patch_embed.grid_size`` and ``num_prefix_tokens``,
+    TransReID's ``patch_embed.num_y/num_x``) unless the layer has one; a timm model whose
+    ``output_fmt`` is NHWC (Swin) sets the layer's layout to ``"nhwc"``. A placement where mixing
+    the patch tokens changes nothing (after the last block of a cls-token head, inside
+    TransReID's JPM branches) is refused, naming the module to use.
 
     Returns:
         The :class:`FeatureMixHook`; ``hook.remove()`` takes the layer out.
@@ -529,4 +541,12 @@ def insert_feature_mix(
         raise ValueError(f"after must be the dotted name of a submodule, got {after!r}")
     if output is not None and (not isinstance(output, int | str) or isinstance(output, bool)):
         raise TypeError(f"output must be an index or a key, got {check.describe(output)}")
-    return FeatureMixHook(model, resolve_after(model, after), mix, output)
+    after = resolve_after(model, after)
+    useless = useless_placement(model, after)
+    if useless is not None:
+        raise ValueError(f"insert_feature_mix: {useless}")
+    if mix.token_grid is None:
+        mix.token_grid = token_grid(model)
+    if mix.layout is None and getattr(model, "output_fmt", None) == "NHWC":  # timm Swin
+        mix.layout = "nhwc"
+    return FeatureMixHook(model, after, mix, output)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import warnings
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +19,7 @@ from pmm_kernels.functional import feature_mix, mixed_targets
 from pmm_kernels.modes import MODES, MixInfo
 from pmm_kernels.ops.feature_mix import BACKENDS, Backend
 from pmm_kernels.ops.utils import block_grid, grid_block_size
+from pmm_kernels.tokens import LAYOUTS, TokenGrid, token_norm
 
 PAPER_GRID = (8, 4)  # PMM: an 8x4 grid of 3x2 blocks on its 24x8 map
 FAR_OFF = 2.0  # warn when the mixed fraction is more than this factor off the grid's target
@@ -103,8 +105,15 @@ class FeatureMix(nn.Module):
     2. ``classifier``: a ``Linear`` applied to the average-pooled map; the Grad-CAM channel
        weights are then ``classifier.weight[labels]`` (exactly, up to a positive factor that
        does not change the choice, for a global-average-pool -> Linear head), with no backward.
-    3. Otherwise *activation saliency* ``ReLU(sum_c feat)``: channel weights of 1, which on a
-       post-ReLU map is its channel-summed activation. It needs no labels.
+    3. ``saliency``: a callable returning the (N, H, W) map (for tokens:
+       :class:`pmm_kernels.tokens.ClsAttention`, the cls token's attention).
+    4. Otherwise *activation saliency* ``ReLU(sum_c feat)``: channel weights of 1, which on a
+       post-ReLU map is its channel-summed activation; on tokens, each token's L2 norm
+       (:func:`pmm_kernels.tokens.token_norm`). It needs no labels.
+
+    Token inputs (docs/transformers.md): (N, P + H*W, C) tokens are mixed as the (N, C, H, W)
+    view of their patch tokens (no copy), the P prefix tokens untouched; (N, H, W, C) maps with
+    ``layout="nhwc"``.
 
     Labels come from :meth:`forward`'s ``labels``, else from :attr:`labels`, which
     :func:`pmm_kernels.mix_labels` sets on every layer of a model. Copies of the layer
@@ -137,6 +146,14 @@ class FeatureMix(nn.Module):
             global random stream alone; None uses the default generator (needed under
             ``torch.compile``).
         backend: ``"auto"``, ``"torch"``, ``"triton"``, or None (``PMM_KERNELS_BACKEND``).
+        layout: the input's layout, one of ``"nchw"``, ``"tokens"`` ((N, P + H*W, C)) and
+            ``"nhwc"`` (timm Swin stages); None: tokens when 3-D, else NCHW
+            (:func:`pmm_kernels.insert_feature_mix` sets ``"nhwc"`` for an NHWC model).
+        token_grid: the :class:`~pmm_kernels.tokens.TokenGrid` of token inputs (set from the
+            model by :func:`pmm_kernels.insert_feature_mix` when not given).
+        saliency: a callable giving the (N, H, W) saliency of the (N, C, H, W) map (the
+            attentive modes), e.g. :class:`pmm_kernels.tokens.ClsAttention`; instead of
+            ``classifier`` and of the default.
 
     Attributes:
         last_info: the :class:`MixInfo` of the last training-mode forward (None before).
@@ -157,6 +174,7 @@ class FeatureMix(nn.Module):
 
     # The head is a plain attribute, not a submodule: it stays where its model registered it.
     classifier: nn.Linear | None
+    saliency: Callable[[torch.Tensor], torch.Tensor] | None
     grid: tuple[int, int] | None
     block_size: tuple[int, int] | None
 
@@ -172,6 +190,9 @@ class FeatureMix(nn.Module):
         w_ratio: float = 1.0,
         generator: torch.Generator | None = None,
         backend: Backend | None = None,
+        layout: str | None = None,
+        token_grid: TokenGrid | None = None,
+        saliency: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
         super().__init__()
         check.check_choice("mode", mode, MODES)
@@ -214,6 +235,21 @@ class FeatureMix(nn.Module):
         self.w_ratio = check.check_ratio("w_ratio", w_ratio)
         self.generator = check.check_generator(generator)
         self.backend = backend
+        if layout is not None:
+            check.check_choice("layout", layout, LAYOUTS)
+        if token_grid is not None and not isinstance(token_grid, TokenGrid):
+            raise TypeError(f"token_grid must be a TokenGrid, got {check.describe(token_grid)}")
+        if saliency is not None:
+            if self.spec.cells != "salient":
+                raise ValueError(f"saliency= ranks blocks, which mode={mode!r} does not use")
+            if classifier is not None:
+                raise ValueError("give classifier= or saliency=, not both")
+            if not callable(saliency):
+                raise TypeError(f"saliency must be callable, got {check.describe(saliency)}")
+        self.layout = layout
+        self.token_grid = token_grid
+        self.__dict__["saliency"] = saliency
+        self._token_input = False
         self.last_info: MixInfo | None = None
         self.__dict__["_labels"] = _LabelSlot()
         self._warned_geometry = False
@@ -348,9 +384,7 @@ class FeatureMix(nn.Module):
                 )
         return classifier.weight.detach()[labels]
 
-    def _batch_labels(
-        self, feat: torch.Tensor, labels: torch.Tensor | None
-    ) -> torch.Tensor | None:
+    def _batch_labels(self, feat: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor | None:
         """``labels``, else :attr:`labels` moved to ``feat``'s device (data loaders and engines
         hand over labels on the CPU)."""
         if labels is not None or self.labels is None:
@@ -365,7 +399,38 @@ class FeatureMix(nn.Module):
             )
         return stored.to(feat.device, non_blocking=True)
 
+    def layout_of(self, x: torch.Tensor) -> str:
+        """The layout of the layer's input ``x``: :attr:`layout`, else 3-D tokens or NCHW."""
+        if self.layout is not None:
+            return self.layout
+        return "tokens" if isinstance(x, torch.Tensor) and x.dim() == 3 else "nchw"
+
     def _mix(
+        self,
+        x: torch.Tensor,
+        labels: torch.Tensor | None,
+        attn: torch.Tensor | None,
+        partners: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """Mix ``x`` in its layout: a map, tokens (prefix kept) or an NHWC map."""
+        layout = self.layout_of(x)
+        # Token maps' label-free saliency is the token norm (see _run), not ReLU(sum_c).
+        self._token_input = layout != "nchw"
+        if layout == "tokens":
+            if self.token_grid is None:
+                raise ValueError(
+                    "FeatureMix got (N, P + H*W, C) tokens but has no token grid: build it with "
+                    "token_grid=pmm_kernels.tokens.TokenGrid(H, W, prefix), or insert it with "
+                    "insert_feature_mix into a timm/TransReID ViT, which reads the grid"
+                )
+            prefix, feat = self.token_grid.split(x)
+            return self.token_grid.join(prefix, self._mix_map(feat, labels, attn, partners))
+        if layout == "nhwc":
+            feat = check.check_tensor("feat", x).permute(0, 3, 1, 2)
+            return self._mix_map(feat, labels, attn, partners).permute(0, 2, 3, 1)
+        return self._mix_map(x, labels, attn, partners)
+
+    def _mix_map(
         self,
         feat: torch.Tensor,
         labels: torch.Tensor | None,
@@ -408,7 +473,12 @@ class FeatureMix(nn.Module):
         if not torch.compiler.is_compiling():
             self._warn_if_far_off(height, width, num_blocks)
         if self.spec.cells == "salient" and attn is None:
-            attn = self._saliency_source(feat, labels)
+            if self.saliency is not None:
+                attn = self.saliency(feat)
+            elif self.classifier is None and self._token_input:
+                attn = token_norm(feat)
+            else:
+                attn = self._saliency_source(feat, labels)
         return feature_mix(
             feat,
             labels,

@@ -48,6 +48,8 @@ def in_layout(feat: torch.Tensor, layout: str) -> torch.Tensor:
         patches.copy_(feat)
         return patches
     raise ValueError(f"layout must be one of {MAP_LAYOUTS}, got {layout!r}")
+
+
 DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.bfloat16, torch.float16)
 # batch_drop's rectangle at the op's default ratios: the rectangle the layers launch.
 _DEFAULTS = inspect.signature(feature_mix).parameters

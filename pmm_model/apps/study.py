@@ -53,10 +53,10 @@ import numpy as np
 
 from pmm_model.apps.visualize import plot_bars
 from pmm_model.nets.models import MIX_MODES
-from pmm_model.run.checkpoint import atomic_write
+from pmm_model.run.atomic import atomic_write
 from pmm_model.run.config import DEFAULTS, make_config, upgrade_saved_config
-from pmm_model.run.engine import METRIC_KEYS, TrainingInterrupted, run_training
-from pmm_model.run.folder import CHECKPOINT
+from pmm_model.run.engine import TrainingInterrupted, run_training
+from pmm_model.run.folder import CHECKPOINT, METRIC_KEYS
 
 __all__ = [
     "STUDY_OWN_OPTIONS",
@@ -288,7 +288,7 @@ def _settings(options: dict[str, Any], preset: str | None) -> dict[str, Any]:
     configs = [make_config({**options, **VARIANTS[v], "output_dir": "-"}, preset) for v in VARIANTS]
     settings = {
         key: value
-        for key, value in configs[0].items()
+        for key, value in configs[0].to_dict().items()
         if key not in (*STUDY_OWN_OPTIONS, *_PLACE_OPTIONS)
     }
     if settings["root"] is not None:  # the same dataset, however the path is written

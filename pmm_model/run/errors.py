@@ -23,6 +23,7 @@ __all__ = [
     "EvaluationFailed",
     "IgnoredOption",
     "RanksDisagree",
+    "RunFolderError",
     "TrainingDiverged",
     "TrainingError",
     "TrainingInterrupted",
@@ -62,7 +63,7 @@ class IgnoredOption:
         return Words().describe(self)
 
 
-def _rebuild_error(cls: type[TrainingError], args: tuple, fields: dict[str, Any]) -> TrainingError:
+def _rebuild_error(cls: type[RuntimeError], args: tuple, fields: dict[str, Any]) -> RuntimeError:
     error = cls.__new__(cls)
     error.args = args
     error.__dict__.update(fields)
@@ -191,6 +192,38 @@ class RanksDisagree(TrainingError):
         self.world_size = world_size
 
 
+class RunFolderError(RuntimeError):
+    """The output folder cannot be used: locked by another run, holding one, or unwritable.
+
+    ``str(error)`` is :meth:`pmm_model.run.errors.Words.describe` in the library's words.
+
+    Attributes:
+        kind: ``"unusable"`` (``reason`` says why), ``"in_use"``, ``"holds_run"`` (the
+            folder's own ``checkpoint`` could be resumed) or ``"not_its_checkpoint"``
+            (``resume_from`` would replace the folder's run).
+        path: the folder.
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        path: Path,
+        *,
+        reason: str | None = None,
+        resume_from: Path | None = None,
+        checkpoint: Path | None = None,
+    ) -> None:
+        super().__init__()
+        self.kind, self.path, self.reason = kind, path, reason
+        self.resume_from, self.checkpoint = resume_from, checkpoint
+
+    def __str__(self) -> str:
+        return Words().describe(self)
+
+    def __reduce__(self) -> tuple[Any, ...]:  # picklable, so a rank can pass it to the others
+        return _rebuild_error, (type(self), self.args, dict(self.__dict__))
+
+
 class Words:
     """How a front end names options; :meth:`describe` words every error and note with it.
 
@@ -221,11 +254,34 @@ class Words:
                 f"{self.resuming} keeps the checkpoint's {self.setting(error.key, error.kept)}; "
                 f"ignoring {self.setting(error.key, error.given)}"
             )
+        if isinstance(error, RunFolderError):
+            return self._folder_error(error)
         if isinstance(error, ConfigError) and error.option is not None:
             return f"{self.option(error.option)}: {error.reason}"
         if isinstance(error, TrainingError) and error.args:
             return str(error.args[0])
         return self._training_error(error)
+
+    def _folder_error(self, err: RunFolderError) -> str:
+        folder, output, overwrite = repr(str(err.path)), self.option("output_dir"), "overwrite"
+        if err.kind == "in_use":
+            return (
+                f"output folder {folder} is in use by another run; wait for it to finish or "
+                f"choose another {output}"
+            )
+        if err.kind == "not_its_checkpoint":
+            return (
+                f"{self.option('resume')} {err.resume_from} is not the checkpoint of the run in "
+                f"output folder {folder}, which it would replace; write it to a new {output} (or "
+                f"replace that run with {self.setting(overwrite, True)})"
+            )
+        if err.kind == "holds_run":
+            return (
+                f"output folder {folder} holds another run; continue it with "
+                f"{self.option('resume')} {err.checkpoint}, or start over and replace it with "
+                f"{self.setting(overwrite, True)} (or choose another {output})"
+            )
+        return f"cannot use output folder {folder}: {err.reason}"
 
     def _training_error(self, err: BaseException) -> str:
         resume = self.setting("resume", str(getattr(err, "checkpoint", "")))

@@ -8,6 +8,7 @@ its hooks are what is tested (the real network's runs are in tests/e2e).
 
 from __future__ import annotations
 
+import pickle
 import signal
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from pmm_model.run.engine import Engine, Hook
 from pmm_model.run.errors import (
     ConfigError,
     IgnoredOption,
+    RunFolderError,
     TrainingDiverged,
     TrainingInterrupted,
     Words,
@@ -150,3 +152,17 @@ def test_one_formatter_words_errors_in_library_or_flag_terms():
     assert FlagWords().describe(IgnoredOption("block_size", (1, 1), [2, 2])) == (
         "--resume keeps the checkpoint's --block-size 1 1; ignoring --block-size 2 2"
     )
+
+
+def test_the_run_folder_errors_name_flags_only_in_the_cli():
+    error = RunFolderError("holds_run", Path("r"), checkpoint=Path("r/checkpoint.pt"))
+    assert FlagWords().describe(error) == (
+        "output folder 'r' holds another run; continue it with --resume r/checkpoint.pt, or "
+        "start over and replace it with --overwrite (or choose another --output-dir)"
+    )
+    assert str(error) == (
+        "output folder 'r' holds another run; continue it with resume r/checkpoint.pt, or "
+        "start over and replace it with overwrite=True (or choose another output_dir)"
+    )
+    copy = pickle.loads(pickle.dumps(error))  # a rank hands it to the others
+    assert (type(copy), str(copy)) == (RunFolderError, str(error))

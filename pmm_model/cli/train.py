@@ -14,6 +14,11 @@ Examples:
 
         python -m pmm_model.train --resume runs/pmm-market1501/checkpoint.pt
 
+    One command for the first start and every restart (torchrun --max-restarts, a requeue):
+    continue the output folder's own checkpoint if there is one, else start::
+
+        python -m pmm_model.train --data market1501 --root /data --resume auto
+
 Each run writes ``train.log``, ``metrics.json`` (one entry per evaluation) and
 ``checkpoint.pt`` into ``--output-dir``. Exit status: 0 done, 2 bad arguments, 1 a failure
 (the message says what was saved), 128 + signal number when SIGTERM/SIGINT stopped the run
@@ -203,8 +208,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--resume",
-        type=existing_file,
-        help="checkpoint.pt to continue; only where/how-long options may change: "
+        type=_checkpoint_or_auto,
+        metavar="CHECKPOINT|auto",
+        help="'auto': continue --output-dir's own checkpoint if it has one (same options), "
+        "else start a new run there: one command for a start and every restart. "
+        "Or a checkpoint.pt to continue; only where/how-long options may change: "
         "--epochs (rescales the lr schedule), --eval-every, --checkpoint-every, "
         "--device, --workers, --output-dir, --root, --amp, --skip-bad-images, "
         "--compile, --channels-last, --sync-bn",
@@ -215,6 +223,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="start over in an --output-dir that holds another run, replacing it",
     )
     return parser
+
+
+def _checkpoint_or_auto(text: str) -> str:
+    return text if text == "auto" else existing_file(text)
 
 
 def flag_name(key: str) -> str:
@@ -272,6 +284,10 @@ def parse_args(argv: Sequence[str] | None = None, engine: type[Engine] = Engine)
     try:
         if resume is None:
             run = engine(make_config(explicit, preset), **start)
+        elif resume == "auto":
+            if start.pop("overwrite"):
+                parser.error("argument --resume: auto never replaces a run; drop --overwrite")
+            run = engine.resume_or_start(explicit, preset, **start)
         else:
             run = engine.resume(resume, explicit, preset, **start)
     except ConfigError as err:

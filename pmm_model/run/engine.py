@@ -72,7 +72,14 @@ from pmm_model.run.checkpoint import (
     checkpoint_config,
     load_checkpoint,
 )
-from pmm_model.run.config import TrainConfig, make_config, resume_config
+from pmm_model.run.config import (
+    DEFAULTS,
+    RUNTIME_OPTIONS,
+    ConfigError,
+    TrainConfig,
+    make_config,
+    resume_config,
+)
 from pmm_model.run.errors import (
     EvaluationFailed,
     IgnoredOption,
@@ -156,6 +163,7 @@ class Engine:
         self.overwrite = overwrite
         self.words = words or Words()
         self.ignored: list[IgnoredOption] = []
+        self.start_note: str | None = None  # how the run started, for the log (rank 0)
         output = Path(str(config.output_dir))
         self.checkpoint_file = output / CHECKPOINT  # where this run writes (rank 0)
         self.metrics_file = output / METRICS
@@ -221,6 +229,49 @@ class Engine:
         config, ignored = resume_config(saved, dict(options or {}), str(Path(path).parent), preset)
         engine = cls(config, checkpoint, path, **kwargs)
         engine.ignored = ignored
+        return engine
+
+    @classmethod
+    def resume_or_start(
+        cls, options: dict[str, Any] | None = None, preset: str | None = None, **kwargs: Any
+    ) -> Engine:
+        """An engine that continues the run in its output folder if it has a checkpoint, and
+        starts a new one there otherwise: one command for a start and every restart (torchrun
+        ``--max-restarts``, a scheduler's requeue). The log says which happened.
+
+        The folder's run must be this command's: every option that is not a runtime option
+        (:data:`~pmm_model.run.config.RUNTIME_OPTIONS`) must equal the checkpoint's.
+
+        Args:
+            options, preset: as for :func:`~pmm_model.run.config.make_config`.
+            **kwargs: the other arguments of :class:`Engine` (``words``, ``hooks``).
+
+        Raises:
+            ConfigError: a bad option, or the folder holds a run of other options
+                (``option`` names the first).
+            FileNotFoundError, ValueError: the folder's checkpoint cannot be resumed.
+        """
+        fresh = make_config(options, preset)
+        path = Path(str(fresh.output_dir)) / CHECKPOINT
+        if not path.is_file():
+            engine = cls(fresh, **kwargs)
+            engine.start_note = f"no checkpoint in {fresh.output_dir}: starting a new run"
+            return engine
+        engine = cls.resume(path, {**(options or {}), "output_dir": fresh.output_dir}, **kwargs)
+        differ = [
+            key
+            for key in DEFAULTS
+            if key not in RUNTIME_OPTIONS and getattr(fresh, key) != getattr(engine.config, key)
+        ]
+        if differ:
+            words, key = engine.words, differ[0]
+            raise ConfigError(
+                f"{path} holds a run trained with {words.setting(key, getattr(engine.config, key))}"
+                f", not {words.setting(key, getattr(fresh, key))}: continue it with its own "
+                f"options, or replace it with {words.setting('overwrite', True)}",
+                key,
+            )
+        engine.start_note = f"continuing the run in {fresh.output_dir} from its checkpoint"
         return engine
 
     def register_hook(self, hook: Hook) -> None:
@@ -396,7 +447,9 @@ def run_training(
             ``resume`` only the runtime options (:data:`~pmm_model.run.config.RUNTIME_OPTIONS`)
             take effect, others are logged and ignored.
         preset: a key of :data:`pmm_model.run.config.PRESETS` whose values ``options`` override.
-        resume: continue this checkpoint (in its folder unless ``options["output_dir"]``).
+        resume: continue this checkpoint (in its folder unless ``options["output_dir"]``);
+            ``"auto"``: continue the output folder's own checkpoint if it has one, else start
+            afresh (:meth:`Engine.resume_or_start`).
         overwrite: start over in an output folder that holds another run.
 
     Returns:
@@ -413,6 +466,10 @@ def run_training(
     """
     if resume is None:
         return Engine(make_config(options, preset), overwrite=overwrite).run()
+    if str(resume) == "auto":
+        if overwrite:
+            raise ConfigError("resume='auto' never replaces a run; drop overwrite", "overwrite")
+        return Engine.resume_or_start(options, preset).run()
     engine = Engine.resume(resume, options, preset, overwrite=overwrite)
     for note in engine.ignored:
         logger.warning("%s", engine.words.describe(note))

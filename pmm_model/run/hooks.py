@@ -103,6 +103,7 @@ class Run(Protocol):
     folder: RunFolder | None
     signals: StopSignals
     resumed: ResumePoint | None
+    start_note: str | None
     start_epoch: int
     start_step: int
     epoch_seconds: float

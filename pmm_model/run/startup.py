@@ -83,6 +83,8 @@ def start(engine: Run) -> tuple[int, int]:
         )
     engine.config = config = dataclasses.replace(config, num_classes=data.num_train_pids)
     if dist.is_main:
+        if engine.start_note:
+            logger.info("%s", engine.start_note)
         logger.info("%s", data.summary())
         logger.info("options: %s", json.dumps(config.to_dict(), sort_keys=True))
     model = engine.build_model(data.num_train_pids).to(engine.device)

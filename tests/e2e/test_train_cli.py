@@ -541,6 +541,36 @@ def test_resume_notes_name_real_flags_and_the_preset(straight, capsys):
     assert "--p " not in err
 
 
+def test_resume_auto_starts_a_new_run_in_a_folder_without_one(tmp_path, capsys):
+    run = train.parse_args(["--preset", "demo", "--output-dir", str(tmp_path), "--resume", "auto"])
+    assert run.checkpoint is None and run.config.epochs == 6
+    assert run.start_note == f"no checkpoint in {tmp_path}: starting a new run"
+    with pytest.raises(SystemExit) as excinfo:
+        train.parse_args(["--output-dir", str(tmp_path), "--resume", "auto", "--overwrite"])
+    assert excinfo.value.code == 2
+    assert "argument --resume: auto never replaces a run" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_resume_auto_continues_the_folders_own_run_and_checks_its_options(
+    tiny_root, straight, tmp_path, capsys
+):
+    run_dir = tmp_path / "run"
+    shutil.copytree(straight[1], run_dir)
+    argv = _argv(tiny_root, run_dir, "--resume", "auto")
+    run = train.parse_args(argv)
+    assert run.checkpoint is not None and run.checkpoint["epoch"] == 2
+    assert run.start_note == f"continuing the run in {run_dir} from its checkpoint"
+    with pytest.raises(SystemExit) as excinfo:
+        train.parse_args([*argv, "--ids-per-batch", "3"])
+    assert excinfo.value.code == 2
+    assert (
+        f"argument --ids-per-batch: {run_dir / 'checkpoint.pt'} holds a run trained with "
+        "--ids-per-batch 2, not --ids-per-batch 3: continue it with its own options, or replace "
+        "it with --overwrite"
+    ) in capsys.readouterr().err
+
+
 def test_ctrl_c_during_start_up_is_one_line_and_130(straight, monkeypatch, capsys):
     # Issue 16.18: Ctrl-C while the checkpoint loads printed a KeyboardInterrupt traceback.
     def interrupted(*args, **kwargs):

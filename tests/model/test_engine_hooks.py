@@ -8,6 +8,7 @@ its hooks are what is tested (the real network's runs are in tests/e2e).
 
 from __future__ import annotations
 
+import os
 import pickle
 import signal
 from pathlib import Path
@@ -166,3 +167,49 @@ def test_the_run_folder_errors_name_flags_only_in_the_cli():
     )
     copy = pickle.loads(pickle.dumps(error))  # a rank hands it to the others
     assert (type(copy), str(copy)) == (RunFolderError, str(error))
+
+
+# ---- issue 26 item 1: one command for start and restart -------------------------------------
+
+
+class SigtermAt(Hook):
+    """Sends this process SIGTERM after step ``step`` of epoch ``epoch`` (0-based)."""
+
+    def __init__(self, epoch: int, step: int) -> None:
+        self.at = (epoch, step)
+
+    def after_step(self, epoch: int, step: int, loss: float) -> None:
+        if (epoch, step) == self.at:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+@pytest.mark.slow
+def test_resume_auto_starts_then_continues_the_folders_run_exactly(tiny_root, tmp_path):
+    straight = tmp_path / "straight"
+    SmallEngine(_config(tiny_root, straight, epochs=2)).run()
+    options = {**tiny_run_options(tiny_root), "epochs": 2, "output_dir": str(tmp_path / "run")}
+    first = SmallEngine.resume_or_start(options, hooks=[SigtermAt(1, 0)])
+    assert first.checkpoint is None
+    with pytest.raises(TrainingInterrupted):
+        first.run()  # stopped after epoch 2's second step, checkpointed
+    again = SmallEngine.resume_or_start(options)  # the same command
+    assert again.checkpoint is not None and again.checkpoint["batches"] == 2
+    again.run()
+    done = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    expected = torch.load(straight / "checkpoint.pt", weights_only=True)
+    assert done["epoch"] == expected["epoch"] == 2
+    for name, tensor in expected["model"].items():
+        assert torch.equal(done["model"][name], tensor), name
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert log.index("starting a new run") < log.index("continuing the run in")
+
+
+def test_resume_auto_refuses_a_folder_that_holds_a_run_of_other_options(tiny_root, tmp_path):
+    SmallEngine(_config(tiny_root, tmp_path)).run()
+    options = {**tiny_run_options(tiny_root), "output_dir": str(tmp_path), "images_per_id": 2}
+    with pytest.raises(ConfigError, match=r"holds a run trained with images_per_id=4, not") as e:
+        SmallEngine.resume_or_start(options)
+    assert e.value.option == "images_per_id"
+    # Runtime options may differ: more epochs continue the same run.
+    more = {**tiny_run_options(tiny_root), "output_dir": str(tmp_path), "epochs": 2}
+    assert SmallEngine.resume_or_start(more).checkpoint is not None

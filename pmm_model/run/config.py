@@ -124,7 +124,7 @@ class TrainConfig:
 
         Example:
             >>> TrainConfig(model="baseline", backbone="resnet18").model_options()
-            {'backbone': 'resnet18', 'feature_dim': 512}
+            {'backbone': 'resnet18'}
         """
         parameters = inspect.signature(MODELS[self.model]).parameters
         return {

@@ -58,6 +58,29 @@ def _seed(engine: Run) -> None:
     torch.manual_seed(seed)
 
 
+def _build_network(engine: Run, num_classes: int) -> nn.Module:
+    """The bare network on the device, its optimizer, loss and gradient scaler."""
+    config = engine.config
+    model = engine.build_model(num_classes).to(engine.device)
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if config.sync_bn and engine.dist.enabled:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if config.compile:
+        # The trunk only: PMM's Grad-CAM differentiates tensors inside forward, which
+        # compiled graphs do not keep, and the trunk holds nearly all the compute.
+        # Module.compile keeps the state-dict keys.
+        getattr(model, "backbone", model).compile()
+    engine.model = model
+    engine.optimizer = engine.build_optimizer(model)
+    engine.criterion = engine.build_criterion()
+    engine.amp_dtype = AMP_DTYPES[config.amp] if engine.device.type == "cuda" else None
+    engine.scaler = torch.amp.GradScaler(
+        engine.device.type, enabled=engine.amp_dtype == torch.float16
+    )
+    return model
+
+
 def start(engine: Run) -> tuple[int, int]:
     """Build the run's parts and restore its checkpoint; returns the epoch and this rank's
     step the run starts from."""
@@ -87,23 +110,7 @@ def start(engine: Run) -> tuple[int, int]:
             logger.info("%s", engine.start_note)
         logger.info("%s", data.summary())
         logger.info("options: %s", json.dumps(config.to_dict(), sort_keys=True))
-    model = engine.build_model(data.num_train_pids).to(engine.device)
-    if config.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    if config.sync_bn and dist.enabled:
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    if config.compile:
-        # The trunk only: PMM's Grad-CAM differentiates tensors inside forward, which
-        # compiled graphs do not keep, and the trunk holds nearly all the compute.
-        # Module.compile keeps the state-dict keys.
-        getattr(model, "backbone", model).compile()
-    engine.model = model
-    engine.optimizer = engine.build_optimizer(model)
-    engine.criterion = engine.build_criterion()
-    engine.amp_dtype = AMP_DTYPES[config.amp] if engine.device.type == "cuda" else None
-    engine.scaler = torch.amp.GradScaler(
-        engine.device.type, enabled=engine.amp_dtype == torch.float16
-    )
+    model = _build_network(engine, data.num_train_pids)
     start = (0, 0)
     if engine.checkpoint is not None:
         start = _restore(engine, engine.checkpoint)

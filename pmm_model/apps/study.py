@@ -61,10 +61,11 @@ from pmm_model.data.loaders import build_test_loaders
 from pmm_model.data.occlusion import EVAL_PROTOCOLS, with_protocol
 from pmm_model.evaluation.evaluator import evaluate
 from pmm_model.nets.models import MIX_MODES
-from pmm_model.run.checkpoint import atomic_write, load_model
+from pmm_model.run.atomic import atomic_write
+from pmm_model.run.checkpoint import load_model
 from pmm_model.run.config import DEFAULTS, make_config, upgrade_saved_config
-from pmm_model.run.engine import METRIC_KEYS, TrainingInterrupted, run_training
-from pmm_model.run.folder import CHECKPOINT
+from pmm_model.run.engine import TrainingInterrupted, run_training
+from pmm_model.run.folder import CHECKPOINT, METRIC_KEYS
 
 __all__ = [
     "STUDY",
@@ -275,9 +276,9 @@ def evaluate_checkpoint(checkpoint: str | Path, protocol: str) -> dict[str, floa
     is the training's own (no flip, no re-ranking), so ``"standard"`` gives the run's last
     recorded metrics again.
     """
-    model, args = load_model(checkpoint)
-    data = with_protocol(build_dataset(args["data"], args["root"]), protocol)
-    query_loader, gallery_loader = build_test_loaders(data, args["height"], args["width"])
+    model, config = load_model(checkpoint)
+    data = with_protocol(build_dataset(config.data, config.root), protocol)
+    query_loader, gallery_loader = build_test_loaders(data, config.height, config.width)
     with torch.random.fork_rng(devices=[]):
         result = evaluate(model, query_loader, gallery_loader, "cpu")
     return {"rank1": float(result.cmc[0]), "mAP": float(result.mAP), "mINP": float(result.mINP)}
@@ -324,7 +325,7 @@ def _settings(options: dict[str, Any], preset: str | None) -> dict[str, Any]:
     configs = [make_config({**options, **VARIANTS[v], "output_dir": "-"}, preset) for v in VARIANTS]
     settings = {
         key: value
-        for key, value in configs[0].items()
+        for key, value in configs[0].to_dict().items()
         if key not in (*STUDY_OWN_OPTIONS, *_PLACE_OPTIONS)
     }
     if settings["root"] is not None:  # the same dataset, however the path is written

@@ -15,7 +15,7 @@ import argparse
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
@@ -27,13 +27,16 @@ from pmm_model.evaluation.evaluator import evaluate
 from pmm_model.evaluation.metrics import RankResult
 from pmm_model.run.runtime import resolve_device
 
+if TYPE_CHECKING:
+    from pmm_model.run.config import TrainConfig
+
 __all__ = ["build_parser", "format_table", "load_model_for_eval", "main"]
 
 REPORTED_RANKS = (1, 5, 10)
 
 
-def load_model_for_eval(path: str) -> tuple[nn.Module, dict[str, Any]]:
-    """The model and training-args dict of a checkpoint (``args`` has ``height``/``width``).
+def load_model_for_eval(path: str) -> tuple[nn.Module, TrainConfig]:
+    """The model and training configuration of a checkpoint.
 
     The one place the CLI touches the checkpoint format, so tests can replace it.
     """
@@ -110,14 +113,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         parser.error(f"argument --device: {err}")
     try:
         data = with_protocol(build_dataset(args.data, args.root), args.eval_protocol)
-        model, train_args = load_model_for_eval(args.checkpoint)
-        missing = [key for key in ("height", "width") if key not in train_args]
-        if missing:
-            raise ValueError(f"checkpoint args lack {missing}")
+        model, config = load_model_for_eval(args.checkpoint)
         query_loader, gallery_loader = build_test_loaders(
             data,
-            train_args["height"],
-            train_args["width"],
+            config.height,
+            config.width,
             args.batch_size,
             args.workers,
             args.skip_bad_images,

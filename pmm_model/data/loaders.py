@@ -77,20 +77,21 @@ def _ignore_stop_signals(worker_id: int) -> None:
 
 def build_train_loader(
     records: Sequence[Record],
-    config: dict[str, Any],
+    config: Any,
     rank: int = 0,
     world_size: int = 1,
     pin_memory: bool = False,
 ) -> tuple[DataLoader, PKSampler]:
     """The training loader and its sampler (call ``sampler.set_epoch`` before each epoch).
 
-    With ``config["skip_bad_images"]`` unreadable images are dropped first and the sampler is
+    With ``config.skip_bad_images`` unreadable images are dropped first and the sampler is
     built on the images that remain.
 
     Args:
         records: the train split.
-        config: a training configuration (``height``, ``width``, ``p``, ``k``, ``seed``,
-            ``workers``, ``cutout``, ``random_erasing``, ``skip_bad_images``).
+        config: a training configuration (:class:`pmm_model.run.config.TrainConfig`: its
+            ``height``, ``width``, ``ids_per_batch``, ``images_per_id``, ``seed``, ``workers``,
+            ``cutout``, ``random_erasing``, ``skip_bad_images``).
         rank: this process's rank.
         world_size: the number of processes sharing each epoch.
         pin_memory: pin batches (for CUDA).
@@ -100,26 +101,26 @@ def build_train_loader(
             ``world_size``.
     """
     transform = build_transforms(
-        config["height"], config["width"], True, config["cutout"], config["random_erasing"]
+        config.height, config.width, True, config.cutout, config.random_erasing
     )
-    dataset = ImageDataset(records, transform, skip_bad=config["skip_bad_images"])
+    dataset = ImageDataset(records, transform, skip_bad=config.skip_bad_images)
     sampler = PKSampler(
         [r.pid for r in dataset.records],
-        config["ids_per_batch"],
-        images_per_id=config["images_per_id"],
-        seed=config["seed"],
+        config.ids_per_batch,
+        images_per_id=config.images_per_id,
+        seed=config.seed,
         num_replicas=world_size,
         rank=rank,
     )
     loader = DataLoader(
         SeededDataset(dataset),
         batch_sampler=SeededBatches(sampler),
-        num_workers=config["workers"],
+        num_workers=config.workers,
         pin_memory=pin_memory,
         worker_init_fn=_ignore_stop_signals,
         # Workers draw their base seed from this generator, not from the global RNG that the
         # model's mixing uses, so creating an epoch's iterator leaves the training stream alone.
-        generator=torch.Generator().manual_seed(config["seed"]),
+        generator=torch.Generator().manual_seed(config.seed),
     )
     return loader, sampler
 

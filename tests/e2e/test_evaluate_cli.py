@@ -10,8 +10,10 @@ from PIL import Image
 from torch import nn
 
 import pmm_model.cli.evaluate as cli
+from pmm_model.run.config import TrainConfig
 
 COLORS = {1: (250, 0, 0), 2: (0, 250, 0), 3: (0, 0, 250)}
+TRAINED = TrainConfig(model="baseline", height=16, width=8, num_classes=3)
 
 
 @pytest.fixture
@@ -37,7 +39,7 @@ def fake_checkpoint(monkeypatch):
 
     def load(path):
         loaded.append(path)
-        return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten()), {"height": 16, "width": 8}
+        return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten()), TRAINED
 
     monkeypatch.setattr(cli, "load_model_for_eval", load)
     return loaded
@@ -92,11 +94,7 @@ def test_cli_rerank(market_tree, fake_checkpoint):
 
 
 def test_cli_errors(market_tree, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(cli, "load_model_for_eval", lambda path: (nn.Flatten(), {"height": 16}))
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main(["--checkpoint", "c.pt", "--data", "folder", "--root", str(market_tree)])
-    assert exit_info.value.code == 2
-    assert "checkpoint args lack ['width']" in capsys.readouterr().err
+    monkeypatch.setattr(cli, "load_model_for_eval", lambda path: (nn.Flatten(), TRAINED))
     with pytest.raises(SystemExit):
         cli.main(["--checkpoint", "c.pt", "--data", "folder", "--root", str(tmp_path / "no")])
     assert "no folder holding bounding_box_train" in capsys.readouterr().err
@@ -142,9 +140,7 @@ def test_cli_occluded_protocol_evaluates_the_occluded_queries(market_tree, tmp_p
             batches.append(images.clone())
             return images.mean((2, 3))
 
-    monkeypatch.setattr(
-        cli, "load_model_for_eval", lambda path: (Recorder(), {"height": 16, "width": 8})
-    )
+    monkeypatch.setattr(cli, "load_model_for_eval", lambda path: (Recorder(), TRAINED))
     common = ["--checkpoint", "c.pt", "--data", "folder", "--root", str(market_tree)]
     standard = cli.main([*common, "--workers", "0"])
     assert standard["eval_protocol"] == "standard" and not (tmp_path / "cache").exists()

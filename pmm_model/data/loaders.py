@@ -13,6 +13,8 @@ Example:
 
 from __future__ import annotations
 
+import atexit
+import multiprocessing
 import signal
 from collections.abc import Iterator, Sequence, Sized
 from typing import Any, cast
@@ -70,9 +72,29 @@ class SeededDataset(Dataset):
 def _ignore_stop_signals(worker_id: int) -> None:
     # SIGINT (Ctrl-C reaches the whole process group) and SIGTERM (a scheduler may signal every
     # process) are for the main process, which finishes the step and checkpoints; a worker
-    # that died of them would break that step. Workers still exit when the main process does.
+    # that died of them would break that step. Workers still exit when the main process does:
+    # torch's watchdog ends them when it dies, and _end_workers_at_exit when it exits.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def _end_workers_at_exit() -> None:
+    """Kill the loader workers still alive when the main process exits.
+
+    An error raised in the middle of an epoch (an image corrupt past its header, shared memory
+    running out) keeps the loader's iterator alive in its traceback until the interpreter
+    exits, so torch never shuts its workers down; multiprocessing's exit handler then sends
+    them SIGTERM, which they ignore, and waits for them forever. Registered after
+    multiprocessing's handler, this one runs first. Workers only read images: killing them
+    loses nothing.
+    """
+    for child in multiprocessing.active_children():
+        if child.daemon:
+            child.kill()
+            child.join(timeout=5)
+
+
+atexit.register(_end_workers_at_exit)
 
 
 def build_train_loader(

@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import NoReturn
 
 from pmm_model.apps.study import VARIANTS, RunRecord, StudyError, check_seeds, run_study
@@ -37,6 +38,7 @@ from pmm_model.cli.args import (
     output_folder,
     pretrained_weights,
 )
+from pmm_model.cli.train import FlagWords
 from pmm_model.data.datasets import dataset_names
 from pmm_model.data.occlusion import EVAL_PROTOCOLS
 from pmm_model.nets.models import BACKBONES
@@ -46,6 +48,16 @@ from pmm_model.run.engine import AMP_DTYPES, TrainingInterrupted
 __all__ = ["PAPER", "build_parser", "main"]
 
 PROG = "python -m pmm_model.study"
+
+
+class StudyWords(FlagWords):
+    """The training errors in the study's terms: a stopped grid continues by rerunning it."""
+
+    def resume_hint(self, checkpoint: Path | None) -> str:
+        return "rerun the same command to continue the grid"
+
+
+WORDS = StudyWords()
 # --preset value for no preset: the configuration defaults, which are the paper's setting.
 PAPER = "paper"
 
@@ -204,15 +216,12 @@ def main(argv: Sequence[str] | None = None) -> list[RunRecord]:
                 protocols=protocols,
             )
         except ConfigError as err:
-            parser.error(
-                f"argument --{err.option.replace('_', '-')}: {err.reason}"
-                if err.option
-                else str(err)
-            )
+            named = err.option is not None
+            parser.error(f"argument {WORDS.describe(err)}" if named else WORDS.describe(err))
         except StudyError as err:
             parser.error(str(err))
         except TrainingInterrupted as err:
-            _fail(128 + err.signum, f"{err}; rerun the same command to continue the grid")
+            _fail(128 + err.signum, WORDS.describe(err))
         except KeyboardInterrupt:
             _fail(
                 128 + 2,

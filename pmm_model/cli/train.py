@@ -272,16 +272,18 @@ class FlagWords(Words):
 WORDS = FlagWords()
 
 
-def parse_args(argv: Sequence[str] | None = None, engine: type[Engine] = Engine) -> Engine:
+def parse_args(argv: Sequence[str] | None = None, engine: type[Engine] | None = None) -> Engine:
     """The run the command line asks for, ready to :meth:`~pmm_model.run.engine.Engine.run`.
 
     Args:
         argv: the arguments (default: ``sys.argv[1:]``).
-        engine: the engine class to build (a subclass changes a part of the run).
+        engine: the engine class to build (a subclass changes a part of the run); default
+            this module's ``Engine``, looked up at the call.
 
     Bad values end the program with an argparse error (exit status 2) naming the option,
     before any data is read. What ``--resume`` ignores is printed as notes on stderr.
     """
+    engine = engine or Engine
     parser = build_parser()
     explicit = vars(parser.parse_args(argv))
     preset = explicit.pop("preset", None)

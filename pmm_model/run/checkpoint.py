@@ -317,6 +317,25 @@ def check_training_state(checkpoint: dict[str, Any], path: str | os.PathLike | N
         raise ValueError(f"{name} cannot be resumed: its metrics are not a list")
 
 
+def _misfits(saved: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> list[str]:
+    """What keeps ``saved`` weights from loading into a network with ``expected`` ones."""
+    missing = [key for key in expected if key not in saved]
+    unexpected = [key for key in saved if key not in expected]
+    reshaped = [key for key in expected if key in saved and saved[key].shape != expected[key].shape]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} weights missing (e.g. {missing[0]!r})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]!r})")
+    if reshaped:
+        key = reshaped[0]
+        problems.append(
+            f"{len(reshaped)} of another shape (e.g. {key!r}: {tuple(saved[key].shape)} "
+            f"saved, {tuple(expected[key].shape)} in the network)"
+        )
+    return problems
+
+
 def check_checkpoint_fits(
     checkpoint: dict[str, Any], model: nn.Module, path: str | os.PathLike | None = None
 ) -> None:
@@ -330,22 +349,9 @@ def check_checkpoint_fits(
     name, saved, expected = _name(path), checkpoint["model"], model.state_dict()
     if not isinstance(saved, dict) or not all(isinstance(t, torch.Tensor) for t in saved.values()):
         raise ValueError(f"{name}: its model entry is not a state dict of tensors")
-    missing = [key for key in expected if key not in saved]
-    unexpected = [key for key in saved if key not in expected]
-    reshaped = [key for key in expected if key in saved and saved[key].shape != expected[key].shape]
-    if missing or unexpected or reshaped:
+    problems = _misfits(saved, expected)
+    if problems:
         args = checkpoint["args"]
-        problems = []
-        if missing:
-            problems.append(f"{len(missing)} weights missing (e.g. {missing[0]!r})")
-        if unexpected:
-            problems.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]!r})")
-        if reshaped:
-            key = reshaped[0]
-            problems.append(
-                f"{len(reshaped)} of another shape (e.g. {key!r}: {tuple(saved[key].shape)} "
-                f"saved, {tuple(expected[key].shape)} in the network)"
-            )
         raise ValueError(
             f"{name}: its weights do not fit the network its args describe (model "
             f"{args['model']!r}, backbone {args['backbone']!r}, {args['num_classes']} "

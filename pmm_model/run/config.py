@@ -115,6 +115,15 @@ class TrainConfig:
         values["block_size"] = list(self.block_size or ())
         return values
 
+    def trains_otherwise(self, other: TrainConfig) -> list[str]:
+        """The options, not :data:`RUNTIME_OPTIONS`, whose values differ in ``other``: what
+        makes it another run rather than this one continued elsewhere or for longer."""
+        return [
+            key
+            for key in DEFAULTS
+            if key not in RUNTIME_OPTIONS and getattr(self, key) != getattr(other, key)
+        ]
+
     def model_options(self) -> dict[str, Any]:
         """The :func:`pmm_model.build_model` keyword options this configuration records.
 

@@ -16,20 +16,7 @@ What a run guarantees:
   gradients are averaged by DDP. PMM's mixing partners are drawn within each rank's own batch.
   Rank 0 alone writes the log, checkpoints and metrics, and evaluates alone (the network is
   the same on every rank) while the others wait.
-* **Checkpoints** (``checkpoint.pt``) are written every ``checkpoint_every`` epochs, before
-  every evaluation and at the end, atomically and fsynced (:mod:`pmm_model.run.checkpoint`). A
-  failing evaluation stops the run with an :class:`EvaluationFailed` naming the saved
-  checkpoint; resuming it evaluates first.
-* **Signals** (:class:`~pmm_model.run.runtime.StopSignals`). SIGTERM or SIGINT (the first one)
-  lets the current step finish, writes a checkpoint that records the step, logs it and raises
-  :class:`TrainingInterrupted`.
-  A second SIGINT stops at once. Resuming continues exactly where the signal stopped it.
-* **Divergence** raises :class:`TrainingDiverged` before the step is applied, and the last
-  checkpoint is not touched: a loss that is not finite or that explodes, or gradients that are
-  not finite without fp16 loss scaling, which skips such steps itself
-  (:mod:`pmm_model.run.divergence` says when).
-  A checkpoint is never written with a non-finite weight, BatchNorm statistic or optimizer
-  state: the run stops as diverged instead.
+* **Checkpoints, signals, divergence, evaluation**: see the hooks (:mod:`pmm_model.run.hooks`).
 * **Distributed jobs** check at start-up that every rank has the same configuration
   (:class:`RanksDisagree`), and a signal ends every rank within :attr:`Engine.stop_grace`
   seconds even when a collective hangs.
@@ -72,14 +59,7 @@ from pmm_model.run.checkpoint import (
     checkpoint_config,
     load_checkpoint,
 )
-from pmm_model.run.config import (
-    DEFAULTS,
-    RUNTIME_OPTIONS,
-    ConfigError,
-    TrainConfig,
-    make_config,
-    resume_config,
-)
+from pmm_model.run.config import ConfigError, TrainConfig, make_config, resume_config
 from pmm_model.run.errors import (
     EvaluationFailed,
     IgnoredOption,
@@ -262,11 +242,7 @@ class Engine:
             engine.start_note = f"no checkpoint in {fresh.output_dir}: starting a new run"
             return engine
         engine = cls.resume(path, {**(options or {}), "output_dir": fresh.output_dir}, **kwargs)
-        differ = [
-            key
-            for key in DEFAULTS
-            if key not in RUNTIME_OPTIONS and getattr(fresh, key) != getattr(engine.config, key)
-        ]
+        differ = fresh.trains_otherwise(engine.config)
         if differ:
             words, key = engine.words, differ[0]
             raise ConfigError(

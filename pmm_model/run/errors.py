@@ -242,6 +242,10 @@ class Words:
         """``key`` set to ``value``, as the user would write it."""
         return f"{self.option(key)}={value!r}"
 
+    def resume_hint(self, checkpoint: Path | None) -> str:
+        """How to continue a stopped run whose last state is in ``checkpoint``."""
+        return f"continue with {self.setting('resume', str(checkpoint))}"
+
     def describe(self, error: BaseException | IgnoredOption) -> str:
         """One line for a failed run's error (or a resume note), in these words."""
         if isinstance(error, IgnoredOption):
@@ -284,18 +288,18 @@ class Words:
         return f"cannot use output folder {folder}: {err.reason}"
 
     def _training_error(self, err: BaseException) -> str:
-        resume = self.setting("resume", str(getattr(err, "checkpoint", "")))
+        resume = self.resume_hint(getattr(err, "checkpoint", None))
         if isinstance(err, TrainingInterrupted) and err.checkpoint is not None:
             return (
                 f"stopped by {signal.Signals(err.signum).name} after {err.where}; checkpoint "
-                f"saved: continue with {resume}"
+                f"saved: {resume}"
             )
         if isinstance(err, EvaluationFailed) and err.checkpoint is not None:
             return (
                 f"evaluation after epoch {err.epoch} failed ({err.cause}); the training up to "
                 f"epoch {err.epoch} is saved in {err.checkpoint}: fix the cause (e.g. "
-                f"{self.setting('skip_bad_images', True)} for unreadable images) and continue "
-                f"with {resume}, which evaluates first"
+                f"{self.setting('skip_bad_images', True)} for unreadable images) and {resume}, "
+                "which evaluates first"
             )
         if isinstance(err, TrainingDiverged) and err.reason is not None:
             kept = (

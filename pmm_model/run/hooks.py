@@ -4,12 +4,20 @@ The engine's loop only trains; what happens around the steps is a :class:`Hook` 
 order at five points (fast-reid's ``HookBase`` is the model):
 
 * :class:`Schedule` sets the epoch's learning rate (:func:`lr_factor`).
-* :class:`DivergenceWatch` tells a diverging loss or gradient from a healthy one, and words it.
-* :class:`Checkpointer` writes ``checkpoint.pt`` every ``checkpoint_every`` epochs and before
-  every evaluation.
-* :class:`StopOnSignal` ends the run, checkpointed, after a SIGTERM or SIGINT.
+* :class:`DivergenceWatch` raises :class:`TrainingDiverged` before the step is applied, and the
+  last checkpoint is not touched: a loss that is not finite or that explodes, or gradients that
+  are not finite without fp16 loss scaling, which skips such steps itself
+  (:mod:`pmm_model.run.divergence` says when). A checkpoint is never written with a non-finite
+  weight, BatchNorm statistic or optimizer state: the run stops as diverged instead.
+* :class:`Checkpointer` writes ``checkpoint.pt`` every ``checkpoint_every`` epochs, before every
+  evaluation and at the end, atomically and fsynced (:mod:`pmm_model.run.checkpoint`).
+* :class:`StopOnSignal`: SIGTERM or SIGINT (the first one; see
+  :class:`~pmm_model.run.runtime.StopSignals`) lets the current step finish, writes a checkpoint
+  that records the step, logs it and raises :class:`TrainingInterrupted`; a second SIGINT stops
+  at once. Resuming continues exactly where the signal stopped it.
 * :class:`Evaluation` evaluates every ``eval_every`` epochs and at the end, records the metrics
-  and holds the run's result.
+  and holds the run's result. A failing evaluation stops the run with an
+  :class:`EvaluationFailed` naming the saved checkpoint; resuming it evaluates first.
 
 A user hook subclasses :class:`Hook` and is passed as ``Engine(..., hooks=[...])`` or to
 :meth:`~pmm_model.run.engine.Engine.register_hook`; it runs after the built-in ones, on every

@@ -18,6 +18,7 @@ import torch
 from oracles import tiny_run_options
 from torch import nn
 
+from pmm_model.cli.study import StudyWords
 from pmm_model.cli.train import FlagWords
 from pmm_model.run.config import make_config
 from pmm_model.run.engine import Engine, Hook
@@ -148,6 +149,10 @@ def test_one_formatter_words_errors_in_library_or_flag_terms():
     )
     assert FlagWords().describe(stopped) == (
         "stopped by SIGINT after epoch 1; checkpoint saved: continue with --resume r/checkpoint.pt"
+    )
+    assert StudyWords().describe(stopped) == (
+        "stopped by SIGINT after epoch 1; checkpoint saved: rerun the same command to continue "
+        "the grid"
     )
     assert Words().describe(ConfigError("must be >= 1", "eval_every")) == "eval_every: must be >= 1"
     assert FlagWords().describe(IgnoredOption("block_size", (1, 1), [2, 2])) == (

@@ -54,6 +54,7 @@ from pmm_model.data.loaders import build_test_loaders
 from pmm_model.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transforms
 from pmm_model.evaluation.evaluator import extract_features, pairwise_distance, rank_gallery
 from pmm_model.nets.models import PMMNet, pmm_saliency
+from pmm_model.run.atomic import atomic_write
 
 __all__ = [
     "MIX_OUTLINE",
@@ -265,8 +266,7 @@ def _outline(ax, boxes: Sequence[Box], color: tuple[int, int, int]) -> None:
 
 def _save(fig: Figure, path: str | os.PathLike) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI, format="png")
+    atomic_write(path, lambda f: fig.savefig(f, dpi=DPI, format="png"))
     return path
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -23,6 +22,7 @@ from pmm_model.data.datasets import build_dataset, dataset_names
 from pmm_model.data.loaders import build_test_loaders
 from pmm_model.evaluation.evaluator import evaluate
 from pmm_model.evaluation.metrics import RankResult
+from pmm_model.run.atomic import atomic_write
 from pmm_model.run.runtime import resolve_device
 
 __all__ = ["build_parser", "format_table", "load_model_for_eval", "main"]
@@ -145,9 +145,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         **result.to_dict(),
     }
     if args.output is not None:
-        output = Path(args.output)
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(json.dumps(report, indent=1) + "\n")
+        text = (json.dumps(report, indent=1) + "\n").encode()
+        try:
+            atomic_write(args.output, lambda f: f.write(text))
+        except OSError as err:
+            parser.exit(1, f"{parser.prog}: error: {err.strerror or err}\n")
     return report
 
 

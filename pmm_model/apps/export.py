@@ -33,6 +33,7 @@ from torch import nn
 from pmm_model import MissingExtraError
 from pmm_model.apps.extract import FeatureExtractor, ImageSource
 from pmm_model.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from pmm_model.run.atomic import atomic_path
 from pmm_model.run.checkpoint import load_model
 
 __all__ = [
@@ -195,8 +196,8 @@ def export_onnx(
     Raises:
         MissingExtraError: (an ImportError) the ``deploy`` extra is missing; the message says
             how to install it.
-        ParityError: onnxruntime disagrees with PyTorch beyond the tolerance; nothing is left
-            at ``out`` (the rejected graph is kept as ``<out>.rejected`` for inspection).
+        ParityError: onnxruntime disagrees with PyTorch beyond the tolerance; ``out`` is left
+            as it was (the rejected graph is kept as ``<out>.rejected`` for inspection).
         FileNotFoundError, ValueError: a bad checkpoint or bad ``real_images`` (as for
             :class:`FeatureExtractor`).
     """
@@ -237,19 +238,19 @@ def export_onnx(
         )
     metadata = _metadata(args, embedding_dim)
     program.model.metadata_props.update(metadata)
-    out.parent.mkdir(parents=True, exist_ok=True)
     staged = out.with_name(out.name + ".rejected")
-    program.save(str(staged), external_data=False)
+    with atomic_path(staged) as tmp:
+        program.save(str(tmp), external_data=False)
 
     session = onnxruntime.InferenceSession(str(staged), providers=["CPUExecutionProvider"])
     parity = _parity(model, session, random_images, "random")
     if real is not None:
         parity += _parity(model, session, real, "real")
     if not all(r.ok for r in parity):
-        out.unlink(missing_ok=True)  # an earlier export there would pass for this one
+        earlier = f"the earlier {out} is kept" if out.exists() else f"{out} was not written"
         raise ParityError(
-            f"onnxruntime disagrees with PyTorch; the graph is kept as {staged} and {out} was "
-            "not written:\n" + "\n".join(f"  {r}" for r in parity)
+            f"onnxruntime disagrees with PyTorch; the graph is kept as {staged} and {earlier}:\n"
+            + "\n".join(f"  {r}" for r in parity)
         )
-    os.replace(staged, out)
+    os.replace(staged, out)  # both fsynced files in one folder: atomic
     return ExportReport(out, metadata, parity)

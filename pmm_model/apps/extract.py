@@ -36,6 +36,7 @@ from tqdm import tqdm
 from pmm_model.data.datasets import _MARKET_NAME, IMAGE_EXTENSIONS, ImageDataset, Record
 from pmm_model.data.transforms import build_transforms
 from pmm_model.evaluation.evaluator import extract_features
+from pmm_model.run.atomic import atomic_path
 from pmm_model.run.checkpoint import load_model
 from pmm_model.run.runtime import resolve_device
 
@@ -86,7 +87,6 @@ class ExtractedFeatures:
         path = Path(path)
         if path.suffix != ".npz":
             raise ValueError(f"features file must end in .npz, got {str(path)!r}")
-        path.parent.mkdir(parents=True, exist_ok=True)
         arrays: dict[str, Any] = {
             "features": self.features.numpy(),
             "names": np.asarray(self.names, dtype=str),
@@ -96,7 +96,8 @@ class ExtractedFeatures:
         }
         if self.pids is not None and self.camids is not None:
             arrays |= {"pids": self.pids, "camids": self.camids}
-        np.savez(path, **arrays)
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            np.savez(f, **arrays)
         return path
 
 

@@ -20,6 +20,7 @@ from matplotlib.patches import Rectangle
 from torch import Tensor
 
 from pmm_model.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from pmm_model.run.atomic import atomic_write
 
 __all__ = [
     "DPI",
@@ -146,7 +147,7 @@ def outline(ax, boxes: Sequence[Box], color: tuple[int, int, int]) -> None:
 
 
 def save_figure(fig: Figure, path: str | os.PathLike) -> Path:
+    """Write ``fig`` as a PNG at ``path`` atomically: a failure leaves the old file whole."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI, format="png")
+    atomic_write(path, lambda f: fig.savefig(f, dpi=DPI, format="png"))
     return path

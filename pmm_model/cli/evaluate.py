@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from torch import nn
@@ -25,6 +24,7 @@ from pmm_model.data.loaders import build_test_loaders
 from pmm_model.data.occlusion import EVAL_PROTOCOLS, with_protocol
 from pmm_model.evaluation.evaluator import evaluate
 from pmm_model.evaluation.metrics import RankResult
+from pmm_model.run.atomic import atomic_write
 from pmm_model.run.runtime import resolve_device
 
 if TYPE_CHECKING:
@@ -155,9 +155,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         **result.to_dict(),
     }
     if args.output is not None:
-        output = Path(args.output)
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(json.dumps(report, indent=1) + "\n")
+        text = (json.dumps(report, indent=1) + "\n").encode()
+        try:
+            atomic_write(args.output, lambda f: f.write(text))
+        except OSError as err:
+            parser.exit(1, f"{parser.prog}: error: {err.strerror or err}\n")
     return report
 
 

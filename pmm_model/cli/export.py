@@ -9,8 +9,8 @@ Exports the eval-mode network (images -> embeddings, dynamic batch) with the inp
 mean/std, embedding size and model kind in the ONNX metadata, then compares onnxruntime with
 PyTorch at batch 1 and 7 on random images and on the first seven ``--images`` (or of
 ``--data``'s ``--split``), and prints the figures. Exit status: 0 exported and within tolerance,
-1 parity failed (no ``--out`` is left; the graph is kept as ``<out>.rejected``), 2 bad arguments
-or a missing ``deploy`` extra.
+1 parity failed (an earlier ``--out`` is kept; the graph is kept as ``<out>.rejected``),
+2 bad arguments or a missing ``deploy`` extra.
 """
 
 from __future__ import annotations

@@ -86,12 +86,15 @@ def _end_workers_at_exit() -> None:
     exits, so torch never shuts its workers down; multiprocessing's exit handler then sends
     them SIGTERM, which they ignore, and waits for them forever. Registered after
     multiprocessing's handler, this one runs first. Workers only read images: killing them
-    loses nothing.
+    loses nothing. Torch's SIGCHLD handler, which raises when a worker dies, is reset first,
+    or the first death would end this handler before it reached the other workers.
     """
-    for child in multiprocessing.active_children():
-        if child.daemon:
-            child.kill()
-            child.join(timeout=5)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    workers = [child for child in multiprocessing.active_children() if child.daemon]
+    for worker in workers:
+        worker.kill()
+    for worker in workers:
+        worker.join(timeout=5)
 
 
 atexit.register(_end_workers_at_exit)

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 import pmm_model.cli.evaluate as evaluate_cli
 import pmm_model.cli.study as study_cli
 import pmm_model.cli.visualize as visualize_cli
-import pmm_model.run.checkpoint as checkpoint
+import pmm_model.run.atomic as atomic
 from pmm_model.cli import train
 from pmm_model.cli.args import writable_output
 from pmm_model.data.datasets import (
@@ -409,14 +409,16 @@ class _FullDisk:
 
 def _fill_disk_at_write(monkeypatch, n):
     """From the ``n``-th atomic write on (1-based), the disk is full."""
-    real, calls = os.fdopen, []
+    calls = []
 
-    def fdopen(fd, *args, **kwargs):
+    def fake_open(path, mode="r", *args, **kwargs):
+        file = open(path, mode, *args, **kwargs)  # noqa: SIM115 (returned open)
+        if mode != "wb":
+            return file
         calls.append(1)
-        file = real(fd, *args, **kwargs)
         return _FullDisk(file) if len(calls) >= n else file
 
-    monkeypatch.setattr(checkpoint.os, "fdopen", fdopen)
+    monkeypatch.setattr(atomic, "open", fake_open, raising=False)
 
 
 def test_a_full_disk_keeps_the_previous_checkpoint_and_says_how_much(tmp_path, monkeypatch):

@@ -81,7 +81,7 @@ def test_metadata_is_all_a_consumer_needs(exported, tree):
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5 * np.abs(expected).max())
 
 
-def test_parity_failure_leaves_no_file(tmp_path, monkeypatch):
+def test_parity_failure_keeps_the_earlier_export(tmp_path, monkeypatch):
     checkpoint = make_checkpoint(tmp_path / "ckpt.pt", "baseline")
     out = tmp_path / "model.onnx"
     out.write_bytes(b"an earlier export")
@@ -89,8 +89,8 @@ def test_parity_failure_leaves_no_file(tmp_path, monkeypatch):
     monkeypatch.setattr(export, "ABS_TOLERANCE", -1.0)
     with pytest.raises(export.ParityError, match="onnxruntime disagrees with PyTorch") as info:
         export.export_onnx(checkpoint, out)
-    assert "FAILED" in str(info.value)
-    assert not out.exists()
+    assert "FAILED" in str(info.value) and f"the earlier {out} is kept" in str(info.value)
+    assert out.read_bytes() == b"an earlier export"
     assert Path(f"{out}.rejected").is_file()
 
 

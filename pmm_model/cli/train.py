@@ -44,7 +44,7 @@ from pmm_model.cli.args import (
 )
 from pmm_model.data.datasets import dataset_names
 from pmm_model.nets.models import BACKBONES, CAM_MODES, MIX_MODES, MODELS
-from pmm_model.run.config import DEFAULTS, PRESETS, ConfigError, make_config
+from pmm_model.run.config import DEFAULTS, PREEMPT_SIGNALS, PRESETS, ConfigError, make_config
 from pmm_model.run.engine import AMP_DTYPES, Engine, TrainingError, TrainingInterrupted
 from pmm_model.run.errors import Words
 from pmm_model.run.folder import RunFolderError
@@ -204,6 +204,13 @@ def build_parser() -> argparse.ArgumentParser:
         f"{_default('checkpoint_every')}",
     )
     run.add_argument(
+        "--preempt-signal",
+        choices=PREEMPT_SIGNALS,
+        help="the signal a scheduler sends before it pre-empts the job (SLURM: "
+        "--signal=USR1@90): checkpoint at the end of the step and exit 128 + signal, as for "
+        f"SIGTERM; 'none' leaves it alone {_default('preempt_signal')}",
+    )
+    run.add_argument(
         "--no-tensorboard",
         dest="tensorboard",
         action="store_false",
@@ -221,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Or a checkpoint.pt to continue; only where/how-long options may change: "
         "--epochs (rescales the lr schedule), --eval-every, --checkpoint-every, "
         "--device, --workers, --output-dir, --root, --amp, --skip-bad-images, "
-        "--compile, --channels-last, --sync-bn, --no-tensorboard",
+        "--compile, --channels-last, --sync-bn, --no-tensorboard, --preempt-signal",
     )
     run.add_argument(
         "--overwrite",

@@ -82,6 +82,7 @@ class TrainConfig:
     compile: bool = False
     channels_last: bool = False
     tensorboard: bool = True  # event files in <output_dir>/tensorboard (rank 0)
+    preempt_signal: str = "SIGUSR1"  # a scheduler's warning, handled as SIGTERM; "none": off
     num_classes: int | None = None
 
     def __post_init__(self) -> None:
@@ -177,7 +178,12 @@ PRESETS: dict[str, dict[str, Any]] = {
 RUNTIME_OPTIONS = (
     "epochs", "eval_every", "checkpoint_every", "device", "workers", "output_dir", "root", "amp",
     "skip_bad_images", "compile", "channels_last", "sync_bn", "tensorboard",
+    "preempt_signal",
 )  # fmt: skip
+
+
+# Signals a scheduler may send ahead of a pre-emption, handled as SIGTERM (or "none").
+PREEMPT_SIGNALS = ("SIGUSR1", "SIGUSR2", "none")
 
 
 # Keys renamed since checkpoints and study.json files were first written (old -> new): ``k`` also
@@ -227,6 +233,11 @@ def _check(config: TrainConfig) -> None:
     must not exceed the blocks of that map.
     """
     _need(config.model in MODELS, f"must be one of {sorted(MODELS)}, got {config.model!r}", "model")
+    _need(
+        config.preempt_signal in PREEMPT_SIGNALS,
+        f"must be one of {', '.join(PREEMPT_SIGNALS)}, got {config.preempt_signal!r}",
+        "preempt_signal",
+    )
     _need(
         config.backbone in BACKBONES,
         f"must be one of {sorted(BACKBONES)}, got {config.backbone!r}",

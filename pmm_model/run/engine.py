@@ -153,7 +153,8 @@ class Engine:
         self.device = torch.device("cpu")
         self.metrics: list[dict[str, Any]] = []
         self.folder: RunFolder | None = None  # rank 0, while the run holds it
-        self.signals = StopSignals()
+        preempt = None if config.preempt_signal == "none" else config.preempt_signal
+        self.signals = StopSignals(preempt=preempt)
         self.resumed: ResumePoint | None = None  # where a restored run continued
         # Where the loop stands (read by hooks).
         self.start_epoch, self.start_step = 0, 0

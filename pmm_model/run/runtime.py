@@ -190,6 +190,8 @@ class StopSignals:
 
     Args:
         grace: seconds the run has to stop after a signal; None waits as long as it takes.
+        preempt: a scheduler's pre-emption signal handled as SIGTERM is (``SIGUSR1``: SLURM's
+            ``--signal=USR1@90``), or None.
 
     Example:
         >>> with StopSignals() as signals:
@@ -197,9 +199,10 @@ class StopSignals:
         True
     """
 
-    SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-    def __init__(self, grace: float | None = None) -> None:
+    def __init__(self, grace: float | None = None, preempt: str | None = "SIGUSR1") -> None:
+        self.SIGNALS: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT)
+        if preempt is not None:
+            self.SIGNALS += (signal.Signals[preempt],)
         self.received: int | None = None
         self.grace = grace
         self._previous: dict[int, Any] = {}

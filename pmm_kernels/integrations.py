@@ -28,7 +28,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from pmm_kernels.hooks import feature_mix_layers, mix_labels
+from pmm_kernels.labels import feature_mix_layers, mix_labels
 from pmm_kernels.losses import soft_cross_entropy
 
 

@@ -6,9 +6,7 @@
 from __future__ import annotations
 
 import warnings
-import weakref
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -16,6 +14,7 @@ from torch import nn
 
 from pmm_kernels import validation as check
 from pmm_kernels.functional import feature_mix, mixed_targets
+from pmm_kernels.layer_state import BATCH_LABELS, Call, LabelSlot, draw_state, recomputing
 from pmm_kernels.modes import MODES, MixInfo
 from pmm_kernels.ops.feature_mix import BACKENDS, Backend
 from pmm_kernels.ops.utils import block_grid, grid_block_size
@@ -33,58 +32,6 @@ def _generator_under_compile() -> None:
     """Called only while dynamo traces a layer that has a generator: with ``fullgraph=True`` the
     user sees the reason above instead of dynamo's "Observed exception"; without it, dynamo breaks
     the graph here and the draws run eagerly."""
-
-
-@dataclass(frozen=True)
-class _Call:
-    """What one training call of a layer drew, so that a recompute can replay it exactly."""
-
-    info: MixInfo
-    labels: torch.Tensor | None
-    draw_state: torch.Tensor | None  # the generator's state before the call's draws
-    draw_device: torch.device
-
-
-def recomputing() -> bool:
-    """True while autograd runs a backward, the only time a forward runs inside one: activation
-    checkpointing (``torch.utils.checkpoint``, reentrant or not; timm's
-    ``set_grad_checkpointing``) recomputing the forward to get its saved tensors. False while
-    dynamo traces (compiled code does not replay; see docs/layer.md)."""
-    if torch.compiler.is_compiling():
-        return False
-    return torch._C._current_graph_task_id() != -1
-
-
-def _draw_state(generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
-    """The state of the generator a call draws from: the layer's, else the device's default."""
-    if generator is not None:
-        return generator.get_state()
-    if device.type == "cuda":
-        return torch.cuda.get_rng_state(device)
-    return torch.get_rng_state()
-
-
-# Each layer's batch labels, by the id of its _LabelSlot.
-_BATCH_LABELS: dict[int, torch.Tensor | None] = {}
-
-
-class _LabelSlot:
-    """A layer's key into :data:`_BATCH_LABELS`, where its labels live instead of on the layer.
-
-    Dynamo takes tensors reached through an ``nn.Module``'s attributes to have static shapes
-    (``torch._dynamo.config.force_nn_module_property_static_shapes``): labels stored on the
-    layer made ``torch.compile`` recompile for every batch size. A module-level dict is read as
-    a global, whose shapes may vary. The entry goes when the slot does; a copy of the layer gets
-    a slot of its own, empty.
-    """
-
-    __slots__ = ("__weakref__",)
-
-    def __init__(self) -> None:
-        weakref.finalize(self, _BATCH_LABELS.pop, id(self), None)
-
-    def __reduce__(self) -> tuple[type, tuple[()]]:
-        return _LabelSlot, ()
 
 
 class FeatureMix(nn.Module):
@@ -251,9 +198,9 @@ class FeatureMix(nn.Module):
         self.__dict__["saliency"] = saliency
         self._token_input = False
         self.last_info: MixInfo | None = None
-        self.__dict__["_labels"] = _LabelSlot()
+        self.__dict__["_labels"] = LabelSlot()
         self._warned_geometry = False
-        self._calls: list[_Call] = []  # this training forward's calls, in order
+        self._calls: list[Call] = []  # this training forward's calls, in order
         self._collecting = False  # inside a forward begun by the hook or mix_labels
         self._targets_read = True
         self._warned_targets = False
@@ -261,11 +208,11 @@ class FeatureMix(nn.Module):
     @property
     def labels(self) -> torch.Tensor | None:
         """(N,) labels used when :meth:`forward` gets none; not in ``state_dict``."""
-        return _BATCH_LABELS.get(id(self._labels))
+        return BATCH_LABELS.get(id(self._labels))
 
     @labels.setter
     def labels(self, labels: torch.Tensor | None) -> None:
-        _BATCH_LABELS[id(self._labels)] = labels
+        BATCH_LABELS[id(self._labels)] = labels
 
     @property
     def infos(self) -> tuple[MixInfo, ...]:
@@ -304,7 +251,7 @@ class FeatureMix(nn.Module):
         # A copy is a model of its own: the batch labels (and the draws kept for a replay) of
         # the original's current step must not come along, or the copy would mix with them.
         state = self.__dict__.copy()
-        state["_labels"], state["_calls"], state["_collecting"] = _LabelSlot(), [], False
+        state["_labels"], state["_calls"], state["_collecting"] = LabelSlot(), [], False
         return state
 
     def __prepare_scriptable__(self) -> nn.Module:
@@ -452,11 +399,11 @@ class FeatureMix(nn.Module):
             self.begin_forward(collect=False)
         labels = self._batch_labels(feat, labels)
         draw_device = self.generator.device if self.generator is not None else feat.device
-        state = None if compiling else _draw_state(self.generator, draw_device)
+        state = None if compiling else draw_state(self.generator, draw_device)
         out, info = self._run(feat, labels, attn, partners, self.generator)
         self.last_info = info
         if not compiling:
-            self._calls.append(_Call(info, labels, state, draw_device))
+            self._calls.append(Call(info, labels, state, draw_device))
             self._targets_read = not self.spec.mixes_labels
         return out
 

@@ -111,7 +111,9 @@ def token_norm(patches: torch.Tensor) -> torch.Tensor:
     and means nothing; the norm grows with how far a token stands out of the average token (the
     "high-norm" tokens of ViTs), which is what attention and pooling weigh most.
     """
-    return patches.float().norm(dim=1)
+    # Reduced along the tokens' own channel axis (the map's dim 1 is the innermost in memory):
+    # several times faster than a reduction over the permuted view's dim 1.
+    return patches.permute(0, 2, 3, 1).float().norm(dim=-1)
 
 
 class ClsAttention:

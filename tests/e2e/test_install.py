@@ -152,4 +152,4 @@ def test_the_one_line_covers_every_console_script():
     import pmm_model
 
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
-    assert pmm_model._SCRIPTS == set(scripts)
+    assert set(scripts) == pmm_model._SCRIPTS

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from oracles.deploy import make_checkpoint, make_tree
 
+import pmm_model.apps.export as export_app
 import pmm_model.apps.extract as extract_app
 import pmm_model.cli.evaluate as evaluate_cli
 import pmm_model.cli.export as export_cli
@@ -89,3 +90,27 @@ def test_pretrained_weights_of_another_kind_are_one_line(tmp_path, content):
     ) as err:
         build_backbone("resnet18", pretrained=path)
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("opset", [99, 17, 10**30])
+def test_an_opset_the_exporter_cannot_write_is_refused_up_front(
+    tmp_path, checkpoint, capsys, monkeypatch, opset
+):
+    started = []
+    monkeypatch.setattr(export_app, "load_model", lambda *a, **k: started.append(1))
+    out = tmp_path / "m.onnx"
+    line = _refused(
+        export_cli.main,
+        ["--checkpoint", str(checkpoint), "--out", str(out), "--opset", str(opset)],
+        capsys,
+    )
+    assert "opset" in line and str(opset) in line and started == [] and not out.exists()
+
+
+@pytest.mark.slow
+def test_an_opset_in_range_is_the_one_written(tmp_path, checkpoint):
+    import onnx
+
+    report = export_app.export_onnx(checkpoint, tmp_path / "m.onnx", opset=20)
+    model = onnx.load(report.path)
+    assert {o.domain: o.version for o in model.opset_import}[""] == 20

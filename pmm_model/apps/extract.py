@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shlex
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -113,10 +114,19 @@ def _records(paths: Sequence[Path], ids: Sequence[tuple[int, int] | None]) -> li
     ]
 
 
+def _list_fields(line: str) -> list[str]:
+    if "\t" in line:
+        return [field.strip() for field in line.split("\t") if field.strip()]
+    return shlex.split(line)
+
+
 def read_image_list(path: str | os.PathLike) -> list[tuple[str, tuple[int, int] | None]]:
     """The entries of a list file: one image per line, ``<path> [<pid> <camid>]``.
 
-    Relative paths are relative to the list file's folder; blank lines and lines starting with
+    Fields are separated by whitespace, and a path with spaces is quoted (``"my photo.jpg" 3
+    0``, shell-style); or, on a line holding a tab, fields are separated by tabs and taken as
+    they are (``my photo.jpg<TAB>3<TAB>0``). A UTF-8 byte-order mark is ignored. Relative paths
+    are relative to the list file's folder; blank lines and lines starting with
     ``#`` are ignored; ``camid`` is 0-based. Without the two ints the pid and camid come from a
     Market-style file name (``<pid>_c<camera>...``) when the name has that form.
 
@@ -128,18 +138,21 @@ def read_image_list(path: str | os.PathLike) -> list[tuple[str, tuple[int, int] 
     """
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError:
         raise ValueError(f"{path}: not a text list file of image paths") from None
     entries = []
     for line_no, line in enumerate(text.splitlines(), 1):
-        parts = line.split()
-        if not parts or parts[0].startswith("#"):
+        if not line.strip() or line.lstrip().startswith("#"):
             continue
+        try:
+            parts = _list_fields(line)
+        except ValueError as err:  # shlex: an unclosed quote
+            raise ValueError(f"{path}:{line_no}: {err} in {line.strip()!r}") from None
         if len(parts) not in (1, 3) or not all(re.fullmatch(r"-?\d+", p) for p in parts[1:]):
             raise ValueError(
                 f"{path}:{line_no}: expected '<image path>' or '<image path> <pid> <camid>', "
-                f"got {line.strip()!r}"
+                f"got {line.strip()!r} (quote a path with spaces, or separate fields with tabs)"
             )
         image = parts[0] if Path(parts[0]).is_absolute() else str(path.parent / parts[0])
         ids = (int(parts[1]), int(parts[2])) if len(parts) == 3 else _market_ids(parts[0])

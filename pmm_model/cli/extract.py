@@ -46,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument(
         "--images",
         help="a folder of images (searched recursively) or a list file, one "
-        "'<path> [<pid> <camid>]' per line, paths relative to the list file",
+        "'<path> [<pid> <camid>]' per line, paths relative to the list file (quote a path "
+        "with spaces, or separate the fields with tabs)",
     )
     source.add_argument("--data", choices=dataset_names(), help="a dataset's split instead")
     parser.add_argument("--root", help="dataset root for --data (synthetic: optional)")

@@ -343,7 +343,7 @@ _MSMT_LISTS = ("list_train.txt", "list_val.txt", "list_query.txt", "list_gallery
 
 def _read_msmt_list(list_file: Path, image_dir: Path) -> list[Record]:
     records = []
-    with open(list_file) as f:
+    with open(list_file, encoding="utf-8-sig") as f:  # a BOM is not part of the first path
         for line_no, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -544,6 +544,12 @@ class ImageDataset(Dataset):
         skip_bad: bool = False,
     ) -> None:
         self.records = [Record(str(p), int(pid), int(cam)) for p, pid, cam in records]
+        for record in self.records:
+            if not all(-(2**63) <= v < 2**63 for v in (record.pid, record.camid)):
+                raise ValueError(
+                    f"image {record.img_path}: pid {record.pid} / camid {record.camid} does "
+                    "not fit a 64-bit integer"
+                )
         self.transform = transform
         problems = {
             path: problem

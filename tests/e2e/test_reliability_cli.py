@@ -114,3 +114,24 @@ def test_an_opset_in_range_is_the_one_written(tmp_path, checkpoint):
     report = export_app.export_onnx(checkpoint, tmp_path / "m.onnx", opset=20)
     model = onnx.load(report.path)
     assert {o.domain: o.version for o in model.opset_import}[""] == 20
+
+
+@pytest.mark.parametrize("name", ["evaluate", "visualize"])
+@pytest.mark.parametrize("typed", ["pmm", "python -m"])
+def test_messages_use_the_program_name_as_typed(tmp_path, name, typed):
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    argv0 = f"/venv/bin/pmm-{name}" if typed == "pmm" else f"{root}/pmm_model/{name}.py"
+    code = (
+        f"import sys; sys.argv = [{argv0!r}, '--checkpoint', 'x', '--data', 'nope']\n"
+        f"from pmm_model.cli.scripts import {name}; {name}()\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+        env={**os.environ, "PYTHONPATH": str(root)},
+    )  # fmt: skip
+    expected = f"pmm-{name}" if typed == "pmm" else f"python -m pmm_model.{name}"
+    assert done.returncode == 2 and done.stderr.splitlines()[-1].startswith(f"{expected}: error:")

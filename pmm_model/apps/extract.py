@@ -103,8 +103,18 @@ class ExtractedFeatures:
 
 
 def _market_ids(name: str) -> tuple[int, int] | None:
+    """``(pid, 0-based camid)`` of a Market-style name, by the dataset loaders' rule: cameras
+    count from 1, pids from -1 (junk)."""
     match = _MARKET_NAME.match(Path(name).name)
-    return (int(match.group(1)), int(match.group(2)) - 1) if match else None
+    if match is None:
+        return None
+    pid, camera = int(match.group(1)), int(match.group(2))
+    if pid < -1 or camera < 1:
+        raise ValueError(
+            f"{name}: pid {pid} or camera {camera} out of range in a Market-style name "
+            "(cameras count from c1, pids from -1)"
+        )
+    return pid, camera - 1
 
 
 def _records(paths: Sequence[Path], ids: Sequence[tuple[int, int] | None]) -> list[Record]:
@@ -163,10 +173,11 @@ def read_image_list(path: str | os.PathLike) -> list[tuple[str, tuple[int, int] 
 
 
 def _folder_images(folder: Path) -> list[Path]:
-    # Sorted, like the dataset loaders, so row order is the same on every machine.
-    images = sorted(
-        p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-    )
+    # Sorted, like the dataset loaders, so row order is the same on every machine. Every entry
+    # named as an image is kept, as the loaders keep it: ImageDataset skips and names what is
+    # not a regular file (a FIFO, a folder named x.jpg) and refuses, or with skip_bad_images
+    # skips, a dangling or looping symlink.
+    images = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
     if not images:
         raise ValueError(f"images: no {'/'.join(IMAGE_EXTENSIONS)} files under {str(folder)!r}")
     return images

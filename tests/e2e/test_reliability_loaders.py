@@ -83,3 +83,49 @@ def test_train_with_workers_exits_after_an_image_corrupt_past_its_header(tmp_pat
     ]  # fmt: skip
     done = _python("import sys\nfrom pmm_model.cli.train import main\nmain(sys.argv[1:])", *argv)
     assert done.returncode == 1 and "cannot read image" in done.stderr.strip().splitlines()[-1]
+
+
+# ---- item 9: extraction follows the dataset loaders' rules -------------------------------
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    from oracles.deploy import make_checkpoint
+
+    return make_checkpoint(tmp_path_factory.mktemp("pmm") / "ckpt.pt", "pmm")
+
+
+def _odd_tree(folder):
+    folder.mkdir()
+    Image.new("RGB", (8, 16)).save(folder / "0001_c1s1_01.jpg")
+    os.mkfifo(folder / "fifo.jpg")
+    (folder / "dir.jpg").mkdir()
+    (folder / "dangling.jpg").symlink_to(folder / "missing.jpg")
+    (folder / "loop.jpg").symlink_to(folder / "loop.jpg")
+    return folder
+
+
+def test_extraction_names_what_it_leaves_out_as_the_loaders_do(tmp_path, checkpoint, caplog):
+    from pmm_model.apps.extract import FeatureExtractor
+
+    folder = _odd_tree(tmp_path / "imgs")
+    extractor = FeatureExtractor(checkpoint, device="cpu", progress=False)
+    with pytest.raises(OSError, match=r"dangling\.jpg"):  # as a loader refuses it
+        extractor.extract(folder)
+    out = extractor.extract(folder, skip_bad_images=True)
+    assert out.names == ["0001_c1s1_01.jpg"]
+    assert sorted(out.skipped) == ["dangling.jpg", "dir.jpg", "fifo.jpg", "loop.jpg"]
+
+
+@pytest.mark.parametrize("name", ["0001_c0s1_01.jpg", "-2_c1s1_01.jpg"])
+def test_a_market_name_out_of_range_is_refused_as_the_loaders_do(tmp_path, checkpoint, name):
+    from pmm_model.apps.extract import FeatureExtractor
+    from pmm_model.data.datasets import read_market_tree
+
+    for split in ("bounding_box_train", "query", "bounding_box_test"):
+        (tmp_path / split).mkdir()
+        Image.new("RGB", (8, 16)).save(tmp_path / split / name)
+    with pytest.raises(ValueError, match="out of range"):
+        read_market_tree(tmp_path)
+    with pytest.raises(ValueError, match=rf"{name}: pid .* out of range"):
+        FeatureExtractor(checkpoint, device="cpu").extract(tmp_path / "query")

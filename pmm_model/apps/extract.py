@@ -35,6 +35,7 @@ from tqdm import tqdm
 
 # The Market naming "<pid>_c<camera>..." exactly as the dataset loaders parse it.
 from pmm_model.data.datasets import _MARKET_NAME, IMAGE_EXTENSIONS, ImageDataset, Record
+from pmm_model.data.loaders import check_batch_fits
 from pmm_model.data.transforms import build_transforms
 from pmm_model.evaluation.evaluator import extract_features
 from pmm_model.run.atomic import atomic_path
@@ -325,6 +326,7 @@ class FeatureExtractor:
         model, self.args = load_model(checkpoint, map_location="cpu")
         self.model: nn.Module = model.to(self.device)
         self.height, self.width = int(self.args["height"]), int(self.args["width"])
+        check_batch_fits(batch_size, self.height, self.width, "extraction")
         self.transform = build_transforms(self.height, self.width, is_train=False)
         self.flip, self.amp, self.normalize = flip, amp, normalize
         self.batch_size, self.workers, self.progress = batch_size, workers, progress

@@ -129,3 +129,48 @@ def test_a_market_name_out_of_range_is_refused_as_the_loaders_do(tmp_path, check
         read_market_tree(tmp_path)
     with pytest.raises(ValueError, match=rf"{name}: pid .* out of range"):
         FeatureExtractor(checkpoint, device="cpu").extract(tmp_path / "query")
+
+
+# ---- item 3: a batch that cannot fit is refused before any image is read ----------------
+
+
+def test_an_absurd_input_size_is_refused_before_reading_images(tmp_path):
+    from pmm_model.data.datasets import ReIDDataset
+    from pmm_model.data.loaders import build_test_loaders
+
+    # Records of files that do not exist: reading any of them would fail differently.
+    records = [(str(tmp_path / f"{i}.jpg"), i, 0) for i in range(2)]
+    data = ReIDDataset(records, records, records, name="x")
+    with pytest.raises(
+        ValueError,
+        match=r"^testing: a batch of 128 images of 100000x100000 "
+        r"needs at least \d+\.\d GiB of memory, and \d+\.\d GiB is available",
+    ):
+        build_test_loaders(data, 100000, 100000, batch_size=128)
+
+
+def test_the_estimate_is_compared_with_what_the_process_may_allocate(monkeypatch):
+    from pmm_model.data import loaders
+
+    needed = 64 * 256 * 128 * loaders._BYTES_PER_PIXEL
+    monkeypatch.setattr(loaders, "available_memory", lambda: needed)
+    loaders.check_batch_fits(64, 256, 128, "x")  # exactly enough
+    with pytest.raises(ValueError, match="needs at least"):
+        loaders.check_batch_fits(65, 256, 128, "x")
+
+
+def test_extraction_refuses_a_batch_that_cannot_fit(checkpoint):
+    from pmm_model.apps.extract import FeatureExtractor
+
+    with pytest.raises(ValueError, match=r"^extraction: a batch of 1000000 images"):
+        FeatureExtractor(checkpoint, device="cpu", batch_size=10**6)
+
+
+def test_an_address_space_limit_counts_as_the_memory_there_is(tmp_path):
+    code = (
+        "import resource\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (2**40, 2**40))\n"
+        "from pmm_model.data.loaders import available_memory\n"
+        "print(available_memory() <= 2**40)\n"
+    )
+    assert _python(code).stdout.strip() == "True"

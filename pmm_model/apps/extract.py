@@ -211,28 +211,51 @@ def _is_record(item: object) -> bool:
     )
 
 
-def _image_files(images: object) -> _ImageFiles:
-    """The files a folder, a list file or a sequence of paths names."""
-    if isinstance(images, (str, os.PathLike)):
-        path = Path(images)
-        if path.is_dir():
-            paths = _folder_images(path)
-            names = [p.relative_to(path).as_posix() for p in paths]
-            return _ImageFiles(paths, names, [_market_ids(n) for n in names])
-        if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS:
-            return _ImageFiles([path], [path.name], [_market_ids(path.name)])
-        if path.is_file():
-            entries = read_image_list(path)
-            paths = [Path(image) for image, _ in entries]
-            names = [os.path.relpath(p, path.parent) for p in paths]
-            files = _ImageFiles(paths, names, [i for _, i in entries])
-        else:
-            raise FileNotFoundError(f"images: no such folder or list file: {str(path)!r}")
-    elif (
+def _path_files(path: Path) -> _ImageFiles:
+    """A folder's images, one image file, or the images a list file names."""
+    if path.is_dir():
+        paths = _folder_images(path)
+        names = [p.relative_to(path).as_posix() for p in paths]
+        return _ImageFiles(paths, names, [_market_ids(n) for n in names])
+    if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS:
+        return _ImageFiles([path], [path.name], [_market_ids(path.name)])
+    if path.is_file():
+        entries = read_image_list(path)
+        paths = [Path(image) for image, _ in entries]
+        names = [os.path.relpath(p, path.parent) for p in paths]
+        return _ImageFiles(paths, names, [i for _, i in entries])
+    raise FileNotFoundError(f"images: no such folder or list file: {str(path)!r}")
+
+
+def _is_path_sequence(images: object) -> TypeGuard[Sequence[str | os.PathLike]]:
+    return (
         isinstance(images, Sequence)
-        and images
+        and bool(images)
         and all(isinstance(p, (str, os.PathLike)) for p in images)
-    ):
+    )
+
+
+def _not_a_source(images: object) -> TypeError:
+    kinds = (
+        sorted({type(im).__name__ for im in images})
+        if isinstance(images, Sequence)
+        else type(images).__name__
+    )
+    return TypeError(
+        "images must be a folder, a list file, image paths, (path, pid, camid) records, "
+        f"PIL images or a tensor, got {kinds or 'an empty sequence'}"
+    )
+
+
+def _image_files(images: object) -> _ImageFiles:
+    """The files a folder, a list file, a sequence of paths or of records names.
+
+    A path that does not exist at all is refused here; one that exists but is not a readable
+    image (a FIFO, a folder, a dangling symlink) is left to ImageDataset's rules.
+    """
+    if isinstance(images, (str, os.PathLike)):
+        files = _path_files(Path(images))
+    elif _is_path_sequence(images):
         paths = [Path(p) for p in images]
         names = [str(p) for p in paths]
         files = _ImageFiles(paths, names, [_market_ids(n) for n in names])
@@ -240,17 +263,8 @@ def _image_files(images: object) -> _ImageFiles:
         paths = [Path(r[0]) for r in images]
         files = _ImageFiles(paths, [str(p) for p in paths], [(r[1], r[2]) for r in images])
     else:
-        kinds = (
-            sorted({type(im).__name__ for im in images})
-            if isinstance(images, Sequence)
-            else type(images).__name__
-        )
-        raise TypeError(
-            "images must be a folder, a list file, image paths, (path, pid, camid) records, "
-            "PIL images or a tensor, "
-            f"got {kinds or 'an empty sequence'}"
-        )
-    missing = [str(p) for p in files.paths if not p.is_file()]
+        raise _not_a_source(images)
+    missing = [str(p) for p in files.paths if not os.path.lexists(p)]
     if missing:
         raise FileNotFoundError(
             f"images: {len(missing)} files do not exist, e.g. {', '.join(missing[:3])}"

@@ -174,3 +174,15 @@ def test_an_address_space_limit_counts_as_the_memory_there_is(tmp_path):
         "print(available_memory() <= 2**40)\n"
     )
     assert _python(code).stdout.strip() == "True"
+
+
+def test_a_list_file_follows_the_same_rule_as_a_folder(tmp_path, checkpoint):
+    from pmm_model.apps.extract import FeatureExtractor
+
+    folder = _odd_tree(tmp_path / "imgs")
+    (folder / "list.txt").write_text("0001_c1s1_01.jpg\nfifo.jpg\ndir.jpg\n")
+    out = FeatureExtractor(checkpoint, device="cpu", progress=False).extract(folder / "list.txt")
+    assert out.names == ["0001_c1s1_01.jpg"] and out.skipped == ["fifo.jpg", "dir.jpg"]
+    (folder / "list.txt").write_text("0001_c1s1_01.jpg\nnowhere.jpg\n")
+    with pytest.raises(FileNotFoundError, match="1 files do not exist"):
+        FeatureExtractor(checkpoint, device="cpu").extract(folder / "list.txt")

@@ -3,7 +3,7 @@
 :class:`FeatureExtractor` loads a checkpoint (PMM or baseline) and maps images to the model's
 eval-mode embeddings through evaluation's own path: the test transform of
 :func:`pmm_model.data.transforms.build_transforms` at the checkpoint's input size, the records
-read by :class:`pmm_model.data.datasets.ImageDataset` and the features taken by
+read by :class:`pmm_model.data.images.ImageDataset` and the features taken by
 :func:`pmm_model.evaluation.evaluator.extract_features` (with its flip averaging). By default each
 embedding is then L2-normalised; ``normalize=False`` keeps the raw features that evaluation ranks
 by Euclidean distance.
@@ -34,7 +34,8 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 # The Market naming "<pid>_c<camera>..." exactly as the dataset loaders parse it.
-from pmm_model.data.datasets import _MARKET_NAME, IMAGE_EXTENSIONS, ImageDataset, Record
+from pmm_model.data.datasets import _MARKET_NAME, IMAGE_EXTENSIONS, Record
+from pmm_model.data.images import ImageDataset
 from pmm_model.data.loaders import check_batch_fits
 from pmm_model.data.transforms import build_transforms
 from pmm_model.evaluation.evaluator import extract_features

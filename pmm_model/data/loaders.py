@@ -23,7 +23,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from pmm_model.data.datasets import ImageDataset, Record, ReIDDataset, check_protocol
+from pmm_model.data.datasets import Record, ReIDDataset, check_protocol
+from pmm_model.data.images import ImageDataset
 from pmm_model.data.sampler import PKSampler
 from pmm_model.data.transforms import build_transforms
 
@@ -214,7 +215,7 @@ def build_test_loaders(
 ) -> tuple[DataLoader, DataLoader]:
     """Unshuffled ``(query_loader, gallery_loader)`` with the test transform.
 
-    Every image is checked first (see :class:`~pmm_model.data.datasets.ImageDataset`), and the
+    Every image is checked first (see :class:`~pmm_model.data.images.ImageDataset`), and the
     protocol again on the images left (:func:`~pmm_model.data.datasets.check_protocol`).
 
     Raises:

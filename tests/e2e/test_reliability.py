@@ -26,15 +26,8 @@ import pmm_model.cli.visualize as visualize_cli
 import pmm_model.run.atomic as atomic
 from pmm_model.cli import train
 from pmm_model.cli.args import writable_output
-from pmm_model.data.datasets import (
-    ImageDataset,
-    Record,
-    UnreadableImageError,
-    build_dataset,
-    check_protocol,
-    image_problem,
-    read_image,
-)
+from pmm_model.data.datasets import Record, build_dataset, check_protocol
+from pmm_model.data.images import ImageDataset, UnreadableImageError, image_problem, read_image
 from pmm_model.nets.models import build_model
 from pmm_model.run.checkpoint import load_checkpoint, save_checkpoint
 from pmm_model.run.config import make_config, model_options

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from pmm_model.apps.extract import read_image_list
-from pmm_model.data.datasets import ImageDataset
+from pmm_model.data.images import ImageDataset
 
 
 @pytest.fixture

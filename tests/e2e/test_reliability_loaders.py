@@ -55,7 +55,7 @@ def test_a_worker_s_error_ends_the_process_with_its_workers(tmp_path, workers, e
     _truncated_jpg(tmp_path / "a.jpg")
     code = (
         "import sys\n"
-        "from pmm_model.data.datasets import ImageDataset\n"
+        "from pmm_model.data.images import ImageDataset\n"
         "from torch.utils.data import DataLoader\n"
         "from pmm_model.data import loaders\n"
         "def run():\n"

@@ -10,6 +10,8 @@ Example:
 """
 
 import importlib.util
+import os
+import sys
 from typing import TYPE_CHECKING, Any
 
 
@@ -31,12 +33,22 @@ def _missing(modules: tuple[str, ...]) -> list[str]:
 # The `train` extra's import names (pillow is PIL), checked here so that a plain install fails
 # with what to do rather than on torchvision deep inside the model code.
 _TRAIN_MODULES = ("torchvision", "PIL", "tqdm", "matplotlib")
+# The console scripts ([project.scripts]); their entry points live in this package, so a
+# missing extra surfaces while the script's wrapper imports it.
+_SCRIPTS = frozenset(
+    f"pmm-{name}" for name in ("train", "evaluate", "visualize", "study", "extract", "export")
+)
 if _missing_train := _missing(_TRAIN_MODULES):
-    raise MissingExtraError(
+    _error = MissingExtraError(
         f"pmm_model needs the 'train' extra ({', '.join(_missing_train)} missing): "
         "pip install 'pmm[train]'",
         name=_missing_train[0],
     )
+    _prog = os.path.basename(sys.argv[0]) if sys.argv else ""
+    if _prog in _SCRIPTS:  # `pmm-train --help` on a plain install: one line, as a bad argument
+        print(f"{_prog}: error: {_error}", file=sys.stderr)
+        raise SystemExit(2)
+    raise _error
 
 if TYPE_CHECKING:
     from pmm_model.nets.models import build_model

@@ -126,6 +126,22 @@ def _require_deploy() -> None:
         )
 
 
+MIN_OPSET = 18  # the dynamo exporter's lowest
+
+
+def _check_opset(opset: int | None) -> None:
+    """Refuse, before any work, an opset the installed ``onnx`` does not define."""
+    if opset is None:
+        return
+    import onnx
+
+    highest = onnx.defs.onnx_opset_version()
+    if not MIN_OPSET <= opset <= highest:
+        raise ValueError(
+            f"opset must be in [{MIN_OPSET}, {highest}] (the installed onnx's range), got {opset}"
+        )
+
+
 def _metadata(args: dict[str, Any], embedding_dim: int) -> dict[str, str]:
     return {
         "pmm.model": str(args["model"]),
@@ -187,7 +203,7 @@ def export_onnx(
         out: the ``.onnx`` file to write (its folder is created).
         real_images: images to check parity on, as :meth:`FeatureExtractor.extract` takes
             them (a folder, a list file, paths, PIL images or a preprocessed tensor).
-        opset: ONNX opset; default: the exporter's recommended one.
+        opset: ONNX opset, honoured or refused; default: the exporter's recommended one.
         seed: seed of the random images.
 
     Returns:
@@ -202,6 +218,7 @@ def export_onnx(
             :class:`FeatureExtractor`).
     """
     _require_deploy()
+    _check_opset(opset)
     import onnxruntime
 
     out = Path(out)
@@ -236,6 +253,9 @@ def export_onnx(
                 verbose=False,
             ),
         )
+    written = program.model.opset_imports.get("")
+    if opset is not None and written != opset:
+        raise ValueError(f"the exporter could not write opset {opset} (it produced {written})")
     metadata = _metadata(args, embedding_dim)
     program.model.metadata_props.update(metadata)
     staged = out.with_name(out.name + ".rejected")

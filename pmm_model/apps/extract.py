@@ -3,7 +3,7 @@
 :class:`FeatureExtractor` loads a checkpoint (PMM or baseline) and maps images to the model's
 eval-mode embeddings through evaluation's own path: the test transform of
 :func:`pmm_model.data.transforms.build_transforms` at the checkpoint's input size, the records
-read by :class:`pmm_model.data.datasets.ImageDataset` and the features taken by
+read by :class:`pmm_model.data.images.ImageDataset` and the features taken by
 :func:`pmm_model.evaluation.evaluator.extract_features` (with its flip averaging). By default each
 embedding is then L2-normalised; ``normalize=False`` keeps the raw features that evaluation ranks
 by Euclidean distance.
@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shlex
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +34,9 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 # The Market naming "<pid>_c<camera>..." exactly as the dataset loaders parse it.
-from pmm_model.data.datasets import _MARKET_NAME, IMAGE_EXTENSIONS, ImageDataset, Record
+from pmm_model.data.datasets import _MARKET_NAME, IMAGE_EXTENSIONS, Record
+from pmm_model.data.images import ImageDataset
+from pmm_model.data.loaders import check_batch_fits
 from pmm_model.data.transforms import build_transforms
 from pmm_model.evaluation.evaluator import extract_features
 from pmm_model.run.atomic import atomic_path
@@ -102,8 +105,18 @@ class ExtractedFeatures:
 
 
 def _market_ids(name: str) -> tuple[int, int] | None:
+    """``(pid, 0-based camid)`` of a Market-style name, by the dataset loaders' rule: cameras
+    count from 1, pids from -1 (junk)."""
     match = _MARKET_NAME.match(Path(name).name)
-    return (int(match.group(1)), int(match.group(2)) - 1) if match else None
+    if match is None:
+        return None
+    pid, camera = int(match.group(1)), int(match.group(2))
+    if pid < -1 or camera < 1:
+        raise ValueError(
+            f"{name}: pid {pid} or camera {camera} out of range in a Market-style name "
+            "(cameras count from c1, pids from -1)"
+        )
+    return pid, camera - 1
 
 
 def _records(paths: Sequence[Path], ids: Sequence[tuple[int, int] | None]) -> list[Record]:
@@ -113,10 +126,19 @@ def _records(paths: Sequence[Path], ids: Sequence[tuple[int, int] | None]) -> li
     ]
 
 
+def _list_fields(line: str) -> list[str]:
+    if "\t" in line:
+        return [field.strip() for field in line.split("\t") if field.strip()]
+    return shlex.split(line)
+
+
 def read_image_list(path: str | os.PathLike) -> list[tuple[str, tuple[int, int] | None]]:
     """The entries of a list file: one image per line, ``<path> [<pid> <camid>]``.
 
-    Relative paths are relative to the list file's folder; blank lines and lines starting with
+    Fields are separated by whitespace, and a path with spaces is quoted (``"my photo.jpg" 3
+    0``, shell-style); or, on a line holding a tab, fields are separated by tabs and taken as
+    they are (``my photo.jpg<TAB>3<TAB>0``). A UTF-8 byte-order mark is ignored. Relative paths
+    are relative to the list file's folder; blank lines and lines starting with
     ``#`` are ignored; ``camid`` is 0-based. Without the two ints the pid and camid come from a
     Market-style file name (``<pid>_c<camera>...``) when the name has that form.
 
@@ -128,18 +150,21 @@ def read_image_list(path: str | os.PathLike) -> list[tuple[str, tuple[int, int] 
     """
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError:
         raise ValueError(f"{path}: not a text list file of image paths") from None
     entries = []
     for line_no, line in enumerate(text.splitlines(), 1):
-        parts = line.split()
-        if not parts or parts[0].startswith("#"):
+        if not line.strip() or line.lstrip().startswith("#"):
             continue
+        try:
+            parts = _list_fields(line)
+        except ValueError as err:  # shlex: an unclosed quote
+            raise ValueError(f"{path}:{line_no}: {err} in {line.strip()!r}") from None
         if len(parts) not in (1, 3) or not all(re.fullmatch(r"-?\d+", p) for p in parts[1:]):
             raise ValueError(
                 f"{path}:{line_no}: expected '<image path>' or '<image path> <pid> <camid>', "
-                f"got {line.strip()!r}"
+                f"got {line.strip()!r} (quote a path with spaces, or separate fields with tabs)"
             )
         image = parts[0] if Path(parts[0]).is_absolute() else str(path.parent / parts[0])
         ids = (int(parts[1]), int(parts[2])) if len(parts) == 3 else _market_ids(parts[0])
@@ -150,10 +175,11 @@ def read_image_list(path: str | os.PathLike) -> list[tuple[str, tuple[int, int] 
 
 
 def _folder_images(folder: Path) -> list[Path]:
-    # Sorted, like the dataset loaders, so row order is the same on every machine.
-    images = sorted(
-        p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-    )
+    # Sorted, like the dataset loaders, so row order is the same on every machine. Every entry
+    # named as an image is kept, as the loaders keep it: ImageDataset skips and names what is
+    # not a regular file (a FIFO, a folder named x.jpg) and refuses, or with skip_bad_images
+    # skips, a dangling or looping symlink.
+    images = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
     if not images:
         raise ValueError(f"images: no {'/'.join(IMAGE_EXTENSIONS)} files under {str(folder)!r}")
     return images
@@ -186,28 +212,51 @@ def _is_record(item: object) -> bool:
     )
 
 
-def _image_files(images: object) -> _ImageFiles:
-    """The files a folder, a list file or a sequence of paths names."""
-    if isinstance(images, (str, os.PathLike)):
-        path = Path(images)
-        if path.is_dir():
-            paths = _folder_images(path)
-            names = [p.relative_to(path).as_posix() for p in paths]
-            return _ImageFiles(paths, names, [_market_ids(n) for n in names])
-        if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS:
-            return _ImageFiles([path], [path.name], [_market_ids(path.name)])
-        if path.is_file():
-            entries = read_image_list(path)
-            paths = [Path(image) for image, _ in entries]
-            names = [os.path.relpath(p, path.parent) for p in paths]
-            files = _ImageFiles(paths, names, [i for _, i in entries])
-        else:
-            raise FileNotFoundError(f"images: no such folder or list file: {str(path)!r}")
-    elif (
+def _path_files(path: Path) -> _ImageFiles:
+    """A folder's images, one image file, or the images a list file names."""
+    if path.is_dir():
+        paths = _folder_images(path)
+        names = [p.relative_to(path).as_posix() for p in paths]
+        return _ImageFiles(paths, names, [_market_ids(n) for n in names])
+    if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS:
+        return _ImageFiles([path], [path.name], [_market_ids(path.name)])
+    if path.is_file():
+        entries = read_image_list(path)
+        paths = [Path(image) for image, _ in entries]
+        names = [os.path.relpath(p, path.parent) for p in paths]
+        return _ImageFiles(paths, names, [i for _, i in entries])
+    raise FileNotFoundError(f"images: no such folder or list file: {str(path)!r}")
+
+
+def _is_path_sequence(images: object) -> TypeGuard[Sequence[str | os.PathLike]]:
+    return (
         isinstance(images, Sequence)
-        and images
+        and bool(images)
         and all(isinstance(p, (str, os.PathLike)) for p in images)
-    ):
+    )
+
+
+def _not_a_source(images: object) -> TypeError:
+    kinds = (
+        sorted({type(im).__name__ for im in images})
+        if isinstance(images, Sequence)
+        else type(images).__name__
+    )
+    return TypeError(
+        "images must be a folder, a list file, image paths, (path, pid, camid) records, "
+        f"PIL images or a tensor, got {kinds or 'an empty sequence'}"
+    )
+
+
+def _image_files(images: object) -> _ImageFiles:
+    """The files a folder, a list file, a sequence of paths or of records names.
+
+    A path that does not exist at all is refused here; one that exists but is not a readable
+    image (a FIFO, a folder, a dangling symlink) is left to ImageDataset's rules.
+    """
+    if isinstance(images, (str, os.PathLike)):
+        files = _path_files(Path(images))
+    elif _is_path_sequence(images):
         paths = [Path(p) for p in images]
         names = [str(p) for p in paths]
         files = _ImageFiles(paths, names, [_market_ids(n) for n in names])
@@ -215,17 +264,8 @@ def _image_files(images: object) -> _ImageFiles:
         paths = [Path(r[0]) for r in images]
         files = _ImageFiles(paths, [str(p) for p in paths], [(r[1], r[2]) for r in images])
     else:
-        kinds = (
-            sorted({type(im).__name__ for im in images})
-            if isinstance(images, Sequence)
-            else type(images).__name__
-        )
-        raise TypeError(
-            "images must be a folder, a list file, image paths, (path, pid, camid) records, "
-            "PIL images or a tensor, "
-            f"got {kinds or 'an empty sequence'}"
-        )
-    missing = [str(p) for p in files.paths if not p.is_file()]
+        raise _not_a_source(images)
+    missing = [str(p) for p in files.paths if not os.path.lexists(p)]
     if missing:
         raise FileNotFoundError(
             f"images: {len(missing)} files do not exist, e.g. {', '.join(missing[:3])}"
@@ -301,6 +341,7 @@ class FeatureExtractor:
         model, self.args = load_model(checkpoint, map_location="cpu")
         self.model: nn.Module = model.to(self.device)
         self.height, self.width = self.args.height, self.args.width
+        check_batch_fits(batch_size, self.height, self.width, "extraction")
         self.transform = build_transforms(self.height, self.width, is_train=False)
         self.flip, self.amp, self.normalize = flip, amp, normalize
         self.batch_size, self.workers, self.progress = batch_size, workers, progress

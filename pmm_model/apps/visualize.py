@@ -21,7 +21,8 @@ from torch import Tensor, nn
 
 from pmm_model.apps.panels import denormalize
 from pmm_model.apps.plots import plot_mixing, plot_ranked_list, plot_training_curves, read_metrics
-from pmm_model.data.datasets import ImageDataset, Record, ReIDDataset, image_problem
+from pmm_model.data.datasets import Record, ReIDDataset
+from pmm_model.data.images import ImageDataset, image_problem
 from pmm_model.data.loaders import build_test_loaders
 from pmm_model.data.transforms import build_transforms
 from pmm_model.evaluation.evaluator import extract_features, pairwise_distance, rank_gallery
@@ -105,7 +106,7 @@ def draw_checkpoint(
         ValueError, OSError: before anything is drawn: a metrics file that is missing or
             not a run's, a mixing network whose class count does not fit ``data``,
             ``images_per_id`` more images than 2 identities have, an unreadable image (see
-            :class:`~pmm_model.data.datasets.ImageDataset`).
+            :class:`~pmm_model.data.images.ImageDataset`).
 
     Example:
         >>> model, train_args = load_model("runs/pmm-synthetic/checkpoint.pt")  # doctest: +SKIP

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from torch import nn
 
 from pmm_model.cli.args import ctrl_c_exits, int_at_least, output_file
+from pmm_model.cli.scripts import program_name
 from pmm_model.data.datasets import build_dataset, dataset_names
 from pmm_model.data.loaders import build_test_loaders
 from pmm_model.data.occlusion import EVAL_PROTOCOLS, with_protocol
@@ -48,7 +49,7 @@ def load_model_for_eval(path: str) -> tuple[nn.Module, TrainConfig]:
 def build_parser() -> argparse.ArgumentParser:
     """The CLI's argument parser."""
     parser = argparse.ArgumentParser(
-        prog="python -m pmm_model.evaluate",
+        prog=program_name("evaluate"),
         description="Evaluate a checkpoint: CMC rank-1/5/10, mAP and mINP (Market-1501 "
         "protocol, Euclidean distance on the model's test feature).",
     )
@@ -102,7 +103,7 @@ def format_table(result: RankResult) -> str:
     return "\n".join([f"{'metric':<8} {'%':>6}"] + [f"{n:<8} {100 * v:6.2f}" for n, v in rows])
 
 
-@ctrl_c_exits("python -m pmm_model.evaluate")
+@ctrl_c_exits(program_name("evaluate"))
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the CLI; returns the dict it writes to ``--output``."""
     parser = build_parser()

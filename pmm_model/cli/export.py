@@ -20,13 +20,20 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pmm_model.apps.export import ExportReport, ParityError, export_onnx
-from pmm_model.cli.args import existing_file, int_at_least
+from pmm_model.cli.args import existing_file, int_at_least, output_file
 from pmm_model.cli.extract import SPLITS
 from pmm_model.data.datasets import build_dataset, dataset_names
 
 __all__ = ["build_parser", "main"]
 
 PROG = "pmm-export"
+
+
+def onnx_output(text: str) -> Path:
+    """An argparse ``type``: a writable ``.onnx`` path (checked before any work)."""
+    if not text.endswith(".onnx"):
+        raise argparse.ArgumentTypeError(f"must end in .onnx, got {text!r}")
+    return Path(output_file(text))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,7 +46,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--checkpoint", required=True, type=existing_file, help="checkpoint.pt from training"
     )
-    parser.add_argument("--out", required=True, type=Path, help="the .onnx file to write")
+    parser.add_argument(
+        "--out",
+        required=True,
+        type=onnx_output,
+        help="the .onnx file to write (checked for writing before the export)",
+    )
     source = parser.add_mutually_exclusive_group()
     source.add_argument(
         "--images",
@@ -60,8 +72,6 @@ def main(argv: Sequence[str] | None = None) -> ExportReport:
     """Run the CLI; returns the export's report."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.out.suffix != ".onnx":
-        parser.error(f"argument --out: must end in .onnx, got {str(args.out)!r}")
     if args.root is not None and args.data is None:
         parser.error("argument --root: only with --data")
     try:

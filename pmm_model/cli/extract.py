@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pmm_model.apps.extract import ExtractedFeatures, FeatureExtractor
-from pmm_model.cli.args import existing_file, int_at_least
+from pmm_model.cli.args import existing_file, int_at_least, output_file
 from pmm_model.data.datasets import build_dataset, dataset_names
 
 __all__ = ["build_parser", "main"]
@@ -46,14 +46,20 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument(
         "--images",
         help="a folder of images (searched recursively) or a list file, one "
-        "'<path> [<pid> <camid>]' per line, paths relative to the list file",
+        "'<path> [<pid> <camid>]' per line, paths relative to the list file (quote a path "
+        "with spaces, or separate the fields with tabs)",
     )
     source.add_argument("--data", choices=dataset_names(), help="a dataset's split instead")
     parser.add_argument("--root", help="dataset root for --data (synthetic: optional)")
     parser.add_argument(
         "--split", choices=SPLITS, default="query", help="split of --data (default: %(default)s)"
     )
-    parser.add_argument("--out", required=True, type=Path, help="the .npz file to write")
+    parser.add_argument(
+        "--out",
+        required=True,
+        type=npz_output,
+        help="the .npz file to write (checked for writing before the extraction)",
+    )
     parser.add_argument(
         "--flip", action="store_true", help="average with the flipped images' features"
     )
@@ -83,6 +89,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def npz_output(text: str) -> Path:
+    """An argparse ``type``: a writable ``.npz`` path (checked before any work)."""
+    if not text.endswith(".npz"):
+        raise argparse.ArgumentTypeError(f"must end in .npz, got {text!r}")
+    return Path(output_file(text))
+
+
 def _report(result: ExtractedFeatures, out: Path) -> str:
     lines = [
         f"wrote {out}: {len(result.names)} embeddings of dim {result.features.shape[1]} "
@@ -101,8 +114,6 @@ def main(argv: Sequence[str] | None = None) -> ExtractedFeatures:
     """Run the CLI; returns what it wrote."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.out.suffix != ".npz":
-        parser.error(f"argument --out: must end in .npz, got {str(args.out)!r}")
     if args.root is not None and args.data is None:
         parser.error("argument --root: only with --data")
 
@@ -130,7 +141,10 @@ def main(argv: Sequence[str] | None = None) -> ExtractedFeatures:
     except OSError as err:
         # A loader worker's error arrives with the worker's traceback; its last line names it.
         fail(f"{str(err).strip().splitlines()[-1]} (--skip-bad-images leaves such images out)")
-    result.save(args.out)
+    try:
+        result.save(args.out)
+    except OSError as err:  # a full disk, a file-size limit: the previous file is kept
+        parser.exit(1, f"{PROG}: error: {err.strerror or err}\n")
     print(_report(result, args.out), file=sys.stdout)
     return result
 

@@ -13,10 +13,24 @@ at any point of start-up ends with one line and status 130.
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 
 from pmm_model.cli.args import ctrl_c_exits
 
-__all__ = ["evaluate", "export", "extract", "study", "train", "visualize"]
+__all__ = ["evaluate", "export", "extract", "program_name", "study", "train", "visualize"]
+
+
+def program_name(name: str) -> str:
+    """What the user typed to run CLI ``name``, for its messages: ``pmm-<name>`` when run as
+    the console script, else ``python -m pmm_model.<name>``.
+
+    Example:
+        >>> program_name("evaluate")  # under pytest  # doctest: +SKIP
+        'python -m pmm_model.evaluate'
+    """
+    typed = os.path.basename(sys.argv[0]) if sys.argv else ""
+    return typed if typed == f"pmm-{name}" else f"python -m pmm_model.{name}"
 
 
 def _run(name: str) -> None:

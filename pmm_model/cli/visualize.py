@@ -18,6 +18,7 @@ from pathlib import Path
 
 from pmm_model.apps.visualize import draw_checkpoint
 from pmm_model.cli.args import ctrl_c_exits, existing_file, int_at_least, output_folder
+from pmm_model.cli.scripts import program_name
 from pmm_model.data.datasets import build_dataset, dataset_names
 from pmm_model.run.checkpoint import load_model
 from pmm_model.run.runtime import resolve_device
@@ -28,7 +29,7 @@ __all__ = ["build_parser", "main"]
 def build_parser() -> argparse.ArgumentParser:
     """The command-line parser of ``python -m pmm_model.visualize``."""
     parser = argparse.ArgumentParser(
-        prog="python -m pmm_model.visualize",
+        prog=program_name("visualize"),
         description="Draw the mixing, ranked-list and training-curve pictures of a checkpoint.",
     )
     parser.add_argument("--checkpoint", required=True, help="checkpoint.pt of a training run")
@@ -86,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-@ctrl_c_exits("python -m pmm_model.visualize")
+@ctrl_c_exits(program_name("visualize"))
 def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
     """Run the CLI; returns the written pictures by name (``mixing``, ``ranked``, ``curves``)."""
     parser = build_parser()

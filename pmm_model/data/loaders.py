@@ -23,11 +23,59 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from pmm_model.data.datasets import ImageDataset, Record, ReIDDataset, check_protocol
+from pmm_model.data.datasets import Record, ReIDDataset, check_protocol
+from pmm_model.data.images import ImageDataset
 from pmm_model.data.sampler import PKSampler
 from pmm_model.data.transforms import build_transforms
 
-__all__ = ["SeededBatches", "SeededDataset", "build_test_loaders", "build_train_loader"]
+__all__ = [
+    "SeededBatches",
+    "SeededDataset",
+    "available_memory",
+    "build_test_loaders",
+    "build_train_loader",
+    "check_batch_fits",
+]
+
+# Bytes per input pixel of one image that a forward pass holds at least: the float32 input
+# (3 channels) and a ResNet's first convolution output (64 channels at a quarter of the
+# pixels, 16 floats per input pixel). A lower bound: a run refused by it could never fit.
+_BYTES_PER_PIXEL = 4 * (3 + 16)
+
+
+def available_memory() -> int | None:
+    """Bytes this process can still allocate: ``MemAvailable`` of ``/proc/meminfo``, or the
+    address-space limit (``ulimit -v``) if lower; None where neither is known."""
+    import resource
+
+    limits = []
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    limits.append(int(line.split()[1]) * 1024)
+    except (OSError, ValueError, IndexError):
+        pass
+    soft = resource.getrlimit(resource.RLIMIT_AS)[0]
+    if soft != resource.RLIM_INFINITY:
+        limits.append(soft)
+    return min(limits) if limits else None
+
+
+def check_batch_fits(batch_size: int, height: int, width: int, what: str) -> None:
+    """Refuse, before any image is read, a batch whose forward pass cannot fit in memory.
+
+    Raises:
+        ValueError: one line: how much a batch needs at least and how much memory there is.
+    """
+    needed = batch_size * height * width * _BYTES_PER_PIXEL
+    have = available_memory()
+    if have is not None and needed > have:
+        raise ValueError(
+            f"{what}: a batch of {batch_size} images of {height}x{width} needs at least "
+            f"{needed / 2**30:.1f} GiB of memory, and {have / 2**30:.1f} GiB is available; "
+            "lower the batch size or the input size"
+        )
 
 
 class SeededBatches(Sampler[list[tuple[int, int]]]):
@@ -122,9 +170,16 @@ def build_train_loader(
         pin_memory: pin batches (for CUDA).
 
     Raises:
-        ValueError: no images left, or too few identities / batches for ``p``, ``k`` and
+        ValueError: a batch that cannot fit in memory (:func:`check_batch_fits`), no images
+            left, or too few identities / batches for ``p``, ``k`` and
             ``world_size``.
     """
+    check_batch_fits(
+        config["ids_per_batch"] * config["images_per_id"],
+        config["height"],
+        config["width"],
+        "training",
+    )
     transform = build_transforms(
         config.height, config.width, True, config.cutout, config.random_erasing
     )
@@ -161,13 +216,15 @@ def build_test_loaders(
 ) -> tuple[DataLoader, DataLoader]:
     """Unshuffled ``(query_loader, gallery_loader)`` with the test transform.
 
-    Every image is checked first (see :class:`~pmm_model.data.datasets.ImageDataset`), and the
+    Every image is checked first (see :class:`~pmm_model.data.images.ImageDataset`), and the
     protocol again on the images left (:func:`~pmm_model.data.datasets.check_protocol`).
 
     Raises:
         UnreadableImageError: an image that cannot be read, without ``skip_bad_images``.
-        ValueError: no images left, or no query with a valid gallery match among them.
+        ValueError: a batch that cannot fit in memory (:func:`check_batch_fits`), no images
+            left, or no query with a valid gallery match among them.
     """
+    check_batch_fits(batch_size, height, width, "testing")
     transform = build_transforms(height, width, is_train=False)
     query, gallery = (
         ImageDataset(records, transform, skip_bad=skip_bad_images)

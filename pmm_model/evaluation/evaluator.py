@@ -61,7 +61,7 @@ def extract_features(
     Args:
         model: Maps an image batch ``(B, 3, H, W)`` to features ``(B, D)``.
         loader: Yields ``(images, pids, camids)`` batches, e.g. a ``DataLoader`` over an
-            :class:`~pmm_model.data.datasets.ImageDataset`.
+            :class:`~pmm_model.data.images.ImageDataset`.
         device: Where the model runs.
         flip: Average each feature with that of the horizontally flipped image.
 

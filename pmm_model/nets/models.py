@@ -103,7 +103,13 @@ def _imagenet_state_dict(backbone: str) -> dict[str, Tensor]:
 def _file_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
     if not Path(path).is_file():
         raise FileNotFoundError(f"pretrained={str(path)!r}: no such file")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch's reader fails in many ways on a file of another kind
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise ValueError(
+            f"pretrained={str(path)!r}: not a torch state-dict file ({reason})"
+        ) from None
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
         raise ValueError(
             f"pretrained={str(path)!r}: expected a torchvision ResNet state dict "

@@ -170,7 +170,14 @@ class RunFolder:
             raise RunFolderError("holds_run", self.path, checkpoint=self.checkpoint_path)
         replaced = []
         if not self.resuming:
-            replaced = [name for name in RUN_FILES if (self.path / name).exists()]
+            # An overwritten run goes whole (pictures, gallery.npz, model.onnx made from it
+            # would pass for the new run's); a start over leftovers replaces only run files.
+            kept = (".lock", PREVIOUS, DISCARDED)
+            replaced = (
+                sorted(p.name for p in self.path.iterdir() if p.name not in kept)
+                if holds_run
+                else [name for name in RUN_FILES if (self.path / name).exists()]
+            )
             if replaced:
                 (self.path / PREVIOUS).mkdir()
                 for name in replaced:

@@ -59,6 +59,8 @@ def resolve_device(name: str | None, local_rank: int = 0) -> torch.device:
         device = torch.device(name)
     except RuntimeError:
         raise ValueError(f"not a torch device: {name!r}") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"unsupported device {name!r}: use cpu or cuda[:N]")
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(f"{name!r} requested but CUDA is not available")

@@ -128,3 +128,28 @@ def test_console_script_entry_exits_zero_after_main(name, monkeypatch):
     cli = import_module(f"pmm_model.cli.{name}")
     monkeypatch.setattr(cli, "main", lambda: {"rank1": 0.5})
     assert getattr(scripts, name)() is None
+
+
+@pytest.mark.parametrize("script", ["pmm-train", "pmm-export"])
+def test_a_console_script_without_the_extra_is_one_line_and_status_2(script):
+    # As pip's wrapper runs it: argv[0] is the script's path, then the entry point's import.
+    name = script.removeprefix("pmm-")
+    result = run_without(
+        ("tqdm",),
+        f"sys.argv = ['/venv/bin/{script}', '--help']\n"
+        f"from pmm_model.cli.scripts import {name}\nsys.exit({name}())\n",
+    )
+    assert result.returncode == 2
+    assert result.stderr == (
+        f"{script}: error: pmm_model needs the 'train' extra (tqdm missing): "
+        "pip install 'pmm[train]'\n"
+    )
+
+
+def test_the_one_line_covers_every_console_script():
+    import tomllib
+
+    import pmm_model
+
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert set(scripts) == pmm_model._SCRIPTS

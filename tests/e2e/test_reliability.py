@@ -27,15 +27,8 @@ import pmm_model.cli.visualize as visualize_cli
 import pmm_model.run.atomic as atomic
 from pmm_model.cli import train
 from pmm_model.cli.args import writable_output
-from pmm_model.data.datasets import (
-    ImageDataset,
-    Record,
-    UnreadableImageError,
-    build_dataset,
-    check_protocol,
-    image_problem,
-    read_image,
-)
+from pmm_model.data.datasets import Record, build_dataset, check_protocol
+from pmm_model.data.images import ImageDataset, UnreadableImageError, image_problem, read_image
 from pmm_model.nets.models import build_model
 from pmm_model.run.checkpoint import load_checkpoint, save_checkpoint
 from pmm_model.run.config import make_config
@@ -688,3 +681,49 @@ def test_visualize_says_when_there_are_no_curves(pmm_checkpoint, tree, tmp_path,
     assert f"curves: skipped, no --metrics and no {lone.parent / 'metrics.json'}" in (
         capsys.readouterr().out
     )
+
+
+# ---- issue 25: the hostile checkpoint matrix through visualize and export ----------------
+
+HOSTILE = (*FOR_EVALUATION, "truncated", "a text file", "not a dict", "empty")
+
+
+def _hostile(finished, tmp_path, case):
+    if case in FOR_EVALUATION:
+        return _spoiled(finished, tmp_path, case)
+    path = tmp_path / "hostile" / "checkpoint.pt"
+    path.parent.mkdir()
+    data = (finished / "checkpoint.pt").read_bytes()
+    if case == "truncated":
+        path.write_bytes(data[: len(data) // 2])
+    elif case == "a text file":
+        path.write_text("just some text\n")
+    elif case == "not a dict":
+        torch.save([1, 2, 3], path)
+    else:
+        path.write_bytes(b"")
+    return path
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", HOSTILE)
+@pytest.mark.parametrize("command", ["visualize", "export"])
+def test_visualize_and_export_refuse_a_hostile_checkpoint_in_one_line(
+    tree, finished, tmp_path, case, command, capsys
+):
+    import pmm_model.cli.export as export_cli
+
+    path = _hostile(finished, tmp_path, case)
+    if command == "visualize":
+        main, argv = visualize_cli.main, ["--data", "folder", "--root", str(tree)]
+        argv += ["--out", str(tmp_path / "pics"), "--device", "cpu"]
+    else:
+        main, argv = export_cli.main, ["--out", str(tmp_path / "m.onnx")]
+    with pytest.raises(SystemExit) as stop:
+        main(["--checkpoint", str(path), *argv])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and len(err.strip().splitlines()) == 1, err
+    assert str(path) in err and "Traceback" not in err
+    if case in MESSAGES:
+        assert MESSAGES[case] in err
+    assert not (tmp_path / "m.onnx").exists() and not (tmp_path / "pics").exists()

@@ -9,7 +9,6 @@ import torch
 from PIL import Image
 
 from pmm_model.data.datasets import (
-    ImageDataset,
     Record,
     ReIDDataset,
     build_dataset,
@@ -17,6 +16,7 @@ from pmm_model.data.datasets import (
     read_market_tree,
     register_dataset,
 )
+from pmm_model.data.images import ImageDataset
 
 
 def write_image(path: Path, color=(200, 30, 30), fmt=None) -> None:

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from pmm_kernels import validation as check
-from pmm_kernels.modes import MODES, MixInfo, MixMode, warn_deprecated
+from pmm_kernels.modes import MODES, MixInfo, MixMode
 from pmm_kernels.ops.feature_mix import BACKENDS, Backend, mix, resolve_backend
 from pmm_kernels.ops.plan import CellSource, MixPlan
 from pmm_kernels.ops.reference import saliency_torch
@@ -68,7 +68,6 @@ def feature_mix(
     h_ratio: float = 0.33,
     w_ratio: float = 1.0,
     backend: Backend | None = None,
-    negatives: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, MixInfo]:
     """Mix a feature map with one of the modes of docs/op.md#modes and say what was done.
 
@@ -115,7 +114,6 @@ def feature_mix(
         backend: "triton" (CUDA, or CPU under ``TRITON_INTERPRET=1``), "torch", or "auto"
             (Triton for CUDA tensors where it applies). ``None`` reads
             ``PMM_KERNELS_BACKEND``, default "auto".
-        negatives: deprecated name of ``partners`` (warns); removed in the next release.
 
     Returns:
         The (N, C, H, W) output, in ``feat``'s dtype and memory format, and a :class:`MixInfo`.
@@ -134,7 +132,6 @@ def feature_mix(
     """
     feat = check.check_feat(feat)
     n, _, h, w = feat.shape
-    partners = _renamed_partners(partners, negatives)
     spec, attn, labels, block_size, (rows, cols), h_ratio, w_ratio, generator, partners = (
         check.check_mix_args(
             feat,
@@ -182,7 +179,6 @@ def a_hard_mix(
     generator: torch.Generator | None = ...,
     return_info: Literal[False] = ...,
     backend: Backend | None = ...,
-    negatives: torch.Tensor | None = ...,
 ) -> torch.Tensor: ...
 
 
@@ -198,7 +194,6 @@ def a_hard_mix(
     generator: torch.Generator | None = ...,
     return_info: Literal[True],
     backend: Backend | None = ...,
-    negatives: torch.Tensor | None = ...,
 ) -> tuple[torch.Tensor, MixInfo]: ...
 
 
@@ -213,7 +208,6 @@ def a_hard_mix(
     generator: torch.Generator | None = None,
     return_info: bool = False,
     backend: Backend | None = None,
-    negatives: torch.Tensor | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, MixInfo]:
     """Attentive feature Hard-Mix: swap each sample's most salient blocks with a partner's.
 
@@ -238,7 +232,6 @@ def a_hard_mix(
         return_info: also return a :class:`MixInfo`.
         backend: "triton" (CUDA, or CPU under ``TRITON_INTERPRET=1``), "torch", or "auto"
             (Triton for CUDA tensors). ``None`` reads ``PMM_KERNELS_BACKEND``, default "auto".
-        negatives: deprecated name of ``partners`` (warns); removed in the next release.
 
     Returns:
         The mixed (N, C, H, W) map, in ``feat``'s dtype and memory format, and with
@@ -258,7 +251,6 @@ def a_hard_mix(
     check.check_feat(feat)
     check.check_tensor("attn", attn)
     check.check_tensor("labels", labels)
-    partners = _renamed_partners(partners, negatives)
     out, info = feature_mix(
         feat,
         labels,
@@ -321,16 +313,3 @@ def mixed_targets(
         partner_targets = F.one_hot(labels[partners.clamp_min(0)], num_classes).float()
         targets = (1 - share) * targets + share * partner_targets
     return targets * (1 - smoothing) + smoothing / num_classes
-
-
-def _renamed_partners(
-    partners: torch.Tensor | None, negatives: torch.Tensor | None
-) -> torch.Tensor | None:
-    """``partners``, or the same tensor passed by its deprecated name ``negatives``."""
-    if negatives is None:
-        return partners
-    if partners is not None:
-        raise ValueError("pass partners only: negatives is its deprecated name, got both")
-    # Two frames up: past feature_mix or a_hard_mix, at the user's call.
-    warn_deprecated("the negatives= keyword", "partners=", stacklevel=3)
-    return negatives

@@ -7,7 +7,6 @@ beside the mixed map.
 
 from __future__ import annotations
 
-import warnings
 from typing import NamedTuple
 
 import torch
@@ -63,24 +62,3 @@ class MixInfo(NamedTuple):
     mask: torch.Tensor
     lam: torch.Tensor
     label_lam: torch.Tensor | None = None
-
-    @property
-    def negatives(self) -> torch.Tensor:
-        """Deprecated name of :attr:`partners` (a partner need not have another label); it
-        will be removed in the next release."""
-        warn_deprecated("MixInfo.negatives", "MixInfo.partners", stacklevel=2)
-        return self.partners
-
-
-def warn_deprecated(old: str, new: str, stacklevel: int) -> None:
-    """A ``DeprecationWarning`` that ``old`` is ``new``'s name of the last release, pointing
-    ``stacklevel`` frames above the caller (1: the caller itself), at the user's line.
-
-    Not under ``torch.compile``, which cannot trace ``warnings.warn``: the eager run warns.
-    """
-    if not torch.compiler.is_compiling():
-        warnings.warn(
-            f"{old} is deprecated and will be removed in the next release; use {new}",
-            DeprecationWarning,
-            stacklevel=stacklevel + 1,
-        )

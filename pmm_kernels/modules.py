@@ -239,7 +239,6 @@ class FeatureMix(nn.Module):
         labels: torch.Tensor | None,
         attn: torch.Tensor | None,
         partners: torch.Tensor | None,
-        negatives: torch.Tensor | None = None,
     ) -> torch.Tensor:
         feat = check.check_feat(feat)
         if self.generator is not None and torch.compiler.is_compiling():
@@ -259,7 +258,6 @@ class FeatureMix(nn.Module):
             block_size=self.block_size_for(height, width),
             num_blocks=num_blocks,
             partners=partners,
-            negatives=negatives,
             generator=self.generator,
             h_ratio=self.h_ratio,
             w_ratio=self.w_ratio,
@@ -274,7 +272,6 @@ class FeatureMix(nn.Module):
         attn: torch.Tensor | None = None,
         *,
         partners: torch.Tensor | None = None,
-        negatives: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Mixed ``feat`` in training mode, ``feat`` itself in eval mode.
 
@@ -284,11 +281,10 @@ class FeatureMix(nn.Module):
                 None uses :attr:`labels`.
             attn: saliency for the attentive modes (else ``classifier`` or activations).
             partners: fixed partners, as in :func:`pmm_kernels.feature_mix`.
-            negatives: deprecated name of ``partners`` (warns).
         """
         if not self.training:
             return feat
-        return self._mix(feat, labels, attn, partners, negatives)
+        return self._mix(feat, labels, attn, partners)
 
     def targets(
         self, labels: torch.Tensor, num_classes: int, smoothing: float = 0.0
@@ -361,7 +357,6 @@ class AHardMix(FeatureMix):
         labels: torch.Tensor | None = None,
         *,
         partners: torch.Tensor | None = None,
-        negatives: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Mixed ``feat`` in training mode, ``feat`` itself in eval mode."""
-        return super().forward(feat, labels, attn, partners=partners, negatives=negatives)
+        return super().forward(feat, labels, attn, partners=partners)

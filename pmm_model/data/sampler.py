@@ -10,7 +10,6 @@ the one-process order.
 
 from __future__ import annotations
 
-import warnings
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 
@@ -42,7 +41,6 @@ class PKSampler(Sampler[list[int]]):
         seed: base seed.
         num_replicas: processes sharing the epoch (the DDP world size).
         rank: this process's rank, in ``[0, num_replicas)``.
-        k: deprecated name of ``images_per_id`` (a DeprecationWarning; to be removed).
 
     Example:
         >>> sampler = PKSampler([0, 0, 1, 1, 1, 2, 2, 2], p=2, images_per_id=2, seed=0)
@@ -55,24 +53,11 @@ class PKSampler(Sampler[list[int]]):
         self,
         pids: Sequence[int],
         p: int,
-        images_per_id: int | None = None,
+        images_per_id: int,
         seed: int = 0,
         num_replicas: int = 1,
         rank: int = 0,
-        *,
-        k: int | None = None,
     ) -> None:
-        if k is not None:
-            if images_per_id is not None:
-                raise TypeError("PKSampler: pass images_per_id only; k is its deprecated name")
-            warnings.warn(
-                "PKSampler(k=...) is deprecated; pass images_per_id=... instead",
-                DeprecationWarning,
-                stacklevel=2,
-            )
-            images_per_id = k
-        if images_per_id is None:
-            raise TypeError("PKSampler: missing the images_per_id argument (images per identity)")
         if isinstance(p, bool) or not isinstance(p, int) or p < 2:
             raise ValueError(f"p must be an int >= 2, got {p!r}")
         if (
@@ -101,16 +86,6 @@ class PKSampler(Sampler[list[int]]):
                 f"images_per_id={images_per_id} images per "
                 f"epoch cannot be shared by {num_replicas} processes"
             )
-
-    @property
-    def k(self) -> int:
-        """Deprecated name of ``images_per_id`` (a DeprecationWarning; to be removed)."""
-        warnings.warn(
-            "PKSampler.k is deprecated; use PKSampler.images_per_id",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        return self.images_per_id
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
         """Select the epoch whose batches the next iteration yields, from this rank's step

@@ -164,45 +164,16 @@ def test_a_hard_mix_is_the_a_hard_mix_mode():
     assert all(torch.equal(a, b) for a, b in zip(info, info2, strict=True))
 
 
-@pytest.mark.parametrize("op", ["feature_mix", "a_hard_mix"])
-def test_negatives_keyword_still_works_with_a_deprecation_warning(op):
-    feat, attn, labels = make_feat((5, 3, 6, 4), seed=8), torch.rand(5, 3), torch.arange(5)
-    partners = torch.tensor([1, 0, -1, 4, 0])
-
-    def run(**given):
-        if op == "a_hard_mix":
-            return a_hard_mix(feat, attn, labels, block_size=(2, 2), return_info=True, **given)
-        return feature_mix(feat, labels, attn, block_size=(2, 2), **given)
-
-    with pytest.warns(DeprecationWarning, match=r"negatives= keyword .*use partners=") as caught:
-        old_out, old_info = run(negatives=partners)
-    assert caught[0].filename == __file__  # points at the user's call
-    new_out, new_info = run(partners=partners)
-    assert torch.equal(old_out, new_out)
-    assert all(torch.equal(a, b) for a, b in zip(old_info, new_info, strict=True))
-    with pytest.raises(ValueError, match="pass partners only"):
-        run(partners=partners, negatives=partners)
-
-
-def test_mix_info_negatives_is_partners_with_a_deprecation_warning():
-    _, info = feature_mix(make_feat((4, 3, 6, 4)), None, mode="cutmix", block_size=(2, 2))
-    with pytest.warns(DeprecationWarning, match=r"MixInfo.negatives .*MixInfo.partners") as caught:
-        negatives = info.negatives
-    assert caught[0].filename == __file__
-    assert negatives is info.partners
-
-
-def test_deprecated_names_trace_under_fullgraph_compile():
-    # warnings.warn cannot be traced: the deprecated names stay silent inside a compiled graph.
-    torch._dynamo.reset()
-
-    def mix(feat, given):
-        return feature_mix(feat, None, mode="cutmix", block_size=(2, 2), negatives=given)[1]
-
-    feat, given = make_feat((4, 3, 6, 4)), torch.tensor([1, 2, 3, 0])
-    info = torch.compile(mix, fullgraph=True, backend="eager")(feat, given)
-    assert torch.equal(info.partners, given)
-    torch._dynamo.reset()
+def test_no_pre_release_names():
+    # Never released, so no deprecation shims: `negatives` is `partners` only.
+    feat, attn, labels = make_feat((4, 3, 6, 4)), torch.rand(4, 3), torch.arange(4)
+    given = torch.tensor([1, 0, 3, 2])
+    with pytest.raises(TypeError, match="'negatives'"):
+        feature_mix(feat, labels, attn, block_size=(2, 2), negatives=given)  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="'negatives'"):
+        a_hard_mix(feat, attn, labels, block_size=(2, 2), negatives=given)  # type: ignore[call-overload]
+    _, info = feature_mix(feat, labels, attn, block_size=(2, 2), partners=given)
+    assert not hasattr(info, "negatives")
 
 
 @settings(max_examples=30, deadline=None)

@@ -60,17 +60,12 @@ def test_sampler_rejects_bad_p_and_k():
         PKSampler([0, 1], 2, 0)
 
 
-def test_sampler_keeps_the_old_k_keyword_for_one_release():
+def test_sampler_has_no_pre_release_k_name():
+    # Never released, so no deprecation shim: k is images_per_id only.
     pids = [i // 6 for i in range(60)]
-    with pytest.warns(DeprecationWarning, match="images_per_id"):
-        old = PKSampler(pids, 4, k=3, seed=1)
-    assert list(old) == list(PKSampler(pids, 4, images_per_id=3, seed=1))
-    with pytest.warns(DeprecationWarning, match="images_per_id"):
-        assert old.k == old.images_per_id == 3
-    with pytest.raises(TypeError, match="images_per_id only"):
-        PKSampler(pids, 4, 3, k=3)
-    with pytest.raises(TypeError, match="missing the images_per_id"):
-        PKSampler(pids, 4)
+    with pytest.raises(TypeError, match="'k'"):
+        PKSampler(pids, 4, k=3)  # type: ignore[call-arg]
+    assert not hasattr(PKSampler(pids, 4, images_per_id=3), "k")
 
 
 def test_train_and_test_transforms():

@@ -62,8 +62,13 @@ WHEEL_VENV ?= $(or $(TMPDIR),/tmp)/pmm-wheel-venv
 wheel-check:
 	bash .ci/wheel_check.sh $(WHEEL_VENV)
 
+# The benchmarks write their results to files that the docs cite: BENCH_RESULTS.json as
+# pytest-benchmark records it, and BENCH_RESULTS.md, its table.
+BENCH_RESULTS ?= benchmarks/results/cpu/bench
 bench: $(SETUP)
-	$(PY) -m pytest benchmarks --benchmark-only
+	mkdir -p $(dir $(BENCH_RESULTS))
+	$(PY) -m pytest benchmarks --benchmark-only --benchmark-json $(BENCH_RESULTS).json
+	$(PY) -m benchmarks.report $(BENCH_RESULTS).json
 
 static-check: $(SETUP)
 	$(PY) -m pmm_kernels.testing.static_check

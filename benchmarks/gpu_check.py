@@ -7,8 +7,8 @@ Needs torch, triton, pytest and hypothesis already installed (no network, no ins
 ``gpu-results``):
 
 * ``tests.txt``: ``pytest tests/kernels/test_triton_kernels.py
-  tests/kernels/test_gpu_static.py``, the kernels compiled and run on the GPU against the
-  PyTorch path on CPU, and the static check;
+  tests/kernels/test_gpu_static.py tests/kernels/test_gpu.py``, the kernels compiled and run on
+  the GPU against the PyTorch path on CPU, the static check and the tests marked ``gpu``;
 * ``op_rows.json`` and ``op_rows.md``: at the paper's map (C=2048, 24x8, k=3 blocks of 3x2) for
   N in {64, 256}, float32 and bfloat16, both attn forms, forward, forward+backward and backward
   alone (Triton and eager only): the ``clone()`` floor, the Triton kernels, eager PyTorch,
@@ -16,6 +16,8 @@ Needs torch, triton, pytest and hypothesis already installed (no network, no ins
   Times are ``triton.testing.do_bench`` medians (CUDA events, L2 flushed before each run); GB/s
   is over the bytes the op must move (docs/performance.md#bytes-per-pass); ``x clone`` is the time
   over one ``feat.clone()`` (which moves 2 B), so a forward+backward at the floor would read 2.0.
+  Then the layer's rows on ViT-B/16 ReID tokens (N=64, 1+128 tokens, C=768), against ``clone()``
+  of the token tensor.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ def run_tests(out: Path, timeout_s: int) -> dict:
         "pytest",
         "tests/kernels/test_triton_kernels.py",
         "tests/kernels/test_gpu_static.py",
+        "tests/kernels/test_gpu.py",
         "-q",
         "-p",
         "no:cacheprovider",
@@ -131,6 +134,28 @@ def time_rows() -> list[dict]:
     return rows
 
 
+def time_token_rows() -> list[dict]:
+    """The layer on ViT-B/16 ReID tokens (benchmarks/test_tokens_bench.py's rows), float32."""
+    from triton.testing import do_bench
+
+    from benchmarks.test_tokens_bench import token_call
+
+    rows = []
+    for passes in ("forward", "forward_backward"):
+        row = dict(n=64, dtype="float32", attn="tokens", passes=passes, impl="layer")
+        try:
+            tokens, call = token_call(passes)
+            floor = do_bench(tokens.clone, return_mode="median")
+            ms = do_bench(call, return_mode="median")
+            token_bytes = tokens.numel() * tokens.element_size()
+            row.update(ms=ms, gb_per_s=2 * token_bytes / ms / 1e6, x_clone=ms / floor)
+        except Exception as error:  # recorded in the table, not fatal
+            row["error"] = f"{type(error).__name__}: {str(error)[:300]}"
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
+
+
 def markdown(rows: list[dict], device: str) -> str:
     lines = [
         f"Op rows on {device} (ms: do_bench median; x clone: over one feat.clone()).",
@@ -186,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
         report["tests"] = run_tests(out, args.tests_timeout)
         print("tests:", report["tests"], flush=True)
     start = time.perf_counter()
-    report["rows"] = time_rows()
+    report["rows"] = time_rows() + time_token_rows()
     report["rows_seconds"] = round(time.perf_counter() - start, 1)
     (out / "op_rows.json").write_text(json.dumps(report, indent=1))
     (out / "op_rows.md").write_text(markdown(report["rows"], device))

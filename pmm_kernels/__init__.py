@@ -9,6 +9,7 @@ Example:
 
 from importlib.metadata import PackageNotFoundError, version
 
+from pmm_kernels import integrations
 from pmm_kernels.functional import a_hard_mix, feature_mix, mixed_targets, saliency
 from pmm_kernels.hooks import (
     BatchLabels,
@@ -43,6 +44,7 @@ __all__ = [
     "feature_mix",
     "feature_mix_layers",
     "insert_feature_mix",
+    "integrations",
     "labels_from_batch",
     "mix_labels",
     "mixed_targets",

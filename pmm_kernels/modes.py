@@ -62,3 +62,37 @@ class MixInfo(NamedTuple):
     mask: torch.Tensor
     lam: torch.Tensor
     label_lam: torch.Tensor | None = None
+
+
+# Words for the README's mode table (tests/test_docs.py keeps it equal to mode_table()).
+_CELLS_WORDS = {
+    "salient": "the k most salient blocks",
+    "random": "k random blocks",
+    "rectangle": "one rectangle for the whole batch",
+}
+_PARTNER_WORDS = {
+    "different_label": "a sample of a different label",
+    "any_other": "any other sample",
+    "none": "none",
+}
+
+
+def mode_table() -> str:
+    """The family as a markdown table, one row per entry of :data:`MODES`.
+
+    Example:
+        >>> print(mode_table().splitlines()[6])
+        | `cutout` | k random blocks | zeros | none | unchanged |
+    """
+    rows = [
+        "| `mode=` | cells | filled from | partner | loss labels |",
+        "|---|---|---|---|---|",
+    ]
+    for name, mode in MODES.items():
+        filled = "zeros" if mode.partner_rule == "none" else "the partner"
+        labels = "mixed by area" if mode.mixes_labels else "unchanged"
+        rows.append(
+            f"| `{name}` | {_CELLS_WORDS[mode.cells]} | {filled} | "
+            f"{_PARTNER_WORDS[mode.partner_rule]} | {labels} |"
+        )
+    return "\n".join(rows)

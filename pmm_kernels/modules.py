@@ -6,6 +6,10 @@
 from __future__ import annotations
 
 import warnings
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -15,6 +19,7 @@ from pmm_kernels.functional import feature_mix, mixed_targets
 from pmm_kernels.modes import MODES, MixInfo
 from pmm_kernels.ops.feature_mix import BACKENDS, Backend
 from pmm_kernels.ops.utils import block_grid, grid_block_size
+from pmm_kernels.tokens import LAYOUTS, TokenGrid, token_norm
 
 PAPER_GRID = (8, 4)  # PMM: an 8x4 grid of 3x2 blocks on its 24x8 map
 FAR_OFF = 2.0  # warn when the mixed fraction is more than this factor off the grid's target
@@ -28,6 +33,58 @@ def _generator_under_compile() -> None:
     """Called only while dynamo traces a layer that has a generator: with ``fullgraph=True`` the
     user sees the reason above instead of dynamo's "Observed exception"; without it, dynamo breaks
     the graph here and the draws run eagerly."""
+
+
+@dataclass(frozen=True)
+class _Call:
+    """What one training call of a layer drew, so that a recompute can replay it exactly."""
+
+    info: MixInfo
+    labels: torch.Tensor | None
+    draw_state: torch.Tensor | None  # the generator's state before the call's draws
+    draw_device: torch.device
+
+
+def recomputing() -> bool:
+    """True while autograd runs a backward, the only time a forward runs inside one: activation
+    checkpointing (``torch.utils.checkpoint``, reentrant or not; timm's
+    ``set_grad_checkpointing``) recomputing the forward to get its saved tensors. False while
+    dynamo traces (compiled code does not replay; see docs/layer.md)."""
+    if torch.compiler.is_compiling():
+        return False
+    return torch._C._current_graph_task_id() != -1
+
+
+def _draw_state(generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+    """The state of the generator a call draws from: the layer's, else the device's default."""
+    if generator is not None:
+        return generator.get_state()
+    if device.type == "cuda":
+        return torch.cuda.get_rng_state(device)
+    return torch.get_rng_state()
+
+
+# Each layer's batch labels, by the id of its _LabelSlot.
+_BATCH_LABELS: dict[int, torch.Tensor | None] = {}
+
+
+class _LabelSlot:
+    """A layer's key into :data:`_BATCH_LABELS`, where its labels live instead of on the layer.
+
+    Dynamo takes tensors reached through an ``nn.Module``'s attributes to have static shapes
+    (``torch._dynamo.config.force_nn_module_property_static_shapes``): labels stored on the
+    layer made ``torch.compile`` recompile for every batch size. A module-level dict is read as
+    a global, whose shapes may vary. The entry goes when the slot does; a copy of the layer gets
+    a slot of its own, empty.
+    """
+
+    __slots__ = ("__weakref__",)
+
+    def __init__(self) -> None:
+        weakref.finalize(self, _BATCH_LABELS.pop, id(self), None)
+
+    def __reduce__(self) -> tuple[type, tuple[()]]:
+        return _LabelSlot, ()
 
 
 class FeatureMix(nn.Module):
@@ -48,11 +105,33 @@ class FeatureMix(nn.Module):
     2. ``classifier``: a ``Linear`` applied to the average-pooled map; the Grad-CAM channel
        weights are then ``classifier.weight[labels]`` (exactly, up to a positive factor that
        does not change the choice, for a global-average-pool -> Linear head), with no backward.
-    3. Otherwise *activation saliency* ``ReLU(sum_c feat)``: channel weights of 1, which on a
-       post-ReLU map is its channel-summed activation. It needs no labels.
+    3. ``saliency``: a callable returning the (N, H, W) map (for tokens:
+       :class:`pmm_kernels.tokens.ClsAttention`, the cls token's attention).
+    4. Otherwise *activation saliency* ``ReLU(sum_c feat)``: channel weights of 1, which on a
+       post-ReLU map is its channel-summed activation; on tokens, each token's L2 norm
+       (:func:`pmm_kernels.tokens.token_norm`). It needs no labels.
+
+    Token inputs (docs/transformers.md): (N, P + H*W, C) tokens are mixed as the (N, C, H, W)
+    view of their patch tokens (no copy), the P prefix tokens untouched; (N, H, W, C) maps with
+    ``layout="nhwc"``.
 
     Labels come from :meth:`forward`'s ``labels``, else from :attr:`labels`, which
-    :func:`pmm_kernels.mix_labels` sets on every layer of a model.
+    :func:`pmm_kernels.mix_labels` sets on every layer of a model. Copies of the layer
+    (``copy.deepcopy``, pickle, e.g. an EMA model made inside ``mix_labels``) do not carry them.
+
+    Activation checkpointing: a forward that autograd recomputes during the backward replays the
+    training forward's mix exactly (its draws and labels), whatever generator the layer has and
+    with no labels needed at backward time; the replay checks that it chose the same cells.
+
+    Called several times in one training forward (two views through one trunk, a block run for
+    several heads), each call mixes with its own draws; :attr:`infos` holds every call's
+    ``MixInfo`` and :meth:`targets` takes ``call=``. A forward starts at the model's forward
+    for a layer put in by :func:`pmm_kernels.insert_feature_mix`, on entering
+    :func:`pmm_kernels.mix_labels`, and otherwise at every call.
+
+    For the label-mixing modes (``a_cutmix``, ``cutmix``) the loss must score :meth:`targets`:
+    a training forward that follows one whose targets nobody asked for warns once, since a loss
+    on the integer labels silently drops the label mix.
 
     Args:
         mode: one of :data:`pmm_kernels.MODES`.
@@ -67,6 +146,14 @@ class FeatureMix(nn.Module):
             global random stream alone; None uses the default generator (needed under
             ``torch.compile``).
         backend: ``"auto"``, ``"torch"``, ``"triton"``, or None (``PMM_KERNELS_BACKEND``).
+        layout: the input's layout, one of ``"nchw"``, ``"tokens"`` ((N, P + H*W, C)) and
+            ``"nhwc"`` (timm Swin stages); None: tokens when 3-D, else NCHW
+            (:func:`pmm_kernels.insert_feature_mix` sets ``"nhwc"`` for an NHWC model).
+        token_grid: the :class:`~pmm_kernels.tokens.TokenGrid` of token inputs (set from the
+            model by :func:`pmm_kernels.insert_feature_mix` when not given).
+        saliency: a callable giving the (N, H, W) saliency of the (N, C, H, W) map (the
+            attentive modes), e.g. :class:`pmm_kernels.tokens.ClsAttention`; instead of
+            ``classifier`` and of the default.
 
     Attributes:
         last_info: the :class:`MixInfo` of the last training-mode forward (None before).
@@ -87,6 +174,7 @@ class FeatureMix(nn.Module):
 
     # The head is a plain attribute, not a submodule: it stays where its model registered it.
     classifier: nn.Linear | None
+    saliency: Callable[[torch.Tensor], torch.Tensor] | None
     grid: tuple[int, int] | None
     block_size: tuple[int, int] | None
 
@@ -102,6 +190,9 @@ class FeatureMix(nn.Module):
         w_ratio: float = 1.0,
         generator: torch.Generator | None = None,
         backend: Backend | None = None,
+        layout: str | None = None,
+        token_grid: TokenGrid | None = None,
+        saliency: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
         super().__init__()
         check.check_choice("mode", mode, MODES)
@@ -144,9 +235,84 @@ class FeatureMix(nn.Module):
         self.w_ratio = check.check_ratio("w_ratio", w_ratio)
         self.generator = check.check_generator(generator)
         self.backend = backend
+        if layout is not None:
+            check.check_choice("layout", layout, LAYOUTS)
+        if token_grid is not None and not isinstance(token_grid, TokenGrid):
+            raise TypeError(f"token_grid must be a TokenGrid, got {check.describe(token_grid)}")
+        if saliency is not None:
+            if self.spec.cells != "salient":
+                raise ValueError(f"saliency= ranks blocks, which mode={mode!r} does not use")
+            if classifier is not None:
+                raise ValueError("give classifier= or saliency=, not both")
+            if not callable(saliency):
+                raise TypeError(f"saliency must be callable, got {check.describe(saliency)}")
+        self.layout = layout
+        self.token_grid = token_grid
+        self.__dict__["saliency"] = saliency
+        self._token_input = False
         self.last_info: MixInfo | None = None
-        self.labels: torch.Tensor | None = None
+        self.__dict__["_labels"] = _LabelSlot()
         self._warned_geometry = False
+        self._calls: list[_Call] = []  # this training forward's calls, in order
+        self._collecting = False  # inside a forward begun by the hook or mix_labels
+        self._targets_read = True
+        self._warned_targets = False
+
+    @property
+    def labels(self) -> torch.Tensor | None:
+        """(N,) labels used when :meth:`forward` gets none; not in ``state_dict``."""
+        return _BATCH_LABELS.get(id(self._labels))
+
+    @labels.setter
+    def labels(self, labels: torch.Tensor | None) -> None:
+        _BATCH_LABELS[id(self._labels)] = labels
+
+    @property
+    def infos(self) -> tuple[MixInfo, ...]:
+        """The ``MixInfo`` of each call of the last training forward, in call order."""
+        return tuple(call.info for call in self._calls)
+
+    def begin_forward(self, collect: bool = True) -> None:
+        """Start a training forward: its calls replace the last one's (see the class docstring).
+
+        :func:`pmm_kernels.insert_feature_mix`'s hook and :func:`pmm_kernels.mix_labels` call it;
+        with ``collect`` the calls up to the next ``begin_forward`` count as one forward.
+        """
+        if (
+            self.spec.mixes_labels
+            and self._calls
+            and not self._targets_read
+            and not self._warned_targets
+            and not torch.compiler.is_compiling()
+        ):
+            self._warned_targets = True
+            warnings.warn(
+                f"FeatureMix(mode={self.mode!r}) mixed the labels of its last training forward "
+                "by area, but nobody asked for layer.targets(...): a loss on the integer labels "
+                "(plain F.cross_entropy, fast-reid's Baseline.losses) drops the label mix. Score "
+                "layer.targets(labels, num_classes) with pmm_kernels.soft_cross_entropy "
+                "(torchreid: pmm_kernels.integrations.TorchreidMixLabels; fast-reid: "
+                "pmm_kernels.integrations.FastreidMixedTargets), or use a mode that keeps its "
+                "labels. Warned once per layer.",
+                stacklevel=3,
+            )
+        self._calls = []
+        self._targets_read = True
+        self._collecting = collect
+
+    def __getstate__(self) -> dict[str, Any]:
+        # A copy is a model of its own: the batch labels (and the draws kept for a replay) of
+        # the original's current step must not come along, or the copy would mix with them.
+        state = self.__dict__.copy()
+        state["_labels"], state["_calls"], state["_collecting"] = _LabelSlot(), [], False
+        return state
+
+    def __prepare_scriptable__(self) -> nn.Module:
+        raise TypeError(
+            "torch.jit.script: a FeatureMix cannot be scripted (it draws and checks in Python); "
+            "take it out first (hook.remove() for an inserted layer) and script the model "
+            "without it: in eval mode it is the identity, so the eval model is the same"
+        )
 
     def block_size_for(self, height: int, width: int) -> tuple[int, int]:
         """The block size used on a ``height x width`` map."""
@@ -218,7 +384,7 @@ class FeatureMix(nn.Module):
                 )
         return classifier.weight.detach()[labels]
 
-    def _labels(self, feat: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor | None:
+    def _batch_labels(self, feat: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor | None:
         """``labels``, else :attr:`labels` moved to ``feat``'s device (data loaders and engines
         hand over labels on the CPU)."""
         if labels is not None or self.labels is None:
@@ -233,7 +399,38 @@ class FeatureMix(nn.Module):
             )
         return stored.to(feat.device, non_blocking=True)
 
+    def layout_of(self, x: torch.Tensor) -> str:
+        """The layout of the layer's input ``x``: :attr:`layout`, else 3-D tokens or NCHW."""
+        if self.layout is not None:
+            return self.layout
+        return "tokens" if isinstance(x, torch.Tensor) and x.dim() == 3 else "nchw"
+
     def _mix(
+        self,
+        x: torch.Tensor,
+        labels: torch.Tensor | None,
+        attn: torch.Tensor | None,
+        partners: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """Mix ``x`` in its layout: a map, tokens (prefix kept) or an NHWC map."""
+        layout = self.layout_of(x)
+        # Token maps' label-free saliency is the token norm (see _run), not ReLU(sum_c).
+        self._token_input = layout != "nchw"
+        if layout == "tokens":
+            if self.token_grid is None:
+                raise ValueError(
+                    "FeatureMix got (N, P + H*W, C) tokens but has no token grid: build it with "
+                    "token_grid=pmm_kernels.tokens.TokenGrid(H, W, prefix), or insert it with "
+                    "insert_feature_mix into a timm/TransReID ViT, which reads the grid"
+                )
+            prefix, feat = self.token_grid.split(x)
+            return self.token_grid.join(prefix, self._mix_map(feat, labels, attn, partners))
+        if layout == "nhwc":
+            feat = check.check_tensor("feat", x).permute(0, 3, 1, 2)
+            return self._mix_map(feat, labels, attn, partners).permute(0, 2, 3, 1)
+        return self._mix_map(x, labels, attn, partners)
+
+    def _mix_map(
         self,
         feat: torch.Tensor,
         labels: torch.Tensor | None,
@@ -241,16 +438,48 @@ class FeatureMix(nn.Module):
         partners: torch.Tensor | None,
     ) -> torch.Tensor:
         feat = check.check_feat(feat)
+        if torch.jit.is_tracing():
+            raise RuntimeError(
+                "torch.jit.trace of a training forward would bake this batch's mix into the "
+                "graph: trace the model in eval() mode, where FeatureMix is the identity"
+            )
         if self.generator is not None and torch.compiler.is_compiling():
             _generator_under_compile()
-        labels = self._labels(feat, labels)
+        compiling = torch.compiler.is_compiling()
+        if not compiling and recomputing():
+            return self._replay(feat, attn, partners)
+        if not self._collecting:
+            self.begin_forward(collect=False)
+        labels = self._batch_labels(feat, labels)
+        draw_device = self.generator.device if self.generator is not None else feat.device
+        state = None if compiling else _draw_state(self.generator, draw_device)
+        out, info = self._run(feat, labels, attn, partners, self.generator)
+        self.last_info = info
+        if not compiling:
+            self._calls.append(_Call(info, labels, state, draw_device))
+            self._targets_read = not self.spec.mixes_labels
+        return out
+
+    def _run(
+        self,
+        feat: torch.Tensor,
+        labels: torch.Tensor | None,
+        attn: torch.Tensor | None,
+        partners: torch.Tensor | None,
+        generator: torch.Generator | None,
+    ) -> tuple[torch.Tensor, MixInfo]:
         height, width = feat.shape[2], feat.shape[3]
         num_blocks = self.num_blocks_for(height, width)
         if not torch.compiler.is_compiling():
             self._warn_if_far_off(height, width, num_blocks)
         if self.spec.cells == "salient" and attn is None:
-            attn = self._saliency_source(feat, labels)
-        out, self.last_info = feature_mix(
+            if self.saliency is not None:
+                attn = self.saliency(feat)
+            elif self.classifier is None and self._token_input:
+                attn = token_norm(feat)
+            else:
+                attn = self._saliency_source(feat, labels)
+        return feature_mix(
             feat,
             labels,
             attn,
@@ -258,11 +487,33 @@ class FeatureMix(nn.Module):
             block_size=self.block_size_for(height, width),
             num_blocks=num_blocks,
             partners=partners,
-            generator=self.generator,
+            generator=generator,
             h_ratio=self.h_ratio,
             w_ratio=self.w_ratio,
             backend=self.backend,
         )
+
+    def _replay(
+        self, feat: torch.Tensor, attn: torch.Tensor | None, partners: torch.Tensor | None
+    ) -> torch.Tensor:
+        """The recompute of the training forward's call: its labels and its draws again."""
+        if len(self._calls) != 1:
+            raise ValueError(
+                f"activation checkpointing recomputes a FeatureMix that ran {len(self._calls)} "
+                "times in its training forward, and cannot tell which call this is: use one "
+                "layer per call (or no checkpointing around the layer)"
+            )
+        call = self._calls[0]
+        generator = torch.Generator(device=call.draw_device)
+        if call.draw_state is not None:
+            generator.set_state(call.draw_state)
+        out, info = self._run(feat, call.labels, attn, partners, generator)
+        if not torch.equal(info.mask, call.info.mask):
+            raise RuntimeError(
+                "activation checkpointing recomputed a FeatureMix whose input changed since the "
+                "forward, so it chose other cells: the gradient would be for another mask than "
+                "the loss saw (is the recomputed segment deterministic?)"
+            )
         return out
 
     def forward(
@@ -287,13 +538,19 @@ class FeatureMix(nn.Module):
         return self._mix(feat, labels, attn, partners)
 
     def targets(
-        self, labels: torch.Tensor, num_classes: int, smoothing: float = 0.0
+        self,
+        labels: torch.Tensor,
+        num_classes: int,
+        smoothing: float = 0.0,
+        *,
+        call: int | None = None,
     ) -> torch.Tensor:
         """The loss targets of the last training forward, for any mode.
 
-        :func:`pmm_kernels.mixed_targets` of :attr:`last_info`: mixed by area for ``a_cutmix``
-        and ``cutmix``, the (smoothed) one-hot labels for the other modes, for unpaired samples
-        and in eval mode. Score them with :func:`pmm_kernels.soft_cross_entropy`::
+        :func:`pmm_kernels.mixed_targets` of that forward's ``MixInfo``: mixed by area for
+        ``a_cutmix`` and ``cutmix``, the (smoothed) one-hot labels for the other modes, for
+        unpaired samples and in eval mode. Score them with
+        :func:`pmm_kernels.soft_cross_entropy`::
 
             loss = soft_cross_entropy(logits, layer.targets(labels, num_classes),
                                       label_smoothing=0.1)
@@ -302,10 +559,28 @@ class FeatureMix(nn.Module):
             labels: (N,) labels of the batch the layer mixed.
             num_classes: number of classes of the logits.
             smoothing: label smoothing eps in [0, 1); leave 0 when the loss smooths.
+            call: which call of the last training forward (see :attr:`infos`); needed when
+                the layer ran more than once in it.
+
+        Raises:
+            ValueError: the layer ran several times in the last training forward and ``call``
+                is None, or ``call`` is out of range.
         """
-        return mixed_targets(
-            labels, self.last_info if self.training else None, num_classes, smoothing
-        )
+        self._targets_read = True
+        info = self.last_info if self.training else None
+        if self.training and (call is not None or len(self._calls) > 1):
+            if call is None:
+                raise ValueError(
+                    f"the layer ran {len(self._calls)} times in its last training forward: pass "
+                    f"call= (0 to {len(self._calls) - 1}) to say whose targets"
+                )
+            if not 0 <= call < len(self._calls):
+                raise ValueError(
+                    f"call must be in [0, {len(self._calls)}) for the layer's last training "
+                    f"forward, got {call}"
+                )
+            info = self._calls[call].info
+        return mixed_targets(labels, info, num_classes, smoothing)
 
     def extra_repr(self) -> str:
         geometry = (

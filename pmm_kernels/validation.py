@@ -19,10 +19,29 @@ FEATURE_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 def describe(value: object) -> str:
-    """A short description of a value for error messages."""
+    """A short description of a value for error messages: shapes, never tensor values.
+
+    Example:
+        >>> print(describe((torch.zeros(2, 3), {"s": torch.ones(1)})))
+        a tuple of 2: (a torch.float32 tensor of shape (2, 3) on cpu, a dict with keys ['s'])
+    """
     if isinstance(value, torch.Tensor):
         return f"a {value.dtype} tensor of shape {tuple(value.shape)} on {value.device}"
-    return f"{type(value).__name__} {value!r}"
+    if isinstance(value, tuple | list):
+        shown = ", ".join(_describe_short(item) for item in value[:4])
+        more = ", ..." if len(value) > 4 else ""
+        return f"a {type(value).__name__} of {len(value)}: ({shown}{more})"
+    if isinstance(value, dict):
+        return f"a dict with keys {[str(key) for key in list(value)[:8]]}"
+    text = repr(value)
+    return f"{type(value).__name__} {text if len(text) <= 80 else text[:77] + '...'}"
+
+
+def _describe_short(value: object) -> str:
+    """Like :func:`describe`, one level deep only: nested containers by their size."""
+    if isinstance(value, tuple | list):
+        return f"a {type(value).__name__} of {len(value)}"
+    return describe(value)
 
 
 def check_tensor(name: str, value: object) -> torch.Tensor:

@@ -10,6 +10,9 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
+
+from pmm_kernels.modes import mode_table
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
@@ -130,3 +133,27 @@ def test_docs_links_resolve() -> None:
 def test_cited_anchors_exist(anchor: str) -> None:
     page, name = anchor.split("#")
     assert name in anchors(DOCS / page)
+
+
+def test_readme_mode_table_is_the_mode_table() -> None:
+    # The README's table of the family is MODES worded by mode_table(): a mode added, removed or
+    # changed without the README fails here, with the table to paste in the message.
+    readme = (ROOT / "README.md").read_text()
+    found = re.search(r"<!-- modes:begin -->\n(.*?)\n<!-- modes:end -->", readme, re.S)
+    assert found, "README.md lacks the <!-- modes:begin --> ... <!-- modes:end --> block"
+    assert found.group(1) == mode_table(), "replace the README's mode table by:\n" + mode_table()
+
+
+def _fenced_python(markdown: str) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", markdown, re.S)
+
+
+def test_readme_tour_runs_as_written() -> None:
+    # The README's tour is the first thing a user pastes: run it exactly as printed.
+    (tour,) = _fenced_python((ROOT / "README.md").read_text())
+    namespace: dict[str, object] = {}
+    exec(compile(tour, "README.md (tour)", "exec"), namespace)
+    logits = namespace["logits"]
+    assert isinstance(logits, torch.Tensor) and logits.shape == (16, 751)
+    info = namespace["net"].mix_after_layer4.last_info  # type: ignore[attr-defined]
+    assert info is not None and bool(info.mask.any())  # the layer really mixed in the tour

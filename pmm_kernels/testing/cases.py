@@ -21,6 +21,36 @@ from pmm_kernels.ops.plan import CellSource, MixPlan
 from pmm_kernels.ops.utils import batch_drop_size, block_grid
 
 ATTN_FORMS: tuple[str, ...] = ("weights", "map")
+# Memory layouts of a map that the op takes without a copy: NCHW, channels_last (also a
+# transformer stage's (N, H, W, C) output seen as NCHW), and "tokens": the patch tokens of an
+# (N, P + H*W, C) token tensor seen as (N, C, H, W) (docs/transformers.md), channels_last strides
+# with a batch stride of (P + H*W) * C and an offset of P * C. The static check and the Triton
+# tests run each.
+MAP_LAYOUTS: tuple[str, ...] = ("contiguous", "channels_last", "tokens")
+TOKEN_PREFIX = 1  # a cls token in front of the patch tokens
+
+
+def in_layout(feat: torch.Tensor, layout: str) -> torch.Tensor:
+    """``feat`` (N, C, H, W) with the same values in ``layout`` (one of :data:`MAP_LAYOUTS`).
+
+    Example:
+        >>> view = in_layout(torch.zeros(2, 3, 4, 5), "tokens")
+        >>> view.shape, view.stride(), view.storage_offset()
+        (torch.Size([2, 3, 4, 5]), (63, 1, 15, 3), 3)
+    """
+    if layout == "contiguous":
+        return feat.contiguous()
+    if layout == "channels_last":
+        return feat.contiguous(memory_format=torch.channels_last)
+    if layout == "tokens":
+        n, c, h, w = feat.shape
+        tokens = torch.zeros(n, TOKEN_PREFIX + h * w, c, dtype=feat.dtype, device=feat.device)
+        patches = tokens[:, TOKEN_PREFIX:].view(n, h, w, c).permute(0, 3, 1, 2)
+        patches.copy_(feat)
+        return patches
+    raise ValueError(f"layout must be one of {MAP_LAYOUTS}, got {layout!r}")
+
+
 DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.bfloat16, torch.float16)
 # batch_drop's rectangle at the op's default ratios: the rectangle the layers launch.
 _DEFAULTS = inspect.signature(feature_mix).parameters

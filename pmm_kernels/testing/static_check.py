@@ -63,8 +63,8 @@ if TYPE_CHECKING:  # imported where used: unavailable() must run first on a trit
 CAPS = (80, 90)
 MAX_REGISTERS = 96
 KERNEL_MODULE = "pmm_kernels.ops.feature_mix_triton"
-# The layouts whose dense streams can vectorise (a strided map can't: nothing to hold it to).
-LAYOUTS = ("contiguous", "channels_last")
+# The layouts of the case table (a strided map has no dense stream to vectorise).
+LAYOUTS = cases.MAP_LAYOUTS
 # Dense tiles per program of each kernel that streams the map: (loads, stores). Each must move
 # its tile in 16-byte accesses. The partner's and takers' reads are sparse (replaced cells only).
 DENSE_STREAMS = {
@@ -161,8 +161,7 @@ def dtype_name(dtype: torch.dtype) -> str:
 
 
 def _make_feat(dtype: torch.dtype, layout: str, shape: cases.Shape) -> torch.Tensor:
-    feat = torch.zeros(shape.n, shape.c, shape.h, shape.w, dtype=dtype)
-    return feat.contiguous(memory_format=torch.channels_last) if layout == "channels_last" else feat
+    return cases.in_layout(torch.zeros(shape.n, shape.c, shape.h, shape.w, dtype=dtype), layout)
 
 
 def chunked_mode() -> str:

@@ -206,7 +206,8 @@ def export_onnx(
     out = Path(out)
     if out.suffix != ".onnx":
         raise ValueError(f"out must be an .onnx file, got {str(out)!r}")
-    model, args = load_model(checkpoint, map_location="cpu")
+    model, config = load_model(checkpoint, map_location="cpu")
+    args = config.to_dict()
     height, width = int(args["height"]), int(args["width"])
     real = None
     if real_images is not None:

@@ -299,7 +299,7 @@ class FeatureExtractor:
             raise ValueError(f"amp=True needs a CUDA device, got {str(self.device)!r}")
         model, self.args = load_model(checkpoint, map_location="cpu")
         self.model: nn.Module = model.to(self.device)
-        self.height, self.width = int(self.args["height"]), int(self.args["width"])
+        self.height, self.width = self.args.height, self.args.width
         self.transform = build_transforms(self.height, self.width, is_train=False)
         self.flip, self.amp, self.normalize = flip, amp, normalize
         self.batch_size, self.workers, self.progress = batch_size, workers, progress

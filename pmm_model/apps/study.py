@@ -6,10 +6,14 @@ three stages without mixing) and ``pmm-<mode>`` for each feature-mix mode of
 :func:`pmm_model.run.engine.run_training` call with the same training options, in its own folder
 ``<out>/<variant>/seed<seed>/``; the seed goes into the configuration's ``seed``.
 
-:func:`run_study` trains the grid and :func:`write_report` writes ``<out>/study.md`` (mean and
-sample standard deviation over seeds of rank-1, mAP, mINP and the wall time per run) and
-``<out>/study.png`` (the same as bars with error bars). The report is rebuilt from the files in
-``<out>`` alone, so it can be redone at any time (``--report-only`` on the command line).
+:func:`run_study` trains the grid; with ``protocols=("standard", "occluded")`` it also
+evaluates each finished run's checkpoint on the occluded queries (docs/datasets.md#occluded-queries)
+into ``<run>/occluded.json``. :func:`pmm_model.apps.study_report.write_report` writes
+``<out>/study.md`` (mean and sample standard deviation over seeds of rank-1, mAP, mINP and the
+wall time per run, per protocol, and the paired differences of each variant against ``baseline``
+and ``pmm-none`` with 95 % intervals) and ``<out>/study.png``. The report is rebuilt from the
+files in ``<out>`` alone, so it can be redone at any time (``--report-only`` on the command
+line).
 
 **Resuming a half-finished grid.** Run the same command again. A run whose ``result.json``
 exists (written atomically after :func:`~pmm_model.run.engine.run_training` returned) is skipped;
@@ -35,6 +39,7 @@ On a GPU, the same grid with ``data="market1501"`` and the paper's setting (no p
 
 Example:
     >>> records = run_study("runs/study", seeds=3, options={"epochs": 5})  # doctest: +SKIP
+    >>> from pmm_model.apps.study_report import write_report
     >>> write_report("runs/study")  # doctest: +SKIP
     (PosixPath('runs/study/study.md'), PosixPath('runs/study/study.png'))
 """
@@ -42,36 +47,40 @@ Example:
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeGuard, cast
 
 import numpy as np
+import torch
 
-from pmm_model.apps.visualize import plot_bars
+from pmm_model.data.datasets import build_dataset
+from pmm_model.data.loaders import build_test_loaders
+from pmm_model.data.occlusion import EVAL_PROTOCOLS, with_protocol
+from pmm_model.evaluation.evaluator import evaluate
 from pmm_model.nets.models import MIX_MODES
-from pmm_model.run.checkpoint import atomic_write
+from pmm_model.run.atomic import atomic_write
+from pmm_model.run.checkpoint import load_model
 from pmm_model.run.config import DEFAULTS, make_config, upgrade_saved_config
-from pmm_model.run.engine import METRIC_KEYS, TrainingInterrupted, run_training
-from pmm_model.run.folder import CHECKPOINT
+from pmm_model.run.engine import TrainingInterrupted, run_training
+from pmm_model.run.folder import CHECKPOINT, METRIC_KEYS
 
 __all__ = [
+    "STUDY",
     "STUDY_OWN_OPTIONS",
     "VARIANTS",
     "RunRecord",
     "StudyError",
-    "VariantSummary",
+    "check_protocols",
     "check_seeds",
     "check_variants",
     "collect_results",
+    "evaluate_checkpoint",
     "run_dir",
     "run_one",
     "run_study",
-    "summarize",
-    "write_report",
 ]
 
 # variant -> the configuration keys that make it. PMM with every mix of the model ("none"
@@ -95,7 +104,6 @@ _PLACE_OPTIONS = (
     "skip_bad_images",
 )
 RESULT, ATTEMPT, STUDY = "result.json", "attempt.json", "study.json"
-TABLE, CHART = "study.md", "study.png"
 # Failures that concern one run; anything else (a bug, KeyboardInterrupt) stops the grid.
 _RUN_FAILURES = (RuntimeError, ValueError, FileNotFoundError, OSError)
 
@@ -112,9 +120,12 @@ class RunRecord:
         variant, seed: which run.
         status: ``"done"`` (metrics recorded), ``"failed"``, ``"interrupted"`` or ``"missing"``
             (planned, never started or no trace).
-        metrics: ``rank1``, ``mAP``, ``mINP`` (fractions) when done, else empty.
+        metrics: ``rank1``, ``mAP``, ``mINP`` (fractions) when done, else empty: the standard
+            protocol, the training's own last evaluation.
         wall_seconds: training time over all attempts the study saw (done runs).
         error: the failure's message (failed or interrupted runs).
+        protocol_metrics: the same metrics under the other protocols evaluated so far
+            (``{"occluded": {...}}``).
     """
 
     variant: str
@@ -123,28 +134,11 @@ class RunRecord:
     metrics: dict[str, float]
     wall_seconds: float | None = None
     error: str | None = None
+    protocol_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
 
-
-@dataclass(frozen=True)
-class VariantSummary:
-    """A variant's row of the table: statistics over its finished seeds.
-
-    Attributes:
-        variant: the variant's name.
-        done: seeds whose run finished, in order.
-        failed: seeds whose run failed or was interrupted.
-        missing: planned seeds with no result yet.
-        mean, std: per metric (``rank1``, ``mAP``, ``mINP``, ``wall_seconds``), the mean and
-            the sample standard deviation (n - 1) over ``done``; NaN where undefined (no run;
-            one run for the deviation).
-    """
-
-    variant: str
-    done: tuple[int, ...]
-    failed: tuple[int, ...]
-    missing: tuple[int, ...]
-    mean: dict[str, float]
-    std: dict[str, float]
+    def metrics_for(self, protocol: str) -> dict[str, float]:
+        """The run's metrics under ``protocol`` (empty when not evaluated)."""
+        return self.metrics if protocol == "standard" else self.protocol_metrics.get(protocol, {})
 
 
 def check_variants(variants: Iterable[str] | None) -> list[str]:
@@ -182,6 +176,19 @@ def check_seeds(seeds: int | Sequence[int]) -> list[int]:
     if not given or not all(is_int(s) and s >= 0 for s in given) or len(set(given)) < len(given):
         raise StudyError(f"seeds: expected distinct integers >= 0, got {given}")
     return [int(s) for s in given]
+
+
+def check_protocols(protocols: Iterable[str]) -> list[str]:
+    """The evaluation protocols, ``standard`` (the training's own evaluation) always first.
+
+    Raises:
+        StudyError: an unknown protocol (the message lists the valid ones).
+    """
+    protocols = list(protocols)
+    unknown = [p for p in protocols if p not in EVAL_PROTOCOLS]
+    if unknown:
+        raise StudyError(f"protocols: unknown {unknown}; valid: {', '.join(EVAL_PROTOCOLS)}")
+    return [p for p in EVAL_PROTOCOLS if p == "standard" or p in protocols]
 
 
 def run_dir(out: str | Path, variant: str, seed: int) -> Path:
@@ -262,16 +269,46 @@ def run_one(
     return _record(out, variant, seed), how
 
 
+def evaluate_checkpoint(checkpoint: str | Path, protocol: str) -> dict[str, float]:
+    """Rank-1, mAP and mINP of a run's final checkpoint under ``protocol``, on the CPU.
+
+    The data set, its root and the input size come from the checkpoint's args; the evaluation
+    is the training's own (no flip, no re-ranking), so ``"standard"`` gives the run's last
+    recorded metrics again.
+    """
+    model, config = load_model(checkpoint)
+    data = with_protocol(build_dataset(config.data, config.root), protocol)
+    query_loader, gallery_loader = build_test_loaders(data, config.height, config.width)
+    with torch.random.fork_rng(devices=[]):
+        result = evaluate(model, query_loader, gallery_loader, "cpu")
+    return {"rank1": float(result.cmc[0]), "mAP": float(result.mAP), "mINP": float(result.mINP)}
+
+
+def _evaluate_protocols(out: str | Path, variant: str, seed: int, protocols: list[str]) -> None:
+    """Write ``<run>/<protocol>.json`` for each protocol past ``standard`` not yet evaluated."""
+    folder = run_dir(out, variant, seed)
+    for protocol in protocols:
+        path = folder / f"{protocol}.json"
+        if protocol != "standard" and not path.is_file():
+            _write_json(path, evaluate_checkpoint(folder / CHECKPOINT, protocol))
+
+
 def _record(out: str | Path, variant: str, seed: int) -> RunRecord:
     folder = run_dir(out, variant, seed)
     if (folder / RESULT).is_file():
         result = _read_json(folder / RESULT)
+        protocol_metrics = {
+            protocol: {k: float(v) for k, v in _read_json(folder / f"{protocol}.json").items()}
+            for protocol in EVAL_PROTOCOLS
+            if protocol != "standard" and (folder / f"{protocol}.json").is_file()
+        }
         return RunRecord(
             variant,
             seed,
             "done",
             {k: float(result["metrics"][k]) for k in METRIC_KEYS},
             float(result["wall_seconds"]),
+            protocol_metrics=protocol_metrics,
         )
     if (folder / ATTEMPT).is_file():
         attempt = _read_json(folder / ATTEMPT)
@@ -288,7 +325,7 @@ def _settings(options: dict[str, Any], preset: str | None) -> dict[str, Any]:
     configs = [make_config({**options, **VARIANTS[v], "output_dir": "-"}, preset) for v in VARIANTS]
     settings = {
         key: value
-        for key, value in configs[0].items()
+        for key, value in configs[0].to_dict().items()
         if key not in (*STUDY_OWN_OPTIONS, *_PLACE_OPTIONS)
     }
     if settings["root"] is not None:  # the same dataset, however the path is written
@@ -323,6 +360,7 @@ def run_study(
     options: dict[str, Any] | None = None,
     preset: str | None = "demo",
     progress: Callable[[str], None] | None = None,
+    protocols: Iterable[str] = ("standard",),
 ) -> list[RunRecord]:
     """Train every variant x seed not yet done in ``out`` (see the module docstring).
 
@@ -335,6 +373,9 @@ def run_study(
         preset: a key of :data:`pmm_model.run.config.PRESETS`, or None for the defaults (the
             paper's setting).
         progress: called with one line per run as it starts and ends (e.g. ``print``).
+        protocols: the evaluation protocols (:data:`~pmm_model.data.occlusion.EVAL_PROTOCOLS`);
+            each finished run's checkpoint is evaluated under those past ``standard`` once,
+            runs finished by an earlier call included.
 
     Returns:
         One :class:`RunRecord` per requested run, in grid order (variant-major).
@@ -346,6 +387,7 @@ def run_study(
             checkpointed; call again to continue).
     """
     variants, seeds = check_variants(variants), check_seeds(seeds)
+    protocols = check_protocols(protocols)
     options = {k: v for k, v in dict(options or {}).items() if v is not None}
     unknown = sorted(set(options) - set(DEFAULTS))
     if unknown:
@@ -362,17 +404,22 @@ def run_study(
         name = f"[{index}/{len(grid)}] {variant} seed {seed}"
         try:
             record, how = run_one(out, variant, seed, options, preset)
+            if len(protocols) > 1:
+                _evaluate_protocols(out, variant, seed, protocols)
+                record = _record(out, variant, seed)
         except _RUN_FAILURES as err:
             if isinstance(err, TrainingInterrupted):
                 raise
             record = _record(out, variant, seed)
             say(f"{name}: FAILED ({type(err).__name__}: {err}); going on")
         else:
-            m = record.metrics
-            say(
-                f"{name}: {how}: rank-1 {100 * m['rank1']:.1f}%  mAP {100 * m['mAP']:.1f}%  "
-                f"mINP {100 * m['mINP']:.1f}%  ({record.wall_seconds:.0f} s)"
+            scores = "; ".join(
+                f"{protocol}: rank-1 {100 * m['rank1']:.1f}%  mAP {100 * m['mAP']:.1f}%  "
+                f"mINP {100 * m['mINP']:.1f}%"
+                for protocol in protocols
+                if (m := record.metrics_for(protocol))
             )
+            say(f"{name}: {how}: {scores}  ({record.wall_seconds:.0f} s)")
         records.append(record)
     return records
 
@@ -388,108 +435,3 @@ def collect_results(out: str | Path) -> list[RunRecord]:
         raise StudyError(f"out: no grid in {str(out)!r} (no {STUDY}); run the study first")
     plan = _read_json(path)
     return [_record(out, variant, seed) for variant in plan["variants"] for seed in plan["seeds"]]
-
-
-def summarize(records: Iterable[RunRecord]) -> list[VariantSummary]:
-    """One :class:`VariantSummary` per variant of ``records`` (in :data:`VARIANTS` order)."""
-    records = list(records)
-    rows = []
-    for variant in VARIANTS:
-        mine = [r for r in records if r.variant == variant]
-        if not mine:
-            continue
-        done = [r for r in mine if r.status == "done"]
-        mean, std = {}, {}
-        for key in (*METRIC_KEYS, "wall_seconds"):
-            values = np.array(
-                [r.wall_seconds if key == "wall_seconds" else r.metrics[key] for r in done],
-                dtype=np.float64,
-            )
-            mean[key] = float(values.mean()) if len(values) else math.nan
-            std[key] = float(values.std(ddof=1)) if len(values) > 1 else math.nan
-        rows.append(
-            VariantSummary(
-                variant,
-                tuple(r.seed for r in done),
-                tuple(r.seed for r in mine if r.status in ("failed", "interrupted")),
-                tuple(r.seed for r in mine if r.status == "missing"),
-                mean,
-                std,
-            )
-        )
-    return rows
-
-
-def _cell(mean: float, std: float, scale: float, digits: int) -> str:
-    if math.isnan(mean):
-        return "n/a"
-    if math.isnan(std):
-        return f"{scale * mean:.{digits}f}"
-    return f"{scale * mean:.{digits}f} ± {scale * std:.{digits}f}"
-
-
-def markdown_table(rows: Sequence[VariantSummary]) -> str:
-    """The markdown table of :func:`summarize`'s rows (percentages; ``mean ± std``)."""
-    lines = [
-        "| variant | seeds done | rank-1 (%) | mAP (%) | mINP (%) | wall time per run (s) |",
-        "|---|---|---|---|---|---|",
-    ]
-    for row in rows:
-        seeds = f"{len(row.done)}/{len(row.done) + len(row.failed) + len(row.missing)}"
-        notes = [
-            f"failed: {', '.join(map(str, row.failed))}" if row.failed else "",
-            f"not run: {', '.join(map(str, row.missing))}" if row.missing else "",
-        ]
-        seeds += "".join(f" ({note})" for note in notes if note)
-        cells = [_cell(row.mean[k], row.std[k], 100, 1) for k in METRIC_KEYS]
-        wall = _cell(row.mean["wall_seconds"], row.std["wall_seconds"], 1, 0)
-        lines.append(f"| {row.variant} | {seeds} | {' | '.join(cells)} | {wall} |")
-    return "\n".join(lines) + "\n"
-
-
-def _chart(rows: Sequence[VariantSummary], path: Path, title: str) -> None:
-    names = {"rank1": "rank-1", "mAP": "mAP", "mINP": "mINP"}
-    plot_bars(
-        path,
-        [row.variant for row in rows],
-        {
-            names[key]: (
-                [100 * row.mean[key] for row in rows],
-                [100 * row.std[key] for row in rows],
-            )
-            for key in METRIC_KEYS
-        },
-        ylabel="% (mean ± std over seeds)",
-        ylim=(0, 100),
-        title=title,
-    )
-
-
-def write_report(out: str | Path) -> tuple[Path, Path]:
-    """Write ``<out>/study.md`` and ``<out>/study.png`` from the grid's files alone.
-
-    Returns:
-        The paths of the table and the chart.
-
-    Raises:
-        StudyError: ``out`` holds no grid.
-    """
-    out = Path(out)
-    records = collect_results(out)
-    rows = summarize(records)
-    settings = _read_json(out / STUDY)["settings"]
-    seeds = sorted({r.seed for r in records})
-    total = sum(r.wall_seconds or 0.0 for r in records if r.status == "done")
-    about = (
-        f"{settings['data']}, {settings['backbone']} at {settings['height']}x"
-        f"{settings['width']}, {settings['epochs']} epochs, seeds {seeds}"
-    )
-    text = (
-        f"{markdown_table(rows)}\n"
-        f"Mean ± sample standard deviation over the finished seeds; {about}; "
-        f"total training time {total / 60:.1f} min.\n"
-    )
-    table, chart = out / TABLE, out / CHART
-    atomic_write(table, lambda f: f.write(text.encode()))
-    _chart(rows, chart, about)
-    return table, chart

@@ -5,7 +5,8 @@ Example:
         --data market1501 --root /data --flip --output results.json
 
 Prints rank-1/5/10, mAP and mINP in percent; ``--output`` writes them (as fractions in
-[0, 1], with the whole CMC curve) to a JSON file.
+[0, 1], with the whole CMC curve) to a JSON file. ``--eval-protocol occluded`` evaluates on the
+occluded copies of the queries (docs/datasets.md#occluded-queries), the gallery unchanged.
 """
 
 from __future__ import annotations
@@ -14,24 +15,28 @@ import argparse
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
 from pmm_model.cli.args import ctrl_c_exits, int_at_least, output_file
 from pmm_model.data.datasets import build_dataset, dataset_names
 from pmm_model.data.loaders import build_test_loaders
+from pmm_model.data.occlusion import EVAL_PROTOCOLS, with_protocol
 from pmm_model.evaluation.evaluator import evaluate
 from pmm_model.evaluation.metrics import RankResult
 from pmm_model.run.runtime import resolve_device
+
+if TYPE_CHECKING:
+    from pmm_model.run.config import TrainConfig
 
 __all__ = ["build_parser", "format_table", "load_model_for_eval", "main"]
 
 REPORTED_RANKS = (1, 5, 10)
 
 
-def load_model_for_eval(path: str) -> tuple[nn.Module, dict[str, Any]]:
-    """The model and training-args dict of a checkpoint (``args`` has ``height``/``width``).
+def load_model_for_eval(path: str) -> tuple[nn.Module, TrainConfig]:
+    """The model and training configuration of a checkpoint.
 
     The one place the CLI touches the checkpoint format, so tests can replace it.
     """
@@ -50,6 +55,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint", required=True, help="checkpoint.pt written by training")
     parser.add_argument("--data", required=True, choices=dataset_names(), help="dataset name")
     parser.add_argument("--root", help="dataset root (optional for synthetic: its cache folder)")
+    parser.add_argument(
+        "--eval-protocol",
+        choices=EVAL_PROTOCOLS,
+        default="standard",
+        help="standard: the dataset's queries; occluded: each query with one body region "
+        "hidden, the gallery unchanged (default: %(default)s)",
+    )
     parser.add_argument(
         "--flip",
         action="store_true",
@@ -100,15 +112,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     except ValueError as err:
         parser.error(f"argument --device: {err}")
     try:
-        data = build_dataset(args.data, args.root)
-        model, train_args = load_model_for_eval(args.checkpoint)
-        missing = [key for key in ("height", "width") if key not in train_args]
-        if missing:
-            raise ValueError(f"checkpoint args lack {missing}")
+        data = with_protocol(build_dataset(args.data, args.root), args.eval_protocol)
+        model, config = load_model_for_eval(args.checkpoint)
         query_loader, gallery_loader = build_test_loaders(
             data,
-            train_args["height"],
-            train_args["width"],
+            config.height,
+            config.width,
             args.batch_size,
             args.workers,
             args.skip_bad_images,
@@ -137,6 +146,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "checkpoint": str(args.checkpoint),
         "data": args.data,
         "root": args.root,
+        "eval_protocol": args.eval_protocol,
         "flip": args.flip,
         "rerank": args.rerank,
         "num_query": len(data.query),

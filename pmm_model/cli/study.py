@@ -28,14 +28,8 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from pmm_model.apps.study import (
-    VARIANTS,
-    RunRecord,
-    StudyError,
-    check_seeds,
-    run_study,
-    write_report,
-)
+from pmm_model.apps.study import VARIANTS, RunRecord, StudyError, check_seeds, run_study
+from pmm_model.apps.study_report import write_report
 from pmm_model.cli.args import (
     ctrl_c_exits,
     finite_float,
@@ -44,6 +38,7 @@ from pmm_model.cli.args import (
     pretrained_weights,
 )
 from pmm_model.data.datasets import dataset_names
+from pmm_model.data.occlusion import EVAL_PROTOCOLS
 from pmm_model.nets.models import BACKBONES
 from pmm_model.run.config import DEFAULTS, PRESETS, ConfigError
 from pmm_model.run.engine import AMP_DTYPES, TrainingInterrupted
@@ -127,6 +122,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="N (seeds 0..N-1) or a comma-separated list (default: 3)",
     )
     grid.add_argument(
+        "--eval-protocols",
+        nargs="+",
+        choices=EVAL_PROTOCOLS,
+        default=["standard"],
+        metavar="PROTOCOL",
+        help="evaluate every finished run under these protocols: standard (the training's own "
+        "evaluation, always) and occluded (docs/datasets.md, 'Occluded queries') "
+        "(default: standard)",
+    )
+    grid.add_argument(
         "--report-only",
         action="store_true",
         help="only rebuild the table and chart from the results in --out",
@@ -185,7 +190,7 @@ def main(argv: Sequence[str] | None = None) -> list[RunRecord]:
     args = vars(parser.parse_args(argv))
     out, report_only = args.pop("out"), args.pop("report_only", False)
     variants, seeds = args.pop("variants", None), args.pop("seeds")
-    preset = args.pop("preset")
+    preset, protocols = args.pop("preset"), args.pop("eval_protocols")
     records: list[RunRecord] = []
     if not report_only:
         try:
@@ -196,6 +201,7 @@ def main(argv: Sequence[str] | None = None) -> list[RunRecord]:
                 args,
                 None if preset == PAPER else preset,
                 progress=lambda line: print(line, flush=True),
+                protocols=protocols,
             )
         except ConfigError as err:
             parser.error(

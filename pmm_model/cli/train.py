@@ -14,6 +14,11 @@ Examples:
 
         python -m pmm_model.train --resume runs/pmm-market1501/checkpoint.pt
 
+    One command for the first start and every restart (torchrun --max-restarts, a requeue):
+    continue the output folder's own checkpoint if there is one, else start::
+
+        python -m pmm_model.train --data market1501 --root /data --resume auto
+
 Each run writes ``train.log``, ``metrics.json`` (one entry per evaluation) and
 ``checkpoint.pt`` into ``--output-dir``. Exit status: 0 done, 2 bad arguments, 1 a failure
 (the message says what was saved), 128 + signal number when SIGTERM/SIGINT stopped the run
@@ -26,10 +31,8 @@ import argparse
 import errno
 import functools
 import os
-import signal
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, NoReturn
 
 from pmm_model.cli.args import (
@@ -41,27 +44,13 @@ from pmm_model.cli.args import (
 )
 from pmm_model.data.datasets import dataset_names
 from pmm_model.nets.models import BACKBONES, CAM_MODES, MIX_MODES, MODELS
-from pmm_model.run.checkpoint import load_checkpoint
-from pmm_model.run.config import (
-    DEFAULTS,
-    PRESETS,
-    RUNTIME_OPTIONS,
-    ConfigError,
-    make_config,
-    resume_config,
-)
-from pmm_model.run.engine import (
-    AMP_DTYPES,
-    Engine,
-    EvaluationFailed,
-    TrainingDiverged,
-    TrainingError,
-    TrainingInterrupted,
-)
+from pmm_model.run.config import DEFAULTS, PRESETS, ConfigError, make_config
+from pmm_model.run.engine import AMP_DTYPES, Engine, TrainingError, TrainingInterrupted
+from pmm_model.run.errors import Words
 from pmm_model.run.folder import RunFolderError
 from pmm_model.run.runtime import resolve_device
 
-__all__ = ["build_parser", "describe", "flag_name", "main", "parse_args"]
+__all__ = ["FlagWords", "build_parser", "flag_name", "main", "parse_args"]
 
 PROG = "python -m pmm_model.train"
 
@@ -219,8 +208,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--resume",
-        type=existing_file,
-        help="checkpoint.pt to continue; only where/how-long options may change: "
+        type=_checkpoint_or_auto,
+        metavar="CHECKPOINT|auto",
+        help="'auto': continue --output-dir's own checkpoint if it has one (same options), "
+        "else start a new run there: one command for a start and every restart. "
+        "Or a checkpoint.pt to continue; only where/how-long options may change: "
         "--epochs (rescales the lr schedule), --eval-every, --checkpoint-every, "
         "--device, --workers, --output-dir, --root, --amp, --skip-bad-images, "
         "--compile, --channels-last, --sync-bn",
@@ -231,6 +223,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="start over in an --output-dir that holds another run, replacing it",
     )
     return parser
+
+
+def _checkpoint_or_auto(text: str) -> str:
+    return text if text == "auto" else existing_file(text)
 
 
 def flag_name(key: str) -> str:
@@ -252,72 +248,61 @@ def _flags() -> dict[str, str]:
     }
 
 
-def _config_error(parser: argparse.ArgumentParser, err: ConfigError) -> None:
-    if err.option is None:
-        parser.error(str(err))
-    parser.error(f"argument {flag_name(err.option)}: {err.reason}")
+class FlagWords(Words):
+    """The library's wording (:class:`~pmm_model.run.errors.Words`) in this CLI's flags."""
+
+    resuming = "--resume"
+
+    def option(self, key: str) -> str:
+        return flag_name(key)
+
+    def setting(self, key: str, value: Any) -> str:
+        if value is True:
+            return flag_name(key)
+        shown = " ".join(map(str, value)) if isinstance(value, list | tuple) else str(value)
+        return f"{flag_name(key)} {shown}"
 
 
-def parse_args(argv: Sequence[str] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The configuration of the command line and how to start it.
+WORDS = FlagWords()
 
-    Returns:
-        ``(config, start)``: ``start`` has :class:`~pmm_model.run.engine.Engine`'s other
-        arguments, ``checkpoint`` (loaded, or None), ``checkpoint_path``, ``overwrite`` and
-        ``option_name`` (:func:`flag_name`, so the log names flags).
+
+def parse_args(argv: Sequence[str] | None = None, engine: type[Engine] = Engine) -> Engine:
+    """The run the command line asks for, ready to :meth:`~pmm_model.run.engine.Engine.run`.
+
+    Args:
+        argv: the arguments (default: ``sys.argv[1:]``).
+        engine: the engine class to build (a subclass changes a part of the run).
 
     Bad values end the program with an argparse error (exit status 2) naming the option,
-    before any data is read.
+    before any data is read. What ``--resume`` ignores is printed as notes on stderr.
     """
     parser = build_parser()
     explicit = vars(parser.parse_args(argv))
     preset = explicit.pop("preset", None)
     resume = explicit.pop("resume", None)
-    overwrite = explicit.pop("overwrite", False)
-    checkpoint = None
+    start = {"overwrite": explicit.pop("overwrite", False), "words": WORDS}
     try:
-        if resume is not None:
-            try:
-                checkpoint = load_checkpoint(resume, training=True)
-            except (ValueError, FileNotFoundError) as err:
-                parser.error(f"argument --resume: {err}")
-            saved = checkpoint["args"]
-            config, _ = resume_config(dict(saved), explicit, str(Path(resume).parent))
-            for note in _resume_notes(saved, explicit, preset):
-                print(f"note: {note}", file=sys.stderr)
+        if resume is None:
+            run = engine(make_config(explicit, preset), **start)
+        elif resume == "auto":
+            if start.pop("overwrite"):
+                parser.error("argument --resume: auto never replaces a run; drop --overwrite")
+            run = engine.resume_or_start(explicit, preset, **start)
         else:
-            config = make_config(explicit, preset)
+            run = engine.resume(resume, explicit, preset, **start)
     except ConfigError as err:
-        _config_error(parser, err)
+        parser.error(
+            WORDS.describe(err) if err.option is None else f"argument {WORDS.describe(err)}"
+        )
+    except (ValueError, FileNotFoundError) as err:
+        parser.error(f"argument --resume: {err}")
+    for note in run.ignored:
+        print(f"note: {WORDS.describe(note)}", file=sys.stderr)
     try:
-        resolve_device(config["device"])
+        resolve_device(run.config.device)
     except ValueError as err:
         parser.error(f"argument --device: {err}")
-    return config, {
-        "checkpoint": checkpoint,
-        "checkpoint_path": resume,
-        "overwrite": overwrite,
-        "option_name": flag_name,
-    }
-
-
-def _resume_notes(saved: dict[str, Any], explicit: dict[str, Any], preset: str | None) -> list[str]:
-    """What ``--resume`` ignores of the command line, in flags."""
-    notes = []
-    if preset is not None:
-        notes.append(f"--resume keeps the checkpoint's options; ignoring --preset {preset}")
-    for key, value in explicit.items():
-        if key not in RUNTIME_OPTIONS and saved.get(key) != value:
-            flag = flag_name(key)
-            notes.append(
-                f"--resume keeps the checkpoint's {flag} {_shown(saved.get(key))}; "
-                f"ignoring {flag} {_shown(value)}"
-            )
-    return notes
-
-
-def _shown(value: Any) -> str:
-    return " ".join(map(str, value)) if isinstance(value, list | tuple) else str(value)
+    return run
 
 
 def _fail(status: int, message: str) -> NoReturn:
@@ -327,36 +312,6 @@ def _fail(status: int, message: str) -> NoReturn:
     sys.exit(status)
 
 
-def describe(err: Exception) -> str:
-    """The one-line message for a failed run, naming this CLI's flags where they help."""
-    if isinstance(err, ConfigError) and err.option is not None:
-        return f"{flag_name(err.option)}: {err.reason}"
-    if isinstance(err, TrainingInterrupted) and err.checkpoint is not None:
-        name = signal.Signals(err.signum).name
-        return (
-            f"stopped by {name} after {err.where}; checkpoint saved: continue with "
-            f"--resume {err.checkpoint}"
-        )
-    if isinstance(err, EvaluationFailed) and err.checkpoint is not None:
-        return (
-            f"evaluation after epoch {err.epoch} failed ({err.cause}); the training up to epoch "
-            f"{err.epoch} is saved in {err.checkpoint}: fix the cause (e.g. --skip-bad-images for "
-            f"unreadable images) and continue with --resume {err.checkpoint}, which evaluates "
-            "first"
-        )
-    if isinstance(err, TrainingDiverged) and err.reason is not None:
-        kept = (
-            f"the last checkpoint ({err.checkpoint}) is kept"
-            if err.checkpoint is not None
-            else "no checkpoint was written"
-        )
-        return (
-            f"{err.reason} at epoch {err.epoch}, step {err.step}/{err.steps}: training diverged, "
-            f"{kept}. Try a lower --lr (now {err.lr:g})" + (" or --amp off" if err.amp else "")
-        )
-    return str(err)
-
-
 @ctrl_c_exits(PROG)
 def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     """Run the CLI; returns the final ``{"rank1", "mAP", "mINP", "wall_seconds"}``.
@@ -364,18 +319,18 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     Errors end the program: status 2 for arguments, 1 for a failed run,
     128 + signal number for a run stopped (and checkpointed) by SIGTERM or SIGINT.
     """
-    config, start = parse_args(argv)
+    run = parse_args(argv)
     try:
-        return Engine(config, **start).run()
+        return run.run()
     except TrainingInterrupted as err:
-        _fail(128 + err.signum, describe(err))
+        _fail(128 + err.signum, WORDS.describe(err))
     except OSError as err:
-        checkpoint = Path(config["output_dir"]) / "checkpoint.pt"
+        checkpoint = run.checkpoint_file
         if err.errno in (errno.ENOSPC, errno.EDQUOT) and checkpoint.is_file():
             _fail(1, f"{err.strerror}; free some space, then continue with --resume {checkpoint}")
-        _fail(1, describe(err))
+        _fail(1, WORDS.describe(err))
     except (TrainingError, RunFolderError, ValueError) as err:
-        _fail(1, describe(err))
+        _fail(1, WORDS.describe(err))
     except KeyboardInterrupt:
         _fail(128 + 2, "interrupted by a second Ctrl-C before checkpointing")
 

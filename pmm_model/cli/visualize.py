@@ -100,17 +100,17 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
     if metrics is None and beside.is_file():
         metrics = beside
     try:
-        model, train_args = load_model(args.checkpoint)
+        model, config = load_model(args.checkpoint)
         data = build_dataset(args.data, args.root)
         # draw_checkpoint checks the rest (metrics, data, per-id, images) before drawing.
         written = draw_checkpoint(
             model,
-            train_args,
+            config.to_dict(),
             data,
             args.out,
             device=device,
             metrics=metrics,
-            title=f"{train_args['model']} on {args.data}",
+            title=f"{config.model} on {args.data}",
             ids=args.ids,
             images_per_id=args.images_per_id,
             queries=args.queries,
@@ -123,7 +123,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
     if metrics is None:
         print(f"curves: skipped, no --metrics and no {beside}")
     if "mixing" not in written:
-        print(f"mixing: skipped, a {train_args['model']!r} model does not mix features")
+        print(f"mixing: skipped, a {config.model!r} model does not mix features")
     for name, path in written.items():
         print(f"{name}: {path}")
     return written

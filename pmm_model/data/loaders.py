@@ -13,6 +13,8 @@ Example:
 
 from __future__ import annotations
 
+import atexit
+import multiprocessing
 import signal
 from collections.abc import Iterator, Sequence, Sized
 from typing import Any, cast
@@ -70,27 +72,48 @@ class SeededDataset(Dataset):
 def _ignore_stop_signals(worker_id: int) -> None:
     # SIGINT (Ctrl-C reaches the whole process group) and SIGTERM (a scheduler may signal every
     # process) are for the main process, which finishes the step and checkpoints; a worker
-    # that died of them would break that step. Workers still exit when the main process does.
+    # that died of them would break that step. Workers still exit when the main process does:
+    # torch's watchdog ends them when it dies, and _end_workers_at_exit when it exits.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
+def _end_workers_at_exit() -> None:
+    """Kill the loader workers still alive when the main process exits.
+
+    An error raised in the middle of an epoch (an image corrupt past its header, shared memory
+    running out) keeps the loader's iterator alive in its traceback until the interpreter
+    exits, so torch never shuts its workers down; multiprocessing's exit handler then sends
+    them SIGTERM, which they ignore, and waits for them forever. Registered after
+    multiprocessing's handler, this one runs first. Workers only read images: killing them
+    loses nothing.
+    """
+    for child in multiprocessing.active_children():
+        if child.daemon:
+            child.kill()
+            child.join(timeout=5)
+
+
+atexit.register(_end_workers_at_exit)
+
+
 def build_train_loader(
     records: Sequence[Record],
-    config: dict[str, Any],
+    config: Any,
     rank: int = 0,
     world_size: int = 1,
     pin_memory: bool = False,
 ) -> tuple[DataLoader, PKSampler]:
     """The training loader and its sampler (call ``sampler.set_epoch`` before each epoch).
 
-    With ``config["skip_bad_images"]`` unreadable images are dropped first and the sampler is
+    With ``config.skip_bad_images`` unreadable images are dropped first and the sampler is
     built on the images that remain.
 
     Args:
         records: the train split.
-        config: a training configuration (``height``, ``width``, ``p``, ``k``, ``seed``,
-            ``workers``, ``cutout``, ``random_erasing``, ``skip_bad_images``).
+        config: a training configuration (:class:`pmm_model.run.config.TrainConfig`: its
+            ``height``, ``width``, ``ids_per_batch``, ``images_per_id``, ``seed``, ``workers``,
+            ``cutout``, ``random_erasing``, ``skip_bad_images``).
         rank: this process's rank.
         world_size: the number of processes sharing each epoch.
         pin_memory: pin batches (for CUDA).
@@ -100,26 +123,26 @@ def build_train_loader(
             ``world_size``.
     """
     transform = build_transforms(
-        config["height"], config["width"], True, config["cutout"], config["random_erasing"]
+        config.height, config.width, True, config.cutout, config.random_erasing
     )
-    dataset = ImageDataset(records, transform, skip_bad=config["skip_bad_images"])
+    dataset = ImageDataset(records, transform, skip_bad=config.skip_bad_images)
     sampler = PKSampler(
         [r.pid for r in dataset.records],
-        config["ids_per_batch"],
-        images_per_id=config["images_per_id"],
-        seed=config["seed"],
+        config.ids_per_batch,
+        images_per_id=config.images_per_id,
+        seed=config.seed,
         num_replicas=world_size,
         rank=rank,
     )
     loader = DataLoader(
         SeededDataset(dataset),
         batch_sampler=SeededBatches(sampler),
-        num_workers=config["workers"],
+        num_workers=config.workers,
         pin_memory=pin_memory,
         worker_init_fn=_ignore_stop_signals,
         # Workers draw their base seed from this generator, not from the global RNG that the
         # model's mixing uses, so creating an epoch's iterator leaves the training stream alone.
-        generator=torch.Generator().manual_seed(config["seed"]),
+        generator=torch.Generator().manual_seed(config.seed),
     )
     return loader, sampler
 

@@ -1,106 +1,56 @@
-"""Training checkpoints: atomic save, RNG capture, and rebuilding a model from a checkpoint.
+"""Training checkpoints: the schema, its writer and its readers, and the rebuilt model.
 
 A checkpoint is a dict that ``torch.load(..., weights_only=True)`` can read (no pickled
 objects): ``model`` (the bare network's state dict: no DDP or torch.compile prefixes),
 ``optimizer`` and ``scaler`` state dicts, ``epoch`` (epochs completed), ``batches`` (global
 batches of epoch ``epoch + 1`` already trained: nonzero only for a checkpoint written on a
-signal), ``rng`` (:func:`rng_state` of every rank, in rank order), ``metrics`` (the evaluations
-so far) and ``args`` (the training configuration, see :mod:`pmm_model.run.config`, including
-``model``, ``backbone``, ``num_classes``, ``height`` and ``width``).
+signal), ``rng`` (:func:`~pmm_model.run.rng.rng_state` of every rank, in rank order),
+``metrics`` (the evaluations so far) and ``args`` (the training configuration,
+:meth:`~pmm_model.run.config.TrainConfig.to_dict`, with ``num_classes``).
+:func:`save_training_checkpoint` writes it (atomically, :mod:`pmm_model.run.atomic`);
+:func:`load_checkpoint` and :func:`checkpoint_config` read it.
 
 :func:`restore_training` loads such a checkpoint into a run's model, optimizer and scaler and
 sets each rank's RNG state, even when the number of processes changed (see
 :class:`ResumePoint`).
 
 Example:
-    >>> model, args = load_model("runs/pmm-synthetic/checkpoint.pt")  # doctest: +SKIP
-    >>> args["model"], args["num_classes"]  # doctest: +SKIP
+    >>> model, config = load_model("runs/pmm-synthetic/checkpoint.pt")  # doctest: +SKIP
+    >>> config.model, config.num_classes  # doctest: +SKIP
     ('pmm', 80)
 """
 
 from __future__ import annotations
 
-import errno
 import io
 import os
-import random
-import shutil
-import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from pmm_model.nets.models import build_model
-from pmm_model.run.config import (
-    DEFAULTS,
-    ConfigError,
-    check_config,
-    model_options,
-    upgrade_saved_config,
-)
+from pmm_model.run.atomic import atomic_write
+from pmm_model.run.config import ConfigError, TrainConfig, upgrade_saved_config
+from pmm_model.run.rng import RNG_KEYS, rank_seed, set_rng_state
 
 __all__ = [
     "ResumePoint",
-    "atomic_write",
     "check_checkpoint_fits",
     "check_training_state",
-    "checkpoint_args",
+    "checkpoint_config",
     "load_checkpoint",
     "load_model",
-    "model_options",
     "non_finite",
-    "rank_seed",
-    "remove_temp_files",
     "restore_training",
-    "rng_state",
     "save_checkpoint",
-    "set_rng_state",
+    "save_training_checkpoint",
 ]
 
 REQUIRED_ARGS = ("model", "backbone", "num_classes", "height", "width")
 TRAINING_KEYS = ("optimizer", "epoch", "rng", "metrics")
-RNG_KEYS = ("python", "numpy", "torch")
-
-
-def rng_state() -> dict[str, Any]:
-    """The python, numpy, torch (and CUDA) RNG states, as plain data and tensors."""
-    np_state = np.random.get_state(legacy=False)
-    state = {
-        "python": random.getstate(),
-        "numpy": {
-            "bit_generator": np_state["bit_generator"],
-            "key": np_state["state"]["key"].tolist(),
-            "pos": int(np_state["state"]["pos"]),
-            "has_gauss": int(np_state["has_gauss"]),
-            "gauss": float(np_state["gauss"]),
-        },
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore the RNG states captured by :func:`rng_state`."""
-    random.setstate(state["python"])
-    np_state = state["numpy"]
-    np.random.set_state(
-        {
-            "bit_generator": np_state["bit_generator"],
-            "state": {"key": np.asarray(np_state["key"], dtype=np.uint32), "pos": np_state["pos"]},
-            "has_gauss": np_state["has_gauss"],
-            "gauss": np_state["gauss"],
-        }
-    )
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def non_finite(state: Any, name: str = "") -> list[str]:
@@ -123,19 +73,6 @@ def non_finite(state: Any, name: str = "") -> list[str]:
     else:
         return []
     return [bad for key, value in items for bad in non_finite(value, f"{name}.{key}".lstrip("."))]
-
-
-def rank_seed(seed: int, rank: int, *more: int) -> int:
-    """A torch seed for ``rank`` derived from the run's ``seed`` (and e.g. an epoch).
-
-    Distinct ranks get independent streams (``numpy.random.SeedSequence``), so PMM's mixing
-    draws differ between ranks while the run stays reproducible.
-
-    Example:
-        >>> rank_seed(0, 1) == rank_seed(0, 1) != rank_seed(0, 2)
-        True
-    """
-    return int(np.random.SeedSequence([seed, rank, *more]).generate_state(1)[0])
 
 
 @dataclass(frozen=True)
@@ -220,68 +157,6 @@ def restore_training(
     )
 
 
-def atomic_write(
-    path: str | os.PathLike, write: Callable[[IO[bytes]], object], size: int | None = None
-) -> None:
-    """Call ``write`` on a temporary file beside ``path``, then move it into place.
-
-    The data is fsynced before ``os.replace`` (atomic) and the folder after it, so after an
-    exception, a signal or a power cut ``path`` holds either the previous or the new file,
-    complete. An exception removes the temporary file; a process killed mid-write leaves it
-    (``.<name>.*.tmp``) for :func:`remove_temp_files`.
-
-    Args:
-        path: the file to write.
-        write: writes the content to the file object it is given.
-        size: the content's size in bytes, if known (for the full-disk message).
-
-    Raises:
-        OSError: as the writing raised it; a full disk or quota (``ENOSPC``, ``EDQUOT``) with
-            a one-line message: where, how much was needed, and that ``path`` is unchanged.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as err:
-        Path(tmp).unlink(missing_ok=True)
-        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
-            raise
-        needed = f"needed about {max(1, round(size / 2**20))} MB, " if size else ""
-        free = shutil.disk_usage(path.parent).free / 2**20
-        kept = f"the previous {path.name} is kept" if path.exists() else f"no {path.name} written"
-        raise OSError(
-            err.errno,
-            f"no space left on the device of {path.parent} to write {path.name} ({needed}"
-            f"{free:.0f} MB free); {kept}",
-        ) from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    folder = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(folder)
-    finally:
-        os.close(folder)
-
-
-def remove_temp_files(folder: str | os.PathLike, name: str) -> list[Path]:
-    """Remove the temporary files a killed :func:`atomic_write` of ``folder/name`` left.
-
-    Call it only while no other process writes there (the training run holds a lock).
-    Returns the removed paths.
-    """
-    removed = sorted(Path(folder).glob(f".{name}.*.tmp"))
-    for tmp in removed:
-        tmp.unlink(missing_ok=True)
-    return removed
-
-
 def save_checkpoint(path: str | os.PathLike, checkpoint: dict[str, Any]) -> None:
     """Write ``checkpoint`` to ``path`` atomically (see :func:`atomic_write`).
 
@@ -295,6 +170,45 @@ def save_checkpoint(path: str | os.PathLike, checkpoint: dict[str, Any]) -> None
     atomic_write(path, lambda f: f.write(data), size=len(data))
 
 
+def save_training_checkpoint(
+    path: str | os.PathLike,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    *,
+    epoch: int,
+    batches: int,
+    rng: list[dict[str, Any]],
+    metrics: list[dict[str, Any]],
+    config: TrainConfig,
+) -> None:
+    """Write a training checkpoint (the schema above) to ``path`` atomically.
+
+    Args:
+        path: the file.
+        model: the bare network (no DDP wrapper).
+        optimizer, scaler: the run's.
+        epoch: epochs completed.
+        batches: global batches of epoch ``epoch + 1`` already trained.
+        rng: every rank's :func:`~pmm_model.run.rng.rng_state`, in rank order.
+        metrics: the evaluations so far.
+        config: the run's configuration, with ``num_classes``.
+    """
+    save_checkpoint(
+        path,
+        {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scaler": scaler.state_dict(),
+            "epoch": epoch,
+            "batches": batches,
+            "rng": rng,
+            "metrics": metrics,
+            "args": config.to_dict(),
+        },
+    )
+
+
 def load_checkpoint(
     path: str | os.PathLike, map_location: Any = "cpu", training: bool = False
 ) -> dict[str, Any]:
@@ -304,7 +218,7 @@ def load_checkpoint(
         path: the checkpoint file.
         map_location: where to put the tensors, as for ``torch.load``.
         training: the checkpoint is to be resumed: check its training state too
-            (:func:`check_training_state`) and its args (:func:`checkpoint_args`).
+            (:func:`check_training_state`) and its args (:func:`checkpoint_config`).
 
     Raises:
         FileNotFoundError: no file at ``path``.
@@ -335,7 +249,7 @@ def load_checkpoint(
     if missing:
         raise ValueError(f"checkpoint {str(path)!r}: its args lack {missing}")
     if training:
-        checkpoint_args(checkpoint, path)
+        checkpoint_config(checkpoint, path)
         check_training_state(checkpoint, path)
     return checkpoint
 
@@ -349,7 +263,9 @@ def _first_line(err: BaseException) -> str:
     return text.splitlines()[0][:200] if text else ""
 
 
-def checkpoint_args(checkpoint: dict[str, Any], path: str | os.PathLike | None = None) -> dict:
+def checkpoint_config(
+    checkpoint: dict[str, Any], path: str | os.PathLike | None = None
+) -> TrainConfig:
     """The checkpoint's training configuration, checked as a new run's would be.
 
     Keys a checkpoint written before they existed lacks take their defaults.
@@ -358,17 +274,13 @@ def checkpoint_args(checkpoint: dict[str, Any], path: str | os.PathLike | None =
         ValueError: ``"checkpoint '<path>': its args do not describe a run: <option>:
             <reason>"`` (an unknown model name, a string height, ...).
     """
-    args = {**DEFAULTS, "block_size": None, **checkpoint["args"]}
     try:
-        check_config(args)
-    except ConfigError as err:
+        config = TrainConfig.from_dict(checkpoint["args"])
+        if config.num_classes is None:
+            raise ConfigError("must be an integer >= 1, got None", "num_classes")
+    except (ConfigError, TypeError) as err:
         raise ValueError(f"{_name(path)}: its args do not describe a run: {err}") from None
-    if not isinstance(args["num_classes"], int) or args["num_classes"] < 1:
-        raise ValueError(
-            f"{_name(path)}: its args do not describe a run: num_classes must be an integer "
-            f">= 1, got {args['num_classes']!r}"
-        )
-    return args
+    return config
 
 
 def check_training_state(checkpoint: dict[str, Any], path: str | os.PathLike | None = None) -> None:
@@ -451,20 +363,19 @@ def check_checkpoint_fits(
         )
 
 
-def load_model(path: str | os.PathLike, map_location: Any = "cpu") -> tuple[nn.Module, dict]:
+def load_model(path: str | os.PathLike, map_location: Any = "cpu") -> tuple[nn.Module, TrainConfig]:
     """Rebuild the trained network of a checkpoint, in eval mode.
 
-    The network is built from the saved args without pretrained weights (the checkpoint
-    holds all of them), then its state dict is loaded strictly.
+    The network is built from the saved configuration without pretrained weights (the
+    checkpoint holds all of them), then its state dict is loaded strictly.
 
     Args:
         path: a checkpoint written by ``python -m pmm_model.train``.
         map_location: where to put the tensors, as for ``torch.load``.
 
     Returns:
-        ``(model, args)``: the model in eval mode and the saved training-args dict (with
-        ``model``, ``backbone``, ``num_classes``, ``height``, ``width``, ...; keys added
-        since the checkpoint was written take their defaults).
+        ``(model, config)``: the model in eval mode and the run's configuration (with
+        ``num_classes``; options added since the checkpoint was written take their defaults).
 
     Raises:
         FileNotFoundError: no file at ``path``.
@@ -472,16 +383,17 @@ def load_model(path: str | os.PathLike, map_location: Any = "cpu") -> tuple[nn.M
             describe, or holds non-finite weights (one line naming ``path``).
 
     Example:
-        >>> model, args = load_model("runs/demo/checkpoint.pt")  # doctest: +SKIP
-        >>> model(torch.zeros(1, 3, args["height"], args["width"])).shape  # doctest: +SKIP
+        >>> model, config = load_model("runs/demo/checkpoint.pt")  # doctest: +SKIP
+        >>> model(torch.zeros(1, 3, config.height, config.width)).shape  # doctest: +SKIP
         torch.Size([1, 1536])
     """
     checkpoint = load_checkpoint(path, map_location)
-    args = checkpoint_args(checkpoint, path)
-    options = model_options(args) | {"pretrained": None}
-    model = build_model(args["model"], args["num_classes"], **options)
+    config = checkpoint_config(checkpoint, path)
+    options = config.model_options() | {"pretrained": None}
+    assert config.num_classes is not None  # checkpoint_config checks it
+    model = build_model(config.model, config.num_classes, **options)
     check_checkpoint_fits(checkpoint, model, path)
     model.load_state_dict(checkpoint["model"])
     if isinstance(map_location, (str, torch.device)):
         model.to(map_location)
-    return model.eval(), args
+    return model.eval(), config

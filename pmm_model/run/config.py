@@ -1,24 +1,27 @@
-"""Training configuration: defaults, presets, checks, and the merge on resume.
+"""Training configuration: :class:`TrainConfig`, presets, and the merge on resume.
 
-A configuration is a plain dict (JSON-serialisable, stored as a checkpoint's ``args``) with the
-keys of :data:`DEFAULTS` plus ``num_classes`` once the data is known. Build one with
-:func:`make_config`; continue a checkpoint's with :func:`resume_config`.
+A configuration is a frozen :class:`TrainConfig`, checked when it is built; a checkpoint stores
+it as a plain dict (its ``args``, :meth:`TrainConfig.to_dict`) and :meth:`TrainConfig.from_dict`
+reads it back, old key names included. Build one with :func:`make_config`; continue a
+checkpoint's with :func:`resume_config`.
 
 Example:
     >>> config = make_config({"epochs": 2}, preset="demo")
-    >>> config["backbone"], config["epochs"], config["block_size"]
-    ('resnet18', 2, [1, 1])
+    >>> config.backbone, config.epochs, config.block_size
+    ('resnet18', 2, (1, 1))
 """
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import math
-import warnings
+from dataclasses import dataclass, fields
 from typing import Any
 
 from pmm_kernels.ops.reference import block_grid
 from pmm_model.nets.models import BACKBONES, CAM_MODES, MIX_MODES, MODELS
+from pmm_model.run.errors import ConfigError, IgnoredOption
 
 __all__ = [
     "DEFAULTS",
@@ -26,61 +29,116 @@ __all__ = [
     "RENAMED_OPTIONS",
     "RUNTIME_OPTIONS",
     "ConfigError",
-    "check_config",
+    "TrainConfig",
     "feature_map_size",
     "make_config",
-    "model_options",
     "resume_config",
     "upgrade_saved_config",
 ]
 
 
-class ConfigError(ValueError):
-    """A configuration value the run cannot use: ``"<option>: <reason>"``.
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run's configuration (the paper's setting by default); checked when built.
 
-    Attributes:
-        option: the configuration key (None when the error concerns several).
-        reason: the message without the option.
+    ``block_size`` None means (3, 2) scaled from 384x128 to the input, ``output_dir`` None
+    ``runs/<model>-<data>``; both are filled in when the configuration is built.
+    ``num_classes`` is None until the data is known (the engine then builds a copy with it,
+    ``dataclasses.replace``); a checkpoint's configuration has it.
+
+    Raises:
+        ConfigError: for the first bad option (``option``), with its value.
     """
 
-    def __init__(self, reason: str, option: str | None = None) -> None:
-        super().__init__(f"{option}: {reason}" if option else reason)
-        self.option, self.reason = option, reason
+    data: str = "synthetic"
+    root: str | None = None
+    height: int = 384
+    width: int = 128
+    ids_per_batch: int = 16
+    images_per_id: int = 4
+    cutout: bool = True
+    random_erasing: bool = False
+    skip_bad_images: bool = False
+    workers: int = 4
+    model: str = "pmm"
+    backbone: str = "resnet50"
+    pretrained: str | None = None
+    feature_dim: int = 512
+    block_size: tuple[int, int] | None = None
+    num_blocks: int = 3
+    cam: str = "fast"
+    mix: str = "a_hard_mix"
+    epochs: int = 400
+    lr: float = 1e-3
+    weight_decay: float = 5e-4
+    margin: float | None = None  # soft-margin triplet loss
+    seed: int = 0
+    amp: str = "bf16"
+    device: str | None = None  # cuda if available, else cpu
+    eval_every: int = 40
+    checkpoint_every: int = 1
+    output_dir: str | None = None
+    sync_bn: bool = False
+    compile: bool = False
+    channels_last: bool = False
+    num_classes: int | None = None
+
+    def __post_init__(self) -> None:
+        block = self.block_size
+        if block is None:
+            block = (max(1, round(3 * self.height / 384)), max(1, round(2 * self.width / 128)))
+        if isinstance(block, list | tuple):
+            object.__setattr__(self, "block_size", tuple(block))
+        if self.output_dir is None:
+            object.__setattr__(self, "output_dir", f"runs/{self.model}-{self.data}")
+        _check(self)
+
+    @classmethod
+    def from_dict(cls, saved: dict[str, Any]) -> TrainConfig:
+        """The configuration a checkpoint's ``args`` (or a saved study's settings) records.
+
+        Keys written before they existed take their defaults; the old names of
+        :data:`RENAMED_OPTIONS` are read as today's (only here: new input must use today's).
+
+        Raises:
+            ConfigError: an unknown key, or a value the checks reject.
+        """
+        values = upgrade_saved_config(saved)
+        unknown = sorted(set(values) - {f.name for f in fields(cls)})
+        _need(not unknown, f"unknown options {unknown}; valid: {sorted(DEFAULTS)}")
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The configuration as plain data (JSON and ``torch.load(weights_only=True)``)."""
+        values = dataclasses.asdict(self)
+        values["block_size"] = list(self.block_size or ())
+        return values
+
+    def model_options(self) -> dict[str, Any]:
+        """The :func:`pmm_model.build_model` keyword options this configuration records.
+
+        Every field that names a parameter of the network's class is passed, unless its value
+        is None (the class default). So a new network option needs only its field here (and a
+        flag in :mod:`pmm_model.cli.train`), and a checkpoint written before the option existed
+        gets the class default.
+
+        Example:
+            >>> TrainConfig(model="baseline", backbone="resnet18").model_options()
+            {'backbone': 'resnet18'}
+        """
+        parameters = inspect.signature(MODELS[self.model]).parameters
+        return {
+            f.name: getattr(self, f.name)
+            for f in fields(self)
+            if f.name in parameters
+            and f.name != "num_classes"
+            and getattr(self, f.name) is not None
+        }
 
 
-# The paper's setting; None means "decided later" (see make_config).
+# The paper's setting: every option's default (``num_classes`` is not an option).
 DEFAULTS: dict[str, Any] = {
-    "data": "synthetic",
-    "root": None,
-    "height": 384,
-    "width": 128,
-    "ids_per_batch": 16,
-    "images_per_id": 4,
-    "cutout": True,
-    "random_erasing": False,
-    "skip_bad_images": False,
-    "workers": 4,
-    "model": "pmm",
-    "backbone": "resnet50",
-    "pretrained": None,
-    "feature_dim": 512,
-    "block_size": None,  # (3, 2) scaled from 384x128 to the input
-    "num_blocks": 3,
-    "cam": "fast",
-    "mix": "a_hard_mix",
-    "epochs": 400,
-    "lr": 1e-3,
-    "weight_decay": 5e-4,
-    "margin": None,  # soft-margin triplet loss
-    "seed": 0,
-    "amp": "bf16",
-    "device": None,  # cuda if available, else cpu
-    "eval_every": 40,
-    "checkpoint_every": 1,
-    "output_dir": None,  # runs/<model>-<data>
-    "sync_bn": False,
-    "compile": False,
-    "channels_last": False,
+    f.name: f.default for f in fields(TrainConfig) if f.name != "num_classes"
 }
 
 # Named defaults that explicit options override.
@@ -127,17 +185,6 @@ def upgrade_saved_config(saved: dict[str, Any]) -> dict[str, Any]:
     return {RENAMED_OPTIONS.get(key, key): value for key, value in saved.items()}
 
 
-def _renamed_options(options: dict[str, Any]) -> dict[str, Any]:
-    """``options`` given by code under old key names, under today's, with a DeprecationWarning."""
-    for old in RENAMED_OPTIONS.keys() & options.keys():
-        warnings.warn(
-            f"option {old!r} is deprecated; use {RENAMED_OPTIONS[old]!r}",
-            DeprecationWarning,
-            stacklevel=3,
-        )
-    return upgrade_saved_config(options)
-
-
 def feature_map_size(height: int, width: int) -> tuple[int, int]:
     """The trunk's output map for an input, as :func:`pmm_model.nets.models.build_backbone` gives.
 
@@ -153,62 +200,26 @@ def feature_map_size(height: int, width: int) -> tuple[int, int]:
     return height, width
 
 
-def model_options(config: dict[str, Any]) -> dict[str, Any]:
-    """The :func:`pmm_model.build_model` keyword options a configuration records.
-
-    Every configuration key that names a parameter of the network's class is passed, unless
-    its value is None (the class default). So a new network option needs only its key in
-    :data:`DEFAULTS` (and a flag in :mod:`pmm_model.cli.train`), and a checkpoint written
-    before the option existed gets the class default.
-
-    Example:
-        >>> model_options({"model": "baseline", "backbone": "resnet18", "pretrained": None,
-        ...                "cam": "fast"})
-        {'backbone': 'resnet18'}
-    """
-    parameters = inspect.signature(MODELS[config["model"]]).parameters
-    options = {
-        key: value
-        for key, value in config.items()
-        if key in parameters and key != "num_classes" and value is not None
-    }
-    if "block_size" in options:
-        options["block_size"] = tuple(options["block_size"])
-    return options
-
-
 def _need(ok: bool, message: str, option: str | None = None) -> None:
     if not ok:
         raise ConfigError(message, option)
 
 
-def _positive_int(config: dict[str, Any], key: str, low: int = 1) -> None:
-    value = config[key]
-    _need(
-        isinstance(value, int) and not isinstance(value, bool) and value >= low,
-        f"must be an integer >= {low}, got {value!r}",
-        key,
-    )
+def _is_int(value: Any, low: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
 
 
-def check_config(config: dict[str, Any]) -> None:
+def _check(config: TrainConfig) -> None:
     """Check every option the run will use, before any data is read.
 
     Besides each value's own range this checks what the network can do with the input: the
     trunk's feature map (:func:`feature_map_size`) must hold a PMM block, and ``num_blocks``
     must not exceed the blocks of that map.
-
-    Raises:
-        ConfigError: for the first bad option (``option``), with its value.
     """
+    _need(config.model in MODELS, f"must be one of {sorted(MODELS)}, got {config.model!r}", "model")
     _need(
-        config["model"] in MODELS,
-        f"must be one of {sorted(MODELS)}, got {config['model']!r}",
-        "model",
-    )
-    _need(
-        config["backbone"] in BACKBONES,
-        f"must be one of {sorted(BACKBONES)}, got {config['backbone']!r}",
+        config.backbone in BACKBONES,
+        f"must be one of {sorted(BACKBONES)}, got {config.backbone!r}",
         "backbone",
     )
     for key, low in (
@@ -224,9 +235,10 @@ def check_config(config: dict[str, Any]) -> None:
         ("feature_dim", 1),
         ("num_blocks", 1),
     ):
-        _positive_int(config, key, low)
+        value = getattr(config, key)
+        _need(_is_int(value, low), f"must be an integer >= {low}, got {value!r}", key)
     for key, positive in (("lr", True), ("weight_decay", False), ("margin", True)):
-        value = config[key]
+        value = getattr(config, key)
         if key == "margin" and value is None:
             continue
         _need(
@@ -236,100 +248,96 @@ def check_config(config: dict[str, Any]) -> None:
             f"must be a finite number {'> 0' if positive else '>= 0'}, got {value!r}",
             key,
         )
-    _need(config["cam"] in CAM_MODES, f"must be one of {CAM_MODES}, got {config['cam']!r}", "cam")
-    _need(config["mix"] in MIX_MODES, f"must be one of {MIX_MODES}, got {config['mix']!r}", "mix")
-    if config["model"] != "pmm":
-        return
-    block = config["block_size"]
+    _need(config.cam in CAM_MODES, f"must be one of {CAM_MODES}, got {config.cam!r}", "cam")
+    _need(config.mix in MIX_MODES, f"must be one of {MIX_MODES}, got {config.mix!r}", "mix")
     _need(
-        isinstance(block, list | tuple)
-        and len(block) == 2
-        and all(isinstance(b, int) and not isinstance(b, bool) and b >= 1 for b in block),
+        config.num_classes is None or _is_int(config.num_classes, 1),
+        f"must be an integer >= 1, got {config.num_classes!r}",
+        "num_classes",
+    )
+    if config.model == "pmm":
+        _check_blocks(config)
+
+
+def _check_blocks(config: TrainConfig) -> None:
+    block = config.block_size
+    _need(
+        isinstance(block, tuple) and len(block) == 2 and all(_is_int(b, 1) for b in block),
         f"must be two integers >= 1, got {block!r}",
         "block_size",
     )
-    map_h, map_w = feature_map_size(config["height"], config["width"])
+    assert block is not None  # for mypy: checked just above
+    map_h, map_w = feature_map_size(config.height, config.width)
     _need(
         block[0] <= map_h and block[1] <= map_w,
         f"{block[0]} {block[1]} does not fit the {map_h}x{map_w} feature map of a "
-        f"{config['height']}x{config['width']} input",
+        f"{config.height}x{config.width} input",
         "block_size",
     )
-    rows, cols = block_grid(map_h, map_w, tuple(block))
+    rows, cols = block_grid(map_h, map_w, block)
     _need(
-        config["num_blocks"] <= rows * cols,
+        config.num_blocks <= rows * cols,
         f"must be <= {rows * cols} (the {rows}x{cols} grid of {block[0]}x{block[1]} "
-        f"blocks on the {map_h}x{map_w} feature map of a {config['height']}x"
-        f"{config['width']} input), got {config['num_blocks']}",
+        f"blocks on the {map_h}x{map_w} feature map of a {config.height}x"
+        f"{config.width} input), got {config.num_blocks}",
         "num_blocks",
     )
 
 
-def make_config(options: dict[str, Any] | None = None, preset: str | None = None) -> dict[str, Any]:
+def make_config(options: dict[str, Any] | None = None, preset: str | None = None) -> TrainConfig:
     """Defaults, then ``preset``, then ``options``; derived values filled in and checked.
 
     Args:
-        options: option -> value, keys of :data:`DEFAULTS` (None values mean "default"); the
-            old names of :data:`RENAMED_OPTIONS` still work, with a DeprecationWarning.
+        options: option -> value, keys of :data:`DEFAULTS` (None values mean "default").
         preset: a key of :data:`PRESETS`.
 
     Raises:
-        ConfigError: an unknown option or preset, or a value :func:`check_config` rejects.
+        ConfigError: an unknown option or preset, or a value the checks reject.
     """
-    options = _renamed_options(options or {})
+    options = options or {}
     unknown = sorted(set(options) - set(DEFAULTS))
     _need(not unknown, f"unknown options {unknown}; valid: {sorted(DEFAULTS)}")
     _need(
         preset is None or preset in PRESETS, f"unknown preset {preset!r}; valid: {sorted(PRESETS)}"
     )
-    config = {
-        **DEFAULTS,
-        **PRESETS.get(preset or "", {}),
-        **{k: v for k, v in options.items() if v is not None},
-    }
-    if config["block_size"] is None:
-        config["block_size"] = [
-            max(1, round(3 * config["height"] / 384)),
-            max(1, round(2 * config["width"] / 128)),
-        ]
-    config["block_size"] = list(config["block_size"])
-    if config["output_dir"] is None:
-        config["output_dir"] = f"runs/{config['model']}-{config['data']}"
-    check_config(config)
-    return config
+    given = {k: v for k, v in options.items() if v is not None}
+    return TrainConfig(**{**PRESETS.get(preset or "", {}), **given})
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal, a list and a tuple of the same items included (``block_size``)."""
+    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
+        return tuple(a) == tuple(b)
+    return bool(a == b)
 
 
 def resume_config(
-    saved: dict[str, Any], explicit: dict[str, Any], checkpoint_dir: str
-) -> tuple[dict[str, Any], list[str]]:
-    """The configuration of a resumed run, and notes on options that could not change.
+    saved: TrainConfig, explicit: dict[str, Any], checkpoint_dir: str, preset: str | None = None
+) -> tuple[TrainConfig, list[IgnoredOption]]:
+    """The configuration of a resumed run, and the options given that could not change.
 
     The checkpoint's configuration, with the :data:`RUNTIME_OPTIONS` given in ``explicit``
-    replacing it; other explicit options that differ are ignored (and named in the notes).
+    replacing it; other explicit options that differ (and a preset) are ignored and returned.
     The output folder defaults to the checkpoint's, the device to this machine's default.
 
     Args:
-        saved: the checkpoint's ``args``.
+        saved: the checkpoint's configuration.
         explicit: options given for this run (only those the user set).
         checkpoint_dir: the folder holding the checkpoint.
+        preset: a preset given for this run (ignored: the checkpoint keeps its options).
 
     Raises:
-        ConfigError: a runtime option the resumed run cannot use.
+        ConfigError: an unknown option, or a runtime option the resumed run cannot use.
     """
-    explicit = _renamed_options(explicit)
-    config = {**DEFAULTS, "block_size": saved.get("block_size"), **saved}
-    notes = []
-    for key, value in explicit.items():
-        if key in RUNTIME_OPTIONS:
-            config[key] = value
-        elif saved.get(key) != value:
-            notes.append(
-                f"resuming keeps the checkpoint's {key}={saved.get(key)!r}; "
-                f"ignoring {key}={value!r}"
-            )
-    if "device" not in explicit:
-        config["device"] = None
-    if "output_dir" not in explicit:
-        config["output_dir"] = checkpoint_dir
-    check_config(config)
-    return config, notes
+    unknown = sorted(set(explicit) - set(DEFAULTS))
+    _need(not unknown, f"unknown options {unknown}; valid: {sorted(DEFAULTS)}")
+    ignored = [IgnoredOption("preset", None, preset)] if preset is not None else []
+    ignored += [
+        IgnoredOption(key, getattr(saved, key), value)
+        for key, value in explicit.items()
+        if key not in RUNTIME_OPTIONS and not _same(getattr(saved, key), value)
+    ]
+    runtime = {key: value for key, value in explicit.items() if key in RUNTIME_OPTIONS}
+    runtime.setdefault("device", None)
+    runtime.setdefault("output_dir", checkpoint_dir)
+    return dataclasses.replace(saved, **runtime), ignored

@@ -1,26 +1,69 @@
-"""What stops a training run: :class:`TrainingError` and its kinds.
+"""What stops a training run, and the one place that words it.
 
-Each error says in its message what happened and what was kept, in the library's words; its
-attributes say where (epoch, step, checkpoint, ...), so a front end can word it in its own
-terms (:mod:`pmm_model.cli.train` names its flags). The errors pickle with their attributes,
-so one rank can hand them to the others.
+Errors carry fields (epoch, step, checkpoint, option, ...); :class:`Words` turns them into one
+line. A front end words them in its own terms by naming options its way: the library's
+:class:`Words` names configuration keys (``lr``, ``resume=...``), the command line's names its
+flags (``--lr``, ``--resume ...``, see :mod:`pmm_model.cli.train`). The errors pickle with
+their fields, so one rank can hand them to the others.
+
+Example:
+    >>> str(TrainingInterrupted(signum=15, epoch=2, checkpoint=Path("r/c.pt"), where="epoch 2"))
+    "stopped by SIGTERM after epoch 2; checkpoint saved: continue with resume='r/c.pt'"
 """
 
 from __future__ import annotations
 
+import signal
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "ConfigError",
     "EvaluationFailed",
+    "IgnoredOption",
     "RanksDisagree",
+    "RunFolderError",
     "TrainingDiverged",
     "TrainingError",
     "TrainingInterrupted",
+    "Words",
 ]
 
 
-def _rebuild_error(cls: type[TrainingError], args: tuple, fields: dict[str, Any]) -> TrainingError:
+class ConfigError(ValueError):
+    """A configuration value the run cannot use: ``"<option>: <reason>"``.
+
+    Attributes:
+        option: the configuration key (None when the error concerns several).
+        reason: the message without the option.
+    """
+
+    def __init__(self, reason: str, option: str | None = None) -> None:
+        super().__init__(f"{option}: {reason}" if option else reason)
+        self.option, self.reason = option, reason
+
+
+@dataclass(frozen=True)
+class IgnoredOption:
+    """An option given for a resumed run that the checkpoint's value overrides.
+
+    Attributes:
+        key: the configuration key, or ``"preset"`` (then ``kept`` is None: the checkpoint
+            keeps all its options).
+        kept: the checkpoint's value.
+        given: the value given and ignored.
+    """
+
+    key: str
+    kept: Any
+    given: Any
+
+    def __str__(self) -> str:
+        return Words().describe(self)
+
+
+def _rebuild_error(cls: type[RuntimeError], args: tuple, fields: dict[str, Any]) -> RuntimeError:
     error = cls.__new__(cls)
     error.args = args
     error.__dict__.update(fields)
@@ -30,8 +73,8 @@ def _rebuild_error(cls: type[TrainingError], args: tuple, fields: dict[str, Any]
 class TrainingError(RuntimeError):
     """A run stopped; the message says what happened and what was kept.
 
-    Subclasses carry the details as attributes (None when unknown), so a front end can word
-    the error in its own terms; ``str(error)`` is the library's wording.
+    Subclasses carry the details as attributes (None when unknown); ``str(error)`` is
+    :meth:`Words.describe` in the library's words (or the message given, if any).
 
     Attributes:
         epoch: the epoch (1-based) the run stopped in or after.
@@ -39,11 +82,18 @@ class TrainingError(RuntimeError):
     """
 
     def __init__(
-        self, message: str, *, epoch: int | None = None, checkpoint: Path | None = None
+        self,
+        message: str | None = None,
+        *,
+        epoch: int | None = None,
+        checkpoint: Path | None = None,
     ) -> None:
-        super().__init__(message)
+        super().__init__(*([message] if message else []))
         self.epoch = epoch
         self.checkpoint = checkpoint
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else Words().describe(self)
 
     def __reduce__(self) -> tuple[Any, ...]:  # picklable, so a rank can pass it to the others
         return _rebuild_error, (type(self), self.args, dict(self.__dict__))
@@ -64,7 +114,7 @@ class TrainingDiverged(TrainingError):
 
     def __init__(
         self,
-        message: str,
+        message: str | None = None,
         *,
         epoch: int | None = None,
         checkpoint: Path | None = None,
@@ -90,7 +140,7 @@ class EvaluationFailed(TrainingError):
 
     def __init__(
         self,
-        message: str,
+        message: str | None = None,
         *,
         epoch: int | None = None,
         checkpoint: Path | None = None,
@@ -110,8 +160,8 @@ class TrainingInterrupted(TrainingError):
 
     def __init__(
         self,
-        message: str,
-        signum: int,
+        message: str | None = None,
+        signum: int = signal.SIGTERM,
         *,
         epoch: int | None = None,
         checkpoint: Path | None = None,
@@ -127,8 +177,145 @@ class RanksDisagree(TrainingError):
 
     Attributes:
         values: for each configuration key that differs, its value on every rank (rank order).
+        world_size: the number of processes.
     """
 
-    def __init__(self, message: str, *, values: dict[str, list[Any]] | None = None) -> None:
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        values: dict[str, list[Any]] | None = None,
+        world_size: int = 0,
+    ) -> None:
         super().__init__(message)
         self.values = values or {}
+        self.world_size = world_size
+
+
+class RunFolderError(RuntimeError):
+    """The output folder cannot be used: locked by another run, holding one, or unwritable.
+
+    ``str(error)`` is :meth:`pmm_model.run.errors.Words.describe` in the library's words.
+
+    Attributes:
+        kind: ``"unusable"`` (``reason`` says why), ``"in_use"``, ``"holds_run"`` (the
+            folder's own ``checkpoint`` could be resumed) or ``"not_its_checkpoint"``
+            (``resume_from`` would replace the folder's run).
+        path: the folder.
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        path: Path,
+        *,
+        reason: str | None = None,
+        resume_from: Path | None = None,
+        checkpoint: Path | None = None,
+    ) -> None:
+        super().__init__()
+        self.kind, self.path, self.reason = kind, path, reason
+        self.resume_from, self.checkpoint = resume_from, checkpoint
+
+    def __str__(self) -> str:
+        return Words().describe(self)
+
+    def __reduce__(self) -> tuple[Any, ...]:  # picklable, so a rank can pass it to the others
+        return _rebuild_error, (type(self), self.args, dict(self.__dict__))
+
+
+class Words:
+    """How a front end names options; :meth:`describe` words every error and note with it.
+
+    The library names configuration keys as they are (``lr``, ``amp='off'``); a front end
+    overrides :meth:`option` and :meth:`setting` (the command line names flags).
+    """
+
+    resuming = "resuming"
+    """What the front end calls resuming a run, in notes."""
+
+    def option(self, key: str) -> str:
+        """The name of configuration ``key`` (or ``"resume"``, ``"preset"``, ``"overwrite"``)."""
+        return key
+
+    def setting(self, key: str, value: Any) -> str:
+        """``key`` set to ``value``, as the user would write it."""
+        return f"{self.option(key)}={value!r}"
+
+    def describe(self, error: BaseException | IgnoredOption) -> str:
+        """One line for a failed run's error (or a resume note), in these words."""
+        if isinstance(error, IgnoredOption):
+            if error.kept is None and error.key == "preset":
+                return (
+                    f"{self.resuming} keeps the checkpoint's options; ignoring "
+                    f"{self.setting('preset', error.given)}"
+                )
+            return (
+                f"{self.resuming} keeps the checkpoint's {self.setting(error.key, error.kept)}; "
+                f"ignoring {self.setting(error.key, error.given)}"
+            )
+        if isinstance(error, RunFolderError):
+            return self._folder_error(error)
+        if isinstance(error, ConfigError) and error.option is not None:
+            return f"{self.option(error.option)}: {error.reason}"
+        if isinstance(error, TrainingError) and error.args:
+            return str(error.args[0])
+        return self._training_error(error)
+
+    def _folder_error(self, err: RunFolderError) -> str:
+        folder, output, overwrite = repr(str(err.path)), self.option("output_dir"), "overwrite"
+        if err.kind == "in_use":
+            return (
+                f"output folder {folder} is in use by another run; wait for it to finish or "
+                f"choose another {output}"
+            )
+        if err.kind == "not_its_checkpoint":
+            return (
+                f"{self.option('resume')} {err.resume_from} is not the checkpoint of the run in "
+                f"output folder {folder}, which it would replace; write it to a new {output} (or "
+                f"replace that run with {self.setting(overwrite, True)})"
+            )
+        if err.kind == "holds_run":
+            return (
+                f"output folder {folder} holds another run; continue it with "
+                f"{self.option('resume')} {err.checkpoint}, or start over and replace it with "
+                f"{self.setting(overwrite, True)} (or choose another {output})"
+            )
+        return f"cannot use output folder {folder}: {err.reason}"
+
+    def _training_error(self, err: BaseException) -> str:
+        resume = self.setting("resume", str(getattr(err, "checkpoint", "")))
+        if isinstance(err, TrainingInterrupted) and err.checkpoint is not None:
+            return (
+                f"stopped by {signal.Signals(err.signum).name} after {err.where}; checkpoint "
+                f"saved: continue with {resume}"
+            )
+        if isinstance(err, EvaluationFailed) and err.checkpoint is not None:
+            return (
+                f"evaluation after epoch {err.epoch} failed ({err.cause}); the training up to "
+                f"epoch {err.epoch} is saved in {err.checkpoint}: fix the cause (e.g. "
+                f"{self.setting('skip_bad_images', True)} for unreadable images) and continue "
+                f"with {resume}, which evaluates first"
+            )
+        if isinstance(err, TrainingDiverged) and err.reason is not None:
+            kept = (
+                f"the last checkpoint ({err.checkpoint}) is kept"
+                if err.checkpoint is not None
+                else "no checkpoint was written"
+            )
+            return (
+                f"{err.reason} at epoch {err.epoch}, step {err.step}/{err.steps}: training "
+                f"diverged, {kept}. Try a lower {self.option('lr')} (now {err.lr:g})"
+                + (f" or {self.setting('amp', 'off')}" if err.amp else "")
+            )
+        if isinstance(err, RanksDisagree):
+            listed = "; ".join(
+                f"{self.option(key)}: "
+                + ", ".join(f"{value!r} on rank {rank}" for rank, value in enumerate(values))
+                for key, values in err.values.items()
+            )
+            return (
+                f"the {err.world_size} processes were started with different options "
+                f"({listed}); start every process with the same command"
+            )
+        return BaseException.__str__(err)  # no fields to word: the message as given

@@ -36,12 +36,25 @@ import sys
 from pathlib import Path
 from types import TracebackType
 
-from pmm_model.run.checkpoint import remove_temp_files
+from pmm_model.run.atomic import remove_temp_files
+from pmm_model.run.errors import RunFolderError
 
-__all__ = ["RUN_FILES", "LogFile", "RunFolder", "RunFolderError"]
+__all__ = [
+    "CHECKPOINT",
+    "LOG",
+    "METRICS",
+    "METRIC_KEYS",
+    "RUN_FILES",
+    "LogFile",
+    "RunFolder",
+    "RunFolderError",
+]
 
+# What a run folder holds: the checkpoint, one metrics.json entry per evaluation (``epoch``,
+# the METRIC_KEYS as fractions, ``seconds_per_epoch``) and the log.
 CHECKPOINT, METRICS, LOG = "checkpoint.pt", "metrics.json", "train.log"
 RUN_FILES = (CHECKPOINT, METRICS, LOG)
+METRIC_KEYS = ("rank1", "mAP", "mINP")
 # Where a fresh start keeps the files it replaces until it has started; renamed to
 # DISCARDED before deletion so a kill during the deletion never looks like a rollback.
 PREVIOUS, DISCARDED = ".previous-run", ".previous-run.deleting"
@@ -71,10 +84,6 @@ class LogFile(logging.FileHandler):
             f"warning: cannot write {self.baseFilename} ({reason}); logging to stdout only",
             file=sys.stderr,
         )
-
-
-class RunFolderError(RuntimeError):
-    """The output folder cannot be used: locked by another run, holding one, or unwritable."""
 
 
 class RunFolder:
@@ -135,19 +144,14 @@ class RunFolder:
             self._lock = os.open(self.path / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as err:
             self._remove_created()
-            raise RunFolderError(
-                f"cannot use output folder {str(self.path)!r}: {err.strerror or err}"
-            ) from None
+            raise RunFolderError("unusable", self.path, reason=str(err.strerror or err)) from None
         try:
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as err:
             os.close(self._lock)
             self._lock = None
             if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise RunFolderError(
-                    f"output folder {str(self.path)!r} is in use by another run; wait for it "
-                    "to finish or choose another --output-dir"
-                ) from None
+                raise RunFolderError("in_use", self.path) from None
             raise
         try:
             self._claim()
@@ -162,16 +166,8 @@ class RunFolder:
         holds_run = self.checkpoint_path.is_file()
         if holds_run and not self.resuming and not self.overwrite:
             if self.resume_from is not None:
-                raise RunFolderError(
-                    f"--resume {self.resume_from} is not the checkpoint of the run in output "
-                    f"folder {str(self.path)!r}, which it would replace; write it to a new "
-                    "--output-dir (or replace that run with --overwrite)"
-                )
-            raise RunFolderError(
-                f"output folder {str(self.path)!r} holds another run; continue it with "
-                f"--resume {self.checkpoint_path}, or start over and replace it with "
-                "--overwrite (or choose another --output-dir)"
-            )
+                raise RunFolderError("not_its_checkpoint", self.path, resume_from=self.resume_from)
+            raise RunFolderError("holds_run", self.path, checkpoint=self.checkpoint_path)
         replaced = []
         if not self.resuming:
             replaced = [name for name in RUN_FILES if (self.path / name).exists()]

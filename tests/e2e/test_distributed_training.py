@@ -36,8 +36,7 @@ class SaveRankWeights(Engine):
         torch.save(weights, f"{sys.argv[1]}/rank{self.dist.rank}.pt")
         return result
 
-config, start = parse_args(sys.argv[2:])
-SaveRankWeights(config, **start).run()
+parse_args(sys.argv[2:], SaveRankWeights).run()
 """
 
 

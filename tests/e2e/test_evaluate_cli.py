@@ -5,12 +5,15 @@ import runpy
 import sys
 
 import pytest
+import torch
 from PIL import Image
 from torch import nn
 
 import pmm_model.cli.evaluate as cli
+from pmm_model.run.config import TrainConfig
 
 COLORS = {1: (250, 0, 0), 2: (0, 250, 0), 3: (0, 0, 250)}
+TRAINED = TrainConfig(model="baseline", height=16, width=8, num_classes=3)
 
 
 @pytest.fixture
@@ -36,7 +39,7 @@ def fake_checkpoint(monkeypatch):
 
     def load(path):
         loaded.append(path)
-        return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten()), {"height": 16, "width": 8}
+        return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten()), TRAINED
 
     monkeypatch.setattr(cli, "load_model_for_eval", load)
     return loaded
@@ -91,11 +94,7 @@ def test_cli_rerank(market_tree, fake_checkpoint):
 
 
 def test_cli_errors(market_tree, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(cli, "load_model_for_eval", lambda path: (nn.Flatten(), {"height": 16}))
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main(["--checkpoint", "c.pt", "--data", "folder", "--root", str(market_tree)])
-    assert exit_info.value.code == 2
-    assert "checkpoint args lack ['width']" in capsys.readouterr().err
+    monkeypatch.setattr(cli, "load_model_for_eval", lambda path: (nn.Flatten(), TRAINED))
     with pytest.raises(SystemExit):
         cli.main(["--checkpoint", "c.pt", "--data", "folder", "--root", str(tmp_path / "no")])
     assert "no folder holding bounding_box_train" in capsys.readouterr().err
@@ -130,3 +129,26 @@ def test_module_help(monkeypatch, capsys):
         "--output",
     ):
         assert flag in out
+
+
+def test_cli_occluded_protocol_evaluates_the_occluded_queries(market_tree, tmp_path, monkeypatch):
+    monkeypatch.setenv("PMM_DATA_DIR", str(tmp_path / "cache"))
+    batches = []
+
+    class Recorder(nn.Module):
+        def forward(self, images):
+            batches.append(images.clone())
+            return images.mean((2, 3))
+
+    monkeypatch.setattr(cli, "load_model_for_eval", lambda path: (Recorder(), TRAINED))
+    common = ["--checkpoint", "c.pt", "--data", "folder", "--root", str(market_tree)]
+    standard = cli.main([*common, "--workers", "0"])
+    assert standard["eval_protocol"] == "standard" and not (tmp_path / "cache").exists()
+    occluded = cli.main([*common, "--workers", "0", "--eval-protocol", "occluded"])
+    assert occluded["eval_protocol"] == "occluded" and occluded["num_query"] == 2
+    written = sorted((tmp_path / "cache").rglob("*.png"))
+    assert [p.stem for p in written] == sorted(p.stem for p in (market_tree / "query").iterdir())
+    # Batches: standard query, standard gallery, occluded query, occluded gallery.
+    assert len(batches) == 4
+    assert not torch.equal(batches[0], batches[2])  # the queries were hidden
+    assert torch.equal(batches[1], batches[3])  # the gallery was not

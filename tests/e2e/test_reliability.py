@@ -5,6 +5,7 @@ folder tree) and are marked ``slow``; the rest exercise the parts directly.
 """
 
 import contextlib
+import dataclasses
 import errno
 import io
 import json
@@ -37,7 +38,7 @@ from pmm_model.data.datasets import (
 )
 from pmm_model.nets.models import build_model
 from pmm_model.run.checkpoint import load_checkpoint, save_checkpoint
-from pmm_model.run.config import make_config, model_options
+from pmm_model.run.config import make_config
 from pmm_model.run.engine import Engine
 from pmm_model.run.folder import LogFile, RunFolder, RunFolderError
 
@@ -586,11 +587,11 @@ def pmm_checkpoint(tmp_path_factory):
         },
         preset="demo",
     )
-    config["num_classes"] = 4
+    config = dataclasses.replace(config, num_classes=4)
     torch.manual_seed(0)
-    model = build_model("pmm", 4, **model_options(config))
+    model = build_model("pmm", 4, **config.model_options())
     path = tmp_path_factory.mktemp("pmm") / "checkpoint.pt"
-    save_checkpoint(path, {"model": model.state_dict(), "args": config})
+    save_checkpoint(path, {"model": model.state_dict(), "args": config.to_dict()})
     metrics = [{"epoch": 1, "rank1": 0.5, "mAP": 0.4, "mINP": 0.2}]
     (path.parent / "metrics.json").write_text(json.dumps(metrics))
     return path

@@ -23,9 +23,8 @@ from pmm_model.apps.study import (
     collect_results,
     run_dir,
     run_study,
-    summarize,
-    write_report,
 )
+from pmm_model.apps.study_report import summarize, write_report
 from pmm_model.cli import study as cli
 from pmm_model.run.checkpoint import load_checkpoint
 from pmm_model.run.engine import TrainingDiverged, TrainingInterrupted
@@ -125,18 +124,42 @@ def test_table_statistics_match_the_seeds(fake, tiny_root):
             assert row.mean[key] == pytest.approx(statistics.mean(values), abs=1e-12)
             assert row.std[key] == pytest.approx(statistics.stdev(values), abs=1e-12)
     table, chart = write_report(fake.out)
-    lines = table.read_text().splitlines()
-    body = [line for line in lines if line.startswith("| ") and "---" not in line][1:]
-    assert len(body) == len(variants)
+    summary, paired = _tables(table.read_text())[:2]
+    assert [line.split(" | ")[0] for line in summary] == [f"| {v}" for v in variants]
+    # Paired by seed against the baseline: canned differences are the same for every seed.
+    assert [line.split(" | ")[:3] for line in paired] == [
+        ["| pmm-a_hard_mix", "baseline", "3"],
+        ["| pmm-cutout", "baseline", "3"],
+    ]
+    rank1_diff = _canned("pmm-cutout", 0)["rank1"] - _canned("baseline", 0)["rank1"]
+    assert (
+        f"{100 * rank1_diff:+.1f} [{100 * rank1_diff:+.1f}, {100 * rank1_diff:+.1f}]" in paired[1]
+    )
+
     # pmm-cutout (index 6): rank-1 = 0.68 + 0.01 s^2 over s = 0, 1, 3 -> 0.68, 0.69, 0.77.
     r1 = [0.68, 0.69, 0.77]
     expected = f"{100 * statistics.mean(r1):.1f} ± {100 * statistics.stdev(r1):.1f}"
     assert expected == "71.3 ± 4.9"
-    assert body[2].startswith(f"| pmm-cutout | 3/3 | {expected} |")
+    assert summary[2].startswith(f"| pmm-cutout | 3/3 | {expected} |")
     with Image.open(chart) as image:
         image.verify()
     with Image.open(chart) as image:
         assert image.format == "PNG" and image.width > 300 and image.height > 200
+
+
+def _tables(text: str) -> list[list[str]]:
+    """The body rows of each markdown table in ``text``, in order."""
+    tables: list[list[str]] = []
+    inside = False
+    for line in text.splitlines():
+        if line.startswith("|---"):
+            tables.append([])
+            inside = True
+        elif inside and line.startswith("| "):
+            tables[-1].append(line)
+        else:
+            inside = False
+    return tables
 
 
 def test_second_call_skips_finished_runs(fake, tiny_root):
@@ -263,10 +286,16 @@ def test_bad_arguments_fail_clearly(fake, tiny_root, capsys):
 
 
 @pytest.mark.slow
-def test_real_tiny_grid_end_to_end(tiny_root, tmp_path, capsys):
+def test_real_tiny_grid_end_to_end(tiny_root, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("PMM_DATA_DIR", str(tmp_path / "cache"))  # the occluded copies
     out = tmp_path / "grid"
     records = cli.main(
-        _argv(tiny_root, out, "--variants", "baseline", "pmm-a_hard_mix", "--seeds", "2,")
+        _argv(
+            tiny_root,
+            out,
+            *("--variants", "baseline", "pmm-a_hard_mix", "--seeds", "2,"),
+            *("--eval-protocols", "standard", "occluded"),
+        )
     )
     assert [(r.variant, r.seed, r.status) for r in records] == [
         ("baseline", 2, "done"),
@@ -287,8 +316,16 @@ def test_real_tiny_grid_end_to_end(tiny_root, tmp_path, capsys):
         metrics = json.loads((folder / "metrics.json").read_text())[-1]
         assert record.metrics == {k: metrics[k] for k in ("rank1", "mAP", "mINP")}
         assert record.wall_seconds > 0
+        # The protocol evaluation is the training's own: the standard protocol gives the run's
+        # last metrics again, bit for bit; the occluded one is recorded beside them.
+        checkpoint = folder / "checkpoint.pt"
+        assert study.evaluate_checkpoint(checkpoint, "standard") == record.metrics
+        occluded = json.loads((folder / "occluded.json").read_text())
+        assert record.protocol_metrics == {"occluded": occluded}
+        assert occluded == study.evaluate_checkpoint(checkpoint, "occluded")
     text = capsys.readouterr().out
     assert "| baseline | 1/1 |" in text and "| pmm-a_hard_mix | 1/1 |" in text
+    assert "## occluded queries" in text and text.count("| pmm-a_hard_mix | baseline | 1 |") == 2
     with Image.open(out / "study.png") as image:
         assert image.format == "PNG"
 
@@ -341,3 +378,29 @@ def test_sigterm_during_an_evaluation_stops_the_grid(tiny_root, tmp_path, monkey
     attempt = json.loads((run_dir(out, "baseline", 0) / "attempt.json").read_text())
     assert attempt["status"] == "interrupted"
     assert not run_dir(out, "pmm-none", 0).exists()  # the grid stopped
+
+
+def test_protocols_are_evaluated_once_per_finished_run(fake, tiny_root, monkeypatch):
+    evaluated = []
+
+    def evaluate(checkpoint, protocol):
+        evaluated.append((Path(checkpoint).parent.parent.name, protocol))
+        return {"rank1": 0.25, "mAP": 0.2, "mINP": 0.1}
+
+    monkeypatch.setattr(study, "evaluate_checkpoint", evaluate)
+    options = tiny_run_options(tiny_root)
+    run_study(fake.out, ["baseline", "pmm-none"], seeds=2, options=options)
+    assert evaluated == []  # the standard protocol is the training's own evaluation
+    records = run_study(
+        fake.out, ["baseline", "pmm-none"], seeds=2, options=options, protocols=["occluded"]
+    )
+    # Runs finished by the earlier call are evaluated too, each once; a third call evaluates
+    # nothing again.
+    assert evaluated == [("baseline", "occluded")] * 2 + [("pmm-none", "occluded")] * 2
+    assert all(r.metrics_for("occluded")["rank1"] == 0.25 for r in records)
+    run_study(fake.out, ["baseline", "pmm-none"], seeds=2, options=options, protocols=["occluded"])
+    assert len(evaluated) == 4
+    summary = _tables(write_report(fake.out)[0].read_text())
+    assert len(summary) == 4  # per protocol: the statistics and the paired differences
+    with pytest.raises(StudyError, match=r"protocols: unknown \['blurred'\]; valid: standard"):
+        run_study(fake.out, ["baseline"], seeds=1, options=options, protocols=["blurred"])

@@ -129,20 +129,21 @@ def test_sigterm_checkpoints_the_step_and_resume_is_exact_with_workers(
 def test_ctrl_c_during_a_checkpoint_write_completes_it(tiny_root, tmp_path, monkeypatch):
     # Case 7: SIGINT arriving while the checkpoint is written neither breaks the write nor
     # leaves a temporary file; the run then stops (status 130) with a loadable checkpoint.
-    import pmm_model.run.engine as engine
+    import pmm_model.run.checkpoint as checkpoints
+    from pmm_model.run.atomic import atomic_write
 
-    real_save = engine.save_checkpoint
+    real_save = checkpoints.save_checkpoint
 
     def save_interrupted(path, checkpoint):
         def write_with_signal(f):
             os.kill(os.getpid(), signal.SIGINT)
             torch.save(checkpoint, f)
 
-        engine.atomic_write(path, write_with_signal)
+        atomic_write(path, write_with_signal)
 
-    monkeypatch.setattr(engine, "save_checkpoint", save_interrupted)
+    monkeypatch.setattr(checkpoints, "save_checkpoint", save_interrupted)
     assert _exit_code(_argv(tiny_root, tmp_path, "--model", "baseline")) == 130
-    monkeypatch.setattr(engine, "save_checkpoint", real_save)
+    monkeypatch.setattr(checkpoints, "save_checkpoint", real_save)
     assert load_checkpoint(tmp_path / "checkpoint.pt")["epoch"] == 1
     assert not list(tmp_path.glob(".*.tmp"))
 
@@ -375,23 +376,22 @@ def test_every_option_passes_through_torchrun():
 
 @pytest.mark.slow
 def test_checkpoint_rebuilds_the_model(straight):
-    model, args = load_model(straight[1] / "checkpoint.pt")
-    assert {"model", "backbone", "num_classes", "height", "width"} <= args.keys()
-    assert (args["model"], args["backbone"], args["num_classes"]) == ("pmm", "resnet18", 6)
+    model, config = load_model(straight[1] / "checkpoint.pt")
+    assert (config.model, config.backbone, config.num_classes) == ("pmm", "resnet18", 6)
     assert not model.training
     with torch.no_grad():
-        assert model(torch.zeros(2, 3, args["height"], args["width"])).shape == (2, 1536)
+        assert model(torch.zeros(2, 3, config.height, config.width)).shape == (2, 1536)
 
 
 @pytest.mark.slow
 def test_mix_flag_trains_that_mode_and_the_checkpoint_keeps_it(tiny_root, tmp_path):
     out = tmp_path / "cutout"
     train.main(_argv(tiny_root, out, "--mix", "cutout", "--epochs", "1"))
-    model, args = load_model(out / "checkpoint.pt")
-    assert args["mix"] == "cutout"
+    model, config = load_model(out / "checkpoint.pt")
+    assert config.mix == "cutout"
     assert model.mix == "cutout"
-    config, _ = train.parse_args(["--preset", "demo"])
-    assert config["mix"] == "a_hard_mix"  # the paper's op unless asked otherwise
+    # The paper's op unless asked otherwise.
+    assert train.parse_args(["--preset", "demo"]).config.mix == "a_hard_mix"
 
 
 def test_help_and_demo_preset(capsys):
@@ -399,10 +399,10 @@ def test_help_and_demo_preset(capsys):
         train.parse_args(["--help"])
     assert excinfo.value.code == 0
     assert "--preset" in capsys.readouterr().out
-    config, _ = train.parse_args(["--preset", "demo", "--epochs", "2"])
-    assert (config["backbone"], config["epochs"]) == ("resnet18", 2)  # flags override presets
-    assert config["block_size"] == [1, 1]  # (3, 2) scaled from 384x128 to 128x64
-    assert train.parse_args(["--height", "256"])[0]["block_size"] == [2, 2]
+    config = train.parse_args(["--preset", "demo", "--epochs", "2"]).config
+    assert (config.backbone, config.epochs) == ("resnet18", 2)  # flags override presets
+    assert config.block_size == (1, 1)  # (3, 2) scaled from 384x128 to 128x64
+    assert train.parse_args(["--height", "256"]).config.block_size == (2, 2)
 
 
 @pytest.mark.parametrize("module", ["pmm_model.train", "pmm_model.cli.train"])
@@ -541,12 +541,44 @@ def test_resume_notes_name_real_flags_and_the_preset(straight, capsys):
     assert "--p " not in err
 
 
+def test_resume_auto_starts_a_new_run_in_a_folder_without_one(tmp_path, capsys):
+    run = train.parse_args(["--preset", "demo", "--output-dir", str(tmp_path), "--resume", "auto"])
+    assert run.checkpoint is None and run.config.epochs == 6
+    assert run.start_note == f"no checkpoint in {tmp_path}: starting a new run"
+    with pytest.raises(SystemExit) as excinfo:
+        train.parse_args(["--output-dir", str(tmp_path), "--resume", "auto", "--overwrite"])
+    assert excinfo.value.code == 2
+    assert "argument --resume: auto never replaces a run" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_resume_auto_continues_the_folders_own_run_and_checks_its_options(
+    tiny_root, straight, tmp_path, capsys
+):
+    run_dir = tmp_path / "run"
+    shutil.copytree(straight[1], run_dir)
+    argv = _argv(tiny_root, run_dir, "--resume", "auto")
+    run = train.parse_args(argv)
+    assert run.checkpoint is not None and run.checkpoint["epoch"] == 2
+    assert run.start_note == f"continuing the run in {run_dir} from its checkpoint"
+    with pytest.raises(SystemExit) as excinfo:
+        train.parse_args([*argv, "--ids-per-batch", "3"])
+    assert excinfo.value.code == 2
+    assert (
+        f"argument --ids-per-batch: {run_dir / 'checkpoint.pt'} holds a run trained with "
+        "--ids-per-batch 2, not --ids-per-batch 3: continue it with its own options, or replace "
+        "it with --overwrite"
+    ) in capsys.readouterr().err
+
+
 def test_ctrl_c_during_start_up_is_one_line_and_130(straight, monkeypatch, capsys):
     # Issue 16.18: Ctrl-C while the checkpoint loads printed a KeyboardInterrupt traceback.
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(train, "load_checkpoint", interrupted)
+    import pmm_model.run.engine as engine
+
+    monkeypatch.setattr(engine, "load_checkpoint", interrupted)
     try:
         code = _exit_code(["--resume", str(straight[1] / "checkpoint.pt")])
     except KeyboardInterrupt:

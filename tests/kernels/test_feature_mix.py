@@ -164,15 +164,12 @@ def test_a_hard_mix_is_the_a_hard_mix_mode():
     assert all(torch.equal(a, b) for a, b in zip(info, info2, strict=True))
 
 
-def test_no_pre_release_names():
-    # Never released, so no deprecation shims: `negatives` is `partners` only.
-    feat, attn, labels = make_feat((4, 3, 6, 4)), torch.rand(4, 3), torch.arange(4)
-    given = torch.tensor([1, 0, 3, 2])
-    with pytest.raises(TypeError, match="'negatives'"):
-        feature_mix(feat, labels, attn, block_size=(2, 2), negatives=given)  # type: ignore[call-arg]
-    with pytest.raises(TypeError, match="'negatives'"):
-        a_hard_mix(feat, attn, labels, block_size=(2, 2), negatives=given)  # type: ignore[call-overload]
-    _, info = feature_mix(feat, labels, attn, block_size=(2, 2), partners=given)
+def test_the_names_never_released_are_gone():
+    # partners= and MixInfo.partners replaced negatives= and MixInfo.negatives before any release.
+    feat = make_feat((4, 3, 6, 4))
+    with pytest.raises(TypeError, match="negatives"):
+        feature_mix(feat, None, mode="cutmix", block_size=(2, 2), negatives=torch.arange(4))
+    _, info = feature_mix(feat, None, mode="cutmix", block_size=(2, 2))
     assert not hasattr(info, "negatives")
 
 

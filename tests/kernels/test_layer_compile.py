@@ -117,3 +117,39 @@ def test_a_layer_switched_to_eval_while_the_model_trains_compiles():
     net.mix_after_stem.eval()
     torch.compile(net, backend="eager", fullgraph=True)(torch.randn(4, 3, 8, 4))
     assert net.mix_after_stem.last_info is None
+
+
+class OneConv(nn.Module):
+    """The issue's pattern: a one-conv net, the layer after its stem (a bare Conv2d)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.stem(images).mean((2, 3)))
+
+
+@pytest.mark.parametrize("with_layer", [False, True])
+def test_mix_labels_around_the_step_adds_no_graph(with_layer):
+    # Labels stored on the layer (an nn.Module attribute) had static shapes under dynamo, so
+    # every batch size compiled a graph of its own: 4 graphs against 2 without the layer.
+    def count(layer: bool) -> int:
+        torch._dynamo.reset()
+        net = OneConv()
+        if layer:
+            insert_feature_mix(net, "stem", FeatureMix(grid=(4, 2)))
+        counter = CompileCounter()
+        compiled = torch.compile(net, backend=counter)
+        for n in BATCH_SIZES:
+            images = torch.randn(n, 3, 8, 4)
+            if layer:
+                with mix_labels(net, torch.arange(n) % 3):
+                    compiled(images).sum().backward()
+                assert net.mix_after_stem.last_info.mask.shape[0] == n
+            else:
+                compiled(images).sum().backward()
+        return counter.frame_count
+
+    assert count(with_layer) == 2

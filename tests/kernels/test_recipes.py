@@ -1,6 +1,7 @@
-"""The README's torchreid and fast-reid recipes, against stand-ins that call the model exactly as
-those engines do (torchreid's Engine.forward_backward and open_specified_layers, fast-reid's
-SimpleTrainer.run_step and Baseline.forward), without installing either."""
+"""Stand-ins for the torchreid and fast-reid engines, calling the model exactly as those engines
+do (torchreid's Engine.forward_backward and open_specified_layers, fast-reid's
+SimpleTrainer.run_step and Baseline.forward): fast unit tests of the layer's calling conventions.
+The recipes themselves run as written in the real libraries in tests/clients/."""
 
 from __future__ import annotations
 
@@ -114,7 +115,7 @@ def check_mixed(layer: pmm_kernels.FeatureMix, labels: torch.Tensor) -> None:
 def test_torchreid_recipe():
     torch.manual_seed(0)
     model = ReidNet()
-    # The recipe (README, "The drop-in layer"): 3 lines.
+    # The torchreid calling convention, as in docs/recipes.md.
     pmm_kernels.insert_feature_mix(
         model, "layer3", pmm_kernels.FeatureMix(classifier=model.classifier)
     )
@@ -128,7 +129,7 @@ def test_torchreid_recipe():
     check_mixed(model.mix_after_layer3, torch.arange(8) % NUM_IDS)
     assert model.mix_after_layer3.labels is None  # only during the step
     # Fixbase epochs: open_specified_layers switches the layer off like any child, and says so.
-    with pytest.warns(UserWarning, match="add 'mix_after_layer3' to them"):
+    with pytest.warns(UserWarning, match="'mix_after_layer3' is in eval mode, so it does not mix"):
         engine.train(batches(1), open_layers=["classifier"])
     engine.train(batches(1), open_layers=["classifier", "mix_after_layer3"])
     model.eval()
@@ -204,7 +205,7 @@ def fastreid_batches(steps: int = 2, n: int = 8):
 def test_fastreid_recipe():
     torch.manual_seed(0)
     model = Baseline().train()
-    # The recipe (README, "The drop-in layer"): 2 lines. fast-reid's ResNet runs layer3 block by
+    # The fast-reid calling convention, as in docs/recipes.md: its ResNet runs layer3 block by
     # block, so the layer goes after the last block.
     pmm_kernels.insert_feature_mix(model, "backbone.layer3.2", pmm_kernels.FeatureMix())
     pmm_kernels.labels_from_batch(model, key="targets")

@@ -13,7 +13,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from oracles import SEEDS, check_against_oracle, make_feat, mix_problems
+from oracles import LAYOUTS, SEEDS, check_against_oracle, make_feat, mix_problems
 
 from pmm_kernels import MODES, a_hard_mix, feature_mix
 from pmm_kernels.ops import reference
@@ -88,7 +88,7 @@ def test_triton_equals_torch(shape, attn_form, partners, triton_device):
         assert_backends_agree(results)
 
 
-@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("dtype", cases.DTYPES, ids=str)
 @pytest.mark.parametrize("attn_form", cases.ATTN_FORMS)
 def test_triton_dtypes_and_layouts(dtype, layout, attn_form, triton_device):
@@ -257,7 +257,7 @@ def test_feature_mix_launchers_agree(call, shape, triton_device):
     )
 
 
-@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("dtype", cases.DTYPES, ids=str)
 @pytest.mark.parametrize(
     ("source", "partner_rule"), [("keys", "any_other"), ("corner", "none"), ("weights", "none")]

@@ -40,8 +40,8 @@ def checkpoint(tmp_path_factory) -> Path:
 def evaluate_path(checkpoint: Path, tree: Path, flip: bool, batch_size: int):
     """The query features exactly as ``pmm-evaluate`` computes them."""
     data = read_market_tree(tree)
-    model, args = load_model(checkpoint)
-    query_loader, _ = build_test_loaders(data, args["height"], args["width"], batch_size)
+    model, config = load_model(checkpoint)
+    query_loader, _ = build_test_loaders(data, config.height, config.width, batch_size)
     return data, extract_features(model, query_loader, "cpu", flip)
 
 

@@ -60,14 +60,6 @@ def test_sampler_rejects_bad_p_and_k():
         PKSampler([0, 1], 2, 0)
 
 
-def test_sampler_has_no_pre_release_k_name():
-    # Never released, so no deprecation shim: k is images_per_id only.
-    pids = [i // 6 for i in range(60)]
-    with pytest.raises(TypeError, match="'k'"):
-        PKSampler(pids, 4, k=3)  # type: ignore[call-arg]
-    assert not hasattr(PKSampler(pids, 4, images_per_id=3), "k")
-
-
 def test_train_and_test_transforms():
     image = Image.new("RGB", (50, 100), (255, 128, 0))
     train = build_transforms(128, 64, is_train=True, random_erasing=True)

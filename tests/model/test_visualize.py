@@ -14,12 +14,10 @@ from PIL import Image
 
 import pmm_kernels
 from pmm_kernels import MixInfo
-from pmm_model.apps.visualize import (
+from pmm_model.apps.panels import Box, PanelGrid, denormalize
+from pmm_model.apps.plots import (
     MIX_OUTLINE,
     VERDICT_COLORS,
-    Box,
-    PanelGrid,
-    denormalize,
     mix_rectangles,
     plot_bars,
     plot_mixing,
@@ -328,11 +326,19 @@ def test_cli_writes_the_three_pictures(tiny_pmm, tmp_path, capsys) -> None:
     assert _png(written["curves"]).shape[:2] == (400, 800)
 
 
-def test_star_import_gives_every_public_name() -> None:
+@pytest.mark.parametrize(
+    ("module", "names"),
+    [
+        ("pmm_model.apps.visualize", {"draw_checkpoint"}),
+        ("pmm_model.apps.plots", {"plot_bars", "plot_mixing", "mix_rectangles", "read_metrics"}),
+        ("pmm_model.apps.panels", {"Box", "PanelGrid", "denormalize", "save_figure"}),
+    ],
+)
+def test_star_import_gives_every_public_name(module: str, names: set[str]) -> None:
     # __all__ once listed a `main` the module never defined, so `import *` raised.
     namespace: dict[str, object] = {}
-    exec("from pmm_model.apps.visualize import *", namespace)
-    assert {"draw_checkpoint", "plot_bars", "plot_mixing", "mix_rectangles"} <= set(namespace)
+    exec(f"from {module} import *", namespace)
+    assert names <= set(namespace)
 
 
 def test_module_entry_point_runs_the_cli(monkeypatch, capsys) -> None:

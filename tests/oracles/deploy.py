@@ -36,7 +36,7 @@ def make_checkpoint(path: Path, kind: str, seed: int = 0) -> Path:
             module.running_var.uniform_(0.5, 2.0)
     # The whole configuration, as the training CLI records it.
     run = {"model": kind, "backbone": "resnet18", "height": HEIGHT, "width": WIDTH}
-    args = make_config(run | {"block_size": (1, 1)}) | {"num_classes": 4}
+    args = make_config(run | {"block_size": (1, 1)}).to_dict() | {"num_classes": 4}
     save_checkpoint(path, {"model": model.state_dict(), "args": args})
     return path
 

@@ -7,7 +7,9 @@ import math
 import torch
 from hypothesis import strategies as st
 
-LAYOUTS = ("contiguous", "channels_last", "strided")
+from pmm_kernels.testing.cases import MAP_LAYOUTS, in_layout
+
+LAYOUTS = (*MAP_LAYOUTS, "strided")
 
 SEEDS = st.integers(0, 2**31 - 1)
 
@@ -18,12 +20,9 @@ def make_feat(shape, dtype=torch.float32, layout="contiguous", device="cpu", see
     n, c, h, w = shape
     if layout == "strided":  # every other channel of a transposed buffer: no dense layout at all
         base = torch.randn(n, 2 * c, w, h, generator=generator).transpose(2, 3)
-        feat = base[:, ::2]
-    else:
-        feat = torch.randn(shape, generator=generator)
-        if layout == "channels_last":
-            feat = feat.contiguous(memory_format=torch.channels_last)
-    return feat.to(device=device, dtype=dtype)
+        return base[:, ::2].to(device=device, dtype=dtype)
+    feat = torch.randn(shape, generator=generator).to(device=device, dtype=dtype)
+    return in_layout(feat, layout)
 
 
 @st.composite

@@ -1,0 +1,65 @@
+"""The layer on ViT-B/16 ReID tokens: ``pytest benchmarks --benchmark-only``.
+
+At N = 64, 1 + 128 tokens (a 16x8 grid at 256x128), C = 768, float32: the ``a_hard_mix`` layer
+(token-norm saliency, the 8x4 grid's 3 blocks) forward, and forward + backward, each against
+``clone()`` of the token tensor measured right before it (``x_clone``). The CPU targets are the
+op's: forward <= 1.5x clone, forward + backward <= 3x clone (docs/performance.md#targets).
+``benchmarks/gpu_check.py`` times the same rows on a GPU.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import pytest
+import torch
+
+import pmm_kernels
+from pmm_kernels.tokens import TokenGrid
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+N, GRID, C = 64, TokenGrid(16, 8, 1), 768
+ROUNDS, WARMUP_ROUNDS = 10, 2
+
+
+def token_inputs() -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    tokens = torch.randn(N, GRID.prefix + GRID.height * GRID.width, C, generator=generator)
+    return tokens.to(DEVICE), (torch.arange(N) // 4).to(DEVICE)
+
+
+def token_call(passes: str) -> tuple[torch.Tensor, Callable[[], object]]:
+    """The benchmarked call on fresh inputs: the layer's forward or forward + backward."""
+    tokens, labels = token_inputs()
+    layer = pmm_kernels.FeatureMix("a_hard_mix", token_grid=GRID)
+    if passes == "forward":
+        return tokens, lambda: layer(tokens, labels)
+    leaf = tokens.detach().requires_grad_()
+    grad_out = torch.randn_like(tokens)
+    return tokens, lambda: torch.autograd.grad(layer(leaf, labels), leaf, grad_out)
+
+
+def _mean_seconds(fn: Callable[[], object]) -> float:
+    for _ in range(WARMUP_ROUNDS):
+        fn()
+    total = 0.0
+    for _ in range(ROUNDS):
+        start = time.perf_counter()
+        result = fn()
+        if DEVICE.type == "cuda":
+            torch.cuda.synchronize()
+        total += time.perf_counter() - start
+        del result
+    return total / ROUNDS
+
+
+@pytest.mark.parametrize("passes", ["forward", "forward_backward"])
+def test_layer_on_vit_b16_tokens(benchmark, passes):
+    tokens, call = token_call(passes)
+    floor = _mean_seconds(tokens.clone)
+    benchmark.group = "FeatureMix on ViT-B/16 tokens (N=64, 1+128, C=768)"
+    benchmark.pedantic(call, rounds=ROUNDS, iterations=1, warmup_rounds=WARMUP_ROUNDS)
+    benchmark.extra_info.update(
+        clone_seconds=floor, x_clone=round(benchmark.stats.stats.mean / floor, 2)
+    )

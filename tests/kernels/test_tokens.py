@@ -1,0 +1,177 @@
+"""Token inputs (docs/transformers.md): (N, P + H*W, C) tokens mixed as the (N, C, H, W) view of
+their patch tokens, every guarantee of the map path kept, on small shapes."""
+
+from __future__ import annotations
+
+import copy
+import pickle
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import pmm_kernels
+from pmm_kernels import FeatureMix
+from pmm_kernels.tokens import ClsAttention, TokenGrid, token_norm
+
+GRID = TokenGrid(height=6, width=4, prefix=2)
+LABELS = torch.tensor([0, 0, 1, 1, 2, 2])
+
+
+def _tokens(dtype=torch.float32, seed=0) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(6, GRID.prefix + 24, 10, generator=generator).to(dtype)
+
+
+def test_split_is_a_view_and_join_inverts_it():
+    tokens = _tokens()
+    prefix, patches = GRID.split(tokens)
+    assert (
+        patches.shape == (6, 10, 6, 4)
+        and patches.is_contiguous(memory_format=torch.channels_last) is False
+    )
+    assert patches.untyped_storage().data_ptr() == tokens.untyped_storage().data_ptr()
+    assert torch.equal(patches[:, :, 1, 2], tokens[:, GRID.prefix + 1 * 4 + 2])  # row-major
+    assert torch.equal(GRID.join(prefix, patches), tokens)
+
+
+def test_a_token_count_off_the_grid_is_one_line():
+    with pytest.raises(
+        ValueError, match=r"tokens must be \(N, 2 \+ 6\*4 = 26, C\) .* got"
+    ) as error:
+        GRID.split(torch.zeros(6, 25, 10))
+    assert "\n" not in str(error.value) and "tensor(" not in str(error.value)
+    with pytest.raises(ValueError, match="has no token grid"):
+        FeatureMix()(torch.zeros(6, 26, 10), LABELS)
+
+
+@pytest.mark.parametrize("mode", list(pmm_kernels.MODES))
+def test_tokens_mix_exactly_as_their_map(mode):
+    tokens = _tokens()
+    layer = FeatureMix(
+        mode, grid=(3, 2), token_grid=GRID, generator=torch.Generator().manual_seed(1)
+    )
+    mixed = layer(tokens, LABELS)
+    # The same mix on a plain NCHW copy of the patch map, with the same draws and saliency.
+    _, patches = GRID.split(tokens)
+    plain = FeatureMix(mode, grid=(3, 2), generator=torch.Generator().manual_seed(1))
+    attn = token_norm(patches) if pmm_kernels.MODES[mode].cells == "salient" else None
+    expected = plain(patches.contiguous(), LABELS, attn)
+    assert torch.equal(mixed[:, : GRID.prefix], tokens[:, : GRID.prefix])  # prefix untouched
+    assert torch.equal(GRID.split(mixed)[1], expected)
+    assert torch.equal(layer.last_info.mask, plain.last_info.mask)
+    assert layer.eval()(tokens, LABELS) is tokens  # eval: the identity
+
+
+class _FullSizeCopies(TorchDispatchMode):
+    """Counts ops whose output is as large as the map: copies of it."""
+
+    def __init__(self, numel: int) -> None:
+        super().__init__()
+        self.numel, self.ops = numel, []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if isinstance(out, torch.Tensor) and out.numel() == self.numel:
+            self.ops.append(str(func.overloadpacket))
+        return out
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_the_op_copies_token_strides_no_more_than_channels_last(backend, triton_device):
+    tokens = _tokens().to(triton_device)
+    _, patches = GRID.split(tokens)
+    dense = patches.contiguous(memory_format=torch.channels_last)
+    weights = torch.rand(6, 10, device=triton_device)
+    traces = []
+    for feat in (patches, dense):
+        with _FullSizeCopies(feat.numel()) as mode:
+            pmm_kernels.a_hard_mix(
+                feat, weights, LABELS.to(triton_device), block_size=(2, 2), backend=backend
+            )
+        traces.append(mode.ops)
+    assert traces[0] == traces[1]  # the token view gets no extra contiguous()/clone()
+
+
+def test_triton_and_torch_agree_bit_for_bit_on_tokens(triton_device):
+    tokens = (_tokens() * 50).to(triton_device)
+    outs = []
+    for backend in ("torch", "triton"):
+        layer = FeatureMix(
+            "a_cutmix",
+            grid=(3, 2),
+            token_grid=GRID,
+            backend=backend,
+            generator=torch.Generator().manual_seed(3),
+        )
+        leaf = tokens.clone().requires_grad_()
+        out = layer(leaf, LABELS.to(triton_device))
+        (grad,) = torch.autograd.grad(
+            out,
+            leaf,
+            torch.ones_like(out) * torch.arange(out.numel(), device=out.device).view_as(out) % 7,
+        )
+        outs.append((out.detach(), grad))
+    assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])
+
+
+def test_gradients_and_double_backward_on_tokens():
+    grid = TokenGrid(height=2, width=2, prefix=1)  # small: gradcheck perturbs every input
+    tokens = torch.randn(4, 5, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    labels, partners = torch.tensor([0, 0, 1, 1]), torch.tensor([2, 3, 0, 1])
+
+    def mix(x):
+        layer = FeatureMix(
+            "hard_mix",
+            block_size=(1, 1),
+            num_blocks=2,
+            token_grid=grid,
+            generator=torch.Generator().manual_seed(0),
+        )
+        return layer(x, labels, partners=partners)
+
+    tokens.requires_grad_()
+    assert torch.autograd.gradcheck(mix, (tokens,))
+    assert torch.autograd.gradgradcheck(mix, (tokens,))
+
+
+def test_compiles_without_graph_breaks_and_copies_drop_nothing_needed():
+    layer = FeatureMix("cutmix", grid=(3, 2), token_grid=GRID)
+    compiled = torch.compile(lambda x: layer(x), fullgraph=True, backend="eager")
+    out = compiled(_tokens())
+    assert out.shape == (6, 26, 10) and layer.last_info.mask.any()
+    for copied in (copy.deepcopy(layer), pickle.loads(pickle.dumps(layer))):
+        assert copied.token_grid == GRID
+        assert copied(_tokens()).shape == (6, 26, 10)
+
+
+def test_nhwc_maps_mix_as_their_nchw_view():
+    maps = torch.randn(6, 6, 4, 10, generator=torch.Generator().manual_seed(2))  # (N, H, W, C)
+    layer = FeatureMix(
+        "cutout", grid=(3, 2), layout="nhwc", generator=torch.Generator().manual_seed(4)
+    )
+    plain = FeatureMix("cutout", grid=(3, 2), generator=torch.Generator().manual_seed(4))
+    expected = plain(maps.permute(0, 3, 1, 2).contiguous())
+    assert torch.equal(layer(maps).permute(0, 3, 1, 2), expected)
+
+
+def test_cls_attention_is_the_cls_row_of_the_blocks_attention():
+    timm = pytest.importorskip("timm")
+    block = timm.models.vision_transformer.Block(dim=12, num_heads=3, qkv_bias=True)
+    probe = ClsAttention(block.attn, prefix=GRID.prefix)
+    x = torch.randn(6, GRID.prefix + 24, 12, generator=torch.Generator().manual_seed(5))
+    block(x)
+    saliency = probe(torch.zeros(6, 12, 6, 4))
+    # Independently: the whole attention matrix, in float64, from the block's own qkv.
+    normed = block.norm1(x).double()
+    q, k, _ = (
+        copy.deepcopy(block.attn.qkv).double()(normed).view(6, -1, 3, 3, 4).permute(2, 0, 3, 1, 4)
+    )
+    full = ((q @ k.transpose(-2, -1)) * 4**-0.5).softmax(-1).mean(1)  # (N, T, T)
+    expected = full[:, 0, GRID.prefix :].reshape(6, 6, 4)
+    assert torch.allclose(saliency.double(), expected, atol=1e-5)
+    layer = FeatureMix(grid=(3, 2), token_grid=GRID, saliency=probe)
+    layer(block(x), LABELS)
+    # The most attended 2x2 block of the 3x2 grid is the first one the layer took.
+    block_scores = expected.view(6, 3, 2, 2, 2).sum((2, 4)).flatten(1)
+    assert torch.equal(layer.last_info.blocks[:, 0], block_scores.argmax(1))

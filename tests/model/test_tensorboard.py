@@ -1,0 +1,49 @@
+"""TensorBoard events of a run, read back with tensorboard's own reader."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from pmm_model.run.tensorboard import EVENTS_FOLDER, TrainingEvents
+
+
+def _read(folder) -> EventAccumulator:
+    reader = EventAccumulator(str(folder), size_guidance={"scalars": 0, "images": 0})
+    reader.Reload()
+    return reader
+
+
+def test_steps_evaluations_and_pictures_read_back(tmp_path) -> None:
+    events = TrainingEvents(tmp_path)
+    for step in (1, 2, 3):
+        events.step(
+            step, {"ce1": 4.0 / step, "triplet1": 0.5}, lr=1e-3 * step, mixed={"stage2": 0.09}
+        )
+    events.evaluation(3, {"rank1": 0.75, "mAP": 0.5, "mINP": 0.25})
+    picture = tmp_path / "mixing.png"
+    Image.fromarray(np.full((8, 4, 3), 200, dtype=np.uint8)).save(picture)
+    events.picture("mixing", picture, 3)
+    events.close()
+
+    reader = _read(tmp_path / EVENTS_FOLDER)
+    scalars = {
+        tag: [(e.step, e.value) for e in reader.Scalars(tag)] for tag in reader.Tags()["scalars"]
+    }
+    assert scalars["loss/ce1"] == [(1, 4.0), (2, 2.0), (3, pytest.approx(4.0 / 3))]
+    assert scalars["loss/total"][0] == (1, 4.5)
+    assert scalars["lr"] == [
+        (1, pytest.approx(1e-3)),
+        (2, pytest.approx(2e-3)),
+        (3, pytest.approx(3e-3)),
+    ]
+    assert scalars["mixed/stage2"] == [(s, pytest.approx(0.09)) for s in (1, 2, 3)]
+    assert {tag: scalars[tag] for tag in ("eval/rank1", "eval/mAP", "eval/mINP")} == {
+        "eval/rank1": [(3, 0.75)],
+        "eval/mAP": [(3, 0.5)],
+        "eval/mINP": [(3, 0.25)],
+    }
+    (image,) = reader.Images("mixing")
+    assert (image.step, image.width, image.height) == (3, 4, 8)

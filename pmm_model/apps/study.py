@@ -102,6 +102,7 @@ _PLACE_OPTIONS = (
     "compile",
     "channels_last",
     "skip_bad_images",
+    "tensorboard",
 )
 RESULT, ATTEMPT, STUDY = "result.json", "attempt.json", "study.json"
 # Failures that concern one run; anything else (a bug, KeyboardInterrupt) stops the grid.

@@ -204,6 +204,12 @@ def build_parser() -> argparse.ArgumentParser:
         f"{_default('checkpoint_every')}",
     )
     run.add_argument(
+        "--no-tensorboard",
+        dest="tensorboard",
+        action="store_false",
+        help="write no TensorBoard event files (default: <output-dir>/tensorboard, rank 0)",
+    )
+    run.add_argument(
         "--output-dir", help="default: runs/<model>-<data>, or the --resume checkpoint's folder"
     )
     run.add_argument(
@@ -215,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Or a checkpoint.pt to continue; only where/how-long options may change: "
         "--epochs (rescales the lr schedule), --eval-every, --checkpoint-every, "
         "--device, --workers, --output-dir, --root, --amp, --skip-bad-images, "
-        "--compile, --channels-last, --sync-bn",
+        "--compile, --channels-last, --sync-bn, --no-tensorboard",
     )
     run.add_argument(
         "--overwrite",

@@ -81,6 +81,7 @@ class TrainConfig:
     sync_bn: bool = False
     compile: bool = False
     channels_last: bool = False
+    tensorboard: bool = True  # event files in <output_dir>/tensorboard (rank 0)
     num_classes: int | None = None
 
     def __post_init__(self) -> None:
@@ -166,7 +167,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 # checkpoint. A changed ``epochs`` rescales the learning-rate schedule (see pmm_model.run.engine).
 RUNTIME_OPTIONS = (
     "epochs", "eval_every", "checkpoint_every", "device", "workers", "output_dir", "root", "amp",
-    "skip_bad_images", "compile", "channels_last", "sync_bn",
+    "skip_bad_images", "compile", "channels_last", "sync_bn", "tensorboard",
 )  # fmt: skip
 
 

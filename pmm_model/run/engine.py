@@ -96,11 +96,13 @@ from pmm_model.run.hooks import (
     Evaluation,
     Hook,
     Schedule,
+    StepRecord,
     StopOnSignal,
     lr_factor,
 )
 from pmm_model.run.runtime import Distributed, StopSignals, init_distributed
 from pmm_model.run.startup import AMP_DTYPES, check_ranks_agree, open_folder, start
+from pmm_model.run.tensorboard import TensorBoard
 
 __all__ = [
     "AMP_DTYPES",
@@ -182,9 +184,11 @@ class Engine:
         self.checkpointer = Checkpointer()
         self.stop = StopOnSignal()
         self.evaluation = Evaluation()
+        self.last_step: StepRecord | None = None  # set by forward_loss
         self.hooks: list[Hook] = []
         built_in: tuple[Hook, ...] = (
-            self.schedule, self.divergence, self.checkpointer, self.stop, self.evaluation
+            self.schedule, self.divergence, self.checkpointer, self.stop, self.evaluation,
+            TensorBoard(),
         )  # fmt: skip
         for hook in (*built_in, *hooks):
             self.register_hook(hook)
@@ -303,8 +307,13 @@ class Engine:
         return PMMLoss(margin=self.config.margin)
 
     def forward_loss(self, images: torch.Tensor, pids: torch.Tensor) -> torch.Tensor:
-        """The training loss of one batch (called under autocast; backward is the engine's)."""
-        loss, _ = self.criterion(self.net(images, pids), pids)
+        """The training loss of one batch (called under autocast; backward is the engine's).
+
+        Keeps the step's loss terms and mixes in :attr:`last_step` for hooks (TensorBoard).
+        """
+        output = self.net(images, pids)
+        loss, terms = self.criterion(output, pids)
+        self.last_step = StepRecord(terms, [info.lam.detach() for info in output.mix_info])
         return loss
 
     def evaluate(self) -> dict[str, float]:

@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import logging
 import signal
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -59,6 +60,7 @@ __all__ = [
     "Hook",
     "Run",
     "Schedule",
+    "StepRecord",
     "StopOnSignal",
     "lr_factor",
 ]
@@ -85,6 +87,19 @@ def lr_factor(epoch: int, epochs: int) -> float:
     if 4 * epoch < 3 * epochs:
         return 0.1
     return 0.01
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """What the last training step computed besides its loss, for hooks that log it.
+
+    Attributes:
+        terms: each loss term by name (``ce1``, ``triplet1``, ...), detached.
+        mixed: per mixing stage, the (N,) fraction of the map each sample had replaced.
+    """
+
+    terms: dict[str, torch.Tensor]
+    mixed: list[torch.Tensor]
 
 
 class Run(Protocol):
@@ -118,6 +133,7 @@ class Run(Protocol):
     optimizer: torch.optim.Optimizer
     criterion: nn.Module
     scaler: torch.amp.GradScaler
+    last_step: StepRecord | None
     amp_dtype: torch.dtype | None
     train_loader: DataLoader
     sampler: PKSampler

@@ -21,7 +21,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-__all__ = ["EVENTS_FOLDER", "TrainingEvents"]
+from pmm_model.run.hooks import Hook
+
+__all__ = ["EVENTS_FOLDER", "TensorBoard", "TrainingEvents"]
 
 # The run folder's subfolder for the event files.
 EVENTS_FOLDER = "tensorboard"
@@ -78,3 +80,47 @@ class TrainingEvents:
     def close(self) -> None:
         """Flush and close the event file."""
         self._writer.close()
+
+
+class TensorBoard(Hook):
+    """The engine's hook writing :class:`TrainingEvents` (rank 0, ``config.tensorboard``).
+
+    At every step the loss terms of :attr:`~pmm_model.run.engine.Engine.last_step`, their sum,
+    the learning rate and each mixing stage's mean replaced fraction (``mixed/stage2``, ...);
+    at every evaluation rank-1, mAP and mINP. The step axis counts this rank's steps from the
+    run's start, resumes included.
+    """
+
+    def __init__(self) -> None:
+        self.events: TrainingEvents | None = None
+        self.global_step = 0
+
+    def before_train(self) -> None:
+        engine = self.engine
+        if not (engine.config.tensorboard and engine.dist.is_main):
+            return
+        steps = len(engine.train_loader)
+        self.global_step = engine.start_epoch * steps + engine.start_step
+        self.events = TrainingEvents(engine.config.output_dir or ".")
+
+    def after_step(self, epoch: int, step: int, loss: float) -> None:
+        self.global_step += 1
+        record = self.engine.last_step
+        if self.events is None or record is None:
+            return
+        lr = self.engine.optimizer.param_groups[0]["lr"]
+        terms = {name: float(value) for name, value in record.terms.items()}
+        mixed = {f"stage{i + 2}": float(lam.float().mean()) for i, lam in enumerate(record.mixed)}
+        self.events.step(self.global_step, terms, lr, mixed)
+
+    def after_epoch(self, epoch: int, loss: float) -> None:
+        result = self.engine.evaluation.result
+        if self.events is not None and result is not None and result["epoch"] == epoch + 1:
+            metrics = {key: result[key] for key in ("rank1", "mAP", "mINP")}
+            self.events.evaluation(self.global_step, metrics)
+            self.events.flush()
+
+    def after_train(self) -> None:
+        if self.events is not None:
+            self.events.close()
+            self.events = None

@@ -47,3 +47,27 @@ def test_steps_evaluations_and_pictures_read_back(tmp_path) -> None:
     }
     (image,) = reader.Images("mixing")
     assert (image.step, image.width, image.height) == (3, 4, 8)
+
+
+@pytest.mark.slow
+def test_a_training_run_writes_its_events_on_by_default(tiny_root, tmp_path) -> None:
+    from oracles import tiny_run_options
+
+    from pmm_model.run.engine import run_training
+
+    out = tmp_path / "run"
+    options = {**tiny_run_options(tiny_root), "output_dir": str(out), "epochs": 2, "eval_every": 1}
+    run_training(options)
+    reader = _read(out / EVENTS_FOLDER)
+    tags = set(reader.Tags()["scalars"])
+    assert {"loss/ce1", "loss/triplet1", "loss/ce3", "loss/total", "lr", "mixed/stage2"} <= tags
+    assert {"eval/rank1", "eval/mAP", "eval/mINP"} <= tags
+    steps = [e.step for e in reader.Scalars("loss/total")]
+    assert steps == list(range(1, len(steps) + 1)) and len(steps) >= 2
+    assert [e.step for e in reader.Scalars("eval/rank1")] == [steps[len(steps) // 2 - 1], steps[-1]]
+    fractions = [e.value for e in reader.Scalars("mixed/stage2")]
+    assert all(0 < f < 1 for f in fractions)  # the mix replaced part of each map
+
+    quiet = tmp_path / "quiet"
+    run_training({**options, "output_dir": str(quiet), "tensorboard": False})
+    assert not (quiet / EVENTS_FOLDER).exists()

@@ -18,7 +18,6 @@ from pmm_kernels.ops.plan import MixPlan
 from pmm_kernels.ops.utils import (
     accumulation_dtype,
     block_cells,
-    block_grid,
     block_scores_torch,
     rectangle_mask,
     sample_partners,
@@ -27,7 +26,6 @@ from pmm_kernels.ops.utils import (
 
 __all__ = [
     "a_hard_mix_backward_torch",
-    "block_grid",
     "feature_mix_backward_torch",
     "feature_mix_forward_torch",
     "replay_mix_torch",

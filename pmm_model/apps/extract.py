@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 # The Market naming "<pid>_c<camera>..." exactly as the dataset loaders parse it.
-from pmm_model.data.datasets import _MARKET_NAME, IMAGE_EXTENSIONS, ImageDataset, Record
+from pmm_model.data.datasets import IMAGE_EXTENSIONS, MARKET_NAME, ImageDataset, Record
 from pmm_model.data.transforms import build_transforms
 from pmm_model.evaluation.evaluator import extract_features
 from pmm_model.run.checkpoint import load_model
@@ -101,7 +101,7 @@ class ExtractedFeatures:
 
 
 def _market_ids(name: str) -> tuple[int, int] | None:
-    match = _MARKET_NAME.match(Path(name).name)
+    match = MARKET_NAME.match(Path(name).name)
     return (int(match.group(1)), int(match.group(2)) - 1) if match else None
 
 

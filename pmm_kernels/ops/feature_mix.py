@@ -228,17 +228,41 @@ class FeatureMixFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(feat, *plan_and_backend):
-        return feature_mix_forward(feat, *plan_and_backend)
+    def forward(
+        feat,
+        cells,
+        cell_kind,
+        labels,
+        u,
+        given_partners,
+        block_h,
+        block_w,
+        num_blocks,
+        partner_rule,
+        use_triton,
+    ):
+        return feature_mix_forward(
+            feat,
+            cells,
+            cell_kind,
+            labels,
+            u,
+            given_partners,
+            block_h,
+            block_w,
+            num_blocks,
+            partner_rule,
+            use_triton,
+        )
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        plan = MixPlan.from_op_args(*inputs[1:-1])
+        _, _, _, _, _, _, block_h, block_w, _, partner_rule, use_triton = inputs
         _, partners, blocks, mask, lam = output
         ctx.save_for_backward(partners, blocks, mask)
-        ctx.block_size = plan.block_size
-        ctx.from_partner = plan.from_partner
-        ctx.use_triton = inputs[-1]
+        ctx.block_size = (block_h, block_w)
+        ctx.from_partner = partner_rule != "none"
+        ctx.use_triton = use_triton
         ctx.mark_non_differentiable(partners, blocks, mask, lam)
 
     @staticmethod

@@ -13,6 +13,7 @@ import torch
 
 from pmm_kernels import a_hard_mix
 from pmm_kernels.ops import reference
+from pmm_kernels.ops.plan import CellSource, MixPlan
 from pmm_kernels.testing.authors_ops import authors_a_hard_mix, authors_mix
 from pmm_kernels.testing.cases import PAPER
 
@@ -56,20 +57,11 @@ def make_call(impl: str, feat, attn, labels, partners, passes: str) -> Callable[
     elif impl == "torch_compile":
         # N symbolic: one graph per dtype, attn form and grad mode, whatever the batch.
         compiled = torch.compile(reference.feature_mix_forward_torch, dynamic=True)
+        cells = CellSource.saliency(attn)
+        plan = MixPlan(cells, labels, None, partners, BLOCK_SIZE, NUM_BLOCKS, "different_label")
 
         def forward(x):
-            return compiled(
-                x,
-                attn,
-                None,
-                None,
-                labels,
-                None,
-                partners,
-                BLOCK_SIZE,
-                NUM_BLOCKS,
-                "different_label",
-            )[0]
+            return compiled(x, plan)[0]
     else:
 
         def forward(x):

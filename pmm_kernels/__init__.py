@@ -17,6 +17,7 @@ from pmm_kernels.losses import SoftCrossEntropy, soft_cross_entropy
 from pmm_kernels.modes import MODES, MixInfo, MixMode
 from pmm_kernels.modules import AHardMix, FeatureMix
 from pmm_kernels.ops.feature_mix import BACKENDS
+from pmm_kernels.ops.utils import block_grid
 
 try:
     # The distribution is "pmm" (pyproject.toml); it ships pmm_kernels and pmm_model.
@@ -35,6 +36,7 @@ __all__ = [
     "MixMode",
     "SoftCrossEntropy",
     "a_hard_mix",
+    "block_grid",
     "feature_mix",
     "feature_mix_layers",
     "insert_feature_mix",

@@ -16,7 +16,8 @@ import torch.nn.functional as F
 
 from pmm_kernels import validation as check
 from pmm_kernels.modes import MODES, MixInfo, MixMode
-from pmm_kernels.ops.feature_mix import BACKENDS, Backend, FeatureMixFunction, resolve_backend
+from pmm_kernels.ops.feature_mix import BACKENDS, Backend, mix, resolve_backend
+from pmm_kernels.ops.plan import CellSource, MixPlan
 from pmm_kernels.ops.reference import saliency_torch
 from pmm_kernels.ops.utils import batch_drop_corner, batch_drop_size, draw_uniform
 
@@ -148,28 +149,19 @@ def feature_mix(
     use_triton = resolve_backend(backend, feat, rows * cols)
 
     # The draws of docs/op.md#draws, in that order.
-    keys = corner = u = None
-    if spec.cells == "random":
-        keys = draw_uniform((n, rows * cols), generator, feat.device)
-    elif spec.cells == "rectangle":
+    if attn is not None:  # the attentive modes, the only ones that take (and need) attn
+        cells = CellSource.saliency(attn)
+    elif spec.cells == "random":
+        cells = CellSource("keys", draw_uniform((n, rows * cols), generator, feat.device))
+    else:  # batch_drop's rectangle
         block_size = batch_drop_size(h, w, h_ratio, w_ratio)
         corner = batch_drop_corner(draw_uniform((2,), generator, feat.device), h, w, block_size)
-        num_blocks = 1
+        cells, num_blocks = CellSource("corner", corner), 1
+    u = None
     if spec.partner_rule != "none" and partners is None:
         u = draw_uniform((n,), generator, feat.device)
-    out, chosen, blocks, mask, lam = FeatureMixFunction.apply(
-        feat,
-        attn,
-        keys,
-        corner,
-        labels,
-        u,
-        partners,
-        block_size,
-        num_blocks,
-        spec.partner_rule,
-        use_triton,
-    )
+    plan = MixPlan(cells, labels, u, partners, block_size, num_blocks, spec.partner_rule)
+    out, chosen, blocks, mask, lam = mix(feat, plan, use_triton)
     # Read by mixed_targets: the label-keeping modes and unpaired samples keep their labels.
     label_lam = torch.where(chosen >= 0, lam, 0.0) if spec.mixes_labels else torch.zeros_like(lam)
     return out, MixInfo(chosen, blocks, mask, lam, label_lam)

@@ -317,18 +317,8 @@ class FeatureMix(nn.Module):
             )
         labels = check.check_labels("labels", labels, n).long()
         rows = classifier.out_features
-        if torch.compiler.is_compiling():
-            # Reading the range back would break the graph: check on the device instead.
-            torch._assert_async(
-                ((labels >= 0) & (labels < rows)).all(), "labels must index classifier.weight"
-            )
-        else:
-            low, high = int(labels.min()), int(labels.max())
-            if low < 0 or high >= rows:
-                raise ValueError(
-                    f"labels must lie in [0, {rows}) to pick rows of classifier.weight "
-                    f"(out_features={rows}), got values in [{low}, {high}]"
-                )
+        words = f"[0, {rows}) to pick rows of classifier.weight (out_features={rows})"
+        check.check_ranges([("labels", labels, 0, rows - 1, words)])
         return classifier.weight.detach()[labels]
 
     def _batch_labels(self, feat: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor | None:

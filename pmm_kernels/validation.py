@@ -144,18 +144,9 @@ def check_choice(name: str, value: object, choices: Iterable[str]) -> str:
 
 
 def check_partners(partners: torch.Tensor, n: int) -> torch.Tensor:
-    """Partners in [-1, N) as int64: read back on the host (one sync on CUDA), or under
-    ``torch.compile`` asserted on the device, where a read-back would break the graph."""
-    if torch.compiler.is_compiling():
-        torch._assert_async(
-            ((partners >= -1) & (partners < n)).all(), "partners must lie in [-1, N)"
-        )
-    else:
-        low, high = int(partners.min()), int(partners.max())
-        if low < -1 or high >= n:
-            raise ValueError(
-                f"partners must lie in [-1, {n}) for a batch of {n}, got values in [{low}, {high}]"
-            )
+    """Partners in [-1, N) as int64 (:func:`check_ranges`: one read-back, or on the device
+    under ``torch.compile``)."""
+    check_ranges([("partners", partners, -1, n - 1, f"[-1, {n}) for a batch of {n}")])
     return partners.to(torch.int64)
 
 

@@ -17,7 +17,12 @@ The rules:
     so that ``python -m pmm_model.<name>`` runs ``pmm_model.cli.<name>`` (through the console
     script's entry point ``pmm_model.cli.scripts.<name>``), and importing it runs nothing;
 (d) every module of ``pmm_model`` has a layer in :data:`LAYERS`, and no module imports one of
-    a higher layer (imports within a layer are allowed; (a) still forbids circles there).
+    a higher layer (imports within a layer are allowed; (a) still forbids circles there);
+(e) ``pmm_model`` sees one face of ``pmm_kernels``: ``import pmm_kernels`` and
+    ``from pmm_kernels import name`` with ``name`` in ``pmm_kernels.__all__``, and attributes
+    ``pmm_kernels.name`` of those names only; never a submodule (``pmm_kernels.ops``,
+    ``pmm_kernels.validation``, ...);
+(f) no module of ``pmm_model`` imports another module's private (``_``-prefixed) name.
 """
 
 from __future__ import annotations
@@ -245,5 +250,93 @@ def test_no_import_from_a_higher_layer() -> None:
         if _in(module, "pmm_model")
         for target in targets
         if _in(target, "pmm_model") and _layer(target) > _layer(module)
+    )
+    assert offending == []
+
+
+def _kernels_public_names() -> set[str]:
+    """``pmm_kernels.__all__``, read from its ``__init__.py`` without importing it."""
+    tree = ast.parse(SOURCES["pmm_kernels"].read_text())
+    for node in tree.body:
+        if (
+            isinstance(node, ast.Assign)
+            and any(isinstance(t, ast.Name) and t.id == "__all__" for t in node.targets)
+            and isinstance(node.value, ast.List | ast.Tuple)
+        ):
+            return {ast.literal_eval(item) for item in node.value.elts}
+    raise AssertionError("pmm_kernels/__init__.py has no literal __all__")
+
+
+def _model_trees() -> dict[str, ast.Module]:
+    return {
+        module: ast.parse(path.read_text(), filename=str(path))
+        for module, path in SOURCES.items()
+        if _in(module, "pmm_model")
+    }
+
+
+def _kernels_uses(module: str, tree: ast.Module, public: set[str]) -> list[str]:
+    """What ``module`` reaches in ``pmm_kernels`` beyond its public names (rule (e))."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            submodules = [a.name for a in node.names if a.name.startswith("pmm_kernels.")]
+            found += [f"{module}: import {name}" for name in submodules]
+        elif isinstance(node, ast.ImportFrom) and _in(node.module or "", "pmm_kernels"):
+            if node.module != "pmm_kernels":
+                found.append(f"{module}: from {node.module} import ...")
+            else:
+                found += [
+                    f"{module}: from pmm_kernels import {a.name}"
+                    for a in node.names
+                    if a.name not in public
+                ]
+        elif (
+            isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Name)
+            and node.value.id == "pmm_kernels"
+            and node.attr not in public
+            and node.attr != "__version__"
+        ):
+            found.append(f"{module}: pmm_kernels.{node.attr}")
+    return found
+
+
+def test_the_model_package_uses_only_the_public_face_of_the_kernels() -> None:
+    public = _kernels_public_names()
+    assert {"feature_mix", "FeatureMix", "MixInfo"} <= public  # the reading works
+    offending = sorted(
+        use
+        for module, tree in _model_trees().items()
+        for use in _kernels_uses(module, tree, public)
+    )
+    assert offending == []
+
+
+def test_the_rule_on_the_kernels_face_catches_each_way_in() -> None:
+    tree = ast.parse(
+        "import pmm_kernels.ops\n"
+        "from pmm_kernels.validation import check_feat\n"
+        "from pmm_kernels import FeatureMix, describe\n"
+        "import pmm_kernels\n"
+        "pmm_kernels.ops.reference.block_grid\n"
+        "pmm_kernels.feature_mix\n"
+    )
+    assert _kernels_uses("m", tree, {"FeatureMix", "feature_mix"}) == [
+        "m: import pmm_kernels.ops",
+        "m: from pmm_kernels.validation import ...",
+        "m: from pmm_kernels import describe",
+        "m: pmm_kernels.ops",
+    ]
+
+
+def test_no_private_name_crosses_modules_of_the_model_package() -> None:
+    offending = sorted(
+        f"{module}: from {node.module or '.'} import {alias.name}"
+        for module, tree in _model_trees().items()
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and (node.level or _in(node.module or "", "pmm_model"))
+        for alias in node.names
+        if alias.name.startswith("_") and not alias.name.startswith("__")
     )
     assert offending == []

@@ -4,19 +4,22 @@ The custom ops (``pmm::feature_mix_forward`` and ``pmm::feature_mix_backward``) 
 to ``torch.compile``: no graph break inside it, and fake implementations give the outputs' shapes
 and strides (the real outputs are allocated to match them). Each op runs either the Triton kernels
 (``feature_mix_triton``) or the PyTorch path (``reference``), as the caller chose: the two
-launchers share one signature and one contract. :func:`resolve_backend` is the policy that
-decides which.
+launchers share one signature, ``(feat, MixPlan)``, and one contract. :func:`resolve_backend` is
+the policy that decides which, :func:`launchers` the one place that turns the decision into
+code.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import os
-from typing import Literal
+from collections.abc import Callable
+from typing import Literal, NamedTuple
 
 import torch
 
 from pmm_kernels.ops import reference
+from pmm_kernels.ops.plan import MixPlan
 
 Backend = Literal["auto", "torch", "triton"]
 BACKENDS: tuple[str, ...] = ("auto", "torch", "triton")
@@ -78,12 +81,41 @@ def _triton_module():
     return feature_mix_triton
 
 
+# out, partners, blocks, mask, lam
+MixOutputs = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+Forward = Callable[[torch.Tensor, MixPlan], MixOutputs]
+Backward = Callable[
+    [torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, tuple[int, int], bool], torch.Tensor
+]
+
+
+class Launchers(NamedTuple):
+    """A backend's forward ``(feat, plan)`` and backward ``(grad_out, partners, blocks, mask,
+    block_size, from_partner)``."""
+
+    forward: Forward
+    backward: Backward
+
+
+def launchers(use_triton: bool) -> Launchers:
+    """The launchers of the backend that :func:`resolve_backend` chose: the one place where the
+    op turns that choice into code. Looked up on every call, so a test may patch them."""
+    if not use_triton:
+        return Launchers(reference.feature_mix_forward_torch, reference.feature_mix_backward_torch)
+    kernels = _triton_module()
+
+    def backward(grad_out, partners, blocks, mask, block_size, from_partner):
+        # Mode-independent: a zeroing mode's partners are all -1, so no cell has a taker.
+        return kernels.feature_mix_backward_triton(grad_out, partners, mask)
+
+    return Launchers(kernels.feature_mix_forward_triton, backward)
+
+
 @torch.library.custom_op("pmm::feature_mix_forward", mutates_args=())
 def feature_mix_forward(
     feat: torch.Tensor,
-    attn: torch.Tensor | None,
-    keys: torch.Tensor | None,
-    corner: torch.Tensor | None,
+    cells: torch.Tensor,
+    cell_kind: str,
     labels: torch.Tensor,
     u: torch.Tensor | None,
     given_partners: torch.Tensor | None,
@@ -93,35 +125,19 @@ def feature_mix_forward(
     partner_rule: str,
     use_triton: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Mixed features and ``(partners, blocks, mask, lam)``; inputs are already validated.
-
-    See ``reference.feature_mix_forward_torch`` for the meaning of each argument.
-    """
-    forward = (
-        _triton_module().feature_mix_forward_triton
-        if use_triton
-        else reference.feature_mix_forward_torch
+    """Mixed features and ``(partners, blocks, mask, lam)``: ``(feat, MixPlan.op_args(),
+    use_triton)``, inputs already validated (see :class:`~pmm_kernels.ops.plan.MixPlan`)."""
+    plan = MixPlan.from_op_args(
+        cells, cell_kind, labels, u, given_partners, block_h, block_w, num_blocks, partner_rule
     )
-    return forward(
-        feat,
-        attn,
-        keys,
-        corner,
-        labels,
-        u,
-        given_partners,
-        (block_h, block_w),
-        num_blocks,
-        partner_rule,
-    )
+    return launchers(use_triton).forward(feat, plan)
 
 
 @feature_mix_forward.register_fake
 def _(
     feat,
-    attn,
-    keys,
-    corner,
+    cells,
+    cell_kind,
     labels,
     u,
     given_partners,
@@ -154,12 +170,9 @@ def feature_mix_backward(
 ) -> torch.Tensor:
     """Gradient w.r.t. ``feat`` (docs/op.md#gradient); ``from_partner`` False for the zeroing
     modes."""
-    if use_triton:
-        # Mode-independent: a zeroing mode's partners are all -1, so no cell has a taker.
-        return _triton_module().feature_mix_backward_triton(grad_out, partners, mask)
-    if not from_partner:
-        return reference.zeroed_backward_torch(grad_out, mask)
-    return reference.a_hard_mix_backward_torch(grad_out, partners, blocks, mask, (block_h, block_w))
+    return launchers(use_triton).backward(
+        grad_out, partners, blocks, mask, (block_h, block_w), from_partner
+    )
 
 
 @feature_mix_backward.register_fake
@@ -209,33 +222,34 @@ def _(info, in_dims, grad_out, partners, blocks, mask, block_h, block_w, from_pa
 class FeatureMixFunction(torch.autograd.Function):
     """Forward mixes; backward routes each cell's gradient back to the sample it came from.
 
-    Only ``feat`` receives a gradient: every other input is a constant. Written with
-    ``setup_context``, so the ``torch.func`` transforms (``jacrev``, ``vjp``) apply.
+    Called as ``apply(feat, *plan.op_args(), use_triton)`` (:func:`mix` does). Only ``feat``
+    receives a gradient: every other input is a constant. Written with ``setup_context``, so
+    the ``torch.func`` transforms (``jacrev``, ``vjp``) apply.
     """
 
     @staticmethod
     def forward(
         feat,
-        attn,
-        keys,
-        corner,
+        cells,
+        cell_kind,
         labels,
         u,
         given_partners,
-        block_size,
+        block_h,
+        block_w,
         num_blocks,
         partner_rule,
         use_triton,
     ):
         return feature_mix_forward(
             feat,
-            attn,
-            keys,
-            corner,
+            cells,
+            cell_kind,
             labels,
             u,
             given_partners,
-            *block_size,
+            block_h,
+            block_w,
             num_blocks,
             partner_rule,
             use_triton,
@@ -243,10 +257,10 @@ class FeatureMixFunction(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        block_size, partner_rule, use_triton = inputs[7], inputs[9], inputs[10]
+        _, _, _, _, _, _, block_h, block_w, _, partner_rule, use_triton = inputs
         _, partners, blocks, mask, lam = output
         ctx.save_for_backward(partners, blocks, mask)
-        ctx.block_size = block_size
+        ctx.block_size = (block_h, block_w)
         ctx.from_partner = partner_rule != "none"
         ctx.use_triton = use_triton
         ctx.mark_non_differentiable(partners, blocks, mask, lam)
@@ -258,3 +272,9 @@ class FeatureMixFunction(torch.autograd.Function):
             grad_out, partners, blocks, mask, *ctx.block_size, ctx.from_partner, ctx.use_triton
         )
         return (grad_feat, *([None] * 10))
+
+
+def mix(feat: torch.Tensor, plan: MixPlan, use_triton: bool) -> MixOutputs:
+    """The differentiable mix of ``feat`` by ``plan`` on the chosen backend: ``(out, partners,
+    blocks, mask, lam)``, only ``out`` differentiable."""
+    return FeatureMixFunction.apply(feat, *plan.op_args(), use_triton)

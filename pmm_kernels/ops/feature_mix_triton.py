@@ -50,7 +50,8 @@ import torch
 import triton
 import triton.language as tl
 
-from pmm_kernels.ops.reference import block_grid
+from pmm_kernels.ops.plan import CellSource, MixPlan
+from pmm_kernels.ops.utils import block_grid
 
 _MAX_MAP_CELLS = 16384
 _MAX_BLOCKS = 16384
@@ -63,8 +64,9 @@ _MAX_SAMPLE_SPAN = 2**31
 _SALIENCY_TILE = (32, 64, 4)
 _LABEL_CHUNK = 256
 _PATCH_TILE = 2048
-# The planning kernel's SOURCE (where the cells come from) and RULE (how partners are found).
-_SOURCE_PARTIALS, _SOURCE_MAP, _SOURCE_KEYS, _SOURCE_CORNER = 0, 1, 2, 3
+# The planning kernel's SOURCE (where the cells come from: channel weights' partial saliency
+# sums, a map, keys or a corner) and RULE (how partners are found).
+_SOURCES = {"weights": 0, "map": 1, "keys": 2, "corner": 3}
 _RULE_GIVEN = 0
 _PARTNER_RULES = {"different_label": 1, "any_other": 2, "none": 3}
 
@@ -498,112 +500,55 @@ def _copy_back_if_flatten_copied(result: torch.Tensor, result_flat: torch.Tensor
 
 
 def feature_mix_forward_triton(
-    feat: torch.Tensor,
-    attn: torch.Tensor | None,
-    keys: torch.Tensor | None,
-    corner: torch.Tensor | None,
-    labels: torch.Tensor,
-    u: torch.Tensor | None,
-    given_partners: torch.Tensor | None,
-    block_size: tuple[int, int],
-    num_blocks: int,
-    partner_rule: str,
+    feat: torch.Tensor, plan: MixPlan
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Launch the forward kernels of any feature-mix mode (docs/op.md#feature-mix-family).
 
     Args:
         feat: (N, C, H, W) float32/float16/bfloat16 map, any strides.
-        attn: (N, C) channel weights or an (N, H, W) map: the k most salient blocks.
-        keys: (N, rows * cols) float32 random keys: the k blocks with the largest keys.
-        corner: (2,) int64 (top, left) of a ``block_size`` rectangle (batch_drop), on feat's
-            device. Exactly one of ``attn``, ``keys`` and ``corner`` is given.
-        labels: (N,) integer labels (read by ``partner_rule="different_label"``).
-        u: (N,) float32 partner draws; None when ``given_partners`` is given or the rule is "none".
-        given_partners: (N,) int64 partners in [-1, N) chosen by the caller; used as is.
-        block_size: (bh, bw) block size, or the rectangle's (rh, rw) with ``corner``.
-        num_blocks: blocks per sample (1 with ``corner``).
-        partner_rule: "different_label", "any_other" or "none" (no partner: cells are zeroed).
+        plan: the validated mix (:class:`~pmm_kernels.ops.plan.MixPlan`), tensors on feat's
+            device; with ``"keys"`` cells the keys are float32.
 
     Returns:
         ``out`` (feat's dtype and memory format), ``partners`` (N,) int64, ``blocks`` (N, k)
-        int64 ((N, 1) of -1 with ``corner``), ``mask`` (N, H, W) bool and ``lam`` (N,) float32.
+        int64 ((N, 1) of -1 with a ``"corner"``), ``mask`` (N, H, W) bool and ``lam`` (N,)
+        float32.
 
     Example (needs a CUDA device, so the doctest run skips it):
         >>> feat = torch.randn(4, 8, 6, 4, device="cuda")  # doctest: +SKIP
-        >>> keys = torch.rand(4, 12, device="cuda")  # doctest: +SKIP
-        >>> out, partners, blocks, mask, lam = feature_mix_forward_triton(  # doctest: +SKIP
-        ...     feat, None, keys, None, torch.arange(4, device="cuda"), None, None,
-        ...     (2, 2), 3, "none")  # CutOut of 3 random 2x2 blocks
+        >>> keys = CellSource("keys", torch.rand(4, 12, device="cuda"))  # doctest: +SKIP
+        >>> labels = torch.arange(4, device="cuda")  # doctest: +SKIP
+        >>> cutout = MixPlan(keys, labels, None, None, (2, 2), 3, "none")  # doctest: +SKIP
+        >>> out, *info = feature_mix_forward_triton(feat, cutout)  # doctest: +SKIP
     """
-    if sum(x is not None for x in (attn, keys, corner)) != 1:
-        raise ValueError("exactly one of attn, keys and corner must be given")
-    if partner_rule not in _PARTNER_RULES:
-        raise ValueError(
-            f"partner_rule must be one of {tuple(_PARTNER_RULES)}, got {partner_rule!r}"
-        )
-    rule = _RULE_GIVEN if given_partners is not None else _PARTNER_RULES[partner_rule]
-    if u is None and rule != _RULE_GIVEN and partner_rule != "none":
-        raise ValueError(f"partner_rule={partner_rule!r} without given partners needs u")
     _check_sample_span("feat", feat)
     n, c, h, w = feat.shape
     hw = h * w
-    bh, bw = block_size
-    rows, cols = block_grid(h, w, block_size)
+    bh, bw = plan.block_size
+    rows, cols = block_grid(h, w, plan.block_size)
+    num_blocks = 1 if plan.cells.kind == "corner" else plan.num_blocks
     device = feat.device
 
     out = torch.empty_like(feat, memory_format=torch.preserve_format)
     partners = torch.empty(n, dtype=torch.int64, device=device)
-    blocks = torch.empty(
-        n, 1 if corner is not None else num_blocks, dtype=torch.int64, device=device
-    )
+    blocks = torch.empty(n, num_blocks, dtype=torch.int64, device=device)
     mask = torch.empty(n, h, w, dtype=torch.bool, device=device)
     lam = torch.empty(n, dtype=torch.float32, device=device)
     # The kernels walk cells as one flat index p = h * W + w: a view for contiguous and
     # channels_last maps, a copy only where H and W can't merge (e.g. a transposed map).
     feat_flat, out_flat = feat.flatten(2), out.flatten(2)
 
-    num_c_blocks = 1
-    source_strides: tuple[int, ...] = (0, 0)
-    if corner is not None:
-        source, plan_source = corner, _SOURCE_CORNER
-    elif keys is not None:
-        source, plan_source, source_strides = keys, _SOURCE_KEYS, keys.stride()
-    elif attn is None:  # ruled out by the check above; tells the type checker so
-        raise AssertionError("unreachable")
-    elif attn.dim() == 2:
-        num_c_blocks = triton.cdiv(c, _SALIENCY_TILE[0])
-        block_c, block_hw, num_warps = _SALIENCY_TILE
-        source, plan_source = (
-            torch.empty(n, num_c_blocks, hw, dtype=torch.float32, device=device),
-            _SOURCE_PARTIALS,
-        )
-        _saliency_copy_kernel[(n, num_c_blocks, triton.cdiv(hw, block_hw))](
-            feat_flat,
-            out_flat,
-            attn,
-            source,
-            c,
-            hw,
-            *feat_flat.stride(),
-            *out_flat.stride(),
-            *attn.stride(),
-            BLOCK_C=block_c,
-            BLOCK_HW=block_hw,
-            num_warps=num_warps,
-        )
-    else:
-        source, plan_source = attn.flatten(1), _SOURCE_MAP
-        source_strides = source.stride()
+    source, num_c_blocks = _plan_source(feat_flat, out_flat, plan.cells)
     block_b = triton.next_power_of_2(rows * cols)
     block_q = triton.next_power_of_2(bh * bw)
     block_p = triton.next_power_of_2(hw)
     # Pointers the constexpr switches leave unread still need a tensor: pass an output.
     _plan_kernel[(n,)](
         source,
-        lam if corner is None else corner,
-        labels,
-        lam if u is None else u,
-        partners if given_partners is None else given_partners,
+        plan.cells.values if plan.cells.kind == "corner" else lam,
+        plan.labels,
+        lam if plan.u is None else plan.u,
+        partners if plan.given_partners is None else plan.given_partners,
         partners,
         blocks,
         mask,
@@ -617,19 +562,20 @@ def feature_mix_forward_triton(
         rows * cols,
         num_blocks,
         num_c_blocks,
-        *source_strides,
+        *(source.stride() if plan.cells.kind in ("keys", "map") else (0, 0)),
         BH=bh,
         BW=bw,
-        SOURCE=plan_source,
-        RULE=rule,
-        ZERO_UNPAIRED=partner_rule == "none",
+        SOURCE=_SOURCES[plan.cells.kind],
+        RULE=_RULE_GIVEN if plan.given_partners is not None else _PARTNER_RULES[plan.partner_rule],
+        ZERO_UNPAIRED=not plan.from_partner,
         BLOCK_N=min(triton.next_power_of_2(n), _LABEL_CHUNK),
         BLOCK_B=block_b,
         BLOCK_Q=block_q,
         BLOCK_P=block_p,
         num_warps=min(16, max(4, max(block_b * block_q, block_p) // 256)),
     )
-    if plan_source == _SOURCE_PARTIALS:
+    if plan.cells.kind == "weights":
+        # The saliency pass already copied feat to out: rewrite only the selected blocks.
         patch_q = min(block_q, _PATCH_TILE // 16)
         patch_c = min(triton.next_power_of_2(c), _PATCH_TILE // patch_q)
         _patch_kernel[(n, num_blocks, triton.cdiv(c, patch_c))](
@@ -664,6 +610,39 @@ def feature_mix_forward_triton(
         )
     _copy_back_if_flatten_copied(out, out_flat)
     return out, partners, blocks, mask, lam
+
+
+def _plan_source(
+    feat_flat: torch.Tensor, out_flat: torch.Tensor, cells: CellSource
+) -> tuple[torch.Tensor, int]:
+    """What the planning kernel reads for ``cells``, and its number of channel tiles.
+
+    Channel weights first run the saliency pass, which copies ``feat`` to ``out`` and leaves
+    per-channel-tile partial sums; a map is read flat; keys and a corner as they are.
+    """
+    if cells.kind == "map":
+        return cells.values.flatten(1), 1
+    if cells.kind != "weights":
+        return cells.values, 1
+    n, c, hw = feat_flat.shape
+    block_c, block_hw, num_warps = _SALIENCY_TILE
+    num_c_blocks = triton.cdiv(c, block_c)
+    partials = torch.empty(n, num_c_blocks, hw, dtype=torch.float32, device=feat_flat.device)
+    _saliency_copy_kernel[(n, num_c_blocks, triton.cdiv(hw, block_hw))](
+        feat_flat,
+        out_flat,
+        cells.values,
+        partials,
+        c,
+        hw,
+        *feat_flat.stride(),
+        *out_flat.stride(),
+        *cells.values.stride(),
+        BLOCK_C=block_c,
+        BLOCK_HW=block_hw,
+        num_warps=num_warps,
+    )
+    return partials, num_c_blocks
 
 
 def feature_mix_backward_triton(

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import torch
 
+from pmm_kernels.ops.plan import MixPlan
 from pmm_kernels.ops.utils import (
     accumulation_dtype,
     block_cells,
-    block_grid,
     block_scores_torch,
     rectangle_mask,
     sample_partners,
@@ -26,7 +26,7 @@ from pmm_kernels.ops.utils import (
 
 __all__ = [
     "a_hard_mix_backward_torch",
-    "block_grid",
+    "feature_mix_backward_torch",
     "feature_mix_forward_torch",
     "replay_mix_torch",
     "saliency_torch",
@@ -43,50 +43,37 @@ def saliency_torch(feat: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
 
 
 def feature_mix_forward_torch(
-    feat: torch.Tensor,
-    attn: torch.Tensor | None,
-    keys: torch.Tensor | None,
-    corner: torch.Tensor | None,
-    labels: torch.Tensor,
-    u: torch.Tensor | None,
-    given_partners: torch.Tensor | None,
-    block_size: tuple[int, int],
-    num_blocks: int,
-    partner_rule: str,
+    feat: torch.Tensor, plan: MixPlan
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Mixed features and ``(partners, blocks, mask, lam)`` for every mode
     (docs/op.md#feature-mix-family).
 
-    Exactly one of ``attn`` (saliency top-k), ``keys`` (top-k of random keys) and ``corner``
-    (``batch_drop``'s rectangle of size ``block_size``, ``blocks`` all -1) chooses the cells.
-    ``partner_rule`` is ``"different_label"``, ``"any_other"`` or ``"none"`` (cells are zeroed).
-    Inputs are already validated.
+    ``plan.cells`` chooses the cells: the top k blocks by saliency (``"weights"``, ``"map"``) or
+    by random keys (``"keys"``), or ``batch_drop``'s rectangle of size ``plan.block_size``
+    (``"corner"``, ``blocks`` all -1). Inputs are already validated.
     """
     n, _, h, w = feat.shape
-    partners = sample_partners(u, labels, partner_rule, given_partners)
-    zeroing = partner_rule == "none"
+    block_size, cells = plan.block_size, plan.cells
+    partners = sample_partners(plan.u, plan.labels, plan.partner_rule, plan.given_partners)
+    zeroing = not plan.from_partner
     takes = torch.ones_like(partners, dtype=torch.bool) if zeroing else partners >= 0
     out = feat.clone(memory_format=torch.preserve_format)
 
-    if corner is not None:
-        if not zeroing:
-            raise ValueError("a rectangle (corner) only zeroes cells: partner_rule must be 'none'")
+    if cells.kind == "corner":
         blocks = torch.full((n, 1), -1, dtype=torch.int64, device=feat.device)
-        mask = rectangle_mask(corner, block_size, h, w).expand(n, h, w).contiguous()
+        mask = rectangle_mask(cells.values, block_size, h, w).expand(n, h, w).contiguous()
         out.masked_fill_(mask[:, None], 0)
     else:
-        if attn is None:
-            if keys is None:
-                raise ValueError("one of attn, keys and corner must choose the cells")
-            scores = keys
+        if cells.kind == "keys":
+            scores = cells.values
         else:
             saliency = (
-                saliency_torch(feat, attn)
-                if attn.dim() == 2
-                else attn.to(accumulation_dtype(feat.dtype))
+                saliency_torch(feat, cells.values)
+                if cells.kind == "weights"
+                else cells.values.to(accumulation_dtype(feat.dtype))
             )
             scores = block_scores_torch(saliency, block_size)
-        blocks = select_top_k(scores, num_blocks)
+        blocks = select_top_k(scores, plan.num_blocks)
         rows, columns, _ = block_cells(blocks, h, w, block_size)
         samples = torch.arange(n, device=feat.device)[:, None]
         mask = torch.zeros(n, h, w, dtype=torch.bool, device=feat.device)
@@ -99,6 +86,21 @@ def feature_mix_forward_torch(
             out[samples, :, rows, columns] = feat[sources, :, rows, columns]
     lam = mask.sum(dim=(1, 2)).to(torch.float32) / (h * w)
     return out, partners, blocks, mask, lam
+
+
+def feature_mix_backward_torch(
+    grad_out: torch.Tensor,
+    partners: torch.Tensor,
+    blocks: torch.Tensor,
+    mask: torch.Tensor,
+    block_size: tuple[int, int],
+    from_partner: bool,
+) -> torch.Tensor:
+    """Gradient w.r.t. ``feat`` of any mode (docs/op.md#gradient); ``from_partner`` False for
+    the zeroing modes, whose cells have no source."""
+    if not from_partner:
+        return zeroed_backward_torch(grad_out, mask)
+    return a_hard_mix_backward_torch(grad_out, partners, blocks, mask, block_size)
 
 
 def replay_mix_torch(x: torch.Tensor, partners: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -20,7 +20,16 @@ def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def block_grid(height: int, width: int, block_size: tuple[int, int]) -> tuple[int, int]:
-    """Rows and columns of the block grid; edge blocks are clipped to the map."""
+    """Rows and columns of the block grid that cuts a ``height x width`` map into ``block_size``
+    blocks, ``(ceil(H / bh), ceil(W / bw))``; edge blocks are clipped to the map.
+
+    Block ``b`` is row ``b // cols``, column ``b % cols`` (docs/op.md#block-grid): the indices
+    of :attr:`pmm_kernels.MixInfo.blocks`.
+
+    Example:
+        >>> block_grid(24, 8, (3, 2)), block_grid(7, 5, (3, 2))
+        ((8, 4), (3, 3))
+    """
     bh, bw = block_size
     return -(-height // bh), -(-width // bw)
 

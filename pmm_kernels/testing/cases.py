@@ -5,7 +5,7 @@ A :class:`Call` is one way :func:`pmm_kernels.feature_mix` calls the launchers: 
 :data:`CALLS` lists every call the op can make; the static check compiles each of them and the
 Triton tests run each of them against the PyTorch launcher. A :class:`Shape` is a feature map with
 its block size and k; the tables below say which maps each consumer runs, and
-:func:`launcher_args` builds the launchers' arguments of a call on a map.
+:func:`launcher_plan` builds the launchers' plan of a call on a map.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import torch
 
 from pmm_kernels.functional import feature_mix
 from pmm_kernels.modes import MODES
+from pmm_kernels.ops.plan import CellSource, MixPlan
 from pmm_kernels.ops.utils import batch_drop_size, block_grid
 
 ATTN_FORMS: tuple[str, ...] = ("weights", "map")
@@ -204,7 +205,7 @@ LAUNCHED: tuple[Shape, ...] = (
 )
 
 
-def launcher_args(
+def launcher_plan(
     source: str,
     partner_rule: str,
     given: bool,
@@ -212,34 +213,31 @@ def launcher_args(
     block_size: tuple[int, int],
     num_blocks: int,
     generator: torch.Generator,
-) -> tuple:
-    """The launchers' arguments after ``feat``, drawn from ``generator`` on CPU.
+) -> MixPlan:
+    """The launchers' plan, drawn from ``generator`` on CPU and moved to ``feat``'s device.
 
-    ``(attn, keys, corner, labels, u, given_partners, block_size, num_blocks, partner_rule)`` on
-    ``feat``'s device, for ``feature_mix_forward_triton`` and ``feature_mix_forward_torch``:
+    For ``feature_mix_forward_triton(feat, plan)`` and ``feature_mix_forward_torch(feat, plan)``:
     the cells from ``source`` (see :attr:`Call.source`), labels in [0, 3), partners in [-1, N)
     when ``given``, else a partner draw ``u`` unless the rule is "none". Draw order: cells,
     partners, labels, u.
     """
     n, c, h, w = feat.shape
     rows, cols = block_grid(h, w, block_size)
-    attn = keys = corner = None
     if source == "weights":
-        attn = torch.randn(n, c, generator=generator)
+        cells = torch.randn(n, c, generator=generator)
     elif source == "map":
-        attn = torch.randn(n, h, w, generator=generator)
+        cells = torch.randn(n, h, w, generator=generator)
     elif source == "keys":
-        keys = torch.rand(n, rows * cols, generator=generator)
+        cells = torch.rand(n, rows * cols, generator=generator)
     elif source == "corner":
-        corner = torch.tensor([h // 3, w // 4])
+        cells = torch.tensor([h // 3, w // 4])
     else:
         raise ValueError(f"source must be weights, map, keys or corner, got {source!r}")
     given_partners = torch.randint(-1, n, (n,), generator=generator) if given else None
     labels = torch.randint(0, 3, (n,), generator=generator)
     draw = torch.rand(n, generator=generator)
     u = None if given or partner_rule == "none" else draw
-    tensors = tuple(
-        None if t is None else t.to(feat.device)
-        for t in (attn, keys, corner, labels, u, given_partners)
+    plan = MixPlan(
+        CellSource(source, cells), labels, u, given_partners, block_size, num_blocks, partner_rule
     )
-    return (*tensors, block_size, num_blocks, partner_rule)
+    return plan.to(feat.device)

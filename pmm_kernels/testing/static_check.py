@@ -215,7 +215,7 @@ def record_launches() -> list[Launch]:
         )
         module.feature_mix_forward_triton(
             feat,
-            *cases.launcher_args(
+            cases.launcher_plan(
                 call.source,
                 call.partner_rule,
                 call.given,

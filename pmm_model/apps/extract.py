@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 # The Market naming "<pid>_c<camera>..." exactly as the dataset loaders parse it.
-from pmm_model.data.datasets import _MARKET_NAME, IMAGE_EXTENSIONS, Record
+from pmm_model.data.datasets import IMAGE_EXTENSIONS, MARKET_NAME, Record
 from pmm_model.data.images import ImageDataset
 from pmm_model.data.loaders import check_batch_fits
 from pmm_model.data.transforms import build_transforms
@@ -107,7 +107,7 @@ class ExtractedFeatures:
 def _market_ids(name: str) -> tuple[int, int] | None:
     """``(pid, 0-based camid)`` of a Market-style name, by the dataset loaders' rule: cameras
     count from 1, pids from -1 (junk)."""
-    match = _MARKET_NAME.match(Path(name).name)
+    match = MARKET_NAME.match(Path(name).name)
     if match is None:
         return None
     pid, camera = int(match.group(1)), int(match.group(2))

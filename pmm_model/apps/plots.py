@@ -34,9 +34,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from torch import Tensor
 
-from pmm_kernels import MixInfo
-from pmm_kernels.ops.utils import block_cells, block_grid
-from pmm_kernels.validation import check_int_pair
+from pmm_kernels import MixInfo, block_grid
 from pmm_model.apps.panels import DPI, Box, PanelGrid, as_rgb_images, outline, rgb, save_figure
 
 __all__ = [
@@ -58,6 +56,17 @@ VERDICT_COLORS: dict[str, tuple[int, int, int]] = {
     "junk": (128, 128, 128),
 }
 CURVE_METRICS = (("rank1", "rank-1"), ("mAP", "mAP"), ("mINP", "mINP"))
+
+
+def _positive_pair(name: str, value: object, what: str) -> tuple[int, int]:
+    """Two positive ints given as a tuple or list, named ``what`` in the error."""
+    if (
+        not isinstance(value, tuple | list)
+        or len(value) != 2
+        or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in value)
+    ):
+        raise ValueError(f"{name} must be two positive ints {what}, got {value!r}")
+    return int(value[0]), int(value[1])
 
 
 def mix_rectangles(
@@ -83,8 +92,8 @@ def mix_rectangles(
     Raises:
         ValueError: bad sizes, or ``blocks`` that do not fit the mask's grid.
     """
-    bh, bw = check_int_pair("block_size", block_size, "(bh, bw)")
-    img_h, img_w = check_int_pair("image_size", image_size, "(H, W)")
+    bh, bw = _positive_pair("block_size", block_size, "(bh, bw)")
+    img_h, img_w = _positive_pair("image_size", image_size, "(H, W)")
     mask = torch.as_tensor(info.mask).detach().cpu().bool()
     blocks = torch.as_tensor(info.blocks).detach().cpu()
     if mask.ndim != 3 or blocks.ndim != 2 or len(blocks) != len(mask):
@@ -92,22 +101,19 @@ def mix_rectangles(
             f"info.mask must be (N, H, W) and info.blocks (N, num_blocks), got "
             f"{tuple(mask.shape)} and {tuple(blocks.shape)}"
         )
-    n, height, width = mask.shape
+    _, height, width = mask.shape
     rows, cols = block_grid(height, width, (bh, bw))
     if blocks.numel() and (blocks.min() < -1 or blocks.max() >= rows * cols):
         raise ValueError(
             f"info.blocks must lie in [-1, {rows * cols}) for a {height}x{width} map cut into "
             f"{bh}x{bw} blocks, got values in [{int(blocks.min())}, {int(blocks.max())}]"
         )
-    # The cells of every listed block, by the kernels' own block arithmetic (a -1 is looked up
-    # as block 0 and skipped below). Cells that clipping removes alias the block's first cell,
-    # so each block's extreme cells bound exactly its cells on the map.
-    cell_rows, cell_cols, _ = block_cells(blocks.clamp_min(0), height, width, (bh, bw))
-    cell_rows, cell_cols = (
-        cells.view(n, blocks.shape[1], bh * bw) for cells in (cell_rows, cell_cols)
-    )
-    tops, bottoms = cell_rows.amin(-1).tolist(), (cell_rows.amax(-1) + 1).tolist()
-    lefts, rights = cell_cols.amin(-1).tolist(), (cell_cols.amax(-1) + 1).tolist()
+    # Each listed block's cells, clipped to the map (a -1 is looked up as block 0 and skipped
+    # below).
+    listed = blocks.clamp_min(0)
+    top_cells, left_cells = listed // cols * bh, listed % cols * bw
+    tops, bottoms = top_cells.tolist(), (top_cells + bh).clamp_max(height).tolist()
+    lefts, rights = left_cells.tolist(), (left_cells + bw).clamp_max(width).tolist()
     sy, sx = img_h / height, img_w / width
     result = []
     for i, (sample_mask, sample_blocks) in enumerate(zip(mask, blocks.tolist(), strict=True)):

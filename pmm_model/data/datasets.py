@@ -55,7 +55,7 @@ logger = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 MARKET_SPLITS = ("bounding_box_train", "bounding_box_test", "query")
 # Market, DukeMTMC-reID and CUHK03-NP all start with "<pid>_c<camera>"; the rest varies.
-_MARKET_NAME = re.compile(r"^(-?\d+)_c(\d+)")
+MARKET_NAME = re.compile(r"^(-?\d+)_c(\d+)")
 
 
 class Record(NamedTuple):
@@ -262,7 +262,7 @@ def _parse_market_folder(folder: Path, split: str) -> list[Record]:
     records: list[Record] = []
     dropped = 0
     for fname in _list_images(folder):
-        match = _MARKET_NAME.match(fname)
+        match = MARKET_NAME.match(fname)
         if match is None:
             raise ValueError(
                 f"{folder / fname}: file name does not follow the Market naming "

@@ -22,8 +22,8 @@ from pmm_model.evaluation.metrics import (
     ArrayLike,
     RankAccumulator,
     RankResult,
-    _rows_per_block,
     evaluate_rank,
+    rows_per_block,
 )
 from pmm_model.evaluation.reranking import re_ranking
 
@@ -153,7 +153,7 @@ def pairwise_distance(
     _check_features(query, gallery, metric)
     g, g_sq = _prepare_gallery(gallery, metric)
     out = torch.empty(len(query), len(gallery), dtype=g.dtype, device=g.device)
-    step = _rows_per_block(chunk_size, len(gallery))
+    step = rows_per_block(chunk_size, len(gallery))
     for i in range(0, len(query), step):
         out[i : i + step] = _distance_block(query[i : i + step], g, g_sq, metric)
     return out
@@ -258,7 +258,7 @@ def evaluate_features(
             f"qf has {len(qf)} rows but q_pids / q_camids have {len(q_pids)} / {len(q_camids)}"
         )
     g, g_sq = _prepare_gallery(gf, metric)
-    step = _rows_per_block(chunk_size, len(gf))
+    step = rows_per_block(chunk_size, len(gf))
     for i in range(0, len(qf), step):
         acc.update(
             _distance_block(qf[i : i + step], g, g_sq, metric),

@@ -253,13 +253,19 @@ def evaluate_rank(
             f"distmat has {num_q} rows but q_pids / q_camids have shapes "
             f"{tuple(q_pids.shape)} / {tuple(q_camids.shape)}"
         )
-    step = _rows_per_block(chunk_size, num_g)
+    step = rows_per_block(chunk_size, num_g)
     for i in range(0, num_q, step):
         acc.update(dist[i : i + step], q_pids[i : i + step], q_camids[i : i + step])
     return acc.result()
 
 
-def _rows_per_block(chunk_size: int | None, num_g: int) -> int:
+def rows_per_block(chunk_size: int | None, num_g: int) -> int:
+    """Query rows per block of distances: ``chunk_size``, or by default as many as keep a block
+    near ``DEFAULT_BLOCK_ELEMENTS`` distances against ``num_g`` gallery items.
+
+    Raises:
+        ValueError: ``chunk_size`` is neither None nor a positive int.
+    """
     if chunk_size is None:
         return max(1, DEFAULT_BLOCK_ELEMENTS // max(num_g, 1))
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:

@@ -33,7 +33,6 @@ from torch import Tensor, nn
 from torchvision.models.resnet import Bottleneck
 
 import pmm_kernels
-from pmm_kernels.validation import check_int_pair, check_positive_int
 
 __all__ = [
     "BACKBONES",
@@ -221,8 +220,9 @@ class PMMNet(nn.Module):
     resnet50 as in the paper, 512 for resnet18/34) giving ``x_part``. In training, stage 2 sees
     ``x_part`` with the blocks that are most salient for stage 1 (Grad-CAM channel weights of
     ``x``) swapped in from a different identity; stage 3 sees the unmixed ``x_part`` mixed by
-    the Grad-CAM saliency of the mixed stage-2 map. All mixing goes through
-    ``pmm_kernels.feature_mix``, each call drawing its own partners; ``mix`` picks the mode
+    the Grad-CAM saliency of the mixed stage-2 map. Each stage mixes through its own
+    ``pmm_kernels.FeatureMix`` layer (``mixer2``, ``mixer3``; None for ``mix="none"``), the
+    drop-in layer the package ships, each call drawing its own partners; ``mix`` picks the mode
     (the paper's ablation), and the random modes skip Grad-CAM.
 
     Grad-CAM weights are ``d(sum_n logit[n, y_n]) / d(feature map)`` averaged over H and W.
@@ -266,11 +266,18 @@ class PMMNet(nn.Module):
             raise ValueError(f"cam={cam!r} is not supported; valid: {', '.join(CAM_MODES)}")
         if mix not in MIX_MODES:
             raise ValueError(f"mix={mix!r} is not supported; valid: {', '.join(MIX_MODES)}")
-        self.block_size = check_int_pair("block_size", block_size)
-        self.num_blocks = check_positive_int("num_blocks", num_blocks)
-        check_positive_int("feature_dim", feature_dim)
+        if isinstance(feature_dim, bool) or not isinstance(feature_dim, int) or feature_dim < 1:
+            raise ValueError(f"feature_dim must be a positive int, got {feature_dim!r}")
         self.cam = cam
         self.mix = mix
+        # Stages 2 and 3 mix through the drop-in layer pmm_kernels ships (it checks block_size
+        # and num_blocks); it holds no parameters or buffers, so the state_dict is the network's.
+        self.mixer2, self.mixer3 = (
+            None
+            if mix == "none"
+            else pmm_kernels.FeatureMix(mix, block_size=block_size, num_blocks=num_blocks)
+            for _ in range(2)
+        )
         self.backbone, channels = build_backbone(backbone, pretrained)
         self.extra_block = Bottleneck(channels, channels // 4)
         for module in self.extra_block.modules():
@@ -296,32 +303,30 @@ class PMMNet(nn.Module):
     def _attentive(self) -> bool:
         return self.mix != "none" and pmm_kernels.MODES[self.mix].cells == "salient"
 
-    def _mix(self, feat: Tensor, saliency: Tensor | None, labels: Tensor):
-        return pmm_kernels.feature_mix(
-            feat,
-            labels,
-            saliency,
-            mode=self.mix,
-            block_size=self.block_size,
-            num_blocks=self.num_blocks,
-        )
-
     def _mix_stage(
-        self, x_part: Tensor, ranked: Tensor, logits: Tensor, pooled: Tensor, labels: Tensor
+        self,
+        mixer: pmm_kernels.FeatureMix | None,
+        x_part: Tensor,
+        ranked: Tensor,
+        logits: Tensor,
+        pooled: Tensor,
+        labels: Tensor,
     ) -> tuple[Tensor, tuple[pmm_kernels.MixInfo, Tensor | None] | None]:
         """``x_part`` mixed, with its ``(MixInfo, saliency)``; unchanged and None for "none".
 
         The attentive modes rank blocks by the Grad-CAM map of ``ranked`` for ``logits``, which
         the head computed from ``pooled``; the random modes need no saliency.
         """
-        if self.mix == "none":
+        if mixer is None:
             return x_part, None
         saliency = None
         if self._attentive:
             weights = self._cam_weights(logits, labels, pooled, ranked)
             saliency = pmm_kernels.saliency(ranked.detach(), weights)
-        mixed, info = self._mix(x_part, saliency, labels)
-        return mixed, (info, saliency)
+        mixed = mixer(x_part, labels, saliency)
+        if not mixer.training or mixer.last_info is None:
+            raise RuntimeError("PMMNet's mixing layers must be in training mode with the network")
+        return mixed, (mixer.last_info, saliency)
 
     def _cam_weights(self, logits: Tensor, labels: Tensor, pooled: Tensor, fmap: Tensor) -> Tensor:
         """Grad-CAM channel weights ``(N, C)`` (float32, no graph) of ``fmap`` for the true ids."""
@@ -357,14 +362,14 @@ class PMMNet(nn.Module):
         logits1 = self.classifiers[0](f1)
 
         # Stage 2 ranks x_part's blocks by the Grad-CAM map of x, the map stage 1 classified.
-        mixed2, mix2 = self._mix_stage(x_part, x, logits1, pooled1, labels)
+        mixed2, mix2 = self._mix_stage(self.mixer2, x_part, x, logits1, pooled1, labels)
         pooled2 = F.adaptive_max_pool2d(mixed2, 1)
         f2 = self.reduction2(pooled2.flatten(1))
         logits2 = self.classifiers[1](f2)
 
         # Stage 3 ranks blocks by the Grad-CAM map of the *mixed* stage-2 input but mixes the
         # unmixed x_part, so the two masks do not accumulate.
-        mixed3, mix3 = self._mix_stage(x_part, mixed2, logits2, pooled2, labels)
+        mixed3, mix3 = self._mix_stage(self.mixer3, x_part, mixed2, logits2, pooled2, labels)
         f3 = self.reduction3(F.adaptive_max_pool2d(mixed3, 1).flatten(1))
         logits3 = self.classifiers[2](f3)
         mixes = [mix for mix in (mix2, mix3) if mix is not None]

@@ -19,7 +19,7 @@ import math
 from dataclasses import dataclass, fields
 from typing import Any
 
-from pmm_kernels.ops.reference import block_grid
+from pmm_kernels import block_grid
 from pmm_model.nets.models import BACKBONES, CAM_MODES, MIX_MODES, MODELS
 from pmm_model.run.errors import ConfigError, IgnoredOption
 

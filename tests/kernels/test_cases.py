@@ -79,18 +79,17 @@ def test_the_paper_map_is_cut_into_the_paper_grid():
     assert cases.PAPER.replaced_fraction == 18 / 192
 
 
-def test_launcher_args_draw_only_what_the_call_reads():
+def test_launcher_plan_draws_only_what_the_call_reads():
     feat = torch.zeros(4, 3, 6, 4)
-    args = cases.launcher_args("keys", "none", False, feat, (2, 2), 2, torch.Generator())
-    attn, keys, corner, labels, u, given_partners, block_size, num_blocks, rule = args
-    assert attn is None and corner is None and u is None and given_partners is None
-    assert keys.shape == (4, 6) and labels.shape == (4,)
-    assert (block_size, num_blocks, rule) == ((2, 2), 2, "none")
-    args = cases.launcher_args("map", "any_other", True, feat, (2, 2), 2, torch.Generator())
-    assert args[0].shape == (4, 6, 4) and args[4] is None
-    assert args[5].min() >= -1 and args[5].max() < 4
+    plan = cases.launcher_plan("keys", "none", False, feat, (2, 2), 2, torch.Generator())
+    assert plan.cells.kind == "keys" and plan.u is None and plan.given_partners is None
+    assert plan.cells.values.shape == (4, 6) and plan.labels.shape == (4,)
+    assert (plan.block_size, plan.num_blocks, plan.partner_rule) == ((2, 2), 2, "none")
+    plan = cases.launcher_plan("map", "any_other", True, feat, (2, 2), 2, torch.Generator())
+    assert plan.cells.values.shape == (4, 6, 4) and plan.u is None
+    assert plan.given_partners.min() >= -1 and plan.given_partners.max() < 4
     with pytest.raises(ValueError, match="source must be"):
-        cases.launcher_args("saliency", "none", False, feat, (2, 2), 2, torch.Generator())
+        cases.launcher_plan("saliency", "none", False, feat, (2, 2), 2, torch.Generator())
 
 
 def test_benchmarks_import_no_test_module():

@@ -21,6 +21,7 @@ from pmm_kernels.ops.feature_mix_triton import (
     feature_mix_backward_triton,
     feature_mix_forward_triton,
 )
+from pmm_kernels.ops.plan import CellSource, MixPlan
 from pmm_kernels.testing import cases
 
 
@@ -227,9 +228,9 @@ def check_family(feat, source, partner_rule, given, block_size, num_blocks, seed
     """Forward and backward launchers of both backends agree bit for bit."""
     device = feat.device
     generator = torch.Generator().manual_seed(seed)
-    args = cases.launcher_args(source, partner_rule, given, feat, block_size, num_blocks, generator)
-    got = feature_mix_forward_triton(feat, *args)
-    expected = reference.feature_mix_forward_torch(feat.cpu(), *(on("cpu", a) for a in args))
+    plan = cases.launcher_plan(source, partner_rule, given, feat, block_size, num_blocks, generator)
+    got = feature_mix_forward_triton(feat, plan)
+    expected = reference.feature_mix_forward_torch(feat.cpu(), plan.to("cpu"))
     assert got[0].dtype == feat.dtype and got[0].stride() == feat.stride()
     for name, a, b in zip(("out", "partners", "blocks", "mask", "lam"), got, expected, strict=True):
         assert a.dtype == b.dtype, name
@@ -239,10 +240,9 @@ def check_family(feat, source, partner_rule, given, block_size, num_blocks, seed
     # grad_out in feat's layout, so the backward sees the strides the forward produced.
     grad_out = torch.empty_like(feat, dtype=feat.dtype, device="cpu").copy_(grad_out)
     grad = feature_mix_backward_triton(grad_out.to(device), partners.to(device), mask.to(device))
-    if partner_rule == "none":
-        want = reference.zeroed_backward_torch(grad_out, mask)
-    else:
-        want = reference.a_hard_mix_backward_torch(grad_out, partners, blocks, mask, block_size)
+    want = reference.feature_mix_backward_torch(
+        grad_out, partners, blocks, mask, block_size, partner_rule != "none"
+    )
     assert grad.stride() == grad_out.stride()
     assert torch.equal(grad.cpu(), want)
 
@@ -271,33 +271,24 @@ def test_feature_mix_dtypes_and_layouts(source, partner_rule, dtype, layout, tri
 def test_feature_mix_keys_ties_go_to_the_lower_block(triton_device):
     feat = make_feat((2, 3, 4, 4), device=triton_device, seed=0)
     keys = torch.tensor([[0.5, 0.9, 0.5, 0.9], [0.1, 0.1, 0.1, 0.1]], device=triton_device)
-    _, _, blocks, _, _ = feature_mix_forward_triton(
-        feat,
-        None,
-        keys,
-        None,
-        torch.tensor([0, 1], device=triton_device),
-        None,
-        None,
-        (2, 2),
-        3,
-        "none",
-    )
+    labels = torch.tensor([0, 1], device=triton_device)
+    plan = MixPlan(CellSource("keys", keys), labels, None, None, (2, 2), 3, "none")
+    _, _, blocks, _, _ = feature_mix_forward_triton(feat, plan)
     assert blocks.tolist() == [[1, 3, 0], [0, 1, 2]]
 
 
-def test_feature_mix_launcher_rejects_bad_calls(triton_device):
-    feat = torch.randn(2, 3, 4, 4, device=triton_device)
+def test_mix_plan_rejects_bad_calls(triton_device):
     labels = torch.tensor([0, 1], device=triton_device)
-    keys = torch.rand(2, 4, device=triton_device)
-    with pytest.raises(ValueError, match="exactly one of attn, keys and corner"):
-        feature_mix_forward_triton(feat, None, None, None, labels, None, None, (2, 2), 1, "none")
+    keys = CellSource("keys", torch.rand(2, 4, device=triton_device))
+    with pytest.raises(ValueError, match="cells kind must be one of"):
+        CellSource("attn", keys.values)
     with pytest.raises(ValueError, match="partner_rule must be one of"):
-        feature_mix_forward_triton(feat, None, keys, None, labels, None, None, (2, 2), 1, "all")
+        MixPlan(keys, labels, None, None, (2, 2), 1, "all")
     with pytest.raises(ValueError, match="needs u"):
-        feature_mix_forward_triton(
-            feat, None, keys, None, labels, None, None, (2, 2), 1, "any_other"
-        )
+        MixPlan(keys, labels, None, None, (2, 2), 1, "any_other")
+    corner = CellSource("corner", torch.tensor([0, 0], device=triton_device))
+    with pytest.raises(ValueError, match="only zeroes cells"):
+        MixPlan(corner, labels, labels.float(), None, (2, 2), 1, "any_other")
 
 
 @pytest.mark.slow
@@ -308,18 +299,9 @@ def test_partner_search_crosses_label_chunks(triton_device):
     labels = torch.randint(0, 5, (n,), generator=generator)
     u = torch.rand(n, generator=generator)
     feat = torch.randn(n, 1, 1, 2, generator=generator).to(triton_device)
-    _, partners, *_ = feature_mix_forward_triton(
-        feat,
-        None,
-        torch.rand(n, 2, generator=generator).to(triton_device),
-        None,
-        labels.to(triton_device),
-        u.to(triton_device),
-        None,
-        (1, 1),
-        1,
-        "different_label",
-    )
+    keys = CellSource("keys", torch.rand(n, 2, generator=generator))
+    plan = MixPlan(keys, labels, u, None, (1, 1), 1, "different_label")
+    _, partners, *_ = feature_mix_forward_triton(feat, plan.to(triton_device))
     expected, label_list = [], labels.tolist()
     for i in range(n):
         candidates = [j for j in range(n) if label_list[j] != label_list[i]]

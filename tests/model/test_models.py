@@ -72,22 +72,32 @@ def test_one_step_lowers_the_loss(name):
     assert loss().item() < before.item() - 1e-3
 
 
-def test_model_mixes_through_the_op_twice_per_training_forward(monkeypatch):
+def test_model_mixes_through_the_drop_in_layer_twice_per_training_forward(monkeypatch):
     calls = []
-    real = pmm_kernels.feature_mix
+    real = pmm_kernels.FeatureMix.forward
 
-    def spy(*args, **kwargs):
-        calls.append(args[2].shape)
-        return real(*args, **kwargs)
+    def spy(layer, feat, labels=None, attn=None, **kwargs):
+        calls.append((layer, attn.shape))
+        return real(layer, feat, labels, attn, **kwargs)
 
-    monkeypatch.setattr(pmm_kernels, "feature_mix", spy)
+    monkeypatch.setattr(pmm_kernels.FeatureMix, "forward", spy)
     model = build_model("pmm", 2, backbone="resnet18", **PMM_OPTIONS)
-    model(_batch(), LABELS)
+    out = model(_batch(), LABELS)
     # Both stages get an (N, H, W) Grad-CAM map: of x for stage 2, of the mixed map for stage 3.
-    assert calls == [torch.Size([8, 4, 2]), torch.Size([8, 4, 2])]
+    map_shape = torch.Size([8, 4, 2])
+    assert calls == [(model.mixer2, map_shape), (model.mixer3, map_shape)]
+    assert out.mix_info == [model.mixer2.last_info, model.mixer3.last_info]
+    assert (model.mixer2.mode, model.mixer2.block_size, model.mixer2.num_blocks) == (
+        "a_hard_mix",
+        (1, 1),
+        3,
+    )
+    # The layers hold no state: the checkpoint keys are the network's alone.
+    assert not any("mixer" in key for key in model.state_dict())
     with torch.no_grad():
         model.eval()(_batch())
     assert len(calls) == 2
+    assert build_model("pmm", 2, backbone="resnet18", mix="none").mixer2 is None
 
 
 @pytest.mark.parametrize("cam", ["fast", "paper"])
@@ -99,13 +109,13 @@ def test_grad_cam_leaves_no_parameter_gradients(cam):
 
 def test_fast_and_paper_grad_cam_choose_the_same_blocks(monkeypatch):
     attns = []
-    real = pmm_kernels.feature_mix
+    real = pmm_kernels.FeatureMix.forward
 
-    def spy(feat, labels, attn, **kwargs):
+    def spy(layer, feat, labels=None, attn=None, **kwargs):
         attns.append(attn)
-        return real(feat, labels, attn, **kwargs)
+        return real(layer, feat, labels, attn, **kwargs)
 
-    monkeypatch.setattr(pmm_kernels, "feature_mix", spy)
+    monkeypatch.setattr(pmm_kernels.FeatureMix, "forward", spy)
     torch.manual_seed(0)
     model = build_model("pmm", 2, backbone="resnet18", **PMM_OPTIONS)
     infos = {}
@@ -136,7 +146,7 @@ def test_build_model_rejects_bad_names_and_options():
         build_model("pmm", 10, backbone="resnet18", mix="mixup")
     with pytest.raises(ValueError, match="cam='grad'"):
         build_model("pmm", 10, backbone="resnet18", cam="grad")
-    with pytest.raises(ValueError, match=r"block_size must be two positive ints, got \(3, 0\)"):
+    with pytest.raises(ValueError, match=r"block_size must be two positive ints \(bh, bw\)"):
         build_model("pmm", 10, backbone="resnet18", block_size=(3, 0))
     with pytest.raises(ValueError, match="num_classes must be a positive int, got 0"):
         build_model("baseline", 0)

@@ -9,8 +9,10 @@ import warnings
 
 import pytest
 import torch
+from oracles.fastreid_compat import install
 from oracles.recipes import run_recipe
 
+install()
 fastreid = pytest.importorskip("fastreid")
 from fastreid.config import get_cfg  # noqa: E402
 from fastreid.engine import hooks  # noqa: E402

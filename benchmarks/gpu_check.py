@@ -138,7 +138,7 @@ def time_token_rows() -> list[dict]:
     """The layer on ViT-B/16 ReID tokens (benchmarks/test_tokens_bench.py's rows), float32."""
     from triton.testing import do_bench
 
-    from benchmarks.test_tokens_bench import token_call
+    from benchmarks.token_rows import token_call
 
     rows = []
     for passes in ("forward", "forward_backward"):

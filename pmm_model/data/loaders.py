@@ -175,9 +175,9 @@ def build_train_loader(
             ``world_size``.
     """
     check_batch_fits(
-        config["ids_per_batch"] * config["images_per_id"],
-        config["height"],
-        config["width"],
+        config.ids_per_batch * config.images_per_id,
+        config.height,
+        config.width,
         "training",
     )
     transform = build_transforms(

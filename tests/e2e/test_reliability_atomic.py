@@ -26,10 +26,10 @@ WRITERS = {
     "mixing.png": """
         import numpy as np
         from matplotlib.figure import Figure
-        from pmm_model.apps.visualize import _save
+        from pmm_model.apps.panels import save_figure
         fig = Figure(figsize=(4, 4))
         fig.add_subplot().imshow(np.random.default_rng(0).random((200, 200)))
-        _save(fig, path)
+        save_figure(fig, path)
     """,
     "metrics.json": """
         from pmm_model.run.atomic import atomic_write

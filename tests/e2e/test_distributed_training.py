@@ -95,8 +95,11 @@ def test_two_process_gloo_job_and_resume(tiny_root, tmp_path):
         "metrics.json",
         "rank0.pt",
         "rank1.pt",
+        "tensorboard",
         "train.log",
     ]
+    # Rank 0 alone writes TensorBoard events: one event file.
+    assert len(list((ddp / "tensorboard").glob("events.out.tfevents.*"))) == 1
 
     # The 2-process checkpoint continued by the CLI under torchrun.
     _torchrun(

@@ -11,7 +11,7 @@ their mean with a 95 % Student-t interval, and the smallest difference the grid 
 Example:
     >>> d = paired_difference({0: 0.80, 1: 0.75, 2: 0.78}, {0: 0.76, 1: 0.74, 2: 0.73})
     >>> round(d.mean, 4), d.n, round(d.low, 3), round(d.high, 3)
-    (0.0333, 3, -0.019, 0.085)
+    (0.0333, 3, -0.018, 0.085)
 """
 
 from __future__ import annotations

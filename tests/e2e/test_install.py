@@ -83,6 +83,7 @@ def test_one_missing_package_is_named():
     )
 
 
+@pytest.mark.slow
 def test_kernels_work_without_the_extras():
     result = run_without(
         ("torchvision", "PIL", "tqdm", "matplotlib", "onnx", "onnxruntime", "onnxscript"),

@@ -290,6 +290,7 @@ def test_a_worker_s_unreadable_image_error_is_one_line(tmp_path):
     assert "\n" not in str(error.value)
 
 
+@pytest.mark.slow
 def test_image_check_names_every_bad_file(tmp_path):
     Image.new("RGB", (8, 16)).save(tmp_path / "good.jpg")
     for name in ("a.jpg", "b.jpg"):

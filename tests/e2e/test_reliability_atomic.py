@@ -43,6 +43,7 @@ WRITERS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(WRITERS))
 def test_a_file_size_limit_keeps_the_previous_file_and_names_it(tmp_path, name):
     path = tmp_path / name

@@ -48,6 +48,7 @@ _ENDINGS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("workers", "ending"), [(1, "exit in handler"), (3, "traceback"), (2, "kept error")]
 )
@@ -166,6 +167,7 @@ def test_extraction_refuses_a_batch_that_cannot_fit(checkpoint):
         FeatureExtractor(checkpoint, device="cpu", batch_size=10**6)
 
 
+@pytest.mark.slow
 def test_an_address_space_limit_counts_as_the_memory_there_is(tmp_path):
     code = (
         "import resource\n"

@@ -571,6 +571,7 @@ def test_resume_auto_continues_the_folders_own_run_and_checks_its_options(
     ) in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_ctrl_c_during_start_up_is_one_line_and_130(straight, monkeypatch, capsys):
     # Issue 16.18: Ctrl-C while the checkpoint loads printed a KeyboardInterrupt traceback.
     def interrupted(*args, **kwargs):

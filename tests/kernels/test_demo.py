@@ -7,6 +7,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from pmm_kernels import demo
 
 
@@ -35,6 +37,7 @@ def test_demo_prints_blocks_from_partners_of_another_identity(capsys) -> None:
     assert lines[-1].endswith("every other value is feat's, bit for bit")
 
 
+@pytest.mark.slow
 def test_demo_runs_as_a_module() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "pmm_kernels.demo", "--seed", "1"],

@@ -52,6 +52,7 @@ def make_feat(device="cpu", dtype=torch.float64, seed=1, shape=SHAPE):
     return feat.to(device).requires_grad_()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", list(MODES))
 def test_gradgradcheck_in_float64(mode):
     # Before: "no autograd formula was registered" for pmm::feature_mix_backward.

@@ -108,6 +108,7 @@ def test_triton_dtypes_and_layouts(dtype, layout, attn_form, triton_device):
     assert_backends_agree(results)
 
 
+@pytest.mark.slow
 @settings(max_examples=15, deadline=None)
 @given(
     problem=mix_problems(max_n=8, max_c=40, max_side=9),

@@ -14,52 +14,18 @@ pytest-benchmark.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable
 
 import pytest
 import torch
 
 from benchmarks.op_rows import DEVICE, make_call, make_inputs, op_bytes
+from benchmarks.timing import ROUNDS, WARMUP_ROUNDS, mean_seconds, synchronized
 from pmm_kernels.testing.cases import ATTN_FORMS
 
 ON_GPU = DEVICE.type == "cuda"
 BATCHES = [32, 64, 128, 256] if ON_GPU else [64]
 DTYPES = [torch.float32, torch.bfloat16] if ON_GPU else [torch.float32]
-
-
-def synchronized(fn: Callable[[], object]) -> Callable[[], object]:
-    """Time kernels, not launches: wait for the device after each call."""
-    if not ON_GPU:
-        return fn
-
-    def run():
-        result = fn()
-        torch.cuda.synchronize()
-        return result
-
-    return run
-
-
-ROUNDS, WARMUP_ROUNDS = 10, 2
-
-
-def mean_seconds(fn: Callable[[], object]) -> float:
-    """Mean seconds per call, timed as ``benchmark.pedantic`` times the rows.
-
-    Each result is freed outside the timed region, as pedantic does: freeing 100 MB is not
-    free, and the floor must not pay for it when the rows don't.
-    """
-    fn = synchronized(fn)
-    for _ in range(WARMUP_ROUNDS):
-        fn()
-    total = 0.0
-    for _ in range(ROUNDS):
-        start = time.perf_counter()
-        result = fn()
-        total += time.perf_counter() - start
-        del result
-    return total / ROUNDS
 
 
 def gpu_seconds(fn: Callable[[], object]) -> float:

@@ -9,30 +9,12 @@ records ``x_op``, the layer's time over the op's measured in the same run; the t
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-
 import torch
 from torch import nn
 
 import pmm_kernels
 from benchmarks.op_rows import BLOCK_SIZE, DEVICE, NUM_BLOCKS, make_inputs
-
-ROUNDS, WARMUP_ROUNDS = 20, 3
-
-
-def _mean_seconds(fn: Callable[[], object]) -> float:
-    for _ in range(WARMUP_ROUNDS):
-        fn()
-    total = 0.0
-    for _ in range(ROUNDS):
-        start = time.perf_counter()
-        result = fn()
-        if DEVICE.type == "cuda":
-            torch.cuda.synchronize()
-        total += time.perf_counter() - start
-        del result
-    return total / ROUNDS
+from benchmarks.timing import ROUNDS, WARMUP_ROUNDS, mean_seconds
 
 
 def test_layer_over_the_bare_op(benchmark):
@@ -55,7 +37,7 @@ def test_layer_over_the_bare_op(benchmark):
         return layer(feat, labels)
 
     assert torch.equal(bare(), through_layer())  # the same mix, so the same work
-    op = _mean_seconds(bare)
+    op = mean_seconds(bare)
     benchmark.group = "layer over the bare op (N=64, C=2048, 24x8)"
     benchmark.pedantic(through_layer, rounds=ROUNDS, iterations=1, warmup_rounds=WARMUP_ROUNDS)
     benchmark.extra_info.update(op_seconds=op, x_op=round(benchmark.stats.stats.mean / op, 3))

@@ -9,35 +9,16 @@ op's: forward <= 1.5x clone, forward + backward <= 3x clone (docs/performance.md
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-
 import pytest
-import torch
 
-from benchmarks.token_rows import DEVICE, token_call
-
-ROUNDS, WARMUP_ROUNDS = 10, 2
-
-
-def _mean_seconds(fn: Callable[[], object]) -> float:
-    for _ in range(WARMUP_ROUNDS):
-        fn()
-    total = 0.0
-    for _ in range(ROUNDS):
-        start = time.perf_counter()
-        result = fn()
-        if DEVICE.type == "cuda":
-            torch.cuda.synchronize()
-        total += time.perf_counter() - start
-        del result
-    return total / ROUNDS
+from benchmarks.timing import ROUNDS, WARMUP_ROUNDS, mean_seconds
+from benchmarks.token_rows import token_call
 
 
 @pytest.mark.parametrize("passes", ["forward", "forward_backward"])
 def test_layer_on_vit_b16_tokens(benchmark, passes):
     tokens, call = token_call(passes)
-    floor = _mean_seconds(tokens.clone)
+    floor = mean_seconds(tokens.clone)
     benchmark.group = "FeatureMix on ViT-B/16 tokens (N=64, 1+128, C=768)"
     benchmark.pedantic(call, rounds=ROUNDS, iterations=1, warmup_rounds=WARMUP_ROUNDS)
     benchmark.extra_info.update(

@@ -1,0 +1,46 @@
+"""Timing shared by the benchmark rows: a mean over rounds, as ``benchmark.pedantic`` times."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import torch
+
+ON_GPU = torch.cuda.is_available()
+
+
+def synchronized(fn: Callable[[], object]) -> Callable[[], object]:
+    """Time kernels, not launches: wait for the device after each call."""
+    if not ON_GPU:
+        return fn
+
+    def run():
+        result = fn()
+        torch.cuda.synchronize()
+        return result
+
+    return run
+
+
+ROUNDS, WARMUP_ROUNDS = 10, 2
+
+
+def mean_seconds(
+    fn: Callable[[], object], rounds: int = ROUNDS, warmup: int = WARMUP_ROUNDS
+) -> float:
+    """Mean seconds per call, timed as ``benchmark.pedantic`` times the rows.
+
+    Each result is freed outside the timed region, as pedantic does: freeing 100 MB is not
+    free, and the floor must not pay for it when the rows don't.
+    """
+    fn = synchronized(fn)
+    for _ in range(warmup):
+        fn()
+    total = 0.0
+    for _ in range(rounds):
+        start = time.perf_counter()
+        result = fn()
+        total += time.perf_counter() - start
+        del result
+    return total / rounds

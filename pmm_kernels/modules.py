@@ -196,7 +196,6 @@ class FeatureMix(nn.Module):
         self.layout = layout
         self.token_grid = token_grid
         self.__dict__["saliency"] = saliency
-        self._token_input = False
         self.last_info: MixInfo | None = None
         self.__dict__["_labels"] = LabelSlot()
         self._warned_geometry = False
@@ -352,7 +351,7 @@ class FeatureMix(nn.Module):
         """Mix ``x`` in its layout: a map, tokens (prefix kept) or an NHWC map."""
         layout = self.layout_of(x)
         # Token maps' label-free saliency is the token norm (see _run), not ReLU(sum_c).
-        self._token_input = layout != "nchw"
+        tokens = layout != "nchw"
         if layout == "tokens":
             if self.token_grid is None:
                 raise ValueError(
@@ -361,11 +360,11 @@ class FeatureMix(nn.Module):
                     "insert_feature_mix into a timm/TransReID ViT, which reads the grid"
                 )
             prefix, feat = self.token_grid.split(x)
-            return self.token_grid.join(prefix, self._mix_map(feat, labels, attn, partners))
+            return self.token_grid.join(prefix, self._mix_map(feat, labels, attn, partners, tokens))
         if layout == "nhwc":
             feat = check.check_tensor("feat", x).permute(0, 3, 1, 2)
-            return self._mix_map(feat, labels, attn, partners).permute(0, 2, 3, 1)
-        return self._mix_map(x, labels, attn, partners)
+            return self._mix_map(feat, labels, attn, partners, tokens).permute(0, 2, 3, 1)
+        return self._mix_map(x, labels, attn, partners, tokens)
 
     def _mix_map(
         self,
@@ -373,6 +372,7 @@ class FeatureMix(nn.Module):
         labels: torch.Tensor | None,
         attn: torch.Tensor | None,
         partners: torch.Tensor | None,
+        tokens: bool = False,
     ) -> torch.Tensor:
         feat = check.check_feat(feat)
         if torch.jit.is_tracing():
@@ -384,13 +384,13 @@ class FeatureMix(nn.Module):
             _generator_under_compile()
         compiling = torch.compiler.is_compiling()
         if not compiling and recomputing():
-            return self._replay(feat, attn, partners)
+            return self._replay(feat, attn, partners, tokens)
         if not self._collecting:
             self.begin_forward(collect=False)
         labels = self._batch_labels(feat, labels)
         draw_device = self.generator.device if self.generator is not None else feat.device
         state = None if compiling else draw_state(self.generator, draw_device)
-        out, info = self._run(feat, labels, attn, partners, self.generator)
+        out, info = self._run(feat, labels, attn, partners, self.generator, tokens)
         self.last_info = info
         if not compiling:
             self._calls.append(Call(info, labels, state, draw_device))
@@ -404,6 +404,7 @@ class FeatureMix(nn.Module):
         attn: torch.Tensor | None,
         partners: torch.Tensor | None,
         generator: torch.Generator | None,
+        tokens: bool,
     ) -> tuple[torch.Tensor, MixInfo]:
         height, width = feat.shape[2], feat.shape[3]
         num_blocks = self.num_blocks_for(height, width)
@@ -412,7 +413,7 @@ class FeatureMix(nn.Module):
         if self.spec.cells == "salient" and attn is None:
             if self.saliency is not None:
                 attn = self.saliency(feat)
-            elif self.classifier is None and self._token_input:
+            elif self.classifier is None and tokens:
                 attn = token_norm(feat)
             else:
                 attn = self._saliency_source(feat, labels)
@@ -431,7 +432,11 @@ class FeatureMix(nn.Module):
         )
 
     def _replay(
-        self, feat: torch.Tensor, attn: torch.Tensor | None, partners: torch.Tensor | None
+        self,
+        feat: torch.Tensor,
+        attn: torch.Tensor | None,
+        partners: torch.Tensor | None,
+        tokens: bool,
     ) -> torch.Tensor:
         """The recompute of the training forward's call: its labels and its draws again."""
         if len(self._calls) != 1:
@@ -444,7 +449,7 @@ class FeatureMix(nn.Module):
         generator = torch.Generator(device=call.draw_device)
         if call.draw_state is not None:
             generator.set_state(call.draw_state)
-        out, info = self._run(feat, call.labels, attn, partners, generator)
+        out, info = self._run(feat, call.labels, attn, partners, generator, tokens)
         if not torch.equal(info.mask, call.info.mask):
             raise RuntimeError(
                 "activation checkpointing recomputed a FeatureMix whose input changed since the "

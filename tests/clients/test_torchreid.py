@@ -102,14 +102,18 @@ def test_recipe_trains_and_tests_in_torchreids_engine(datamanagers, recipe, name
     assert not layer.training  # torchreid's test loop set eval: the layer is the identity
 
 
-def test_fixbase_epochs_warn_naming_open_layers(datamanagers, tmp_path):
+def _recipe_engine(datamanager, recipe: str, name: str):
+    """``(model, engine)``: torchreid's ``name`` with the recipe applied, in the recipe's engine."""
     torch.manual_seed(0)
-    datamanager = datamanagers["softmax"]
     model = torchreid.models.build_model(
-        "resnet50", num_classes=datamanager.num_train_pids, loss="softmax", pretrained=False
+        name, num_classes=datamanager.num_train_pids, loss="softmax", pretrained=False
     )
-    engine_class = run_recipe("torchreid-resnet", {"model": model})["Engine"]
-    engine = _engine(engine_class, datamanager, model)
+    engine_class = run_recipe(recipe, {"model": model})["Engine"]
+    return model, _engine(engine_class, datamanager, model)
+
+
+def test_fixbase_epochs_warn_naming_open_layers(datamanagers, tmp_path):
+    _, engine = _recipe_engine(datamanagers["softmax"], "torchreid-resnet", "resnet50")
     with pytest.warns(UserWarning, match=r"open_specified_layers .* add 'mix_after_layer4' to"):
         engine.run(
             save_dir=str(tmp_path),
@@ -124,13 +128,8 @@ def test_fixbase_epochs_warn_naming_open_layers(datamanagers, tmp_path):
 
 
 def test_cutmix_scores_torchreids_cross_entropy_on_the_mixed_targets(datamanagers):
-    torch.manual_seed(0)
     datamanager = datamanagers["softmax"]
-    model = torchreid.models.build_model(
-        "pcb_p6", num_classes=datamanager.num_train_pids, loss="softmax", pretrained=False
-    )
-    engine_class = run_recipe("torchreid-pcb", {"model": model})["Engine"]
-    engine = _engine(engine_class, datamanager, model)
+    model, engine = _recipe_engine(datamanager, "torchreid-pcb", "pcb_p6")
     data = next(iter(datamanager.train_loader))
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)  # targets are read: no "nobody asked"

@@ -39,6 +39,7 @@ import numpy as np
 from PIL import Image
 
 from pmm_model.data.datasets import Record, ReIDDataset
+from pmm_model.data.synthetic.cache import default_root
 
 __all__ = [
     "EVAL_PROTOCOLS",
@@ -160,9 +161,9 @@ def _cache_folder(data: ReIDDataset, cache: Path) -> Path:
 
 
 def default_cache() -> Path:
-    """Where occluded copies go: ``$PMM_DATA_DIR`` if set, else ``~/.cache/pmm``."""
-    base = os.environ.get("PMM_DATA_DIR")
-    return Path(base) if base else Path.home() / ".cache" / "pmm"
+    """Where occluded copies go: the data cache the synthetic set lives in (``$PMM_DATA_DIR``
+    if set, else ``~/.cache/pmm``)."""
+    return default_root().parent
 
 
 def occluded_queries(data: ReIDDataset, cache: str | os.PathLike | None = None) -> ReIDDataset:

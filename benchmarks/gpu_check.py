@@ -29,6 +29,7 @@ import platform
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -38,6 +39,20 @@ BATCHES = (64, 256)
 DTYPES = (torch.float32, torch.bfloat16)
 PASSES = ("forward", "forward_backward", "backward")
 IMPLS = ("triton", "torch", "torch_compile", "authors")
+
+
+def driver_version() -> str:
+    """The NVIDIA driver's version as nvidia-smi reports it, or why it could not be read."""
+    try:
+        result = subprocess.run(
+            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    except (OSError, subprocess.TimeoutExpired) as error:
+        return f"unknown ({type(error).__name__})"
+    return result.stdout.strip() or f"unknown (nvidia-smi exit {result.returncode})"
 
 
 def run_tests(out: Path, timeout_s: int) -> dict:
@@ -62,7 +77,8 @@ def run_tests(out: Path, timeout_s: int) -> dict:
         )
         output, returncode = result.stdout + result.stderr, result.returncode
     except subprocess.TimeoutExpired as error:
-        output = f"{error.stdout or ''}\n... stopped after {timeout_s} s"
+        partial = error.stdout.decode() if isinstance(error.stdout, bytes) else error.stdout
+        output = f"{partial or ''}\n... stopped after {timeout_s} s"
         returncode = None
     (out / "tests.txt").write_text(output)
     lines = [line for line in output.strip().splitlines() if line.strip()]
@@ -74,8 +90,9 @@ def run_tests(out: Path, timeout_s: int) -> dict:
     }
 
 
-def time_rows() -> list[dict]:
-    """Every op row, timed with do_bench; a row that fails records its error and the rest go on."""
+def time_rows(rows: list[dict], save: Callable[[], None], deadline: float) -> None:
+    """Every op row, timed with do_bench, appended to ``rows`` and saved as it comes; a row that
+    fails records its error and the rest go on; past ``deadline`` (perf_counter) no row starts."""
     from triton.testing import do_bench
 
     from benchmarks.op_rows import make_call, make_inputs, op_bytes
@@ -87,7 +104,6 @@ def time_rows() -> list[dict]:
 
     # One torch.compile graph per dtype, attn form and grad mode (N is symbolic): 8 in all.
     torch._dynamo.config.recompile_limit = 64
-    rows = []
     for dtype in DTYPES:
         for n in BATCHES:
             feat, *_ = make_inputs(n, dtype, "map")
@@ -117,6 +133,10 @@ def time_rows() -> list[dict]:
                         row = dict(
                             n=n, dtype=str(dtype)[6:], attn=attn_form, passes=passes, impl=impl
                         )
+                        if time.perf_counter() > deadline:
+                            row["error"] = "skipped: past --deadline-s"
+                            rows.append(row)
+                            continue
                         try:
                             call = make_call(impl, feat, attn, labels, partners, passes)
                             ms = median_ms(call)
@@ -128,19 +148,18 @@ def time_rows() -> list[dict]:
                         except Exception as error:  # recorded in the table, not fatal
                             row["error"] = f"{type(error).__name__}: {str(error)[:300]}"
                         rows.append(row)
+                        save()
                         print(json.dumps(row), flush=True)
                 del feat, attn, labels, partners
                 torch.cuda.empty_cache()
-    return rows
 
 
-def time_token_rows() -> list[dict]:
+def time_token_rows(rows: list[dict], save: Callable[[], None]) -> None:
     """The layer on ViT-B/16 ReID tokens (benchmarks/test_tokens_bench.py's rows), float32."""
     from triton.testing import do_bench
 
     from benchmarks.token_rows import token_call
 
-    rows = []
     for passes in ("forward", "forward_backward"):
         row = dict(n=64, dtype="float32", attn="tokens", passes=passes, impl="layer")
         try:
@@ -152,8 +171,8 @@ def time_token_rows() -> list[dict]:
         except Exception as error:  # recorded in the table, not fatal
             row["error"] = f"{type(error).__name__}: {str(error)[:300]}"
         rows.append(row)
+        save()
         print(json.dumps(row), flush=True)
-    return rows
 
 
 def markdown(rows: list[dict], device: str) -> str:
@@ -192,6 +211,13 @@ def main(argv: list[str] | None = None) -> int:
         help="seconds the tests may take before the rows start anyway",
     )
     parser.add_argument("--skip-tests", action="store_true")
+    parser.add_argument(
+        "--deadline-s",
+        type=float,
+        default=None,
+        help="seconds from the start after which no further op row starts (the token rows "
+        "still run); the skipped rows say so in the table",
+    )
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("gpu_check needs a CUDA device; none is visible")
@@ -200,22 +226,34 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     import triton
 
+    start = time.perf_counter()
+    deadline = start + args.deadline_s if args.deadline_s else float("inf")
     device = torch.cuda.get_device_name()
     report = {
         "device": device,
+        "driver": driver_version(),
         "torch": torch.__version__,
+        "cuda": torch.version.cuda,
         "triton": triton.__version__,
         "python": platform.python_version(),
     }
     if not args.skip_tests:
         report["tests"] = run_tests(out, args.tests_timeout)
         print("tests:", report["tests"], flush=True)
-    start = time.perf_counter()
-    report["rows"] = time_rows() + time_token_rows()
-    report["rows_seconds"] = round(time.perf_counter() - start, 1)
-    (out / "op_rows.json").write_text(json.dumps(report, indent=1))
-    (out / "op_rows.md").write_text(markdown(report["rows"], device))
-    print(markdown(report["rows"], device))
+    rows_start = time.perf_counter()
+    rows: list[dict] = []
+    report["rows"] = rows
+
+    def save() -> None:
+        # Written after every row, so a run stopped at its time limit still leaves its table.
+        report["rows_seconds"] = round(time.perf_counter() - rows_start, 1)
+        (out / "op_rows.json").write_text(json.dumps(report, indent=1))
+        (out / "op_rows.md").write_text(markdown(rows, device))
+
+    time_rows(rows, save, deadline)
+    time_token_rows(rows, save)
+    save()
+    print(markdown(rows, device))
     tests_ok = args.skip_tests or report["tests"]["returncode"] == 0
     rows_ok = not any("error" in row for row in report["rows"])
     return 0 if tests_ok and rows_ok else 1

@@ -17,7 +17,9 @@ Needs torch, triton, pytest and hypothesis already installed (no network, no ins
   is over the bytes the op must move (docs/performance.md#bytes-per-pass); ``x clone`` is the time
   over one ``feat.clone()`` (which moves 2 B), so a forward+backward at the floor would read 2.0.
   Then the layer's rows on ViT-B/16 ReID tokens (N=64, 1+128 tokens, C=768), against ``clone()``
-  of the token tensor.
+  of the token tensor; then a bf16 training step of timm's resnet50 and vit_small at 256x128
+  with and without the inserted layer (``benchmarks/step_rows.py``; there ``x clone`` is the
+  step's time over the step without the layer, and needs timm).
 """
 
 from __future__ import annotations
@@ -175,6 +177,29 @@ def time_token_rows(rows: list[dict], save: Callable[[], None]) -> None:
         print(json.dumps(row), flush=True)
 
 
+def time_step_rows(rows: list[dict], save: Callable[[], None]) -> None:
+    """A training step of timm nets with and without the layer (benchmarks/step_rows.py);
+    ``x_clone`` holds the step's time over the same step without the layer."""
+    from triton.testing import do_bench
+
+    from benchmarks.step_rows import NETS, N, step_call
+
+    for net in NETS:
+        bare_ms = None
+        for with_layer in (False, True):
+            impl = "step+layer" if with_layer else "step"
+            row = dict(n=N, dtype="bf16 autocast", attn=net, passes="train_step", impl=impl)
+            try:
+                ms = do_bench(step_call(net, with_layer), warmup=200, rep=1000)
+                bare_ms = bare_ms or ms
+                row.update(ms=ms, gb_per_s=0.0, x_clone=ms / bare_ms)
+            except Exception as error:  # recorded in the table, not fatal
+                row["error"] = f"{type(error).__name__}: {str(error)[:300]}"
+            rows.append(row)
+            save()
+            print(json.dumps(row), flush=True)
+
+
 def markdown(rows: list[dict], device: str) -> str:
     lines = [
         f"Op rows on {device} (ms: do_bench median; x clone: over one feat.clone()).",
@@ -252,6 +277,7 @@ def main(argv: list[str] | None = None) -> int:
 
     time_rows(rows, save, deadline)
     time_token_rows(rows, save)
+    time_step_rows(rows, save)
     save()
     print(markdown(rows, device))
     tests_ok = args.skip_tests or report["tests"]["returncode"] == 0

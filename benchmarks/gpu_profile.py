@@ -6,13 +6,16 @@ Writes ``profile.txt``: for the Triton op at the paper's map (N in {64, 256}, fl
 attn) and the layer on ViT-B/16 tokens, the torch.profiler table of one forward and one
 forward+backward (after warm-up), the number of kernels launched per call, the wall time per
 call with and without a device sync after each, and every host-device sync that
-``torch.cuda.set_sync_debug_mode`` reports.
+``torch.cuda.set_sync_debug_mode`` reports. With ``--steps``, ``step_profile.txt`` instead: the
+training steps of ``step_rows.py`` at N in {64, 256}, each with wall and summed kernel time, the
+kernel count and where each host-device sync happens.
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+import traceback
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -64,11 +67,66 @@ def describe(name: str, call: Callable[[], object]) -> str:
     )
 
 
+def sync_sites(call: Callable[[], object]) -> str:
+    """Every host-device sync of one call, each as its chain of pmm_kernels frames, or "no sync"."""
+    sites: list[str] = []
+
+    def record(*_args: object, **_kwargs: object) -> None:
+        frames = [
+            f"{frame.filename.split('pmm_kernels/')[-1]}:{frame.lineno}"
+            for frame in traceback.extract_stack()
+            if "/pmm_kernels/" in frame.filename
+        ]
+        sites.append(" > ".join(frames) or "outside pmm_kernels")
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = record
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            call()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return "; ".join(f"sync at {site}" for site in sites) or "no sync"
+
+
+def describe_step(name: str, call: Callable[[], object]) -> str:
+    """A training step: wall and device time, kernels, and where it syncs."""
+    for _ in range(5):
+        call()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        call()
+        torch.cuda.synchronize()
+    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    device_ms = sum(e.device_time for e in kernels) / 1e3
+    return (
+        f"## {name}: wall {wall_ms(call, 20, True):.2f} ms/step, device (kernels summed) "
+        f"{device_ms:.2f} ms, {len(kernels)} kernels; {sync_sites(call)}"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="gpu-results")
-    out = Path(parser.parse_args().out)
+    parser.add_argument("--steps", action="store_true", help="profile the training steps only")
+    args = parser.parse_args()
+    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.steps:
+        from benchmarks import step_rows
+
+        lines = []
+        for n in (64, 256):
+            step_rows.N = n
+            for net in step_rows.NETS:
+                for with_layer in (False, True):
+                    call = step_rows.step_call(net, with_layer)
+                    label = f"{net}, N={n}, {'with' if with_layer else 'without'} the layer"
+                    lines.append(describe_step(label, call))
+                    print(lines[-1], flush=True)
+        (out / "step_profile.txt").write_text("\n".join(lines) + "\n")
+        return
     sections = []
     for n in (64, 256):
         feat, attn, labels, partners = make_inputs(n, torch.float32, "map")

@@ -41,7 +41,7 @@ from pmm_model.cli.args import (
 from pmm_model.cli.train import FlagWords
 from pmm_model.data.datasets import dataset_names
 from pmm_model.data.occlusion import EVAL_PROTOCOLS
-from pmm_model.nets.models import BACKBONES
+from pmm_model.nets.backbones import BACKBONES
 from pmm_model.run.config import DEFAULTS, PRESETS, ConfigError
 from pmm_model.run.engine import AMP_DTYPES, TrainingInterrupted
 

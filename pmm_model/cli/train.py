@@ -43,7 +43,8 @@ from pmm_model.cli.args import (
     pretrained_weights,
 )
 from pmm_model.data.datasets import dataset_names
-from pmm_model.nets.models import BACKBONES, CAM_MODES, MIX_MODES, MODELS
+from pmm_model.nets.backbones import BACKBONES
+from pmm_model.nets.models import CAM_MODES, MIX_MODES, MODELS
 from pmm_model.run.config import DEFAULTS, PREEMPT_SIGNALS, PRESETS, ConfigError, make_config
 from pmm_model.run.engine import AMP_DTYPES, Engine, TrainingError, TrainingInterrupted
 from pmm_model.run.errors import Words

@@ -20,7 +20,8 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from pmm_kernels import block_grid
-from pmm_model.nets.models import BACKBONES, CAM_MODES, MIX_MODES, MODELS
+from pmm_model.nets.backbones import BACKBONES
+from pmm_model.nets.models import CAM_MODES, MIX_MODES, MODELS
 from pmm_model.run.errors import ConfigError, IgnoredOption
 
 __all__ = [
@@ -202,7 +203,7 @@ def upgrade_saved_config(saved: dict[str, Any]) -> dict[str, Any]:
 
 
 def feature_map_size(height: int, width: int) -> tuple[int, int]:
-    """The trunk's output map for an input, as :func:`pmm_model.nets.models.build_backbone` gives.
+    """The trunk's output map for an input (:func:`pmm_model.nets.backbones.build_backbone`).
 
     Four stride-2 steps (conv1, max-pool, layer2, layer3; layer4 has stride 1), each rounding
     up.

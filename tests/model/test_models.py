@@ -8,8 +8,8 @@ import torchvision
 
 import pmm_kernels
 from pmm_model import build_model
+from pmm_model.nets.backbones import build_backbone
 from pmm_model.nets.losses import PMMLoss
-from pmm_model.nets.models import build_backbone
 
 # Tiny input: 64x32 gives a 4x2 map (last stride 1), cut into 8 blocks of 1x1.
 IMAGES_SHAPE = (8, 3, 64, 32)

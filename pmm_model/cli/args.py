@@ -107,8 +107,22 @@ def pretrained_weights(text: str) -> str:
     """``"imagenet"`` or the path of an existing state-dict file."""
     if text != "imagenet" and not Path(text).is_file():
         raise argparse.ArgumentTypeError(
-            f"expected 'imagenet' or the path of a torchvision ResNet state dict, got {text!r} "
+            f"expected 'imagenet' or the path of a state dict of the backbone, got {text!r} "
             "(no such file)"
+        )
+    return text
+
+
+def backbone_name(text: str) -> str:
+    """A torchvision ResNet of :data:`~pmm_model.nets.backbones.BACKBONES` or ``timm/<name>``
+    (whether timm has that model is checked with the configuration)."""
+    # Imported here: this module loads before torch, under the console scripts' Ctrl-C guard.
+    from pmm_model.nets.backbones import BACKBONES, is_timm_backbone
+
+    if text not in BACKBONES and not is_timm_backbone(text):
+        raise argparse.ArgumentTypeError(
+            f"expected one of {', '.join(sorted(BACKBONES))} or timm/<a timm model name>, "
+            f"got {text!r}"
         )
     return text
 

@@ -1,4 +1,7 @@
-"""The networks' trunks: torchvision ResNets with layer 4 at stride 1.
+"""The networks' trunks: torchvision ResNets with layer 4 at stride 1, and any timm model.
+
+A backbone named ``timm/<name>`` is timm's model of that name without its classifier (the
+``timm`` extra: ``pip install 'pmm[train,timm]'``); only the baseline network takes one.
 
 Example:
     >>> import torch
@@ -14,12 +17,21 @@ import urllib.error
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 import torchvision.models as tvm
 from torch import Tensor, nn
 
-__all__ = ["BACKBONES", "build_backbone"]
+__all__ = [
+    "BACKBONES",
+    "TIMM_PREFIX",
+    "WeightsUnavailableError",
+    "build_backbone",
+    "build_timm_backbone",
+    "is_timm_backbone",
+    "timm_backbone_problem",
+]
 
 # name -> (torchvision constructor, ImageNet weights enum member)
 BACKBONES: dict[str, tuple[Callable[..., tvm.ResNet], tvm.WeightsEnum]] = {
@@ -29,13 +41,21 @@ BACKBONES: dict[str, tuple[Callable[..., tvm.ResNet], tvm.WeightsEnum]] = {
 }
 
 
+class WeightsUnavailableError(RuntimeError):
+    """``pretrained="imagenet"`` weights are neither in the local cache nor downloadable."""
+
+
+# A backbone name with this prefix names a timm model: "timm/vit_small_patch16_224".
+TIMM_PREFIX = "timm/"
+
+
 def _imagenet_state_dict(backbone: str) -> dict[str, Tensor]:
     weights = BACKBONES[backbone][1]
     cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
     try:
         return weights.get_state_dict(progress=True, check_hash=True)
     except (urllib.error.URLError, OSError) as err:
-        raise RuntimeError(
+        raise WeightsUnavailableError(
             f"pretrained='imagenet': could not load {weights} for backbone {backbone!r} "
             f"({err}). Offline? Download {weights.url} on a connected machine and put it at "
             f"{cached} (the torch hub cache; set TORCH_HOME to move it), or pass "
@@ -43,7 +63,9 @@ def _imagenet_state_dict(backbone: str) -> dict[str, Tensor]:
         ) from None
 
 
-def _file_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
+def _file_state_dict(
+    path: str | os.PathLike, kind: str = "torchvision ResNet"
+) -> dict[str, Tensor]:
     if not Path(path).is_file():
         raise FileNotFoundError(f"pretrained={str(path)!r}: no such file")
     try:
@@ -55,7 +77,7 @@ def _file_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
         ) from None
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
         raise ValueError(
-            f"pretrained={str(path)!r}: expected a torchvision ResNet state dict "
+            f"pretrained={str(path)!r}: expected a {kind} state dict "
             f"(parameter name -> tensor), got {type(state).__name__}"
         )
     return state
@@ -81,7 +103,7 @@ def build_backbone(
     Raises:
         ValueError: unknown name, or a state dict whose keys/shapes do not fit.
         FileNotFoundError: ``pretrained`` names a file that does not exist.
-        RuntimeError: ``"imagenet"`` weights are neither cached nor downloadable.
+        WeightsUnavailableError: ``"imagenet"`` weights are neither cached nor downloadable.
 
     Example:
         >>> trunk, channels = build_backbone("resnet18")
@@ -112,3 +134,102 @@ def build_backbone(
     names = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
     trunk = nn.Sequential(OrderedDict((n, getattr(resnet, n)) for n in names))
     return trunk, resnet.fc.in_features
+
+
+def is_timm_backbone(name: str) -> bool:
+    """Whether ``name`` names a timm model (``timm/<name>``) rather than a torchvision ResNet."""
+    return name.startswith(TIMM_PREFIX)
+
+
+def timm_backbone_problem(name: str) -> str | None:
+    """What is wrong with the timm backbone ``name`` (timm missing, no such model), or None."""
+    try:
+        import timm
+    except ImportError:
+        return f"{name} needs timm, which is not installed: pip install 'pmm[timm]'"
+    model_name = name.removeprefix(TIMM_PREFIX)
+    if not timm.is_model(model_name):
+        return f"timm has no model {model_name!r} (timm.list_models() lists them)"
+    return None
+
+
+def build_timm_backbone(
+    name: str,
+    pretrained: str | os.PathLike | None = None,
+    image_size: tuple[int, int] | None = None,
+) -> tuple[nn.Module, int]:
+    """timm's model ``name`` without its classifier: images to its pooled ``(N, C)`` features.
+
+    The model keeps its own pooling (average for CNNs, the cls token for ViTs). A model with
+    position embeddings is built for ``image_size`` (timm's ``set_input_size``, which also
+    resizes pretrained embeddings); a convolutional one takes any size.
+
+    Args:
+        name: ``timm/<model name>``, e.g. ``timm/vit_small_patch16_224``.
+        pretrained: None (random init), ``"imagenet"`` (timm's default pretrained weights from
+            the Hugging Face cache, downloaded when online) or the path of a state dict of that
+            timm model (its classifier's keys are ignored; every other key must match).
+        image_size: ``(height, width)`` of the input.
+
+    Returns:
+        ``(model, channels)``: the model and the width of its pooled features.
+
+    Raises:
+        ValueError: timm is missing or has no such model, or a state dict that does not fit.
+        FileNotFoundError: ``pretrained`` names a file that does not exist.
+        WeightsUnavailableError: ``"imagenet"`` weights are neither cached nor downloadable.
+
+    Example:
+        >>> model, channels = build_timm_backbone("timm/resnet18")
+        >>> model(torch.zeros(2, 3, 128, 64)).shape, channels
+        (torch.Size([2, 512]), 512)
+    """
+    problem = timm_backbone_problem(name)
+    if problem is not None:
+        raise ValueError(f"backbone={name!r}: {problem}")
+    import timm
+
+    model_name = name.removeprefix(TIMM_PREFIX)
+    if pretrained == "imagenet":
+        try:
+            model = timm.create_model(model_name, pretrained=True, num_classes=0)
+        except (OSError, RuntimeError, ValueError) as err:  # offline and not in the cache
+            reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise WeightsUnavailableError(
+                f"pretrained='imagenet': timm could not load the weights of {model_name!r} "
+                f"({reason}). Offline? Run timm.create_model({model_name!r}, pretrained=True) "
+                "once on a connected machine (it fills the Hugging Face cache, HF_HOME) and "
+                "copy the cache here, or pass pretrained=<path to a state dict of that model>."
+            ) from None
+    else:
+        model = timm.create_model(model_name, pretrained=False, num_classes=0)
+        if pretrained is not None:
+            _load_timm_state_dict(model, model_name, pretrained)
+    set_input_size = getattr(model, "set_input_size", None)
+    if image_size is not None and callable(set_input_size):
+        set_input_size(img_size=image_size)
+    channels = model.num_features  # every timm model has it
+    if not isinstance(channels, int):
+        raise TypeError(f"timm {model_name}: num_features is not an int ({channels!r})")
+    return model, channels
+
+
+def _load_timm_state_dict(model: nn.Module, model_name: str, path: str | os.PathLike) -> None:
+    # timm's own file loading only logs keys that do not fit; here they are an error.
+    state = _file_state_dict(path, kind=f"timm {model_name}")
+    config: dict[str, Any] = getattr(model, "pretrained_cfg", None) or {}
+    head = config.get("classifier") or ()
+    heads = (head,) if isinstance(head, str) else tuple(head)
+    state = {k: v for k, v in state.items() if not k.startswith(tuple(f"{h}." for h in heads))}
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # a shape mismatch
+        reason = str(err).strip().splitlines()[-1].strip()
+        raise ValueError(
+            f"pretrained={str(path)!r} does not fit timm {model_name}: {reason}"
+        ) from None
+    if missing or unexpected:
+        raise ValueError(
+            f"pretrained={str(path)!r} does not fit timm {model_name}: "
+            f"missing keys {missing[:5]}, unexpected keys {unexpected[:5]}"
+        )

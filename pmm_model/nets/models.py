@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from torchvision.models.resnet import Bottleneck
 
 import pmm_kernels
-from pmm_model.nets.backbones import build_backbone
+from pmm_model.nets.backbones import build_backbone, build_timm_backbone, is_timm_backbone
 
 __all__ = [
     "CAM_MODES",
@@ -58,10 +58,10 @@ class ReIDOutput:
         mix_info: the ``pmm_kernels.MixInfo`` of each mixing stage (PMM: stages 2 and 3;
             baseline and ``mix="none"``: empty), kept so callers can see which blocks were
             replaced.
-        label_mix: per stage, the ``MixInfo`` whose partners' labels that stage's
-            cross-entropy mixes in by area (``pmm_kernels.mixed_targets``), or None for the
-            plain labels; empty means plain labels everywhere (every mode but ``a_cutmix``
-            and ``cutmix``).
+        targets: per stage, the layer's probability targets (``FeatureMix.targets``: labels
+            mixed by area, unsmoothed) that stage's cross-entropy scores, or None for the plain
+            labels; empty means plain labels everywhere (every mode but ``a_cutmix`` and
+            ``cutmix``).
         saliency: per mixing stage, in ``mix_info``'s order, the detached ``(N, h, w)``
             Grad-CAM map that ranked the blocks, or None for a mode that draws them at random.
     """
@@ -69,7 +69,7 @@ class ReIDOutput:
     features: list[Tensor]
     logits: list[Tensor]
     mix_info: list[pmm_kernels.MixInfo] = field(default_factory=list)
-    label_mix: list[pmm_kernels.MixInfo | None] = field(default_factory=list)
+    targets: list[Tensor | None] = field(default_factory=list)
     saliency: list[Tensor | None] = field(default_factory=list)
 
 
@@ -81,11 +81,29 @@ def _init_classifier(linear: nn.Linear) -> None:
 
 
 class BaselineNet(nn.Module):
-    """BoT-style global-feature baseline: ResNet (last stride 1), GAP, BN-neck, classifier.
+    """BoT-style global-feature baseline: a backbone, its pooled feature, BN-neck, classifier.
+
+    The backbone is a torchvision ResNet (last stride 1, average-pooled) or any timm model
+    (``backbone="timm/<name>"``, pooled as timm pools it). With ``mix_after``, the drop-in
+    layer ``pmm_kernels.FeatureMix(mix)`` mixes the features after that module of the backbone
+    in training, as a user of the layer would insert it into their own net.
 
     Training mode ``forward(images, labels)`` returns a one-stage :class:`ReIDOutput` (the
     triplet loss sees the pooled feature, the classifier the BN-neck feature); eval mode
     ``forward(images)`` returns the BN-neck feature.
+
+    Args:
+        num_classes: number of training identities.
+        backbone: ``"resnet18"``, ``"resnet34"``, ``"resnet50"`` or ``"timm/<name>"``.
+        pretrained: see :func:`~pmm_model.nets.backbones.build_backbone` (torchvision) and
+            :func:`~pmm_model.nets.backbones.build_timm_backbone` (timm).
+        mix: the mode of the inserted layer (a key of ``pmm_kernels.MODES``); used only with
+            ``mix_after``.
+        mix_after: the backbone module whose output is mixed (``"layer3"``, ``"blocks.9"``,
+            ``"stages.2"``; ``pmm_kernels.insert_feature_mix``'s names), or None: no mixing.
+        num_blocks: blocks the layer mixes per sample (its 8x4 block grid on the map).
+        height: input height; a timm model with position embeddings is built for it.
+        width: input width.
 
     Example:
         >>> net = BaselineNet(num_classes=3, backbone="resnet18").eval()
@@ -98,21 +116,66 @@ class BaselineNet(nn.Module):
         num_classes: int,
         backbone: str = "resnet50",
         pretrained: str | os.PathLike | None = None,
+        mix: str = "a_hard_mix",
+        mix_after: str | None = None,
+        num_blocks: int = 3,
+        height: int | None = None,
+        width: int | None = None,
     ) -> None:
         super().__init__()
-        self.backbone, channels = build_backbone(backbone, pretrained)
+        if is_timm_backbone(backbone):
+            size = None if height is None or width is None else (height, width)
+            self.backbone, channels = build_timm_backbone(backbone, pretrained, size)
+        else:
+            self.backbone, channels = build_backbone(backbone, pretrained)
         self.bnneck = nn.BatchNorm1d(channels)
         self.bnneck.bias.requires_grad_(False)  # BoT: a shift-free neck keeps the metric space
         self.classifier = nn.Linear(channels, num_classes, bias=False)
         _init_classifier(self.classifier)
+        self.mixer: pmm_kernels.FeatureMix | None = None
+        if mix_after is not None:
+            if mix not in pmm_kernels.MODES:
+                raise ValueError(
+                    f"mix={mix!r} is not a mode of the layer mixing after {mix_after!r}; "
+                    f"valid: {', '.join(pmm_kernels.MODES)}"
+                )
+            self.mixer = pmm_kernels.FeatureMix(mix, num_blocks=num_blocks)
+            # Inserted from the network, since a torchvision trunk is an nn.Sequential, which
+            # cannot hold the layer (insert_feature_mix says why).
+            try:
+                pmm_kernels.insert_feature_mix(self, f"backbone.{mix_after}", self.mixer)
+            except ValueError as err:
+                raise ValueError(f"mix_after={mix_after!r} in {backbone}: {err}") from None
 
     def forward(self, images: Tensor, labels: Tensor | None = None) -> ReIDOutput | Tensor:
-        """Embeddings (eval mode) or a one-stage :class:`ReIDOutput` (training mode)."""
-        feat = F.adaptive_avg_pool2d(self.backbone(images), 1).flatten(1)
+        """Embeddings (eval mode) or a one-stage :class:`ReIDOutput` (training mode).
+
+        Raises:
+            ValueError: training mode with a mixing layer and no ``labels``.
+        """
+        if self.mixer is not None and self.training:
+            if labels is None:
+                raise ValueError("labels are required in training mode: the layer mixes by them")
+            with pmm_kernels.mix_labels(self, labels):
+                feat = self.backbone(images)
+        else:
+            feat = self.backbone(images)
+        if feat.dim() == 4:  # a torchvision trunk's map; timm models pool themselves
+            feat = F.adaptive_avg_pool2d(feat, 1).flatten(1)
         neck = self.bnneck(feat)
         if not self.training:
             return neck
-        return ReIDOutput(features=[feat], logits=[self.classifier(neck)])
+        logits = self.classifier(neck)
+        if self.mixer is None or self.mixer.last_info is None:
+            return ReIDOutput(features=[feat], logits=[logits])
+        assert labels is not None  # checked above: the layer mixed by them
+        mixes_labels = self.mixer.spec.mixes_labels
+        return ReIDOutput(
+            features=[feat],
+            logits=[logits],
+            mix_info=[self.mixer.last_info],
+            targets=[self.mixer.targets(labels, logits.shape[1])] if mixes_labels else [],
+        )
 
 
 class PMMNet(nn.Module):
@@ -276,13 +339,15 @@ class PMMNet(nn.Module):
         f3 = self.reduction3(F.adaptive_max_pool2d(mixed3, 1).flatten(1))
         logits3 = self.classifiers[2](f3)
         mixes = [mix for mix in (mix2, mix3) if mix is not None]
-        infos = [info for info, _ in mixes]
-        mixes_labels = self.mix != "none" and pmm_kernels.MODES[self.mix].mixes_labels
+        targets: list[Tensor | None] = []
+        if self.mixer2 is not None and self.mixer3 is not None and self.mixer2.spec.mixes_labels:
+            num_classes = logits1.shape[1]
+            targets = [None, *(m.targets(labels, num_classes) for m in (self.mixer2, self.mixer3))]
         return ReIDOutput(
             features=[f1, f2, f3],
             logits=[logits1, logits2, logits3],
-            mix_info=infos,
-            label_mix=[None, *infos] if mixes_labels else [],
+            mix_info=[info for info, _ in mixes],
+            targets=targets,
             saliency=[saliency for _, saliency in mixes],
         )
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from pmm_kernels import block_grid
-from pmm_model.nets.backbones import BACKBONES
+from pmm_model.nets.backbones import BACKBONES, is_timm_backbone, timm_backbone_problem
 from pmm_model.nets.models import CAM_MODES, MIX_MODES, MODELS
 from pmm_model.run.errors import ConfigError, IgnoredOption
 
@@ -69,6 +69,7 @@ class TrainConfig:
     num_blocks: int = 3
     cam: str = "fast"
     mix: str = "a_hard_mix"
+    mix_after: str | None = None  # baseline: the backbone module whose output the layer mixes
     epochs: int = 400
     lr: float = 1e-3
     weight_decay: float = 5e-4
@@ -239,11 +240,7 @@ def _check(config: TrainConfig) -> None:
         f"must be one of {', '.join(PREEMPT_SIGNALS)}, got {config.preempt_signal!r}",
         "preempt_signal",
     )
-    _need(
-        config.backbone in BACKBONES,
-        f"must be one of {sorted(BACKBONES)}, got {config.backbone!r}",
-        "backbone",
-    )
+    _check_network(config)
     for key, low in (
         ("height", 16),
         ("width", 8),
@@ -279,6 +276,38 @@ def _check(config: TrainConfig) -> None:
     )
     if config.model == "pmm":
         _check_blocks(config)
+
+
+def _check_network(config: TrainConfig) -> None:
+    """The backbone, and where the mixing happens: PMM's own stages or the baseline's layer."""
+    if is_timm_backbone(config.backbone):
+        _need(
+            config.model == "baseline",
+            f"{config.backbone} is a timm backbone, which only --model baseline takes (PMM's "
+            f"stages are built on torchvision ResNets: {', '.join(sorted(BACKBONES))})",
+            "backbone",
+        )
+        problem = timm_backbone_problem(config.backbone)
+        _need(problem is None, str(problem), "backbone")
+    else:
+        _need(
+            config.backbone in BACKBONES,
+            f"must be one of {sorted(BACKBONES)} or timm/<a timm model name>, "
+            f"got {config.backbone!r}",
+            "backbone",
+        )
+    if config.mix_after is None:
+        return
+    _need(
+        config.model == "baseline",
+        "is for --model baseline (PMM mixes at its own stages 2 and 3; --mix picks the mode)",
+        "mix_after",
+    )
+    _need(
+        config.mix != "none",
+        "needs a mode to mix with: give --mix (one of the feature-mix modes), not 'none'",
+        "mix_after",
+    )
 
 
 def _check_blocks(config: TrainConfig) -> None:

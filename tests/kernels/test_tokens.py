@@ -135,6 +135,28 @@ def test_gradients_and_double_backward_on_tokens():
     assert torch.autograd.gradgradcheck(mix, (tokens,))
 
 
+def _backward_nodes(tensor: torch.Tensor) -> set[str]:
+    seen, todo = set(), [tensor.grad_fn]
+    while todo:
+        node = todo.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        todo += [next_node for next_node, _ in node.next_functions]
+    return {type(node).__name__ for node in seen}
+
+
+def test_the_tokens_gradient_is_assembled_in_one_pass():
+    # Slicing the prefix and the patches off the tokens would give two SliceBackward0 nodes, each
+    # zero-filling a full-size gradient, then an add: five passes where one cat does.
+    tokens = _tokens().requires_grad_()
+    out = FeatureMix("a_hard_mix", grid=(3, 2), token_grid=GRID)(tokens, LABELS)
+    nodes = _backward_nodes(out)
+    assert "_SplitTokensBackward" in nodes and "SliceBackward0" not in nodes
+    (grad,) = torch.autograd.grad(out, tokens, torch.ones_like(out))
+    assert torch.equal(grad[:, : GRID.prefix], torch.ones(6, GRID.prefix, 10))
+
+
 def test_compiles_without_graph_breaks_and_copies_drop_nothing_needed():
     layer = FeatureMix("cutmix", grid=(3, 2), token_grid=GRID)
     compiled = torch.compile(lambda x: layer(x), fullgraph=True, backend="eager")

@@ -154,3 +154,29 @@ def test_the_one_line_covers_every_console_script():
 
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     assert set(scripts) == pmm_model._SCRIPTS
+
+
+def test_a_timm_backbone_without_timm_names_the_extra():
+    run = run_without(
+        ("timm",),
+        "from pmm_model.cli import train\n"
+        "train.main(['--preset', 'demo', '--model', 'baseline', '--backbone', 'timm/resnet18'])\n",
+    )
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    assert (
+        run.stderr.strip()
+        .splitlines()[-1]
+        .endswith(
+            "argument --backbone: timm/resnet18 needs timm, which is not installed: "
+            "pip install 'pmm[timm]'"
+        )
+    )
+
+
+def test_the_timm_extra_is_the_one_the_message_names():
+    import tomllib
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
+    assert any(requirement.startswith("timm") for requirement in extras["timm"])

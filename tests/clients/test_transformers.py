@@ -151,3 +151,24 @@ def test_the_eval_model_exports_to_onnx_as_without_the_layer(tmp_path):
     session = onnxruntime.InferenceSession(str(tmp_path / "vit.onnx"))
     (out,) = session.run(None, {session.get_inputs()[0].name: images.numpy()})
     assert torch.allclose(torch.from_numpy(out), model(images), atol=1e-4)
+
+
+@pytest.mark.slow
+def test_ddp_averages_the_gradients_of_each_ranks_token_mix(tmp_path):
+    # Two gloo ranks, each its own batch: DDP's gradient is the mean of what each rank's mix
+    # gives in one process, so the layer mixed the same cells under DDP as alone.
+    import socket
+
+    import torch.multiprocessing as mp
+    from oracles.distributed import ddp_worker, vit_step_gradient
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    mp.spawn(ddp_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"rank{rank}.pt") for rank in range(2)]
+    alone = [vit_step_gradient(rank) for rank in range(2)]
+    assert torch.equal(ranks[0]["grad"], ranks[1]["grad"])  # all-reduced
+    for saved, (_, mask) in zip(ranks, alone, strict=True):
+        assert saved["mask"].any() and torch.equal(saved["mask"], mask)
+    torch.testing.assert_close(ranks[0]["grad"], (alone[0][0] + alone[1][0]) / 2)

@@ -51,7 +51,7 @@ def resolve_backend(backend: str | None, feat: torch.Tensor, num_grid_blocks: in
     if backend == "auto":
         if not feat.is_cuda or feat.dtype == torch.float64 or not _triton_available():
             return False
-        return _triton_module().unsupported_reason(n, h, w, num_grid_blocks) is None
+        return _unsupported_reason(n, h, w, num_grid_blocks) is None
 
     interpreted = os.environ.get("TRITON_INTERPRET") == "1"
     if not feat.is_cuda and not (feat.device.type == "cpu" and interpreted):
@@ -64,7 +64,7 @@ def resolve_backend(backend: str | None, feat: torch.Tensor, num_grid_blocks: in
             "backend='triton' supports float16, bfloat16 and float32 feat, got float64; "
             "use backend='torch'"
         )
-    reason = _triton_module().unsupported_reason(n, h, w, num_grid_blocks)
+    reason = _unsupported_reason(n, h, w, num_grid_blocks)
     if reason is not None:
         raise ValueError(reason)
     return True
@@ -72,6 +72,13 @@ def resolve_backend(backend: str | None, feat: torch.Tensor, num_grid_blocks: in
 
 def _triton_available() -> bool:
     return importlib.util.find_spec("triton") is not None
+
+
+def _unsupported_reason(n: int, h: int, w: int, num_grid_blocks: int) -> str | None:
+    # Imported on first use, as the kernels are: triton_launch imports triton.
+    from pmm_kernels.ops.triton_launch import unsupported_reason
+
+    return unsupported_reason(n, h, w, num_grid_blocks)
 
 
 def _triton_module():

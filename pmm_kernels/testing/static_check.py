@@ -62,7 +62,8 @@ if TYPE_CHECKING:  # imported where used: unavailable() must run first on a trit
 
 CAPS = (80, 90)
 MAX_REGISTERS = 96
-KERNEL_MODULE = "pmm_kernels.ops.feature_mix_triton"
+# Where the kernels are: the planning kernels, then the copy kernels and the launchers.
+KERNEL_MODULES = ("pmm_kernels.ops.plan_triton", "pmm_kernels.ops.feature_mix_triton")
 # The layouts of the case table (a strided map has no dense stream to vectorise).
 LAYOUTS = cases.MAP_LAYOUTS
 # Dense tiles per program of each kernel that streams the map: (loads, stores). Each must move
@@ -139,7 +140,8 @@ def unavailable() -> str | None:
     ]
     tuned = [
         obj
-        for obj in vars(importlib.import_module(KERNEL_MODULE)).values()
+        for name in KERNEL_MODULES
+        for obj in vars(importlib.import_module(name)).values()
         if isinstance(obj, Autotuner)
     ]
     missing += [
@@ -188,9 +190,14 @@ def record_launches() -> list[Launch]:
     from triton.runtime.autotuner import Autotuner
     from triton.runtime.jit import JITFunction
 
-    module = importlib.import_module(KERNEL_MODULE)
+    from pmm_kernels.ops.triton_launch import streams_16_byte_aligned
+
+    module = importlib.import_module(KERNEL_MODULES[-1])
     kernels = {
-        name: obj for name, obj in vars(module).items() if isinstance(obj, JITFunction | Autotuner)
+        (home, name): obj
+        for home in map(importlib.import_module, KERNEL_MODULES)
+        for name, obj in vars(home).items()
+        if isinstance(obj, JITFunction | Autotuner)
     }
     launches: list[Launch] = []
     case: dict = {}
@@ -242,7 +249,7 @@ def record_launches() -> list[Launch]:
                         layout=case["layout"],
                         map=case["map"],
                         mode=case["mode"],
-                        aligned=module.streams_16_byte_aligned(*case["feat"].flatten(2).stride()),
+                        aligned=streams_16_byte_aligned(*case["feat"].flatten(2).stride()),
                         bytes_over_feat=round(
                             _bytes_model(self.name, case["f"], args, feat_bytes), 4
                         ),
@@ -252,8 +259,8 @@ def record_launches() -> list[Launch]:
             return record
 
     try:
-        for name in kernels:
-            setattr(module, name, Recorder(name))
+        for home, name in kernels:
+            setattr(home, name, Recorder(name))
         for dtype in cases.DTYPES:
             for layout in LAYOUTS:
                 for shape in cases.COMPILED:
@@ -267,8 +274,8 @@ def record_launches() -> list[Launch]:
         feat = _make_feat(torch.float32, "contiguous", shape)
         forward(call, shape, feat, torch.float32, "contiguous", chunked_mode())
     finally:
-        for name, kernel in kernels.items():
-            setattr(module, name, kernel)
+        for (home, name), kernel in kernels.items():
+            setattr(home, name, kernel)
     return launches
 
 
@@ -337,10 +344,15 @@ def compile_for(cap: int) -> list[dict]:
 
     driver.set_active(_StandInDriver(cap))
     launches = record_launches()
-    module = importlib.import_module(KERNEL_MODULE)
+    kernels = {
+        name: obj
+        for home in map(importlib.import_module, KERNEL_MODULES)
+        for name, obj in vars(home).items()
+        if name.endswith("_kernel")
+    }
     rows, seen = [], set()
     for launch in launches:
-        kernel = getattr(module, launch.kernel)
+        kernel = kernels[launch.kernel]
         if isinstance(kernel, Autotuner):
             named = dict(zip(kernel.arg_names, launch.args, strict=False))
             configs = (

@@ -166,6 +166,6 @@ def test_row_problems_flag_each_miss(overrides, kinds):
     ids=["nchw-24x8", "nchw-7x5", "channels-last-C64", "channels-last-C130", "padded-samples"],
 )
 def test_launcher_says_which_maps_stream_16_bytes_wide(make, aligned):
-    from pmm_kernels.ops.feature_mix_triton import streams_16_byte_aligned
+    from pmm_kernels.ops.triton_launch import streams_16_byte_aligned
 
     assert streams_16_byte_aligned(*make().flatten(2).stride()) is aligned

@@ -136,8 +136,10 @@ class TrainConfig:
         gets the class default.
 
         Example:
-            >>> TrainConfig(model="baseline", backbone="resnet18").model_options()
-            {'backbone': 'resnet18'}
+            >>> TrainConfig(model="baseline", backbone="resnet18").model_options()["backbone"]
+            'resnet18'
+            >>> sorted(TrainConfig(model="baseline").model_options())  # the layer's options too
+            ['backbone', 'height', 'mix', 'num_blocks', 'width']
         """
         parameters = inspect.signature(MODELS[self.model]).parameters
         return {

@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 from oracles import tiny_run_options
+from oracles.runs import run_train
 
 from pmm_model.run.checkpoint import load_checkpoint
-from pmm_model.run.engine import run_training
+from pmm_model.run.engine import Engine, run_training
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -247,3 +248,48 @@ def test_a_signal_during_a_hung_collective_still_ends_the_job(faulty_job, tmp_pa
     code, err = _outcome(job, timeout=120)
     assert code != 0
     assert "SIGTERM: the run did not stop within 3 s" in err, err[-3000:]
+
+
+@pytest.mark.slow
+def test_resume_auto_at_another_world_size_continues_and_says_it_is_not_exact(
+    tiny_root, tmp_path, monkeypatch
+):
+    # Issue 26.6: an elastic restart (torchrun --nnodes 1:2, a node joined) reruns the same
+    # --resume auto command at another world size. 3 global batches an epoch: 3 steps at one
+    # process, 1 step of 2 batches at two (the third is dropped).
+    out = tmp_path / "run"
+    argv = [
+        "--data", "folder", "--root", str(tiny_root), "--output-dir", str(out),
+        "--backbone", "resnet18", "--height", "64", "--width", "32", "--ids-per-batch", "2",
+        "--images-per-id", "4", "--block-size", "1", "1", "--workers", "0", "--device", "cpu",
+        "--epochs", "2", "--eval-every", "1", "--no-tensorboard", "--resume", "auto",
+    ]  # fmt: skip
+    real, calls = Engine.forward_loss, []
+
+    def forward_then_stop(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Engine, "forward_loss", forward_then_stop)
+    assert run_train(argv)[0] == 128 + signal.SIGTERM  # one process, stopped mid-epoch 1
+    monkeypatch.undo()
+    stopped = load_checkpoint(out / "checkpoint.pt")
+    assert (stopped["epoch"], stopped["batches"], len(stopped["rng"])) == (0, 2, 1)
+
+    _torchrun("-m", "pmm_model.train", *argv, cwd=tmp_path)
+    finished = load_checkpoint(out / "checkpoint.pt")
+    assert (finished["epoch"], len(finished["rng"])) == (2, 2)
+    assert [m["epoch"] for m in json.loads((out / "metrics.json").read_text())] == [1, 2]
+    log = (out / "train.log").read_text()
+    assert f"continuing the run in {out} from its checkpoint" in log
+    assert (
+        "the checkpoint was written by 1 processes, this run has 2: it continues, but not "
+        "bit-identically to an unchanged run" in log
+    )
+    # Two processes' epoch ends before the checkpoint's third batch: the next epoch follows.
+    assert (
+        "the 2 global batches done cover epoch 1 at 2 processes (1 steps each, the other "
+        "batches dropped): continuing with epoch 2" in log
+    )

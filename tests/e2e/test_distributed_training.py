@@ -293,3 +293,63 @@ def test_resume_auto_at_another_world_size_continues_and_says_it_is_not_exact(
         "the 2 global batches done cover epoch 1 at 2 processes (1 steps each, the other "
         "batches dropped): continuing with epoch 2" in log
     )
+
+
+# The training CLI, whose rank 1 SIGKILLs itself in the 2nd step of epoch 2 unless the marker
+# file (argv[1]) exists, which it writes first: so only the first launch is killed.
+KILL_RANK1_SCRIPT = """
+import os
+import signal
+import sys
+from pathlib import Path
+
+from pmm_model.cli import train
+from pmm_model.run.engine import Engine
+
+marker, real, calls = Path(sys.argv[1]), Engine.forward_loss, []
+
+def forward_loss(self, *args, **kwargs):
+    if self.dist.rank == 1 and self.sampler.epoch == 1:
+        calls.append(1)
+        if len(calls) == 2 and not marker.exists():
+            marker.write_text("killed")
+            os.kill(os.getpid(), signal.SIGKILL)
+    return real(self, *args, **kwargs)
+
+Engine.forward_loss = forward_loss
+train.main(sys.argv[2:])
+"""
+
+
+@pytest.mark.slow
+def test_a_killed_rank_is_relaunched_by_torchrun_and_the_job_ends_as_if_not(tiny_root, tmp_path):
+    # Issue 26.1: torchrun --max-restarts 1 relaunches the same command after rank 1 dies; with
+    # --resume auto it continues the step checkpoint written just before, bit-exactly.
+    # P=2 x K=2 on 6 ids x 4 images: 2 or 3 steps per rank and epoch.
+    script = tmp_path / "kill_rank1.py"
+    script.write_text(KILL_RANK1_SCRIPT)
+
+    def job(out, marker):
+        return _torchrun(
+            "--max-restarts", "1", str(script), str(marker),
+            "--data", "folder", "--root", str(tiny_root), "--output-dir", str(out),
+            "--backbone", "resnet18", "--height", "64", "--width", "32", "--ids-per-batch", "2",
+            "--images-per-id", "2", "--block-size", "1", "1", "--workers", "0",
+            "--device", "cpu", "--epochs", "2", "--eval-every", "2", "--no-tensorboard",
+            "--checkpoint-every-steps", "1", "--resume", "auto",
+            cwd=tmp_path,
+        )  # fmt: skip
+
+    marker = tmp_path / "killed"
+    job(tmp_path / "unkilled", tmp_path)  # the marker path exists (a folder): no kill
+    job(tmp_path / "killed-run", marker)
+    assert marker.read_text() == "killed"
+    log = (tmp_path / "killed-run" / "train.log").read_text()
+    assert log.count("no checkpoint in") == 1  # the first launch started the run
+    assert "continuing the run in" in log  # the relaunch continued it,
+    assert "after epoch 1, global batch 2" in log  # from epoch 2's first step (2 batches)
+    finished = load_checkpoint(tmp_path / "killed-run" / "checkpoint.pt")
+    expected = load_checkpoint(tmp_path / "unkilled" / "checkpoint.pt")
+    assert finished["epoch"] == expected["epoch"] == 2
+    for name, tensor in expected["model"].items():
+        assert torch.equal(finished["model"][name], tensor), name

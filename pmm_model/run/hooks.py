@@ -10,7 +10,8 @@ order at five points (fast-reid's ``HookBase`` is the model):
   (:mod:`pmm_model.run.divergence` says when). A checkpoint is never written with a non-finite
   weight, BatchNorm statistic or optimizer state: the run stops as diverged instead.
 * :class:`Checkpointer` writes ``checkpoint.pt`` every ``checkpoint_every`` epochs, before every
-  evaluation and at the end, atomically and fsynced (:mod:`pmm_model.run.checkpoint`).
+  evaluation and at the end, atomically and fsynced (:mod:`pmm_model.run.checkpoint`); a write
+  that would record nothing new since the last one is skipped.
 * :class:`StepCheckpoints` also writes it within an epoch, every ``checkpoint_every_steps``
   optimizer steps and/or ``checkpoint_every_minutes`` minutes, at the exact position.
 * :class:`StopOnSignal`: SIGTERM or SIGINT (the first one; see

@@ -278,7 +278,8 @@ def test_resume_auto_at_another_world_size_continues_and_says_it_is_not_exact(
     stopped = load_checkpoint(out / "checkpoint.pt")
     assert (stopped["epoch"], stopped["batches"], len(stopped["rng"])) == (0, 2, 1)
 
-    _torchrun("-m", "pmm_model.train", *argv, cwd=tmp_path)
+    # Every step's time exceeds 1e-9 minutes: the ranks agree on a step checkpoint each step.
+    _torchrun("-m", "pmm_model.train", *argv, "--checkpoint-every-minutes", "1e-9", cwd=tmp_path)
     finished = load_checkpoint(out / "checkpoint.pt")
     assert (finished["epoch"], len(finished["rng"])) == (2, 2)
     assert [m["epoch"] for m in json.loads((out / "metrics.json").read_text())] == [1, 2]

@@ -215,6 +215,20 @@ def build_parser() -> argparse.ArgumentParser:
         f"{_default('checkpoint_every')}",
     )
     run.add_argument(
+        "--checkpoint-every-steps",
+        type=int_at_least(1),
+        metavar="N",
+        help="also checkpoint within an epoch once N optimizer steps have passed since the "
+        "last checkpoint, at the exact position (a resume is bit-exact) (default: off)",
+    )
+    run.add_argument(
+        "--checkpoint-every-minutes",
+        type=finite_float(0.0),
+        metavar="M",
+        help="also checkpoint within an epoch once M minutes have passed since the last "
+        "checkpoint (default: off)",
+    )
+    run.add_argument(
         "--preempt-signal",
         choices=PREEMPT_SIGNALS,
         help="the signal a scheduler sends before it pre-empts the job (SLURM: "
@@ -238,6 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
         "else start a new run there: one command for a start and every restart. "
         "Or a checkpoint.pt to continue; only where/how-long options may change: "
         "--epochs (rescales the lr schedule), --eval-every, --checkpoint-every, "
+        "--checkpoint-every-steps, --checkpoint-every-minutes, "
         "--device, --workers, --output-dir, --root, --amp, --skip-bad-images, "
         "--compile, --channels-last, --sync-bn, --no-tensorboard, --preempt-signal",
     )

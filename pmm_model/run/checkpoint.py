@@ -3,10 +3,10 @@
 A checkpoint is a dict that ``torch.load(..., weights_only=True)`` can read (no pickled
 objects): ``model`` (the bare network's state dict: no DDP or torch.compile prefixes),
 ``optimizer`` and ``scaler`` state dicts, ``epoch`` (epochs completed), ``batches`` (global
-batches of epoch ``epoch + 1`` already trained: nonzero only for a checkpoint written on a
-signal), ``rng`` (:func:`~pmm_model.run.rng.rng_state` of every rank, in rank order),
-``metrics`` (the evaluations so far) and ``args`` (the training configuration,
-:meth:`~pmm_model.run.config.TrainConfig.to_dict`, with ``num_classes``).
+batches of epoch ``epoch + 1`` already trained: nonzero only for a checkpoint written within
+an epoch, on a signal or by step checkpoints), ``rng`` (:func:`~pmm_model.run.rng.rng_state`
+of every rank, in rank order), ``metrics`` (the evaluations so far) and ``args`` (the training
+configuration, :meth:`~pmm_model.run.config.TrainConfig.to_dict`, with ``num_classes``).
 :func:`save_training_checkpoint` writes it (atomically, :mod:`pmm_model.run.atomic`);
 :func:`load_checkpoint` and :func:`checkpoint_config` read it.
 

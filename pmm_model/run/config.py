@@ -79,6 +79,8 @@ class TrainConfig:
     device: str | None = None  # cuda if available, else cpu
     eval_every: int = 40
     checkpoint_every: int = 1
+    checkpoint_every_steps: int | None = None  # also within an epoch, every N optimizer steps
+    checkpoint_every_minutes: float | None = None  # also within an epoch, every M minutes
     output_dir: str | None = None
     sync_bn: bool = False
     compile: bool = False
@@ -180,7 +182,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 # fast it runs, how often it is evaluated, how far it goes). Everything else comes from the
 # checkpoint. A changed ``epochs`` rescales the learning-rate schedule (see pmm_model.run.engine).
 RUNTIME_OPTIONS = (
-    "epochs", "eval_every", "checkpoint_every", "device", "workers", "output_dir", "root", "amp",
+    "epochs", "eval_every", "checkpoint_every", "checkpoint_every_steps",
+    "checkpoint_every_minutes", "device", "workers", "output_dir", "root", "amp",
     "skip_bad_images", "compile", "channels_last", "sync_bn", "tensorboard",
     "preempt_signal",
 )  # fmt: skip
@@ -258,9 +261,20 @@ def _check(config: TrainConfig) -> None:
     ):
         value = getattr(config, key)
         _need(_is_int(value, low), f"must be an integer >= {low}, got {value!r}", key)
-    for key, positive in (("lr", True), ("weight_decay", False), ("margin", True)):
+    _need(
+        config.checkpoint_every_steps is None or _is_int(config.checkpoint_every_steps, 1),
+        f"must be an integer >= 1, got {config.checkpoint_every_steps!r}",
+        "checkpoint_every_steps",
+    )
+    optional = ("margin", "checkpoint_every_minutes")
+    for key, positive in (
+        ("lr", True),
+        ("weight_decay", False),
+        ("margin", True),
+        ("checkpoint_every_minutes", True),
+    ):
         value = getattr(config, key)
-        if key == "margin" and value is None:
+        if key in optional and value is None:
             continue
         _need(
             isinstance(value, int | float)

@@ -76,6 +76,7 @@ from pmm_model.run.hooks import (
     Evaluation,
     Hook,
     Schedule,
+    StepCheckpoints,
     StepRecord,
     StopOnSignal,
     lr_factor,
@@ -115,8 +116,8 @@ class Engine:
         hooks: more hooks, called after the built-in ones in this order.
 
     Attributes:
-        schedule, divergence, checkpointer, stop, evaluation: the built-in hooks
-            (:mod:`pmm_model.run.hooks`), called in this order before any other.
+        schedule, divergence, checkpointer, step_checkpoints, stop, evaluation: the built-in
+            hooks (:mod:`pmm_model.run.hooks`), called in this order before any other.
         ignored: the options :meth:`resume` ignored (the checkpoint keeps its own).
 
     Example:
@@ -163,13 +164,14 @@ class Engine:
         self.schedule = Schedule()
         self.divergence = DivergenceWatch()
         self.checkpointer = Checkpointer()
+        self.step_checkpoints = StepCheckpoints()
         self.stop = StopOnSignal()
         self.evaluation = Evaluation()
         self.last_step: StepRecord | None = None  # set by forward_loss
         self.hooks: list[Hook] = []
         built_in: tuple[Hook, ...] = (
-            self.schedule, self.divergence, self.checkpointer, self.stop, self.evaluation,
-            TensorBoard(),
+            self.schedule, self.divergence, self.checkpointer, self.step_checkpoints, self.stop,
+            self.evaluation, TensorBoard(),
         )  # fmt: skip
         for hook in (*built_in, *hooks):
             self.register_hook(hook)

@@ -10,7 +10,10 @@ order at five points (fast-reid's ``HookBase`` is the model):
   (:mod:`pmm_model.run.divergence` says when). A checkpoint is never written with a non-finite
   weight, BatchNorm statistic or optimizer state: the run stops as diverged instead.
 * :class:`Checkpointer` writes ``checkpoint.pt`` every ``checkpoint_every`` epochs, before every
-  evaluation and at the end, atomically and fsynced (:mod:`pmm_model.run.checkpoint`).
+  evaluation and at the end, atomically and fsynced (:mod:`pmm_model.run.checkpoint`); a write
+  that would record nothing new since the last one is skipped.
+* :class:`StepCheckpoints` also writes it within an epoch, every ``checkpoint_every_steps``
+  optimizer steps and/or ``checkpoint_every_minutes`` minutes, at the exact position.
 * :class:`StopOnSignal`: SIGTERM or SIGINT (the first one; see
   :class:`~pmm_model.run.runtime.StopSignals`) lets the current step finish, writes a checkpoint
   that records the step, logs it and raises :class:`TrainingInterrupted`; a second SIGINT stops
@@ -37,6 +40,7 @@ from __future__ import annotations
 import json
 import logging
 import signal
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -68,6 +72,7 @@ __all__ = [
     "Hook",
     "Run",
     "Schedule",
+    "StepCheckpoints",
     "StepRecord",
     "StopOnSignal",
     "lr_factor",
@@ -134,6 +139,7 @@ class Run(Protocol):
     schedule: Schedule
     divergence: DivergenceWatch
     checkpointer: Checkpointer
+    step_checkpoints: StepCheckpoints
     stop: StopOnSignal
     evaluation: Evaluation
     model: nn.Module
@@ -257,13 +263,27 @@ class DivergenceWatch(Hook):
 
 
 class Checkpointer(Hook):
-    """Writes ``checkpoint.pt`` every ``checkpoint_every`` epochs and before each evaluation.
+    """Writes ``checkpoint.pt`` every ``checkpoint_every`` epochs and before each evaluation;
+    a write that would record what the last one did (same position, same evaluations) is
+    skipped.
 
     Attributes:
-        saved: whether the last ``after_epoch`` wrote a checkpoint.
+        saved: whether the last ``after_epoch`` wrote a checkpoint (or found it current).
+        steps: optimizer steps trained since the last checkpoint (or since the run started).
+        written: ``time.monotonic()`` of the last checkpoint (or of the start).
     """
 
     saved = False
+
+    def __init__(self) -> None:
+        self.steps, self.written = 0, time.monotonic()
+        self.position: tuple[int, int, int] | None = None  # (epoch, batches, evaluations)
+
+    def before_train(self) -> None:
+        self.steps, self.written = 0, time.monotonic()
+
+    def after_step(self, epoch: int, step: int, loss: float) -> None:
+        self.steps += 1
 
     def after_epoch(self, epoch: int, loss: float) -> None:
         done, engine = epoch + 1, self.engine
@@ -279,6 +299,9 @@ class Checkpointer(Hook):
             TrainingDiverged: the state holds a non-finite value; nothing is written.
         """
         engine = self.engine
+        position = (epoch, batches, len(engine.metrics))
+        if position == self.position:  # nothing changed since the last write
+            return
         states = engine.dist.gather(rng_state())
 
         def write() -> None:
@@ -309,6 +332,34 @@ class Checkpointer(Hook):
             )
 
         engine.dist.on_main(write)
+        self.position, self.steps, self.written = position, 0, time.monotonic()
+
+
+class StepCheckpoints(Hook):
+    """Checkpoints within an epoch: once ``checkpoint_every_steps`` optimizer steps, or
+    ``checkpoint_every_minutes`` minutes, have passed since the last checkpoint (both off by
+    default), so that a pre-emption or crash in a long epoch loses at most that much.
+
+    The checkpoint records the exact position, as a signal's does (the global batches done of
+    the epoch and every rank's RNG state), so resuming from it is bit-exact. Every rank decides
+    alike: the step count is the same on all, and for the minutes the ranks agree in one
+    collective per step (only when ``checkpoint_every_minutes`` is set).
+    """
+
+    def after_step(self, epoch: int, step: int, loss: float) -> None:
+        engine = self.engine
+        config, checkpointer = engine.config, engine.checkpointer
+        every, minutes = config.checkpoint_every_steps, config.checkpoint_every_minutes
+        due = every is not None and checkpointer.steps >= every
+        if minutes is not None and not due:
+            late = time.monotonic() - checkpointer.written >= 60 * minutes
+            due = engine.dist.any([late], engine.device)[0]
+        if not due:
+            return
+        if step + 1 == engine.sampler.steps():  # the epoch is done: record it as such
+            checkpointer.save(epoch + 1)
+        else:
+            checkpointer.save(epoch, (step + 1) * engine.dist.world_size)
 
 
 class StopOnSignal(Hook):

@@ -170,8 +170,19 @@ def init_distributed(device_name: str | None) -> tuple[Distributed, torch.device
     if ctx.enabled and not dist.is_initialized():
         if device.type == "cuda":
             torch.cuda.set_device(device)
+        store, rank, world_size = next(dist.rendezvous("env://", timeout=COLLECTIVE_TIMEOUT))
+        store.set_timeout(COLLECTIVE_TIMEOUT)
+        # torchrun's agent serves one store to every attempt (--max-restarts): the keys of an
+        # earlier one (the dead workers' addresses) would be read as this one's, and the
+        # connection to them fails or hangs. Each attempt gets its own key space.
+        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+        if attempt is not None:
+            store = dist.PrefixStore(f"attempt-{attempt}/", store)
         dist.init_process_group(
             "nccl" if device.type == "cuda" else "gloo",
+            store=store,
+            rank=rank,
+            world_size=world_size,
             timeout=COLLECTIVE_TIMEOUT,
             device_id=device if device.type == "cuda" else None,
         )

@@ -17,7 +17,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from pmm_model.data.loaders import build_test_loaders, build_train_loader
-from pmm_model.run.checkpoint import restore_training
+from pmm_model.run.checkpoint import ResumePoint, restore_training
 from pmm_model.run.config import ConfigError
 from pmm_model.run.errors import RanksDisagree
 from pmm_model.run.folder import RunFolder
@@ -127,12 +127,8 @@ def start(engine: Run) -> tuple[int, int]:
     engine.train_loader, engine.sampler = build_train_loader(
         data.train, config, dist.rank, dist.world_size, pin
     )
-    if start[1] >= engine.sampler.steps():
-        raise ValueError(
-            f"checkpoint {str(engine.checkpoint_path)!r}: its batch counter is beyond the "
-            f"{engine.sampler.steps() * dist.world_size} global batches of an epoch on "
-            "this data; it was not written by this run"
-        )
+    if engine.resumed is not None:
+        start = _continue_at(engine, engine.resumed)
     if dist.is_main:
         engine.test_loaders = build_test_loaders(
             data,
@@ -194,11 +190,49 @@ def _restore(engine: Run, checkpoint: dict[str, Any]) -> tuple[int, int]:
                 config.epochs,
                 engine.schedule.lr(point.epoch),
             )
-        if point.repeated:
+    return point.epoch, point.step
+
+
+def _continue_at(engine: Run, point: ResumePoint) -> tuple[int, int]:
+    """The epoch and this rank's step a restored run continues from, now that the sampler
+    says how many steps the epoch has at this world size.
+
+    At another world size the epoch may end before the checkpoint's position (the global batches
+    that do not split over the processes are dropped): the run then continues with the next
+    epoch, and ``engine.resumed`` says so.
+
+    Raises:
+        ValueError: at the checkpoint's own world size, a position beyond the epoch.
+    """
+    dist, sampler = engine.dist, engine.sampler
+    sampler.set_epoch(point.epoch)
+    steps = sampler.steps()
+    if point.step < steps:
+        if point.repeated and dist.is_main:
             logger.info(
                 "%d global batches done do not split over %d processes: %d are repeated",
                 point.batches,
                 dist.world_size,
                 point.repeated,
             )
-    return point.epoch, point.step
+        return point.epoch, point.step
+    if point.saved_world_size == dist.world_size:
+        raise ValueError(
+            f"checkpoint {str(engine.checkpoint_path)!r}: its batch counter is beyond the "
+            f"{steps * dist.world_size} global batches of an epoch on this data; it was not "
+            "written by this run"
+        )
+    if dist.is_main:
+        logger.info(
+            "the %d global batches done cover epoch %d at %d processes (%d steps each, the "
+            "other batches dropped): continuing with epoch %d",
+            point.batches,
+            point.epoch + 1,
+            dist.world_size,
+            steps,
+            point.epoch + 2,
+        )
+    engine.resumed = dataclasses.replace(
+        point, epoch=point.epoch + 1, step=0, batches=0, repeated=0
+    )
+    return point.epoch + 1, 0

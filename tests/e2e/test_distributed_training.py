@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 from oracles import tiny_run_options
+from oracles.runs import run_train
 
 from pmm_model.run.checkpoint import load_checkpoint
-from pmm_model.run.engine import run_training
+from pmm_model.run.engine import Engine, run_training
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -247,3 +248,109 @@ def test_a_signal_during_a_hung_collective_still_ends_the_job(faulty_job, tmp_pa
     code, err = _outcome(job, timeout=120)
     assert code != 0
     assert "SIGTERM: the run did not stop within 3 s" in err, err[-3000:]
+
+
+@pytest.mark.slow
+def test_resume_auto_at_another_world_size_continues_and_says_it_is_not_exact(
+    tiny_root, tmp_path, monkeypatch
+):
+    # Issue 26.6: an elastic restart (torchrun --nnodes 1:2, a node joined) reruns the same
+    # --resume auto command at another world size. 3 global batches an epoch: 3 steps at one
+    # process, 1 step of 2 batches at two (the third is dropped).
+    out = tmp_path / "run"
+    argv = [
+        "--data", "folder", "--root", str(tiny_root), "--output-dir", str(out),
+        "--backbone", "resnet18", "--height", "64", "--width", "32", "--ids-per-batch", "2",
+        "--images-per-id", "4", "--block-size", "1", "1", "--workers", "0", "--device", "cpu",
+        "--epochs", "2", "--eval-every", "1", "--no-tensorboard", "--resume", "auto",
+    ]  # fmt: skip
+    real, calls = Engine.forward_loss, []
+
+    def forward_then_stop(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Engine, "forward_loss", forward_then_stop)
+    assert run_train(argv)[0] == 128 + signal.SIGTERM  # one process, stopped mid-epoch 1
+    monkeypatch.undo()
+    stopped = load_checkpoint(out / "checkpoint.pt")
+    assert (stopped["epoch"], stopped["batches"], len(stopped["rng"])) == (0, 2, 1)
+
+    # Every step's time exceeds 1e-9 minutes: the ranks agree on a step checkpoint each step.
+    _torchrun("-m", "pmm_model.train", *argv, "--checkpoint-every-minutes", "1e-9", cwd=tmp_path)
+    finished = load_checkpoint(out / "checkpoint.pt")
+    assert (finished["epoch"], len(finished["rng"])) == (2, 2)
+    assert [m["epoch"] for m in json.loads((out / "metrics.json").read_text())] == [1, 2]
+    log = (out / "train.log").read_text()
+    assert f"continuing the run in {out} from its checkpoint" in log
+    assert (
+        "the checkpoint was written by 1 processes, this run has 2: it continues, but not "
+        "bit-identically to an unchanged run" in log
+    )
+    # Two processes' epoch ends before the checkpoint's third batch: the next epoch follows.
+    assert (
+        "the 2 global batches done cover epoch 1 at 2 processes (1 steps each, the other "
+        "batches dropped): continuing with epoch 2" in log
+    )
+
+
+# The training CLI, whose rank 1 SIGKILLs itself in the 2nd step of epoch 2 unless the marker
+# file (argv[1]) exists, which it writes first: so only the first launch is killed.
+KILL_RANK1_SCRIPT = """
+import os
+import signal
+import sys
+from pathlib import Path
+
+from pmm_model.cli import train
+from pmm_model.run.engine import Engine
+
+marker, real, calls = Path(sys.argv[1]), Engine.forward_loss, []
+
+def forward_loss(self, *args, **kwargs):
+    if self.dist.rank == 1 and self.sampler.epoch == 1:
+        calls.append(1)
+        if len(calls) == 2 and not marker.exists():
+            marker.write_text("killed")
+            os.kill(os.getpid(), signal.SIGKILL)
+    return real(self, *args, **kwargs)
+
+Engine.forward_loss = forward_loss
+train.main(sys.argv[2:])
+"""
+
+
+@pytest.mark.slow
+def test_a_killed_rank_is_relaunched_by_torchrun_and_the_job_ends_as_if_not(tiny_root, tmp_path):
+    # Issue 26.1: torchrun --max-restarts 1 relaunches the same command after rank 1 dies; with
+    # --resume auto it continues the step checkpoint written just before, bit-exactly.
+    # P=2 x K=2 on 6 ids x 4 images: 2 or 3 steps per rank and epoch.
+    script = tmp_path / "kill_rank1.py"
+    script.write_text(KILL_RANK1_SCRIPT)
+
+    def job(out, marker):
+        return _torchrun(
+            "--max-restarts", "1", str(script), str(marker),
+            "--data", "folder", "--root", str(tiny_root), "--output-dir", str(out),
+            "--backbone", "resnet18", "--height", "64", "--width", "32", "--ids-per-batch", "2",
+            "--images-per-id", "2", "--block-size", "1", "1", "--workers", "0",
+            "--device", "cpu", "--epochs", "2", "--eval-every", "2", "--no-tensorboard",
+            "--checkpoint-every-steps", "1", "--resume", "auto",
+            cwd=tmp_path,
+        )  # fmt: skip
+
+    marker = tmp_path / "killed"
+    job(tmp_path / "unkilled", tmp_path)  # the marker path exists (a folder): no kill
+    job(tmp_path / "killed-run", marker)
+    assert marker.read_text() == "killed"
+    log = (tmp_path / "killed-run" / "train.log").read_text()
+    assert log.count("no checkpoint in") == 1  # the first launch started the run
+    assert "continuing the run in" in log  # the relaunch continued it,
+    assert "after epoch 1, global batch 2" in log  # from epoch 2's first step (2 batches)
+    finished = load_checkpoint(tmp_path / "killed-run" / "checkpoint.pt")
+    expected = load_checkpoint(tmp_path / "unkilled" / "checkpoint.pt")
+    assert finished["epoch"] == expected["epoch"] == 2
+    for name, tensor in expected["model"].items():
+        assert torch.equal(finished["model"][name], tensor), name

@@ -22,6 +22,7 @@ from typing import Any
 from pmm_kernels import block_grid
 from pmm_model.nets.models import BACKBONES, CAM_MODES, MIX_MODES, MODELS
 from pmm_model.run.errors import ConfigError, IgnoredOption
+from pmm_model.run.limits import LIMITS
 
 __all__ = [
     "DEFAULTS",
@@ -243,21 +244,25 @@ def _check(config: TrainConfig) -> None:
         f"must be one of {sorted(BACKBONES)}, got {config.backbone!r}",
         "backbone",
     )
-    for key, low in (
-        ("height", 16),
-        ("width", 8),
-        ("ids_per_batch", 2),
-        ("images_per_id", 1),
-        ("epochs", 1),
-        ("eval_every", 1),
-        ("checkpoint_every", 1),
-        ("workers", 0),
-        ("seed", 0),
-        ("feature_dim", 1),
-        ("num_blocks", 1),
+    for key in (
+        "height",
+        "width",
+        "ids_per_batch",
+        "images_per_id",
+        "epochs",
+        "eval_every",
+        "checkpoint_every",
+        "workers",
+        "seed",
+        "feature_dim",
+        "num_blocks",
     ):
-        value = getattr(config, key)
-        _need(_is_int(value, low), f"must be an integer >= {low}, got {value!r}", key)
+        value, (low, high) = getattr(config, key), LIMITS[key]
+        _need(
+            _is_int(value, low) and value <= high,
+            f"must be an integer in [{low}, {high}], got {value!r}",
+            key,
+        )
     for key, positive in (("lr", True), ("weight_decay", False), ("margin", True)):
         value = getattr(config, key)
         if key == "margin" and value is None:

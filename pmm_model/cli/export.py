@@ -19,7 +19,7 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-from pmm_model.apps.export import ExportReport, ParityError, export_onnx
+from pmm_model.apps.export import ExportReport, ParityError, check_opset, export_onnx
 from pmm_model.cli.args import existing_file, int_at_least, output_file
 from pmm_model.cli.extract import SPLITS, refuse_data_options
 from pmm_model.cli.scripts import program_name
@@ -72,6 +72,12 @@ def main(argv: Sequence[str] | None = None) -> ExportReport:
     parser = build_parser()
     args = parser.parse_args(argv)
     refuse_data_options(parser, args)
+    try:
+        check_opset(args.opset)
+    except ValueError as err:
+        parser.error(f"argument --opset: {err}")
+    except ImportError:
+        pass  # export_onnx names the missing extra
     try:
         real = (
             getattr(build_dataset(args.data, args.root), args.split or "query")

@@ -321,11 +321,22 @@ def parse_args(argv: Sequence[str] | None = None, engine: type[Engine] | None = 
     except ValueError as err:
         parser.error(f"argument --device: {err}")
     config = run.config
+    if start.get("overwrite") and resume not in (None, "auto") and _own_folder(resume, config):
+        parser.error(
+            "argument --overwrite: --resume continues the run of its own folder, there is "
+            "no other run to replace; drop --overwrite (or give another --output-dir)"
+        )
     given = set(explicit) - {note.key for note in run.ignored}
     unused = unused_option(sorted(given), config.model, config.mix, config.amp, device.type)
     if unused is not None:
         parser.error(f"argument {flag_name(unused[0])}: {unused[1]}")
     return run
+
+
+def _own_folder(checkpoint: str, config: Any) -> bool:
+    """Whether ``checkpoint`` is the run checkpoint of ``config``'s output folder."""
+    own = os.path.join(config.output_dir, "checkpoint.pt")
+    return os.path.exists(own) and os.path.samefile(checkpoint, own)
 
 
 def _fail(status: int, message: str) -> NoReturn:

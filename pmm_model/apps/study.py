@@ -1,10 +1,13 @@
 """The ablation study (`python -m pmm_model.study`): variants x seeds, a table and a chart.
 
-Variants (:data:`VARIANTS`): ``baseline`` (the BoT-style baseline network), ``pmm-none`` (PMM's
-three stages without mixing) and ``pmm-<mode>`` for each feature-mix mode of
-:data:`pmm_kernels.MODES` (``pmm-a_hard_mix`` is the paper's PMM). Every variant x seed is one
-:func:`pmm_model.run.engine.run_training` call with the same training options, in its own folder
-``<out>/<variant>/seed<seed>/``; the seed goes into the configuration's ``seed``.
+Variants (:data:`VARIANTS`): ``baseline`` (the BoT-style baseline network), ``baseline-<mode>``
+(the baseline with the drop-in layer in that mode after the backbone module the ``mix_after``
+option names; only with that option, and the only variants a timm backbone allows besides
+``baseline``), ``pmm-none`` (PMM's three stages without mixing) and ``pmm-<mode>`` for each
+feature-mix mode of :data:`pmm_kernels.MODES` (``pmm-a_hard_mix`` is the paper's PMM). Every
+variant x seed is one :func:`pmm_model.run.engine.run_training` call with the same training
+options, in its own folder ``<out>/<variant>/seed<seed>/``; the seed goes into the
+configuration's ``seed``.
 
 :func:`run_study` trains the grid; with ``protocols=("standard", "occluded")`` it also
 evaluates each finished run's checkpoint on the occluded queries (docs/datasets.md#occluded-queries)
@@ -56,10 +59,12 @@ from typing import Any, TypeGuard, cast
 import numpy as np
 import torch
 
+import pmm_kernels
 from pmm_model.data.datasets import build_dataset
 from pmm_model.data.loaders import build_test_loaders
 from pmm_model.data.occlusion import EVAL_PROTOCOLS, with_protocol
 from pmm_model.evaluation.evaluator import evaluate
+from pmm_model.nets.backbones import is_timm_backbone
 from pmm_model.nets.models import MIX_MODES
 from pmm_model.run.atomic import atomic_write
 from pmm_model.run.checkpoint import load_model
@@ -85,12 +90,14 @@ __all__ = [
     "run_study",
 ]
 
-# variant -> the configuration keys that make it. PMM with every mix of the model ("none"
-# first, the ablation's reference), after the baseline network.
-VARIANTS: dict[str, dict[str, str]] = {
-    "baseline": {"model": "baseline"},
+# variant -> the configuration keys that make it: the baseline network, alone and with the
+# drop-in layer in each mode (after the module the grid's mix_after names), then PMM with every
+# mix of the model ("none" first, the ablation's reference). mix_after None: not mixed there.
+VARIANTS: dict[str, dict[str, Any]] = {
+    "baseline": {"model": "baseline", "mix_after": None},
+    **{f"baseline-{mode}": {"model": "baseline", "mix": mode} for mode in pmm_kernels.MODES},
     **{
-        f"pmm-{mix}": {"model": "pmm", "mix": mix}
+        f"pmm-{mix}": {"model": "pmm", "mix": mix, "mix_after": None}
         for mix in sorted(MIX_MODES, key=lambda mix: mix != "none")
     },
 }
@@ -146,20 +153,45 @@ class RunRecord:
         return self.metrics if protocol == "standard" else self.protocol_metrics.get(protocol, {})
 
 
-def check_variants(variants: Iterable[str] | None) -> list[str]:
-    """The variants to run, in :data:`VARIANTS` order (None: all of them).
+def _unfit(variant: str, options: dict[str, Any]) -> str | None:
+    """Why the grid's ``options`` cannot train ``variant``, or None."""
+    if variant.startswith("baseline-") and options.get("mix_after") is None:
+        return "mixes after the backbone module that mix_after (--mix-after) names; give it"
+    if variant.startswith("pmm-") and is_timm_backbone(str(options.get("backbone", ""))):
+        return "is built on a torchvision ResNet; a timm backbone trains the baseline variants"
+    return None
+
+
+def check_variants(
+    variants: Iterable[str] | None, options: dict[str, Any] | None = None
+) -> list[str]:
+    """The variants to run, in :data:`VARIANTS` order (None: all that ``options`` can train:
+    ``baseline-<mode>`` only with ``mix_after``, ``pmm-*`` only on a torchvision backbone).
 
     Raises:
-        StudyError: an unknown name (the message lists the valid ones), or none given.
+        StudyError: an unknown name (the message lists the valid ones), none given, a
+            variant the options cannot train (the message says what it needs), or
+            ``mix_after`` with no ``baseline-<mode>`` variant to use it.
     """
+    options = options or {}
     if variants is None:
-        return list(VARIANTS)
+        return [name for name in VARIANTS if _unfit(name, options) is None]
     variants = list(variants)
     unknown = [name for name in variants if name not in VARIANTS]
     if unknown:
         raise StudyError(f"variants: unknown {unknown}; valid: {', '.join(VARIANTS)}")
     if not variants:
         raise StudyError("variants: none given; valid: " + ", ".join(VARIANTS))
+    for name in variants:
+        if (why := _unfit(name, options)) is not None:
+            raise StudyError(f"variants: {name} {why}")
+    if options.get("mix_after") is not None and not any(
+        v.startswith("baseline-") for v in variants
+    ):
+        raise StudyError(
+            "variants: mix_after (--mix-after) places the layer of the baseline-<mode> variants, "
+            f"and none of {variants} is one; drop it or add such a variant"
+        )
     return [name for name in VARIANTS if name in variants]
 
 
@@ -327,18 +359,20 @@ def _record(out: str | Path, variant: str, seed: int) -> RunRecord:
     return RunRecord(variant, seed, "missing", {})
 
 
-def _settings(options: dict[str, Any], preset: str | None) -> dict[str, Any]:
+def _settings(options: dict[str, Any], preset: str | None, variants: list[str]) -> dict[str, Any]:
     """What a grid's runs train with (its full configuration less the per-run and place keys).
 
     Raises:
-        ConfigError: an option :func:`~pmm_model.run.config.make_config` rejects, for any variant.
+        ConfigError: an option :func:`~pmm_model.run.config.make_config` rejects, for any of
+            ``variants``.
     """
-    configs = [make_config({**options, **VARIANTS[v], "output_dir": "-"}, preset) for v in VARIANTS]
+    configs = [make_config({**options, **VARIANTS[v], "output_dir": "-"}, preset) for v in variants]
     settings = {
         key: value
         for key, value in configs[0].to_dict().items()
         if key not in (*STUDY_OWN_OPTIONS, *_PLACE_OPTIONS)
     }
+    settings["mix_after"] = options.get("mix_after")  # the grid's, whatever the first variant
     if settings["root"] is not None:  # the same dataset, however the path is written
         settings["root"] = str(Path(settings["root"]).resolve())
     return settings
@@ -397,9 +431,9 @@ def run_study(
         TrainingInterrupted, KeyboardInterrupt: a signal stopped the grid (the run is
             checkpointed; call again to continue).
     """
-    variants, seeds = check_variants(variants), check_seeds(seeds)
-    protocols = check_protocols(protocols)
     options = {k: v for k, v in dict(options or {}).items() if v is not None}
+    variants, seeds = check_variants(variants, options), check_seeds(seeds)
+    protocols = check_protocols(protocols)
     unknown = sorted(set(options) - set(DEFAULTS))
     if unknown:
         raise StudyError(f"options: unknown {unknown}; valid: {sorted(DEFAULTS)}")
@@ -407,7 +441,7 @@ def run_study(
     if own:
         raise StudyError(f"options: {own} are set per run by the study; leave them out")
     out = Path(out)
-    _claim_grid(out, _settings(options, preset), variants, seeds)
+    _claim_grid(out, _settings(options, preset, variants), variants, seeds)
     say = progress or (lambda line: None)
     grid = [(variant, seed) for variant in variants for seed in seeds]
     records = []

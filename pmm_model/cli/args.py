@@ -138,32 +138,46 @@ def finite_float(low: float, inclusive: bool = False) -> Callable[[str], float]:
     return parse
 
 
-# Training options only the PMM network reads, and those only its mixing reads.
-PMM_ONLY = ("feature_dim", "block_size", "num_blocks", "cam", "mix")
+# Training options only the PMM network reads; those the baseline reads only with --mix-after
+# (its inserted layer); those only mixing reads.
+PMM_ONLY = ("feature_dim", "block_size", "cam")
+LAYER_OPTIONS = ("mix", "num_blocks")
 MIXING_ONLY = ("block_size", "num_blocks", "cam")
 
 
 def unused_option(
-    given: Collection[str], model: str, mix: str, amp: str | None, device_type: str
+    given: Collection[str],
+    *,
+    model: str,
+    mix: str,
+    mix_after: str | None,
+    amp: str | None,
+    device_type: str,
 ) -> tuple[str, str] | None:
     """The first training option in ``given`` that the run would not use, and why; None if
     it uses them all. The CLIs refuse it instead of ignoring it.
 
     Args:
         given: the configuration keys given explicitly on the command line.
-        model, mix, amp: the run's network, feature-mix mode and autocast dtype.
+        model, mix, mix_after, amp: the run's network, feature-mix mode, the baseline's
+            mixing place and the autocast dtype.
         device_type: ``"cpu"`` or ``"cuda"``, where the run trains.
 
     Example:
-        >>> unused_option(["mix", "lr"], "baseline", "a_hard_mix", "bf16", "cpu")
-        ('mix', 'only for --model pmm; the baseline network does not mix features')
+        >>> unused_option(
+        ...     ["lr", "mix"], model="baseline", mix="cutmix", mix_after=None, amp="off",
+        ...     device_type="cpu",
+        ... )
+        ('mix', 'the baseline mixes only with --mix-after (where its layer mixes)')
     """
     import pmm_kernels  # here: the console scripts import this module before torch
 
     cells = pmm_kernels.MODES[mix].cells if mix in pmm_kernels.MODES else None
     for key in given:
         if model != "pmm" and key in PMM_ONLY:
-            return key, f"only for --model pmm; the {model} network does not mix features"
+            return key, f"only for --model pmm; the {model} network does not use it"
+        if model != "pmm" and mix_after is None and key in LAYER_OPTIONS:
+            return key, f"the {model} mixes only with --mix-after (where its layer mixes)"
         if mix == "none" and key in MIXING_ONLY:
             return key, "unused with --mix none, which trains without mixing"
         if cells == "rectangle" and key in ("block_size", "num_blocks"):
@@ -206,8 +220,22 @@ def pretrained_weights(text: str) -> str:
     """``"imagenet"`` or the path of an existing state-dict file."""
     if text != "imagenet" and not Path(text).is_file():
         raise argparse.ArgumentTypeError(
-            f"expected 'imagenet' or the path of a torchvision ResNet state dict, got {text!r} "
+            f"expected 'imagenet' or the path of a state dict of the backbone, got {text!r} "
             "(no such file)"
+        )
+    return text
+
+
+def backbone_name(text: str) -> str:
+    """A torchvision ResNet of :data:`~pmm_model.nets.backbones.BACKBONES` or ``timm/<name>``
+    (whether timm has that model is checked with the configuration)."""
+    # Imported here: this module loads before torch, under the console scripts' Ctrl-C guard.
+    from pmm_model.nets.backbones import BACKBONES, is_timm_backbone
+
+    if text not in BACKBONES and not is_timm_backbone(text):
+        raise argparse.ArgumentTypeError(
+            f"expected one of {', '.join(sorted(BACKBONES))} or timm/<a timm model name>, "
+            f"got {text!r}"
         )
     return text
 

@@ -33,6 +33,7 @@ from pmm_model.apps.study import VARIANTS, RunRecord, StudyError, check_seeds, r
 from pmm_model.apps.study_report import write_report
 from pmm_model.cli.args import (
     amp_unused,
+    backbone_name,
     bounded,
     ctrl_c_exits,
     finite_float,
@@ -43,7 +44,6 @@ from pmm_model.cli.scripts import program_name
 from pmm_model.cli.train import FlagWords
 from pmm_model.data.datasets import dataset_names
 from pmm_model.data.occlusion import EVAL_PROTOCOLS
-from pmm_model.nets.models import BACKBONES
 from pmm_model.run.config import DEFAULTS, PRESETS, ConfigError
 from pmm_model.run.engine import AMP_DTYPES, TrainingInterrupted
 from pmm_model.run.runtime import resolve_device
@@ -169,11 +169,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="evaluate every N epochs and at the end " + _default("eval_every"),
     )
     train.add_argument("--lr", type=finite_float(0.0), help=_default("lr"))
-    train.add_argument("--backbone", choices=sorted(BACKBONES), help=_default("backbone"))
+    train.add_argument(
+        "--backbone",
+        type=backbone_name,
+        help="torchvision ResNet or timm/<timm model name> (baseline variants only) "
+        + _default("backbone"),
+    )
+    train.add_argument(
+        "--mix-after",
+        metavar="MODULE",
+        help="the backbone module after which the baseline-<mode> variants mix (layer3, "
+        "blocks.9, ...); without it those variants are not run",
+    )
     train.add_argument(
         "--pretrained",
         type=pretrained_weights,
-        help="'imagenet' or a torchvision ResNet state dict",
+        help="'imagenet' or a state dict of the backbone",
     )
     train.add_argument("--height", type=bounded("height"), help=_default("height"))
     train.add_argument("--width", type=bounded("width"), help=_default("width"))

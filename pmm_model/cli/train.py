@@ -36,6 +36,7 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from pmm_model.cli.args import (
+    backbone_name,
     bounded,
     ctrl_c_exits,
     existing_file,
@@ -46,8 +47,16 @@ from pmm_model.cli.args import (
 )
 from pmm_model.cli.scripts import program_name
 from pmm_model.data.datasets import dataset_names
-from pmm_model.nets.models import BACKBONES, CAM_MODES, MIX_MODES, MODELS
-from pmm_model.run.config import DEFAULTS, PREEMPT_SIGNALS, PRESETS, ConfigError, make_config
+from pmm_model.nets.backbones import BACKBONES, WeightsUnavailableError
+from pmm_model.nets.models import CAM_MODES, MIX_MODES, MODELS
+from pmm_model.run.config import (
+    DEFAULTS,
+    PREEMPT_SIGNALS,
+    PRESETS,
+    ConfigError,
+    TrainConfig,
+    make_config,
+)
 from pmm_model.run.engine import AMP_DTYPES, Engine, TrainingError, TrainingInterrupted
 from pmm_model.run.errors import Words
 from pmm_model.run.folder import RunFolderError
@@ -127,12 +136,15 @@ def build_parser() -> argparse.ArgumentParser:
     model = parser.add_argument_group("model")
     model.add_argument("--model", choices=sorted(MODELS), help=f"network {_default('model')}")
     model.add_argument(
-        "--backbone", choices=sorted(BACKBONES), help=f"torchvision ResNet {_default('backbone')}"
+        "--backbone",
+        type=backbone_name,
+        help=f"torchvision ResNet ({', '.join(sorted(BACKBONES))}) or timm/<timm model name> "
+        f"(--model baseline, needs timm) {_default('backbone')}",
     )
     model.add_argument(
         "--pretrained",
         type=pretrained_weights,
-        help="'imagenet' or a torchvision ResNet state dict",
+        help="'imagenet' (torchvision's or timm's weights) or a state dict of the backbone",
     )
     model.add_argument(
         "--feature-dim",
@@ -155,8 +167,14 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument(
         "--mix",
         choices=MIX_MODES,
-        help=f"PMM feature-mix mode of stages 2 and 3; 'none' trains the three "
-        f"stages without mixing {_default('mix')}",
+        help=f"feature-mix mode: PMM's stages 2 and 3 ('none' trains the three stages without "
+        f"mixing), or the baseline's layer after --mix-after {_default('mix')}",
+    )
+    model.add_argument(
+        "--mix-after",
+        metavar="MODULE",
+        help="baseline: insert the feature-mix layer after this backbone module (layer3, "
+        "blocks.9, stages.2: pmm_kernels.insert_feature_mix's names); default: no mixing",
     )
     model.add_argument(
         "--sync-bn",
@@ -301,7 +319,13 @@ def parse_args(argv: Sequence[str] | None = None, engine: type[Engine] | None = 
     start = {"overwrite": explicit.pop("overwrite", False), "words": WORDS}
     try:
         if resume is None:
-            run = engine(make_config(explicit, preset), **start)
+            config = make_config(explicit, preset)
+            if config.model == "baseline" and config.mix_after is None and explicit.get("mix"):
+                parser.error(
+                    "argument --mix: the baseline mixes only where --mix-after says; give "
+                    "--mix-after MODULE too"
+                )
+            run = engine(config, **start)
         elif resume == "auto":
             if start.pop("overwrite"):
                 parser.error("argument --resume: auto never replaces a run; drop --overwrite")
@@ -327,13 +351,20 @@ def parse_args(argv: Sequence[str] | None = None, engine: type[Engine] | None = 
             "no other run to replace; drop --overwrite (or give another --output-dir)"
         )
     given = set(explicit) - {note.key for note in run.ignored}
-    unused = unused_option(sorted(given), config.model, config.mix, config.amp, device.type)
+    unused = unused_option(
+        sorted(given),
+        model=config.model,
+        mix=config.mix,
+        mix_after=config.mix_after,
+        amp=config.amp,
+        device_type=device.type,
+    )
     if unused is not None:
         parser.error(f"argument {flag_name(unused[0])}: {unused[1]}")
     return run
 
 
-def _own_folder(checkpoint: str, config: Any) -> bool:
+def _own_folder(checkpoint: str, config: TrainConfig) -> bool:
     """Whether ``checkpoint`` is the run checkpoint of ``config``'s output folder."""
     own = os.path.join(config.output_dir, "checkpoint.pt")
     return os.path.exists(own) and os.path.samefile(checkpoint, own)
@@ -363,7 +394,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
         if err.errno in (errno.ENOSPC, errno.EDQUOT) and checkpoint.is_file():
             _fail(1, f"{err.strerror}; free some space, then continue with --resume {checkpoint}")
         _fail(1, WORDS.describe(err))
-    except (TrainingError, RunFolderError, ValueError) as err:
+    except (TrainingError, RunFolderError, WeightsUnavailableError, ValueError) as err:
         _fail(1, WORDS.describe(err))
     except KeyboardInterrupt:
         _fail(128 + 2, "interrupted by a second Ctrl-C before checkpointing")

@@ -16,7 +16,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-import pmm_kernels
 from pmm_model.nets.models import ReIDOutput
 
 __all__ = ["PMMLoss", "batch_hard_triplet_loss"]
@@ -72,9 +71,9 @@ class PMMLoss(nn.Module):
     """Sum, with equal weights, of a triplet and a cross-entropy term for every stage.
 
     PMM has three stages, so six terms; the baseline's single stage gives two. A stage whose
-    ``output.label_mix`` entry is a ``MixInfo`` (the label-mixing modes ``a_cutmix`` and
-    ``cutmix``) takes its cross-entropy against ``pmm_kernels.mixed_targets`` (labels mixed by
-    area, then smoothed) instead of the labels.
+    ``output.targets`` entry is a tensor (the label-mixing modes ``a_cutmix`` and ``cutmix``:
+    labels mixed by area, from the stage's ``FeatureMix.targets``) takes its cross-entropy
+    against those targets, smoothed as the labels would be, instead of the labels.
 
     Args:
         margin: triplet margin, None for the soft margin.
@@ -98,18 +97,15 @@ class PMMLoss(nn.Module):
 
     def forward(self, output: ReIDOutput, labels: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         terms: dict[str, Tensor] = {}
-        label_mix = output.label_mix or [None] * len(output.logits)
-        stages = zip(output.features, output.logits, label_mix, strict=True)
-        for stage, (feat, logits, info) in enumerate(stages, 1):
+        targets = output.targets or [None] * len(output.logits)
+        stages = zip(output.features, output.logits, targets, strict=True)
+        for stage, (feat, logits, mixed) in enumerate(stages, 1):
             terms[f"triplet{stage}"] = batch_hard_triplet_loss(feat, labels, self.margin)
-            if info is None:
-                terms[f"ce{stage}"] = F.cross_entropy(
-                    logits.float(), labels, label_smoothing=self.label_smoothing
-                )
-            else:
-                targets = pmm_kernels.mixed_targets(
-                    labels, info, logits.shape[1], self.label_smoothing
-                )
-                terms[f"ce{stage}"] = F.cross_entropy(logits.float(), targets)
+            # Probability targets are smoothed as the labels are: t * (1 - eps) + eps / C.
+            terms[f"ce{stage}"] = F.cross_entropy(
+                logits.float(),
+                labels if mixed is None else mixed,
+                label_smoothing=self.label_smoothing,
+            )
         total = torch.stack(list(terms.values())).sum()
         return total, {name: value.detach() for name, value in terms.items()}

@@ -20,39 +20,27 @@ Example:
 from __future__ import annotations
 
 import os
-import urllib.error
-from collections import OrderedDict
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-import torchvision.models as tvm
 from torch import Tensor, nn
 from torchvision.models.resnet import Bottleneck
 
 import pmm_kernels
+from pmm_model.nets.backbones import build_backbone, build_timm_backbone, is_timm_backbone
 
 __all__ = [
-    "BACKBONES",
     "CAM_MODES",
     "MIX_MODES",
     "MODELS",
     "BaselineNet",
     "PMMNet",
     "ReIDOutput",
-    "build_backbone",
     "build_model",
     "pmm_saliency",
 ]
 
-# name -> (torchvision constructor, ImageNet weights enum member)
-BACKBONES: dict[str, tuple[Callable[..., tvm.ResNet], tvm.WeightsEnum]] = {
-    "resnet18": (tvm.resnet18, tvm.ResNet18_Weights.IMAGENET1K_V1),
-    "resnet34": (tvm.resnet34, tvm.ResNet34_Weights.IMAGENET1K_V1),
-    "resnet50": (tvm.resnet50, tvm.ResNet50_Weights.IMAGENET1K_V1),
-}
 CAM_MODES = ("fast", "paper")
 # PMMNet's stage-2/3 mixes: the feature-mix family, or "none" (stages 2 and 3 see x_part unmixed:
 # the "PMM without mixing" ablation).
@@ -70,10 +58,10 @@ class ReIDOutput:
         mix_info: the ``pmm_kernels.MixInfo`` of each mixing stage (PMM: stages 2 and 3;
             baseline and ``mix="none"``: empty), kept so callers can see which blocks were
             replaced.
-        label_mix: per stage, the ``MixInfo`` whose partners' labels that stage's
-            cross-entropy mixes in by area (``pmm_kernels.mixed_targets``), or None for the
-            plain labels; empty means plain labels everywhere (every mode but ``a_cutmix``
-            and ``cutmix``).
+        targets: per stage, the layer's probability targets (``FeatureMix.targets``: labels
+            mixed by area, unsmoothed) that stage's cross-entropy scores, or None for the plain
+            labels; empty means plain labels everywhere (every mode but ``a_cutmix`` and
+            ``cutmix``).
         saliency: per mixing stage, in ``mix_info``'s order, the detached ``(N, h, w)``
             Grad-CAM map that ranked the blocks, or None for a mode that draws them at random.
     """
@@ -81,93 +69,8 @@ class ReIDOutput:
     features: list[Tensor]
     logits: list[Tensor]
     mix_info: list[pmm_kernels.MixInfo] = field(default_factory=list)
-    label_mix: list[pmm_kernels.MixInfo | None] = field(default_factory=list)
+    targets: list[Tensor | None] = field(default_factory=list)
     saliency: list[Tensor | None] = field(default_factory=list)
-
-
-def _imagenet_state_dict(backbone: str) -> dict[str, Tensor]:
-    weights = BACKBONES[backbone][1]
-    cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
-    try:
-        return weights.get_state_dict(progress=True, check_hash=True)
-    except (urllib.error.URLError, OSError) as err:
-        raise RuntimeError(
-            f"pretrained='imagenet': could not load {weights} for backbone {backbone!r} "
-            f"({err}). Offline? Download {weights.url} on a connected machine and put it at "
-            f"{cached} (the torch hub cache; set TORCH_HOME to move it), or pass "
-            "pretrained=<path to a torchvision ResNet state dict>."
-        ) from None
-
-
-def _file_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"pretrained={str(path)!r}: no such file")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch's reader fails in many ways on a file of another kind
-        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise ValueError(
-            f"pretrained={str(path)!r}: not a torch state-dict file ({reason})"
-        ) from None
-    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise ValueError(
-            f"pretrained={str(path)!r}: expected a torchvision ResNet state dict "
-            f"(parameter name -> tensor), got {type(state).__name__}"
-        )
-    return state
-
-
-def build_backbone(
-    name: str = "resnet50", pretrained: str | os.PathLike | None = None
-) -> tuple[nn.Sequential, int]:
-    """A torchvision ResNet trunk (conv1..layer4, last stride 1) and its output channel count.
-
-    Layer 4 runs with stride 1, as in the authors' ``res_part``, so a 384x128 input gives a
-    24x8 map. Parameter names match torchvision's, so torchvision state dicts load directly.
-
-    Args:
-        name: ``"resnet18"``, ``"resnet34"`` or ``"resnet50"``.
-        pretrained: None (random init), ``"imagenet"`` (torchvision's IMAGENET1K_V1 weights
-            from the torch hub cache, downloaded when online) or the path of a torchvision
-            ResNet state dict (``fc.*`` keys are ignored; every other key must match).
-
-    Returns:
-        ``(trunk, channels)``: 512 for resnet18/34, 2048 for resnet50.
-
-    Raises:
-        ValueError: unknown name, or a state dict whose keys/shapes do not fit.
-        FileNotFoundError: ``pretrained`` names a file that does not exist.
-        RuntimeError: ``"imagenet"`` weights are neither cached nor downloadable.
-
-    Example:
-        >>> trunk, channels = build_backbone("resnet18")
-        >>> trunk(torch.zeros(1, 3, 128, 64)).shape, channels
-        (torch.Size([1, 512, 8, 4]), 512)
-    """
-    if name not in BACKBONES:
-        raise ValueError(f"backbone={name!r} is not supported; valid: {', '.join(BACKBONES)}")
-    resnet = BACKBONES[name][0]()
-    if pretrained is not None:
-        state = (
-            _imagenet_state_dict(name) if pretrained == "imagenet" else _file_state_dict(pretrained)
-        )
-        state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-        try:
-            missing, unexpected = resnet.load_state_dict(state, strict=False)
-        except RuntimeError as err:  # shape mismatch, e.g. resnet50 weights for resnet18
-            raise ValueError(f"pretrained={str(pretrained)!r} does not fit {name}: {err}") from None
-        missing = [k for k in missing if not k.startswith("fc.")]
-        if missing or unexpected:
-            raise ValueError(
-                f"pretrained={str(pretrained)!r} does not fit {name}: "
-                f"missing keys {missing[:5]}, unexpected keys {unexpected[:5]}"
-            )
-    for module in resnet.layer4[0].modules():
-        if isinstance(module, nn.Conv2d) and module.stride == (2, 2):
-            module.stride = (1, 1)
-    names = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
-    trunk = nn.Sequential(OrderedDict((n, getattr(resnet, n)) for n in names))
-    return trunk, resnet.fc.in_features
 
 
 def _init_classifier(linear: nn.Linear) -> None:
@@ -178,11 +81,29 @@ def _init_classifier(linear: nn.Linear) -> None:
 
 
 class BaselineNet(nn.Module):
-    """BoT-style global-feature baseline: ResNet (last stride 1), GAP, BN-neck, classifier.
+    """BoT-style global-feature baseline: a backbone, its pooled feature, BN-neck, classifier.
+
+    The backbone is a torchvision ResNet (last stride 1, average-pooled) or any timm model
+    (``backbone="timm/<name>"``, pooled as timm pools it). With ``mix_after``, the drop-in
+    layer ``pmm_kernels.FeatureMix(mix)`` mixes the features after that module of the backbone
+    in training, as a user of the layer would insert it into their own net.
 
     Training mode ``forward(images, labels)`` returns a one-stage :class:`ReIDOutput` (the
     triplet loss sees the pooled feature, the classifier the BN-neck feature); eval mode
     ``forward(images)`` returns the BN-neck feature.
+
+    Args:
+        num_classes: number of training identities.
+        backbone: ``"resnet18"``, ``"resnet34"``, ``"resnet50"`` or ``"timm/<name>"``.
+        pretrained: see :func:`~pmm_model.nets.backbones.build_backbone` (torchvision) and
+            :func:`~pmm_model.nets.backbones.build_timm_backbone` (timm).
+        mix: the mode of the inserted layer (a key of ``pmm_kernels.MODES``); used only with
+            ``mix_after``.
+        mix_after: the backbone module whose output is mixed (``"layer3"``, ``"blocks.9"``,
+            ``"stages.2"``; ``pmm_kernels.insert_feature_mix``'s names), or None: no mixing.
+        num_blocks: blocks the layer mixes per sample (its 8x4 block grid on the map).
+        height: input height; a timm model with position embeddings is built for it.
+        width: input width.
 
     Example:
         >>> net = BaselineNet(num_classes=3, backbone="resnet18").eval()
@@ -195,21 +116,66 @@ class BaselineNet(nn.Module):
         num_classes: int,
         backbone: str = "resnet50",
         pretrained: str | os.PathLike | None = None,
+        mix: str = "a_hard_mix",
+        mix_after: str | None = None,
+        num_blocks: int = 3,
+        height: int | None = None,
+        width: int | None = None,
     ) -> None:
         super().__init__()
-        self.backbone, channels = build_backbone(backbone, pretrained)
+        if is_timm_backbone(backbone):
+            size = None if height is None or width is None else (height, width)
+            self.backbone, channels = build_timm_backbone(backbone, pretrained, size)
+        else:
+            self.backbone, channels = build_backbone(backbone, pretrained)
         self.bnneck = nn.BatchNorm1d(channels)
         self.bnneck.bias.requires_grad_(False)  # BoT: a shift-free neck keeps the metric space
         self.classifier = nn.Linear(channels, num_classes, bias=False)
         _init_classifier(self.classifier)
+        self.mixer: pmm_kernels.FeatureMix | None = None
+        if mix_after is not None:
+            if mix not in pmm_kernels.MODES:
+                raise ValueError(
+                    f"mix={mix!r} is not a mode of the layer mixing after {mix_after!r}; "
+                    f"valid: {', '.join(pmm_kernels.MODES)}"
+                )
+            self.mixer = pmm_kernels.FeatureMix(mix, num_blocks=num_blocks)
+            # Inserted from the network, since a torchvision trunk is an nn.Sequential, which
+            # cannot hold the layer (insert_feature_mix says why).
+            try:
+                pmm_kernels.insert_feature_mix(self, f"backbone.{mix_after}", self.mixer)
+            except ValueError as err:
+                raise ValueError(f"mix_after={mix_after!r} in {backbone}: {err}") from None
 
     def forward(self, images: Tensor, labels: Tensor | None = None) -> ReIDOutput | Tensor:
-        """Embeddings (eval mode) or a one-stage :class:`ReIDOutput` (training mode)."""
-        feat = F.adaptive_avg_pool2d(self.backbone(images), 1).flatten(1)
+        """Embeddings (eval mode) or a one-stage :class:`ReIDOutput` (training mode).
+
+        Raises:
+            ValueError: training mode with a mixing layer and no ``labels``.
+        """
+        if self.mixer is not None and self.training:
+            if labels is None:
+                raise ValueError("labels are required in training mode: the layer mixes by them")
+            with pmm_kernels.mix_labels(self, labels):
+                feat = self.backbone(images)
+        else:
+            feat = self.backbone(images)
+        if feat.dim() == 4:  # a torchvision trunk's map; timm models pool themselves
+            feat = F.adaptive_avg_pool2d(feat, 1).flatten(1)
         neck = self.bnneck(feat)
         if not self.training:
             return neck
-        return ReIDOutput(features=[feat], logits=[self.classifier(neck)])
+        logits = self.classifier(neck)
+        if self.mixer is None or self.mixer.last_info is None:
+            return ReIDOutput(features=[feat], logits=[logits])
+        assert labels is not None  # checked above: the layer mixed by them
+        mixes_labels = self.mixer.spec.mixes_labels
+        return ReIDOutput(
+            features=[feat],
+            logits=[logits],
+            mix_info=[self.mixer.last_info],
+            targets=[self.mixer.targets(labels, logits.shape[1])] if mixes_labels else [],
+        )
 
 
 class PMMNet(nn.Module):
@@ -373,13 +339,15 @@ class PMMNet(nn.Module):
         f3 = self.reduction3(F.adaptive_max_pool2d(mixed3, 1).flatten(1))
         logits3 = self.classifiers[2](f3)
         mixes = [mix for mix in (mix2, mix3) if mix is not None]
-        infos = [info for info, _ in mixes]
-        mixes_labels = self.mix != "none" and pmm_kernels.MODES[self.mix].mixes_labels
+        targets: list[Tensor | None] = []
+        if self.mixer2 is not None and self.mixer3 is not None and self.mixer2.spec.mixes_labels:
+            num_classes = logits1.shape[1]
+            targets = [None, *(m.targets(labels, num_classes) for m in (self.mixer2, self.mixer3))]
         return ReIDOutput(
             features=[f1, f2, f3],
             logits=[logits1, logits2, logits3],
-            mix_info=infos,
-            label_mix=[None, *infos] if mixes_labels else [],
+            mix_info=[info for info, _ in mixes],
+            targets=targets,
             saliency=[saliency for _, saliency in mixes],
         )
 

@@ -20,7 +20,8 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from pmm_kernels import block_grid
-from pmm_model.nets.models import BACKBONES, CAM_MODES, MIX_MODES, MODELS
+from pmm_model.nets.backbones import BACKBONES, is_timm_backbone, timm_backbone_problem
+from pmm_model.nets.models import CAM_MODES, MIX_MODES, MODELS
 from pmm_model.run.errors import ConfigError, IgnoredOption
 from pmm_model.run.limits import LIMITS
 
@@ -69,6 +70,7 @@ class TrainConfig:
     num_blocks: int = 3
     cam: str = "fast"
     mix: str = "a_hard_mix"
+    mix_after: str | None = None  # baseline: the backbone module whose output the layer mixes
     epochs: int = 400
     lr: float = 1e-3
     weight_decay: float = 5e-4
@@ -203,7 +205,7 @@ def upgrade_saved_config(saved: dict[str, Any]) -> dict[str, Any]:
 
 
 def feature_map_size(height: int, width: int) -> tuple[int, int]:
-    """The trunk's output map for an input, as :func:`pmm_model.nets.models.build_backbone` gives.
+    """The trunk's output map for an input (:func:`pmm_model.nets.backbones.build_backbone`).
 
     Four stride-2 steps (conv1, max-pool, layer2, layer3; layer4 has stride 1), each rounding
     up.
@@ -239,11 +241,7 @@ def _check(config: TrainConfig) -> None:
         f"must be one of {', '.join(PREEMPT_SIGNALS)}, got {config.preempt_signal!r}",
         "preempt_signal",
     )
-    _need(
-        config.backbone in BACKBONES,
-        f"must be one of {sorted(BACKBONES)}, got {config.backbone!r}",
-        "backbone",
-    )
+    _check_network(config)
     for key in (
         "height",
         "width",
@@ -283,6 +281,38 @@ def _check(config: TrainConfig) -> None:
     )
     if config.model == "pmm":
         _check_blocks(config)
+
+
+def _check_network(config: TrainConfig) -> None:
+    """The backbone, and where the mixing happens: PMM's own stages or the baseline's layer."""
+    if is_timm_backbone(config.backbone):
+        _need(
+            config.model == "baseline",
+            f"{config.backbone} is a timm backbone, which only --model baseline takes (PMM's "
+            f"stages are built on torchvision ResNets: {', '.join(sorted(BACKBONES))})",
+            "backbone",
+        )
+        problem = timm_backbone_problem(config.backbone)
+        _need(problem is None, str(problem), "backbone")
+    else:
+        _need(
+            config.backbone in BACKBONES,
+            f"must be one of {sorted(BACKBONES)} or timm/<a timm model name>, "
+            f"got {config.backbone!r}",
+            "backbone",
+        )
+    if config.mix_after is None:
+        return
+    _need(
+        config.model == "baseline",
+        "is for --model baseline (PMM mixes at its own stages 2 and 3; --mix picks the mode)",
+        "mix_after",
+    )
+    _need(
+        config.mix != "none",
+        "needs a mode to mix with: give --mix (one of the feature-mix modes), not 'none'",
+        "mix_after",
+    )
 
 
 def _check_blocks(config: TrainConfig) -> None:

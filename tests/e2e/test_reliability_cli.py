@@ -18,7 +18,7 @@ import pmm_model.cli.evaluate as evaluate_cli
 import pmm_model.cli.export as export_cli
 import pmm_model.cli.extract as extract_cli
 import pmm_model.cli.visualize as visualize_cli
-from pmm_model.nets.models import build_backbone
+from pmm_model.nets.backbones import build_backbone
 
 
 @pytest.fixture(scope="module")

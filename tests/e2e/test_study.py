@@ -20,6 +20,7 @@ from pmm_model.apps.study import (
     VARIANTS,
     StudyError,
     check_seeds,
+    check_variants,
     collect_results,
     run_dir,
     run_study,
@@ -104,10 +105,30 @@ def fake(monkeypatch, tmp_path):
 
 
 def test_variants_follow_the_mix_modes():
-    assert list(VARIANTS) == ["baseline", "pmm-none", *(f"pmm-{m}" for m in pmm_kernels.MODES)]
-    assert VARIANTS["baseline"] == {"model": "baseline"}
-    assert VARIANTS["pmm-none"] == {"model": "pmm", "mix": "none"}
-    assert VARIANTS["pmm-cutmix"] == {"model": "pmm", "mix": "cutmix"}
+    modes = list(pmm_kernels.MODES)
+    assert list(VARIANTS) == [
+        "baseline",
+        *(f"baseline-{m}" for m in modes),
+        "pmm-none",
+        *(f"pmm-{m}" for m in modes),
+    ]
+    assert VARIANTS["baseline"] == {"model": "baseline", "mix_after": None}
+    assert VARIANTS["baseline-cutmix"] == {"model": "baseline", "mix": "cutmix"}
+    assert VARIANTS["pmm-none"] == {"model": "pmm", "mix": "none", "mix_after": None}
+    assert VARIANTS["pmm-cutmix"] == {"model": "pmm", "mix": "cutmix", "mix_after": None}
+
+
+def test_the_default_grid_holds_the_variants_its_options_can_train():
+    baselines = [f"baseline-{m}" for m in pmm_kernels.MODES]
+    pmms = [v for v in VARIANTS if v.startswith("pmm-")]
+    assert check_variants(None, {}) == ["baseline", *pmms]
+    assert check_variants(None, {"mix_after": "layer3"}) == ["baseline", *baselines, *pmms]
+    timm = {"backbone": "timm/vit_tiny_patch16_224", "mix_after": "blocks.9"}
+    assert check_variants(None, timm) == ["baseline", *baselines]
+    with pytest.raises(StudyError, match=r"baseline-cutmix mixes after .* \(--mix-after\)"):
+        check_variants(["baseline-cutmix"], {})
+    with pytest.raises(StudyError, match="pmm-none is built on a torchvision ResNet"):
+        check_variants(["pmm-none"], timm)
 
 
 def test_table_statistics_match_the_seeds(fake, tiny_root):
@@ -136,10 +157,11 @@ def test_table_statistics_match_the_seeds(fake, tiny_root):
         f"{100 * rank1_diff:+.1f} [{100 * rank1_diff:+.1f}, {100 * rank1_diff:+.1f}]" in paired[1]
     )
 
-    # pmm-cutout (index 6): rank-1 = 0.68 + 0.01 s^2 over s = 0, 1, 3 -> 0.68, 0.69, 0.77.
-    r1 = [0.68, 0.69, 0.77]
+    # pmm-cutout (index 12): rank-1 = 0.86 + 0.01 s^2 over s = 0, 1, 3 -> 0.86, 0.87, 0.95.
+    assert list(VARIANTS).index("pmm-cutout") == 12
+    r1 = [0.86, 0.87, 0.95]
     expected = f"{100 * statistics.mean(r1):.1f} ± {100 * statistics.stdev(r1):.1f}"
-    assert expected == "71.3 ± 4.9"
+    assert expected == "89.3 ± 4.9"
     assert summary[2].startswith(f"| pmm-cutout | 3/3 | {expected} |")
     with Image.open(chart) as image:
         image.verify()
@@ -201,7 +223,8 @@ def test_interrupted_run_resumes_from_its_checkpoint(fake, tiny_root):
     assert not (run_dir(fake.out, "pmm-none", 0) / "attempt.json").exists()
     result = json.loads((run_dir(fake.out, "pmm-none", 0) / "result.json").read_text())
     assert result["resumed"] is True
-    assert result["wall_seconds"] == pytest.approx(attempt["wall_seconds"] + 10.0 + 1)
+    canned = _canned("pmm-none", 0)["wall_seconds"]
+    assert result["wall_seconds"] == pytest.approx(attempt["wall_seconds"] + canned)
 
 
 def test_a_failed_run_is_reported_and_the_grid_goes_on(fake, tiny_root, capsys):
@@ -254,7 +277,7 @@ def test_report_only_rebuilds_from_the_results(fake, tiny_root, capsys):
 
 def test_bad_arguments_fail_clearly(fake, tiny_root, capsys):
     options = tiny_run_options(tiny_root)
-    with pytest.raises(StudyError, match=r"unknown \['pmm-magic'\]; valid: baseline, pmm-none"):
+    with pytest.raises(StudyError, match=r"unknown \['pmm-magic'\]; valid: baseline, baseline-"):
         run_study(fake.out, ["pmm-magic"], options=options)
     for seeds in (0, -2, [], [1, 1], [-1]):
         with pytest.raises(StudyError, match="seeds"):

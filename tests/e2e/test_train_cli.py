@@ -314,7 +314,7 @@ def test_non_finite_loss_stops_at_once_keeping_the_checkpoint(
         (["--block-size", "50", "50"], "argument --block-size: 50 50 does not fit the 24x8"),
         (["--num-blocks", "100"], "argument --num-blocks: must be <= 32"),
         (["--model", "bdb"], "argument --model: invalid choice: 'bdb'"),
-        (["--backbone", "resnet101"], "argument --backbone: invalid choice: 'resnet101'"),
+        (["--backbone", "resnet101"], "argument --backbone: expected one of resnet18, resnet34"),
         (["--data", "imagenet"], "argument --data: invalid choice: 'imagenet'"),
         (["--resume", "/no/such/checkpoint.pt"], "argument --resume: no such file"),
         (["--pretrained", "/no/such.pth"], "argument --pretrained: expected 'imagenet' or"),

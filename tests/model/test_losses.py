@@ -70,7 +70,7 @@ def test_triplet_distances_stay_float32_under_autocast():
         assert torch.equal(batch_hard_triplet_loss(features, labels), expected)
 
 
-def test_label_mixing_stage_uses_mixed_targets():
+def test_a_label_mixing_stage_scores_its_targets_smoothed():
     import pmm_kernels
 
     logits = [torch.randn(4, 3) for _ in range(2)]
@@ -80,7 +80,8 @@ def test_label_mixing_stage_uses_mixed_targets():
         torch.zeros(4, 2, 2, dtype=torch.bool),
         torch.tensor([0.25, 0.5, 0.25, 0.0]),
     )
-    out = ReIDOutput(features=[FEATURES] * 2, logits=logits, label_mix=[None, info])
+    mixed = pmm_kernels.mixed_targets(LABELS, info, 3)
+    out = ReIDOutput(features=[FEATURES] * 2, logits=logits, targets=[None, mixed])
     _, parts = PMMLoss(label_smoothing=0.1)(out, LABELS)
     targets = pmm_kernels.mixed_targets(LABELS, info, 3, 0.1)
     expected = -(targets * F.log_softmax(logits[1], dim=1)).sum(1).mean()

@@ -8,8 +8,8 @@ import torchvision
 
 import pmm_kernels
 from pmm_model import build_model
+from pmm_model.nets.backbones import build_backbone
 from pmm_model.nets.losses import PMMLoss
-from pmm_model.nets.models import build_backbone
 
 # Tiny input: 64x32 gives a 4x2 map (last stride 1), cut into 8 blocks of 1x1.
 IMAGES_SHAPE = (8, 3, 64, 32)
@@ -168,7 +168,12 @@ def test_every_mix_mode_trains(mix):
     assert torch.isfinite(total)
     assert len(out.mix_info) == (0 if mix == "none" else 2)
     mixes_labels = mix != "none" and pmm_kernels.MODES[mix].mixes_labels
-    assert out.label_mix == ([None, *out.mix_info] if mixes_labels else [])
+    if mixes_labels:  # stages 2 and 3 score their layers' targets, stage 1 the labels
+        assert out.targets[0] is None and len(out.targets) == 3
+        for mixed, info in zip(out.targets[1:], out.mix_info, strict=True):
+            assert torch.equal(mixed, pmm_kernels.mixed_targets(LABELS, info, 2))
+    else:
+        assert out.targets == []
     if mix != "none":
         assert all(info.mask.any() for info in out.mix_info)
 

@@ -366,7 +366,7 @@ def parse_args(argv: Sequence[str] | None = None, engine: type[Engine] | None = 
 
 def _own_folder(checkpoint: str, config: TrainConfig) -> bool:
     """Whether ``checkpoint`` is the run checkpoint of ``config``'s output folder."""
-    own = os.path.join(config.output_dir, "checkpoint.pt")
+    own = os.path.join(config.output_dir or "", "checkpoint.pt")
     return os.path.exists(own) and os.path.samefile(checkpoint, own)
 
 

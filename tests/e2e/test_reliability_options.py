@@ -122,3 +122,24 @@ def test_the_valid_command_lines_parse(files, tmp_path, name):
         assert train.parse_args(argv).config.height == 128
     else:
         importlib.import_module(f"pmm_model.cli.{name}").build_parser().parse_args(argv)
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        ("--model baseline --backbone resnet18 --mix cutmix --mix-after layer3 --num-blocks 2",
+         {"mix": "cutmix", "mix_after": "layer3", "num_blocks": 2}),
+        ("--mix a_cutmix --cam paper --num-blocks 2", {"cam": "paper", "num_blocks": 2}),
+        ("--mix cutout --block-size 2 2", {"block_size": (2, 2)}),
+        ("--amp off", {"amp": "off"}),
+        ("--seed 4294967295 --height 4096 --width 4096 --workers 256",
+         {"seed": 2**32 - 1, "height": 4096, "width": 4096, "workers": 256}),
+    ],
+)  # fmt: skip
+def test_options_the_run_uses_are_accepted(files, tmp_path, extra, expected):
+    # The refusals above are for options a run would not use, not for their neighbours.
+    tree, checkpoint = files
+    train = importlib.import_module("pmm_model.cli.train")
+    argv = [*_valid_argv("train", tree, checkpoint, tmp_path / "out"), *shlex.split(extra)]
+    config = train.parse_args(argv).config
+    assert {key: getattr(config, key) for key in expected} == expected

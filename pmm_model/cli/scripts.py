@@ -23,7 +23,7 @@ __all__ = ["evaluate", "export", "extract", "program_name", "study", "train", "v
 
 # The CLIs with a ``python -m pmm_model.<name>`` alias module; the others run as
 # ``python -m pmm_model.cli.<name>``.
-ALIASED = ("train", "evaluate", "visualize", "study")
+_ALIASED = ("train", "evaluate", "visualize", "study")
 
 
 def program_name(name: str) -> str:
@@ -39,7 +39,7 @@ def program_name(name: str) -> str:
     if os.path.basename(typed) == f"pmm-{name}":
         return f"pmm-{name}"
     as_cli = typed.endswith(os.path.join("cli", f"{name}.py"))
-    return f"python -m pmm_model.{'' if name in ALIASED and not as_cli else 'cli.'}{name}"
+    return f"python -m pmm_model.{'' if name in _ALIASED and not as_cli else 'cli.'}{name}"
 
 
 def _run(name: str) -> None:

@@ -104,7 +104,12 @@ class BatchLabels:
             raise ValueError(f"labels_from_batch: {DATA_PARALLEL}")
         batch = args[0] if args else None
         if not isinstance(batch, Mapping) or self.key not in batch:
-            got = f"keys {sorted(batch)}" if isinstance(batch, Mapping) else check.describe(batch)
+            got = (
+                # By repr: keys of mixed types do not compare.
+                f"keys [{', '.join(sorted(map(repr, batch)))}]"
+                if isinstance(batch, Mapping)
+                else check.describe(batch)
+            )
             raise ValueError(
                 f"labels_from_batch(key={self.key!r}): the model's first argument must be a "
                 f"mapping holding {self.key!r}, got {got}"

@@ -152,7 +152,7 @@ class FeatureMix(nn.Module):
         if block_size is not None:
             self.grid, self.block_size = (
                 None,
-                check.check_int_pair("block_size", block_size, "(bh, bw)"),
+                check.check_block_size(block_size),
             )
         else:
             self.block_size = None

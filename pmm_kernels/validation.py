@@ -105,6 +105,11 @@ def check_same_device(feat: torch.Tensor, **tensors: torch.Tensor | None) -> Non
             )
 
 
+# The largest block side: larger than any feature map, so only a mistake (pixels for cells,
+# a typo) exceeds it.
+MAX_BLOCK_SIDE = 65536
+
+
 def check_positive_int(name: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be a positive int, got {describe(value)}")
@@ -123,6 +128,17 @@ def check_int_pair(name: str, value: object, what: str = "") -> tuple[int, int]:
             f"{name} must be two positive ints{' ' + what if what else ''}, got {value!r}"
         )
     return int(value[0]), int(value[1])
+
+
+def check_block_size(value: object) -> tuple[int, int]:
+    """A block size ``(bh, bw)``: two ints in ``[1, MAX_BLOCK_SIDE]``."""
+    block_size = check_int_pair("block_size", value, "(bh, bw)")
+    if max(block_size) > MAX_BLOCK_SIDE:
+        raise ValueError(
+            f"block_size must be two ints in [1, {MAX_BLOCK_SIDE}] (cells of the feature map), "
+            f"got {block_size!r}"
+        )
+    return block_size
 
 
 def check_ratio(name: str, value: object) -> float:
@@ -199,7 +215,10 @@ def check_mix_args(
             raise ValueError(f"mode={mode!r} draws partners of a different label: pass labels")
         labels = torch.zeros(n, dtype=torch.int64, device=feat.device)
     labels = check_labels("labels", labels, n)
-    block_size = check_int_pair("block_size", block_size, "(bh, bw)")
+    block_size = check_block_size(block_size)
+    # A block larger than the map is one edge block, clipped to the map: clipping it here
+    # first changes no output and keeps the op's per-block buffers within the map.
+    block_size = (min(block_size[0], h), min(block_size[1], w))
     rows, cols = block_grid(h, w, block_size)
     num_blocks = check_positive_int("num_blocks", num_blocks)
     if num_blocks > rows * cols and spec.cells != "rectangle":

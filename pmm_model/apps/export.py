@@ -43,6 +43,7 @@ __all__ = [
     "ExportReport",
     "ParityError",
     "ParityResult",
+    "check_opset",
     "export_onnx",
     "read_metadata",
 ]
@@ -129,8 +130,13 @@ def _require_deploy() -> None:
 MIN_OPSET = 18  # the dynamo exporter's lowest
 
 
-def _check_opset(opset: int | None) -> None:
-    """Refuse, before any work, an opset the installed ``onnx`` does not define."""
+def check_opset(opset: int | None) -> None:
+    """Refuse, before any work, an opset the installed ``onnx`` does not define.
+
+    Raises:
+        ValueError: ``opset`` outside ``[MIN_OPSET, the installed onnx's highest]``.
+        ImportError: ``onnx`` is not installed (the ``deploy`` extra).
+    """
     if opset is None:
         return
     import onnx
@@ -218,7 +224,7 @@ def export_onnx(
             :class:`FeatureExtractor`).
     """
     _require_deploy()
-    _check_opset(opset)
+    check_opset(opset)
     import onnxruntime
 
     out = Path(out)

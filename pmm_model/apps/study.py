@@ -71,8 +71,10 @@ from pmm_model.run.checkpoint import load_model
 from pmm_model.run.config import DEFAULTS, make_config, upgrade_saved_config
 from pmm_model.run.engine import TrainingInterrupted, run_training
 from pmm_model.run.folder import CHECKPOINT, METRIC_KEYS
+from pmm_model.run.limits import SEED_MAX
 
 __all__ = [
+    "MAX_SEED_COUNT",
     "STUDY",
     "STUDY_OWN_OPTIONS",
     "VARIANTS",
@@ -99,6 +101,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
         for mix in sorted(MIX_MODES, key=lambda mix: mix != "none")
     },
 }
+# The most seeds a count may ask for: each is a run of every variant.
+MAX_SEED_COUNT = 1000
 # Options the study sets per run; the caller may not.
 STUDY_OWN_OPTIONS = ("model", "mix", "seed", "output_dir")
 # Options that may differ between calls on one grid: where and how fast it runs, not what.
@@ -165,8 +169,9 @@ def check_variants(
     ``baseline-<mode>`` only with ``mix_after``, ``pmm-*`` only on a torchvision backbone).
 
     Raises:
-        StudyError: an unknown name (the message lists the valid ones), none given, or a
-            variant the options cannot train (the message says what it needs).
+        StudyError: an unknown name (the message lists the valid ones), none given, a
+            variant the options cannot train (the message says what it needs), or
+            ``mix_after`` with no ``baseline-<mode>`` variant to use it.
     """
     options = options or {}
     if variants is None:
@@ -180,6 +185,13 @@ def check_variants(
     for name in variants:
         if (why := _unfit(name, options)) is not None:
             raise StudyError(f"variants: {name} {why}")
+    if options.get("mix_after") is not None and not any(
+        v.startswith("baseline-") for v in variants
+    ):
+        raise StudyError(
+            "variants: mix_after (--mix-after) places the layer of the baseline-<mode> variants, "
+            f"and none of {variants} is one; drop it or add such a variant"
+        )
     return [name for name in VARIANTS if name in variants]
 
 
@@ -187,19 +199,25 @@ def check_seeds(seeds: int | Sequence[int]) -> list[int]:
     """``seeds`` as a list: a count N means seeds ``0..N-1``; a sequence is used as given.
 
     Raises:
-        StudyError: a count < 1, an empty list, a negative, repeated or non-integer seed.
+        StudyError: a count outside [1, MAX_SEED_COUNT], an empty list, a repeated or
+            non-integer seed, or one outside [0, SEED_MAX] (``pmm_model.run.limits``).
     """
 
     def is_int(value: object) -> TypeGuard[int]:
         return isinstance(value, int | np.integer) and not isinstance(value, bool)
 
     if is_int(seeds):
-        if seeds < 1:
-            raise StudyError(f"seeds: the number of seeds must be >= 1, got {seeds}")
+        if not 1 <= seeds <= MAX_SEED_COUNT:
+            bound = ">= 1" if seeds < 1 else f"<= {MAX_SEED_COUNT}"
+            raise StudyError(f"seeds: the number of seeds must be {bound}, got {seeds}")
         return list(range(int(seeds)))
     given = list(cast(Sequence[int], seeds))
-    if not given or not all(is_int(s) and s >= 0 for s in given) or len(set(given)) < len(given):
-        raise StudyError(f"seeds: expected distinct integers >= 0, got {given}")
+    if (
+        not given
+        or not all(is_int(s) and 0 <= s <= SEED_MAX for s in given)
+        or len(set(given)) < len(given)
+    ):
+        raise StudyError(f"seeds: expected distinct integers in [0, {SEED_MAX}], got {given}")
     return [int(s) for s in given]
 
 

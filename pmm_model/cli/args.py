@@ -13,18 +13,24 @@ import os
 import signal
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any, TypeVar
 
+from pmm_model.run.limits import LIMITS
+
 __all__ = [
+    "amp_unused",
+    "bounded",
     "ctrl_c_exits",
     "existing_file",
     "finite_float",
     "int_at_least",
+    "int_in_range",
     "output_file",
     "output_folder",
     "pretrained_weights",
+    "unused_option",
     "writable_output",
 ]
 
@@ -72,6 +78,42 @@ def int_at_least(low: int) -> Callable[[str], int]:
     return parse
 
 
+def int_in_range(low: int, high: int) -> Callable[[str], int]:
+    """An argparse ``type`` accepting integers in ``[low, high]``; the message names the range.
+
+    Example:
+        >>> int_in_range(1, 8)("9")
+        Traceback (most recent call last):
+        argparse.ArgumentTypeError: must be <= 8, got 9 (range [1, 8])
+    """
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if not low <= value <= high:
+            bound = f">= {low}" if value < low else f"<= {high}"
+            raise argparse.ArgumentTypeError(
+                f"must be {bound}, got {value} (range [{low}, {high}])"
+            )
+        return value
+
+    return parse
+
+
+def bounded(key: str) -> Callable[[str], int]:
+    """The argparse ``type`` of option ``key`` of :data:`pmm_model.run.limits.LIMITS`: an
+    integer within its hard bounds, refused at parse time with the range named.
+
+    Example:
+        >>> bounded("height")("100000")
+        Traceback (most recent call last):
+        argparse.ArgumentTypeError: must be <= 4096, got 100000 (range [16, 4096])
+    """
+    return int_in_range(*LIMITS[key])
+
+
 def finite_float(low: float, inclusive: bool = False) -> Callable[[str], float]:
     """An argparse ``type`` accepting finite numbers > ``low`` (>= with ``inclusive``).
 
@@ -94,6 +136,77 @@ def finite_float(low: float, inclusive: bool = False) -> Callable[[str], float]:
         return value
 
     return parse
+
+
+# Training options only the PMM network reads; those the baseline reads only with --mix-after
+# (its inserted layer); those only mixing reads.
+PMM_ONLY = ("feature_dim", "block_size", "cam")
+LAYER_OPTIONS = ("mix", "num_blocks")
+MIXING_ONLY = ("block_size", "num_blocks", "cam")
+
+
+def unused_option(
+    given: Collection[str],
+    *,
+    model: str,
+    mix: str,
+    mix_after: str | None,
+    amp: str | None,
+    device_type: str,
+) -> tuple[str, str] | None:
+    """The first training option in ``given`` that the run would not use, and why; None if
+    it uses them all. The CLIs refuse it instead of ignoring it.
+
+    Args:
+        given: the configuration keys given explicitly on the command line.
+        model, mix, mix_after, amp: the run's network, feature-mix mode, the baseline's
+            mixing place and the autocast dtype.
+        device_type: ``"cpu"`` or ``"cuda"``, where the run trains.
+
+    Example:
+        >>> unused_option(
+        ...     ["lr", "mix"], model="baseline", mix="cutmix", mix_after=None, amp="off",
+        ...     device_type="cpu",
+        ... )
+        ('mix', 'the baseline mixes only with --mix-after (where its layer mixes)')
+    """
+    import pmm_kernels  # here: the console scripts import this module before torch
+
+    cells = pmm_kernels.MODES[mix].cells if mix in pmm_kernels.MODES else None
+    for key in given:
+        if model != "pmm" and key in PMM_ONLY:
+            return key, f"only for --model pmm; the {model} network does not use it"
+        if model != "pmm" and mix_after is None and key in LAYER_OPTIONS:
+            return key, f"the {model} mixes only with --mix-after (where its layer mixes)"
+        if mix == "none" and key in MIXING_ONLY:
+            return key, "unused with --mix none, which trains without mixing"
+        if cells == "rectangle" and key in ("block_size", "num_blocks"):
+            return key, f"unused with --mix {mix}, which drops one rectangle of the map"
+        if key == "cam" and cells != "salient":
+            return key, (
+                f"unused with --mix {mix}, which does not rank blocks by saliency "
+                "(only the a_* modes do)"
+            )
+        why = amp_unused(amp, device_type) if key == "amp" else None
+        if why is not None:
+            return key, why
+    return None
+
+
+def amp_unused(amp: str | None, device_type: str) -> str | None:
+    """Why autocast ``amp`` (``"bf16"``, ``"fp16"``, ``"off"``) would be ignored on
+    ``device_type``; None if it would not.
+
+    Example:
+        >>> amp_unused("bf16", "cpu").split(";")[0]
+        'autocast runs on CUDA only, and this run trains on cpu in float32'
+    """
+    if amp in (None, "off") or device_type == "cuda":
+        return None
+    return (
+        f"autocast runs on CUDA only, and this run trains on {device_type} in float32; "
+        "drop it or give --amp off"
+    )
 
 
 def existing_file(text: str) -> str:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
-from pmm_model.cli.args import ctrl_c_exits, int_at_least, output_file
+from pmm_model.cli.args import bounded, ctrl_c_exits, output_file
 from pmm_model.cli.scripts import program_name
 from pmm_model.data.datasets import build_dataset, dataset_names
 from pmm_model.data.loaders import build_test_loaders
@@ -73,12 +73,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--batch-size",
-        type=int_at_least(1),
+        type=bounded("batch_size"),
         default=128,
         help="images per batch (default: %(default)s)",
     )
     parser.add_argument(
-        "--workers", type=int_at_least(0), default=4, help="loader processes (default: %(default)s)"
+        "--workers",
+        type=bounded("workers"),
+        default=4,
+        help="loader processes (default: %(default)s)",
     )
     parser.add_argument(
         "--skip-bad-images",

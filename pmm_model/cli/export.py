@@ -19,14 +19,15 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-from pmm_model.apps.export import ExportReport, ParityError, export_onnx
+from pmm_model.apps.export import ExportReport, ParityError, check_opset, export_onnx
 from pmm_model.cli.args import existing_file, int_at_least, output_file
-from pmm_model.cli.extract import SPLITS
+from pmm_model.cli.extract import SPLITS, refuse_data_options
+from pmm_model.cli.scripts import program_name
 from pmm_model.data.datasets import build_dataset, dataset_names
 
 __all__ = ["build_parser", "main"]
 
-PROG = "pmm-export"
+PROG = program_name("export")
 
 
 def onnx_output(text: str) -> Path:
@@ -59,9 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     source.add_argument("--data", choices=dataset_names(), help="or a dataset's split")
     parser.add_argument("--root", help="dataset root for --data (synthetic: optional)")
-    parser.add_argument(
-        "--split", choices=SPLITS, default="query", help="split of --data (default: %(default)s)"
-    )
+    parser.add_argument("--split", choices=SPLITS, help="split of --data (default: query)")
     parser.add_argument(
         "--opset", type=int_at_least(18), help="ONNX opset (default: the exporter's)"
     )
@@ -72,11 +71,16 @@ def main(argv: Sequence[str] | None = None) -> ExportReport:
     """Run the CLI; returns the export's report."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.root is not None and args.data is None:
-        parser.error("argument --root: only with --data")
+    refuse_data_options(parser, args)
+    try:
+        check_opset(args.opset)
+    except ValueError as err:
+        parser.error(f"argument --opset: {err}")
+    except ImportError:
+        pass  # export_onnx names the missing extra
     try:
         real = (
-            getattr(build_dataset(args.data, args.root), args.split)
+            getattr(build_dataset(args.data, args.root), args.split or "query")
             if args.data is not None
             else args.images
         )

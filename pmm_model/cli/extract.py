@@ -23,12 +23,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pmm_model.apps.extract import ExtractedFeatures, FeatureExtractor
-from pmm_model.cli.args import existing_file, int_at_least, output_file
+from pmm_model.cli.args import bounded, existing_file, output_file
+from pmm_model.cli.scripts import program_name
 from pmm_model.data.datasets import build_dataset, dataset_names
+from pmm_model.run.runtime import resolve_device
 
 __all__ = ["build_parser", "main"]
 
-PROG = "pmm-extract"
+PROG = program_name("extract")
 SPLITS = ("query", "gallery", "train")
 
 
@@ -51,9 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     source.add_argument("--data", choices=dataset_names(), help="a dataset's split instead")
     parser.add_argument("--root", help="dataset root for --data (synthetic: optional)")
-    parser.add_argument(
-        "--split", choices=SPLITS, default="query", help="split of --data (default: %(default)s)"
-    )
+    parser.add_argument("--split", choices=SPLITS, help="split of --data (default: query)")
     parser.add_argument(
         "--out",
         required=True,
@@ -70,12 +70,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--batch-size",
-        type=int_at_least(1),
+        type=bounded("batch_size"),
         default=64,
         help="images per batch (default: %(default)s)",
     )
     parser.add_argument(
-        "--workers", type=int_at_least(0), default=2, help="loader processes (default: %(default)s)"
+        "--workers",
+        type=bounded("workers"),
+        default=2,
+        help="loader processes (default: %(default)s)",
     )
     parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--amp", action="store_true", help="float16 autocast (CUDA only)")
@@ -87,6 +90,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
+
+
+def refuse_data_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse ``--root`` and ``--split`` without ``--data``: they would be ignored."""
+    for flag, value in (("--root", args.root), ("--split", args.split)):
+        if value is not None and args.data is None:
+            parser.error(f"argument {flag}: only with --data")
 
 
 def npz_output(text: str) -> Path:
@@ -114,8 +124,13 @@ def main(argv: Sequence[str] | None = None) -> ExtractedFeatures:
     """Run the CLI; returns what it wrote."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.root is not None and args.data is None:
-        parser.error("argument --root: only with --data")
+    refuse_data_options(parser, args)
+    try:
+        device = resolve_device(args.device)
+    except ValueError as err:
+        parser.error(f"argument --device: {err}")
+    if args.amp and device.type != "cuda":
+        parser.error(f"argument --amp: float16 autocast needs a CUDA device, got {str(device)!r}")
 
     def fail(message: str) -> None:
         parser.exit(2, f"{PROG}: error: {message}\n")
@@ -123,7 +138,7 @@ def main(argv: Sequence[str] | None = None) -> ExtractedFeatures:
     try:
         extractor = FeatureExtractor(
             args.checkpoint,
-            device=args.device,
+            device=device,
             flip=args.flip,
             amp=args.amp,
             batch_size=args.batch_size,
@@ -132,7 +147,7 @@ def main(argv: Sequence[str] | None = None) -> ExtractedFeatures:
             progress=not args.no_progress,
         )
         if args.data is not None:
-            images = getattr(build_dataset(args.data, args.root), args.split)
+            images = getattr(build_dataset(args.data, args.root), args.split or "query")
         else:
             images = args.images
         result = extractor.extract(images, skip_bad_images=args.skip_bad_images)

@@ -21,20 +21,29 @@ from pmm_model.cli.args import ctrl_c_exits
 __all__ = ["evaluate", "export", "extract", "program_name", "study", "train", "visualize"]
 
 
+# The CLIs with a ``python -m pmm_model.<name>`` alias module; the others run as
+# ``python -m pmm_model.cli.<name>``.
+_ALIASED = ("train", "evaluate", "visualize", "study")
+
+
 def program_name(name: str) -> str:
     """What the user typed to run CLI ``name``, for its messages: ``pmm-<name>`` when run as
-    the console script, else ``python -m pmm_model.<name>``.
+    the console script, ``python -m pmm_model.cli.<name>`` when run as that module, else
+    ``python -m pmm_model.<name>`` (the alias; ``extract`` and ``export`` have none).
 
     Example:
         >>> program_name("evaluate")  # under pytest  # doctest: +SKIP
         'python -m pmm_model.evaluate'
     """
-    typed = os.path.basename(sys.argv[0]) if sys.argv else ""
-    return typed if typed == f"pmm-{name}" else f"python -m pmm_model.{name}"
+    typed = sys.argv[0] if sys.argv else ""
+    if os.path.basename(typed) == f"pmm-{name}":
+        return f"pmm-{name}"
+    as_cli = typed.endswith(os.path.join("cli", f"{name}.py"))
+    return f"python -m pmm_model.{'' if name in _ALIASED and not as_cli else 'cli.'}{name}"
 
 
 def _run(name: str) -> None:
-    @ctrl_c_exits(f"pmm-{name}")
+    @ctrl_c_exits(program_name(name))
     def start() -> None:
         importlib.import_module(f"pmm_model.cli.{name}").main()
 

@@ -27,27 +27,30 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from pmm_model.apps.study import VARIANTS, RunRecord, StudyError, check_seeds, run_study
 from pmm_model.apps.study_report import write_report
 from pmm_model.cli.args import (
+    amp_unused,
     backbone_name,
+    bounded,
     ctrl_c_exits,
     finite_float,
-    int_at_least,
     output_folder,
     pretrained_weights,
 )
+from pmm_model.cli.scripts import program_name
 from pmm_model.cli.train import FlagWords
 from pmm_model.data.datasets import dataset_names
 from pmm_model.data.occlusion import EVAL_PROTOCOLS
 from pmm_model.run.config import DEFAULTS, PRESETS, ConfigError
 from pmm_model.run.engine import AMP_DTYPES, TrainingInterrupted
+from pmm_model.run.runtime import resolve_device
 
 __all__ = ["PAPER", "build_parser", "main"]
 
-PROG = "python -m pmm_model.study"
+PROG = program_name("study")
 
 
 class StudyWords(FlagWords):
@@ -159,10 +162,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--data", choices=dataset_names(), help=_default("data"))
     train.add_argument("--root", help="dataset root (synthetic: cache folder, optional)")
-    train.add_argument("--epochs", type=int_at_least(1), help=_default("epochs"))
+    train.add_argument("--epochs", type=bounded("epochs"), help=_default("epochs"))
     train.add_argument(
         "--eval-every",
-        type=int_at_least(1),
+        type=bounded("eval_every"),
         help="evaluate every N epochs and at the end " + _default("eval_every"),
     )
     train.add_argument("--lr", type=finite_float(0.0), help=_default("lr"))
@@ -183,18 +186,45 @@ def build_parser() -> argparse.ArgumentParser:
         type=pretrained_weights,
         help="'imagenet' or a state dict of the backbone",
     )
-    train.add_argument("--height", type=int_at_least(16), help=_default("height"))
-    train.add_argument("--width", type=int_at_least(8), help=_default("width"))
+    train.add_argument("--height", type=bounded("height"), help=_default("height"))
+    train.add_argument("--width", type=bounded("width"), help=_default("width"))
     train.add_argument(
-        "--ids-per-batch", type=int_at_least(2), metavar="P", help=_default("ids_per_batch")
+        "--ids-per-batch",
+        type=bounded("ids_per_batch"),
+        metavar="P",
+        help=_default("ids_per_batch"),
     )
     train.add_argument(
-        "--images-per-id", type=int_at_least(1), metavar="K", help=_default("images_per_id")
+        "--images-per-id",
+        type=bounded("images_per_id"),
+        metavar="K",
+        help=_default("images_per_id"),
     )
     train.add_argument("--amp", choices=AMP_DTYPES, help=_default("amp"))
-    train.add_argument("--workers", type=int_at_least(0), help=_default("workers"))
+    train.add_argument("--workers", type=bounded("workers"), help=_default("workers"))
     train.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     return parser
+
+
+def _refuse_unused(parser: argparse.ArgumentParser, args: dict[str, Any]) -> None:
+    """Refuse, before any run, what the grid would not use: any grid or training option
+    with ``--report-only``, a device that is not CPU or CUDA, ``--amp`` off CUDA."""
+    if args.get("report_only"):
+        for action in parser._actions:
+            given = action.dest in args and args[action.dest] != action.default
+            if action.option_strings and action.dest not in ("out", "report_only") and given:
+                parser.error(
+                    f"argument {action.option_strings[0]}: unused with --report-only, "
+                    "which only rebuilds the table and chart from --out"
+                )
+        return
+    try:
+        device = resolve_device(args.get("device"))
+    except ValueError as err:
+        parser.error(f"argument --device: {err}")
+    unused = amp_unused(args.get("amp"), device.type)
+    if "amp" in args and unused is not None:
+        parser.error(f"argument --amp: {unused}")
 
 
 def _fail(status: int, message: str) -> NoReturn:
@@ -211,6 +241,7 @@ def main(argv: Sequence[str] | None = None) -> list[RunRecord]:
     """
     parser = build_parser()
     args = vars(parser.parse_args(argv))
+    _refuse_unused(parser, args)
     out, report_only = args.pop("out"), args.pop("report_only", False)
     variants, seeds = args.pop("variants", None), args.pop("seeds")
     preset, protocols = args.pop("preset"), args.pop("eval_protocols")

@@ -37,16 +37,26 @@ from typing import Any, NoReturn
 
 from pmm_model.cli.args import (
     backbone_name,
+    bounded,
     ctrl_c_exits,
     existing_file,
     finite_float,
     int_at_least,
     pretrained_weights,
+    unused_option,
 )
+from pmm_model.cli.scripts import program_name
 from pmm_model.data.datasets import dataset_names
 from pmm_model.nets.backbones import BACKBONES, WeightsUnavailableError
 from pmm_model.nets.models import CAM_MODES, MIX_MODES, MODELS
-from pmm_model.run.config import DEFAULTS, PREEMPT_SIGNALS, PRESETS, ConfigError, make_config
+from pmm_model.run.config import (
+    DEFAULTS,
+    PREEMPT_SIGNALS,
+    PRESETS,
+    ConfigError,
+    TrainConfig,
+    make_config,
+)
 from pmm_model.run.engine import AMP_DTYPES, Engine, TrainingError, TrainingInterrupted
 from pmm_model.run.errors import Words
 from pmm_model.run.folder import RunFolderError
@@ -54,7 +64,7 @@ from pmm_model.run.runtime import resolve_device
 
 __all__ = ["FlagWords", "build_parser", "flag_name", "main", "parse_args"]
 
-PROG = "python -m pmm_model.train"
+PROG = program_name("train")
 
 _EPILOG = """examples:
   python -m pmm_model.train --preset demo                 # CPU demo, synthetic data
@@ -92,17 +102,17 @@ def build_parser() -> argparse.ArgumentParser:
     data = parser.add_argument_group("data")
     data.add_argument("--data", choices=dataset_names(), help=f"dataset {_default('data')}")
     data.add_argument("--root", help="dataset root (synthetic: cache folder, optional)")
-    data.add_argument("--height", type=int_at_least(16), help=f"input height {_default('height')}")
-    data.add_argument("--width", type=int_at_least(8), help=f"input width {_default('width')}")
+    data.add_argument("--height", type=bounded("height"), help=f"input height {_default('height')}")
+    data.add_argument("--width", type=bounded("width"), help=f"input width {_default('width')}")
     data.add_argument(
         "--ids-per-batch",
-        type=int_at_least(2),
+        type=bounded("ids_per_batch"),
         metavar="P",
         help=f"identities per batch and process, >= 2 {_default('ids_per_batch')}",
     )
     data.add_argument(
         "--images-per-id",
-        type=int_at_least(1),
+        type=bounded("images_per_id"),
         metavar="K",
         help=f"images per identity {_default('images_per_id')}",
     )
@@ -120,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     data.add_argument(
         "--workers",
-        type=int_at_least(0),
+        type=bounded("workers"),
         help=f"loader processes per training process {_default('workers')}",
     )
     model = parser.add_argument_group("model")
@@ -138,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     model.add_argument(
         "--feature-dim",
-        type=int_at_least(1),
+        type=bounded("feature_dim"),
         help=f"PMM embedding per stage {_default('feature_dim')}",
     )
     model.add_argument(
@@ -150,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     model.add_argument(
         "--num-blocks",
-        type=int_at_least(1),
+        type=bounded("num_blocks"),
         help=f"PMM blocks mixed per stage {_default('num_blocks')}",
     )
     model.add_argument("--cam", choices=CAM_MODES, help=f"PMM Grad-CAM weights {_default('cam')}")
@@ -172,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="synchronise BatchNorm statistics across processes (DDP)",
     )
     optim = parser.add_argument_group("optimisation")
-    optim.add_argument("--epochs", type=int_at_least(1), help=_default("epochs"))
+    optim.add_argument("--epochs", type=bounded("epochs"), help=_default("epochs"))
     optim.add_argument(
         "--lr",
         type=finite_float(0.0),
@@ -185,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"Adam {_default('weight_decay')}",
     )
     optim.add_argument("--margin", type=finite_float(0.0), help="triplet margin (default: soft)")
-    optim.add_argument("--seed", type=int_at_least(0), help=_default("seed"))
+    optim.add_argument("--seed", type=bounded("seed"), help=_default("seed"))
     optim.add_argument(
         "--amp", choices=AMP_DTYPES, help=f"autocast dtype on CUDA, off on CPU {_default('amp')}"
     )
@@ -205,12 +215,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--eval-every",
-        type=int_at_least(1),
+        type=bounded("eval_every"),
         help=f"evaluate every N epochs and at the end {_default('eval_every')}",
     )
     run.add_argument(
         "--checkpoint-every",
-        type=int_at_least(1),
+        type=bounded("checkpoint_every"),
         help="checkpoint every N epochs, before every evaluation and at the end "
         f"{_default('checkpoint_every')}",
     )
@@ -346,10 +356,33 @@ def parse_args(argv: Sequence[str] | None = None, engine: type[Engine] | None = 
     for note in run.ignored:
         print(f"note: {WORDS.describe(note)}", file=sys.stderr)
     try:
-        resolve_device(run.config.device)
+        device = resolve_device(run.config.device)
     except ValueError as err:
         parser.error(f"argument --device: {err}")
+    config = run.config
+    if start.get("overwrite") and resume not in (None, "auto") and _own_folder(resume, config):
+        parser.error(
+            "argument --overwrite: --resume continues the run of its own folder, there is "
+            "no other run to replace; drop --overwrite (or give another --output-dir)"
+        )
+    given = set(explicit) - {note.key for note in run.ignored}
+    unused = unused_option(
+        sorted(given),
+        model=config.model,
+        mix=config.mix,
+        mix_after=config.mix_after,
+        amp=config.amp,
+        device_type=device.type,
+    )
+    if unused is not None:
+        parser.error(f"argument {flag_name(unused[0])}: {unused[1]}")
     return run
+
+
+def _own_folder(checkpoint: str, config: TrainConfig) -> bool:
+    """Whether ``checkpoint`` is the run checkpoint of ``config``'s output folder."""
+    own = os.path.join(config.output_dir or "", "checkpoint.pt")
+    return os.path.exists(own) and os.path.samefile(checkpoint, own)
 
 
 def _fail(status: int, message: str) -> NoReturn:

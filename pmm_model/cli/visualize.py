@@ -13,17 +13,27 @@ it), ``ranked.png`` (queries and their top gallery matches) and ``curves.png`` (
 from __future__ import annotations
 
 import argparse
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
 from pmm_model.apps.visualize import draw_checkpoint
-from pmm_model.cli.args import ctrl_c_exits, existing_file, int_at_least, output_folder
+from pmm_model.cli.args import (
+    bounded,
+    ctrl_c_exits,
+    existing_file,
+    int_in_range,
+    output_folder,
+)
 from pmm_model.cli.scripts import program_name
-from pmm_model.data.datasets import build_dataset, dataset_names
+from pmm_model.data.datasets import ReIDDataset, build_dataset, dataset_names
 from pmm_model.run.checkpoint import load_model
 from pmm_model.run.runtime import resolve_device
 
 __all__ = ["build_parser", "main"]
+
+# The most of each the pictures show: more would not be readable (nor fit in memory).
+MAX_IDS, MAX_PER_ID, MAX_QUERIES, MAX_TOPK = 64, 32, 100, 100
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,37 +64,65 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--ids",
-        type=int_at_least(2),
-        default=4,
-        help="identities in the mixing picture (default: %(default)s)",
+        type=int_in_range(2, MAX_IDS),
+        help="identities in the mixing picture, a pmm checkpoint's (default: 4, or as many "
+        "as have --per-id images)",
     )
     parser.add_argument(
         "--per-id",
         dest="images_per_id",
-        type=int_at_least(1),
-        default=2,
-        help="images per identity in the mixing picture (default: %(default)s)",
+        type=int_in_range(1, MAX_PER_ID),
+        help="images per identity in the mixing picture, a pmm checkpoint's (default: 2)",
     )
     parser.add_argument(
         "--queries",
-        type=int_at_least(1),
-        default=6,
-        help="queries in the ranked-list picture (default: %(default)s)",
+        type=int_in_range(1, MAX_QUERIES),
+        help="queries in the ranked-list picture (default: 6, or all if fewer)",
     )
     parser.add_argument(
         "--topk",
-        type=int_at_least(1),
-        default=10,
-        help="gallery images per query (default: %(default)s)",
+        type=int_in_range(1, MAX_TOPK),
+        help="gallery images per query (default: 10, or the whole gallery if smaller)",
     )
     parser.add_argument(
         "--seed",
-        type=int_at_least(0),
+        type=bounded("seed"),
         default=0,
         help="choice of images and partners (default: %(default)s)",
     )
     parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     return parser
+
+
+def _refuse_what_cannot_be_drawn(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, model: str, data: ReIDDataset
+) -> None:
+    """Refuse a given ``--ids``, ``--per-id``, ``--queries`` or ``--topk`` the pictures could
+    not honour (the defaults shrink to what there is instead)."""
+    if model != "pmm":
+        for flag, value in (("--ids", args.ids), ("--per-id", args.images_per_id)):
+            if value is not None:
+                parser.error(
+                    f"argument {flag}: only for a pmm checkpoint; this {model} network does "
+                    "not mix features, so there is no mixing picture"
+                )
+    elif args.ids is not None:
+        per_id = 2 if args.images_per_id is None else args.images_per_id
+        have = sum(n >= per_id for n in Counter(r.pid for r in data.train).values())
+        if args.ids > have:
+            parser.error(
+                f"argument --ids: {args.ids} identities asked for, but only {have} training "
+                f"identities have {per_id} images"
+            )
+    for flag, value, split in (
+        ("--queries", args.queries, "query"),
+        ("--topk", args.topk, "gallery"),
+    ):
+        have = len(getattr(data, split))
+        if value is not None and value > have:
+            parser.error(
+                f"argument {flag}: {value} asked for, but the {split} set has {have} images"
+            )
 
 
 @ctrl_c_exits(program_name("visualize"))
@@ -103,6 +141,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
     try:
         model, config = load_model(args.checkpoint)
         data = build_dataset(args.data, args.root)
+        _refuse_what_cannot_be_drawn(parser, args, config.model, data)
         # draw_checkpoint checks the rest (metrics, data, per-id, images) before drawing.
         written = draw_checkpoint(
             model,
@@ -112,10 +151,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
             device=device,
             metrics=metrics,
             title=f"{config.model} on {args.data}",
-            ids=args.ids,
-            images_per_id=args.images_per_id,
-            queries=args.queries,
-            topk=args.topk,
+            ids=4 if args.ids is None else args.ids,
+            images_per_id=2 if args.images_per_id is None else args.images_per_id,
+            queries=6 if args.queries is None else args.queries,
+            topk=10 if args.topk is None else args.topk,
             seed=args.seed,
             skip_bad_images=args.skip_bad_images,
         )

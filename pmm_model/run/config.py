@@ -23,6 +23,7 @@ from pmm_kernels import block_grid
 from pmm_model.nets.backbones import BACKBONES, is_timm_backbone, timm_backbone_problem
 from pmm_model.nets.models import CAM_MODES, MIX_MODES, MODELS
 from pmm_model.run.errors import ConfigError, IgnoredOption
+from pmm_model.run.limits import LIMITS
 
 __all__ = [
     "DEFAULTS",
@@ -246,21 +247,25 @@ def _check(config: TrainConfig) -> None:
         "preempt_signal",
     )
     _check_network(config)
-    for key, low in (
-        ("height", 16),
-        ("width", 8),
-        ("ids_per_batch", 2),
-        ("images_per_id", 1),
-        ("epochs", 1),
-        ("eval_every", 1),
-        ("checkpoint_every", 1),
-        ("workers", 0),
-        ("seed", 0),
-        ("feature_dim", 1),
-        ("num_blocks", 1),
+    for key in (
+        "height",
+        "width",
+        "ids_per_batch",
+        "images_per_id",
+        "epochs",
+        "eval_every",
+        "checkpoint_every",
+        "workers",
+        "seed",
+        "feature_dim",
+        "num_blocks",
     ):
-        value = getattr(config, key)
-        _need(_is_int(value, low), f"must be an integer >= {low}, got {value!r}", key)
+        value, (low, high) = getattr(config, key), LIMITS[key]
+        _need(
+            _is_int(value, low) and value <= high,
+            f"must be an integer in [{low}, {high}], got {value!r}",
+            key,
+        )
     _need(
         config.checkpoint_every_steps is None or _is_int(config.checkpoint_every_steps, 1),
         f"must be an integer >= 1, got {config.checkpoint_every_steps!r}",

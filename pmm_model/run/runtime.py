@@ -47,7 +47,8 @@ def resolve_device(name: str | None, local_rank: int = 0) -> torch.device:
     GPU per process.
 
     Raises:
-        ValueError: ``name`` is not a torch device, or names CUDA on a machine without it.
+        ValueError: ``name`` is not a torch device, or names CUDA (or a CUDA device index) on
+            a machine without it.
 
     Example:
         >>> resolve_device(None if not torch.cuda.is_available() else "cpu").type
@@ -66,6 +67,9 @@ def resolve_device(name: str | None, local_rank: int = 0) -> torch.device:
             raise ValueError(f"{name!r} requested but CUDA is not available")
         if device.index is None:
             device = torch.device("cuda", local_rank)
+        elif device.index >= torch.cuda.device_count():
+            count = torch.cuda.device_count()
+            raise ValueError(f"{name!r} requested but this machine has {count} CUDA devices")
     return device
 
 

@@ -116,22 +116,78 @@ def test_an_opset_in_range_is_the_one_written(tmp_path, checkpoint):
     assert {o.domain: o.version for o in model.opset_import}[""] == 20
 
 
-@pytest.mark.parametrize("name", ["evaluate", "visualize"])
-@pytest.mark.parametrize("typed", ["pmm", "python -m"])
-def test_messages_use_the_program_name_as_typed(tmp_path, name, typed):
+# Each command's run as it is typed; a process runs one command, so each form runs in its own
+# process, the commands in import order (study imports train, export imports extract).
+NAMES = ("train", "evaluate", "visualize", "study", "extract", "export")
+_AS_TYPED = """
+import contextlib, io, sys
+from pmm_model.cli import scripts
+for name, argv0 in {cases!r}:
+    sys.argv = [argv0, "--data", "nope"]
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        try:
+            getattr(scripts, name)()
+        except SystemExit as stop:
+            print(name, stop.code, err.getvalue().strip().splitlines()[-1])
+"""
+
+
+@pytest.mark.parametrize("typed", ["pmm", "python -m alias", "python -m cli"])
+def test_messages_use_the_program_name_as_typed(typed):
     import os
     import subprocess
     import sys
 
     root = Path(__file__).resolve().parents[2]
-    argv0 = f"/venv/bin/pmm-{name}" if typed == "pmm" else f"{root}/pmm_model/{name}.py"
-    code = (
-        f"import sys; sys.argv = [{argv0!r}, '--checkpoint', 'x', '--data', 'nope']\n"
-        f"from pmm_model.cli.scripts import {name}; {name}()\n"
-    )
+    names = [n for n in NAMES if typed != "python -m alias" or n not in ("extract", "export")]
+    argv0, expected = {
+        "pmm": ("/venv/bin/pmm-{}", "pmm-{}"),
+        "python -m alias": (f"{root}/pmm_model/{{}}.py", "python -m pmm_model.{}"),
+        "python -m cli": (f"{root}/pmm_model/cli/{{}}.py", "python -m pmm_model.cli.{}"),
+    }[typed]
+    code = _AS_TYPED.format(cases=[(name, argv0.format(name)) for name in names])
     done = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
         env={**os.environ, "PYTHONPATH": str(root)},
     )  # fmt: skip
-    expected = f"pmm-{name}" if typed == "pmm" else f"python -m pmm_model.{name}"
-    assert done.returncode == 2 and done.stderr.splitlines()[-1].startswith(f"{expected}: error:")
+    lines = done.stdout.splitlines()
+    assert len(lines) == len(names), done.stdout + done.stderr
+    for name, line in zip(names, lines, strict=True):
+        prog = expected.format(name)
+        assert line.startswith(f"{name} 2 {prog}: error: argument --data: invalid choice"), line
+
+
+def test_a_seed_beyond_64_bits_fails_in_parsing_before_any_data(tmp_path, capsys):
+    import pmm_model.cli.train as train_cli
+
+    # The root does not exist: reading data first would fail naming it, not the seed.
+    argv = ["--data", "folder", "--root", str(tmp_path / "none"), "--device", "cpu"]
+    line = _refused(train_cli.main, [*argv, "--seed", "99999999999999999999"], capsys)
+    assert line.endswith("argument --seed: must be <= 4294967295, got 99999999999999999999 "
+                         "(range [0, 4294967295])")  # fmt: skip
+
+
+@pytest.mark.parametrize("flag", ["--ids", "--per-id"])
+def test_mixing_picture_options_for_a_network_that_does_not_mix_are_refused(
+    tmp_path, tree, capsys, flag
+):
+    baseline = make_checkpoint(tmp_path / "baseline.pt", "baseline")
+    argv = ["--checkpoint", str(baseline), "--data", "folder", "--root", str(tree)]
+    argv += ["--out", str(tmp_path / "pics"), "--device", "cpu", flag, "2"]
+    line = _refused(visualize_cli.main, argv, capsys)
+    assert line.endswith(f"argument {flag}: only for a pmm checkpoint; this baseline network "
+                         "does not mix features, so there is no mixing picture")  # fmt: skip
+    assert not (tmp_path / "pics").exists()
+
+
+def test_a_cuda_index_beyond_the_machine_s_devices_is_refused(monkeypatch):
+    import torch
+
+    from pmm_model.run.runtime import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert resolve_device("cuda:0") == torch.device("cuda", 0)
+    with pytest.raises(ValueError, match=r"^'cuda:7' requested but this machine has 1 CUDA"):
+        resolve_device("cuda:7")

@@ -19,6 +19,7 @@ from oracles.runs import (
     tiny_run_argv,
 )
 
+from pmm_model.cli import train
 from pmm_model.run.checkpoint import load_checkpoint
 from pmm_model.run.folder import RunFolder, RunFolderError
 
@@ -182,3 +183,19 @@ def test_a_refused_start_creates_no_folder_and_the_fixed_command_runs(tree, tmp_
     code, err = run_train([*tiny_run_argv(tree, out), *extra])
     assert code == 1 and "Traceback" not in err
     assert not out.exists()
+
+
+def test_overwrite_with_a_resume_of_the_folder_s_own_run_is_refused(finished, tmp_path):
+    # Issue 25 item 5: --overwrite has nothing to replace there, so it is refused, not ignored.
+    run = tmp_path / "run"
+    shutil.copytree(finished, run)
+    checkpoint = run / "checkpoint.pt"
+    before = snapshot(run)
+    code, err = run_train(["--resume", str(checkpoint), "--overwrite", "--epochs", "2"])
+    assert code == 2 and "Traceback" not in err
+    assert "argument --overwrite: --resume continues the run of its own folder" in last_line(err)
+    assert snapshot(run) == before
+    # Into another folder holding a run, --overwrite is what replaces it: accepted.
+    other = fake_run(tmp_path / "other")
+    argv = ["--resume", str(checkpoint), "--overwrite", "--output-dir", str(other)]
+    assert train.parse_args([*argv, "--epochs", "2"]).overwrite

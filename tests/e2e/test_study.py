@@ -374,7 +374,7 @@ def test_ctrl_c_while_the_report_is_drawn_is_one_line(fake, tiny_root, monkeypat
     monkeypatch.setattr(cli, "write_report", interrupted)
     try:
         with pytest.raises(SystemExit) as excinfo:
-            cli.main(_argv(tiny_root, fake.out, "--report-only"))
+            cli.main(["--report-only", "--out", str(fake.out)])
     except KeyboardInterrupt:
         pytest.fail("KeyboardInterrupt escaped the CLI")
     assert excinfo.value.code == 130

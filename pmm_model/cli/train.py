@@ -226,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--checkpoint-every-steps",
-        type=int_at_least(1),
+        type=bounded("checkpoint_every_steps"),
         metavar="N",
         help="also checkpoint within an epoch once N optimizer steps have passed since the "
         "last checkpoint, at the exact position (a resume is bit-exact) (default: off)",

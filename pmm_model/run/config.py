@@ -266,9 +266,10 @@ def _check(config: TrainConfig) -> None:
             f"must be an integer in [{low}, {high}], got {value!r}",
             key,
         )
+    steps, (low, high) = config.checkpoint_every_steps, LIMITS["checkpoint_every_steps"]
     _need(
-        config.checkpoint_every_steps is None or _is_int(config.checkpoint_every_steps, 1),
-        f"must be an integer >= 1, got {config.checkpoint_every_steps!r}",
+        steps is None or (_is_int(steps, low) and steps <= high),
+        f"must be an integer in [{low}, {high}], got {steps!r}",
         "checkpoint_every_steps",
     )
     optional = ("margin", "checkpoint_every_minutes")

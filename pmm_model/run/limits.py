@@ -35,5 +35,6 @@ LIMITS: dict[str, tuple[int, int]] = {
     "epochs": (1, 1_000_000),
     "eval_every": (1, 1_000_000),
     "checkpoint_every": (1, 1_000_000),
+    "checkpoint_every_steps": (1, 1_000_000_000),
     "seed": (0, SEED_MAX),
 }

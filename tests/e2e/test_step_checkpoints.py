@@ -137,7 +137,7 @@ def test_a_period_below_one_is_refused_in_one_line(flag, value, message, capsys)
 
 
 def test_the_configuration_checks_the_periods_and_old_checkpoints_lack_them():
-    with pytest.raises(ConfigError, match=r"must be an integer in \[1, 1000000000\], got 0") as info:
+    with pytest.raises(ConfigError, match=r"an integer in \[1, 1000000000\], got 0") as info:
         make_config({"checkpoint_every_steps": 0})
     assert info.value.option == "checkpoint_every_steps"
     with pytest.raises(ConfigError, match=r"must be a finite number > 0, got -1") as info:

@@ -110,6 +110,8 @@ _PLACE_OPTIONS = (
     "device",
     "workers",
     "checkpoint_every",
+    "checkpoint_every_steps",
+    "checkpoint_every_minutes",
     "compile",
     "channels_last",
     "skip_bad_images",

@@ -366,6 +366,17 @@ def test_another_dataset_root_is_refused(fake, tiny_root, tmp_path):
     run_study(fake.out, ["baseline"], seeds=1, options={**options, "root": str(relative)})
 
 
+def test_how_often_runs_checkpoint_may_change_between_calls(fake, tiny_root):
+    # Where and how fast a grid runs is not what it trains: a requeued grid may checkpoint more.
+    options = tiny_run_options(tiny_root)
+    run_study(fake.out, ["baseline"], seeds=1, options=options)
+    often = {**options, "checkpoint_every_steps": 5, "checkpoint_every_minutes": 10.0}
+    assert [r.status for r in run_study(fake.out, ["baseline"], seeds=2, options=often)] == [
+        "done",
+        "done",
+    ]
+
+
 def test_ctrl_c_while_the_report_is_drawn_is_one_line(fake, tiny_root, monkeypatch, capsys):
     # Issue 16.18: Ctrl-C outside a training run printed a KeyboardInterrupt traceback.
     def interrupted(out):

@@ -26,7 +26,7 @@ from pmm_model.data.images import ImageDataset, image_problem
 from pmm_model.data.loaders import build_test_loaders
 from pmm_model.data.transforms import build_transforms
 from pmm_model.evaluation.evaluator import extract_features, pairwise_distance, rank_gallery
-from pmm_model.nets.models import PMMNet, pmm_saliency
+from pmm_model.nets.models import mixes_features, pmm_saliency
 
 __all__ = ["draw_checkpoint"]
 
@@ -69,7 +69,7 @@ def draw_checkpoint(
 ) -> dict[str, Path]:
     """Draw the pictures of a trained network: ``mixing.png``, ``ranked.png``, ``curves.png``.
 
-    - ``mixing.png`` (a :class:`~pmm_model.nets.models.PMMNet` only; other networks do not mix): a
+    - ``mixing.png`` (a network that mixes: PMM, or the baseline with its layer): a
       batch of ``images_per_id`` training images of each of ``ids`` random identities goes once
       through the training forward (:func:`~pmm_model.nets.models.pmm_saliency`), and
       :func:`plot_mixing` shows what each mix replaced, from whom, and the saliency that chose
@@ -118,7 +118,7 @@ def draw_checkpoint(
     height, width = train_args["height"], train_args["width"]
     curves = read_metrics(metrics) if metrics is not None else None
     mixing_batch = None
-    if isinstance(model, PMMNet):
+    if mixes_features(model):
         if data.num_train_pids != train_args["num_classes"]:
             raise ValueError(
                 f"the network was trained on {train_args['num_classes']} identities, but "
@@ -146,14 +146,14 @@ def draw_checkpoint(
 
     if mixing_batch is not None:
         images, labels = _batch(mixing_batch, transform)
-        saliencies, infos = pmm_saliency(model, images.to(device), labels.to(device))
+        saliencies, infos, block_sizes = pmm_saliency(model, images.to(device), labels.to(device))
         written["mixing"] = out / "mixing.png"
         plot_mixing(
             written["mixing"],
             denormalize(images),
             saliencies,
             infos,
-            tuple(train_args["block_size"]),
+            block_sizes[0],  # every mix of a network cuts its map alike
             labels=labels,
         )
 

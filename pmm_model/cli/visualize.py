@@ -4,9 +4,10 @@ Example:
     python -m pmm_model.visualize --checkpoint runs/pmm-synthetic/checkpoint.pt \\
         --data synthetic --out runs/pmm-synthetic
 
-Writes ``mixing.png`` (PMM only: what each mix replaced, from whom, and the saliency that chose
-it), ``ranked.png`` (queries and their top gallery matches) and ``curves.png`` (from the
-``metrics.json`` beside the checkpoint), and prints their paths. The drawing itself is
+Writes ``mixing.png`` (a network that mixes, PMM or the baseline with its layer: what each mix
+replaced, from whom, and the saliency that chose it), ``ranked.png`` (queries and their top
+gallery matches) and ``curves.png`` (from the ``metrics.json`` beside the checkpoint), and prints
+their paths. The drawing itself is
 :func:`pmm_model.apps.visualize.draw_checkpoint`.
 """
 
@@ -27,6 +28,7 @@ from pmm_model.cli.args import (
 )
 from pmm_model.cli.scripts import program_name
 from pmm_model.data.datasets import ReIDDataset, build_dataset, dataset_names
+from pmm_model.nets.models import mixes_features
 from pmm_model.run.checkpoint import load_model
 from pmm_model.run.runtime import resolve_device
 
@@ -65,14 +67,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--ids",
         type=int_in_range(2, MAX_IDS),
-        help="identities in the mixing picture, a pmm checkpoint's (default: 4, or as many "
+        help="identities in the mixing picture, of a network that mixes (default: 4, or as many "
         "as have --per-id images)",
     )
     parser.add_argument(
         "--per-id",
         dest="images_per_id",
         type=int_in_range(1, MAX_PER_ID),
-        help="images per identity in the mixing picture, a pmm checkpoint's (default: 2)",
+        help="images per identity in the mixing picture, of a network that mixes (default: 2)",
     )
     parser.add_argument(
         "--queries",
@@ -94,17 +96,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Why a checkpoint's network draws no mixing picture.
+_NO_MIX = (
+    "this checkpoint's network does not mix features (a baseline trained without --mix-after, "
+    "or PMM with --mix none)"
+)
+
+
 def _refuse_what_cannot_be_drawn(
-    parser: argparse.ArgumentParser, args: argparse.Namespace, model: str, data: ReIDDataset
+    parser: argparse.ArgumentParser, args: argparse.Namespace, mixes: bool, data: ReIDDataset
 ) -> None:
     """Refuse a given ``--ids``, ``--per-id``, ``--queries`` or ``--topk`` the pictures could
     not honour (the defaults shrink to what there is instead)."""
-    if model != "pmm":
+    if not mixes:
         for flag, value in (("--ids", args.ids), ("--per-id", args.images_per_id)):
             if value is not None:
                 parser.error(
-                    f"argument {flag}: only for a pmm checkpoint; this {model} network does "
-                    "not mix features, so there is no mixing picture"
+                    f"argument {flag}: only for a network that mixes features; {_NO_MIX}, so "
+                    "there is no mixing picture"
                 )
     elif args.ids is not None:
         per_id = 2 if args.images_per_id is None else args.images_per_id
@@ -141,7 +150,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
     try:
         model, config = load_model(args.checkpoint)
         data = build_dataset(args.data, args.root)
-        _refuse_what_cannot_be_drawn(parser, args, config.model, data)
+        _refuse_what_cannot_be_drawn(parser, args, mixes_features(model), data)
         # draw_checkpoint checks the rest (metrics, data, per-id, images) before drawing.
         written = draw_checkpoint(
             model,
@@ -163,7 +172,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
     if metrics is None:
         print(f"curves: skipped, no --metrics and no {beside}")
     if "mixing" not in written:
-        print(f"mixing: skipped, a {config.model!r} model does not mix features")
+        print(f"mixing: skipped, {_NO_MIX}")
     for name, path in written.items():
         print(f"{name}: {path}")
     return written

@@ -38,6 +38,7 @@ __all__ = [
     "PMMNet",
     "ReIDOutput",
     "build_model",
+    "mixes_features",
     "pmm_saliency",
 ]
 
@@ -352,30 +353,44 @@ class PMMNet(nn.Module):
         )
 
 
+def mixes_features(model: nn.Module) -> bool:
+    """Whether ``model`` mixes features in training: PMM with a mode, or the baseline with its
+    inserted layer (``mix_after``)."""
+    if isinstance(model, PMMNet):
+        return model.mix != "none"
+    return isinstance(model, BaselineNet) and model.mixer is not None
+
+
 def pmm_saliency(
     model: nn.Module, images: Tensor, labels: Tensor
-) -> tuple[list[Tensor | None], list[pmm_kernels.MixInfo]]:
-    """Run a PMM network's training forward once; return its mixes' saliency maps and MixInfo.
+) -> tuple[list[Tensor | None], list[pmm_kernels.MixInfo], list[tuple[int, int]]]:
+    """Run a mixing network's training forward once; return what each of its mixes did.
 
     A probe of what the network mixes (for pictures): batch-norm layers use their running
     statistics, as at test time, and are not updated; the model's modes are restored
     afterwards. No parameter gradient is kept.
 
     Args:
-        model: a :class:`PMMNet` (any mode).
+        model: a network that mixes (:func:`mixes_features`): a :class:`PMMNet` or a
+            :class:`BaselineNet` with its layer.
         images: ``(N, 3, H, W)`` normalised inputs on the model's device.
         labels: ``(N,)`` training identities (classifier indices) of the images.
 
     Returns:
-        ``(saliencies, infos)``: per mixing stage (PMM: stages 2 and 3) the ``(N, h, w)``
-        float32 map that ranked the blocks (stage 1's and stage 2's Grad-CAM; None for the
-        modes that draw blocks at random) and the mix's ``MixInfo``, on the CPU.
+        ``(saliencies, infos, block_sizes)``, per mix (PMM: stages 2 and 3; the baseline: its
+        layer): the ``(N, h, w)`` float32 map that ranked the blocks (PMM: stage 1's and stage
+        2's Grad-CAM; None for the modes that draw blocks at random and for the baseline's
+        layer, whose saliency stays inside it), the mix's ``MixInfo``, on the CPU, and the
+        block size it cut the map into.
 
     Raises:
-        TypeError: ``model`` is not a :class:`PMMNet`.
+        TypeError: ``model`` does not mix features.
     """
-    if not isinstance(model, PMMNet):
-        raise TypeError(f"model must be a PMMNet (it mixes features), got {type(model).__name__}")
+    if not mixes_features(model):
+        raise TypeError(
+            f"model must mix features (PMMNet, or BaselineNet with mix_after), got "
+            f"{type(model).__name__}"
+        )
     modes = {module: module.training for module in model.modules()}
     model.train()
     for module in model.modules():
@@ -387,9 +402,19 @@ def pmm_saliency(
     finally:
         for module, training in modes.items():
             module.train(training)
-    saliencies = [None if s is None else s.detach().float().cpu() for s in out.saliency]
     infos = [pmm_kernels.MixInfo(*(t.detach().cpu() for t in info)) for info in out.mix_info]
-    return saliencies, infos
+    mixers = [
+        mixer
+        for mixer in model.modules()
+        if isinstance(mixer, pmm_kernels.FeatureMix) and mixer.last_info is not None
+    ]  # PMM's mixer2 and mixer3 in stage order, or the baseline's layer
+    block_sizes = [
+        mixer.block_size_for(*info.mask.shape[1:])
+        for mixer, info in zip(mixers, infos, strict=True)
+    ]
+    saliency = out.saliency or [None] * len(infos)
+    saliencies = [None if s is None else s.detach().float().cpu() for s in saliency]
+    return saliencies, infos, block_sizes
 
 
 MODELS: dict[str, type[nn.Module]] = {"baseline": BaselineNet, "pmm": PMMNet}

@@ -176,8 +176,11 @@ def test_mixing_picture_options_for_a_network_that_does_not_mix_are_refused(
     argv = ["--checkpoint", str(baseline), "--data", "folder", "--root", str(tree)]
     argv += ["--out", str(tmp_path / "pics"), "--device", "cpu", flag, "2"]
     line = _refused(visualize_cli.main, argv, capsys)
-    assert line.endswith(f"argument {flag}: only for a pmm checkpoint; this baseline network "
-                         "does not mix features, so there is no mixing picture")  # fmt: skip
+    assert line.endswith(
+        f"argument {flag}: only for a network that mixes features; this checkpoint's network "
+        "does not mix features (a baseline trained without --mix-after, or PMM with --mix none), "
+        "so there is no mixing picture"
+    )
     assert not (tmp_path / "pics").exists()
 
 

@@ -1,5 +1,6 @@
 """pmm-train on a timm backbone (issue 24 item 6): a tiny ViT trains on the synthetic set with the
-drop-in layer after one of its blocks, then evaluates and exports like any checkpoint."""
+drop-in layer after one of its blocks, then evaluates, draws its pictures (the mix on the token
+grid) and exports like any checkpoint."""
 
 import os
 import subprocess
@@ -11,6 +12,7 @@ from oracles.runs import run_train
 
 import pmm_model.cli.evaluate as evaluate_cli
 import pmm_model.cli.export as export_cli
+import pmm_model.cli.visualize as visualize_cli
 from pmm_model.run.checkpoint import load_model
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -38,6 +40,10 @@ def test_a_tiny_vit_trains_with_the_layer_evaluates_and_exports(tmp_path, capsys
         ["--checkpoint", str(out / "checkpoint.pt"), "--data", "synthetic", "--workers", "0"]
     )
     assert 0.0 <= metrics["mAP"] <= 1.0
+    written = visualize_cli.main(
+        ["--checkpoint", str(out / "checkpoint.pt"), "--data", "synthetic", "--out", str(out)]
+    )
+    assert set(written) == {"mixing", "ranked", "curves"} and written["mixing"].stat().st_size
     pytest.importorskip("onnxruntime")
     report = export_cli.main(
         ["--checkpoint", str(out / "checkpoint.pt"), "--out", str(tmp_path / "vit.onnx")]

@@ -242,8 +242,8 @@ def test_pmm_saliency_returns_the_maps_that_chose_the_blocks(tiny_pmm) -> None:
     model = tiny_pmm.eval()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     images, labels = torch.randn(6, 3, 64, 32), torch.tensor([0, 0, 1, 1, 2, 2])
-    saliencies, infos = pmm_saliency(model, images, labels)
-    assert len(saliencies) == len(infos) == 2
+    saliencies, infos, block_sizes = pmm_saliency(model, images, labels)
+    assert len(saliencies) == len(infos) == 2 and block_sizes == [(1, 1), (1, 1)]
     for saliency, info in zip(saliencies, infos, strict=True):
         assert saliency.shape == info.mask.shape == (6, 4, 2)
         # 1x1 blocks, k = 1: the chosen block is the most salient cell (ties: lower index).
@@ -262,7 +262,7 @@ def test_random_and_dropping_modes_draw_without_saliency(tmp_path) -> None:
         "pmm", 3, backbone="resnet18", block_size=(1, 1), num_blocks=2, mix="cutout"
     )
     images, labels = torch.rand(4, 3, 64, 32), torch.tensor([0, 0, 1, 1])
-    saliencies, infos = pmm_saliency(model, images, labels)
+    saliencies, infos, _ = pmm_saliency(model, images, labels)
     assert saliencies == [None, None]  # cutout draws its blocks: no map ranked them
     assert all(info.mask.flatten(1).sum(1).eq(2).all() for info in infos)
     path = tmp_path / "cutout.png"
@@ -271,8 +271,32 @@ def test_random_and_dropping_modes_draw_without_saliency(tmp_path) -> None:
 
 
 def test_pmm_saliency_needs_a_mixing_model() -> None:
-    with pytest.raises(TypeError, match="PMMNet"):
+    with pytest.raises(TypeError, match="PMMNet, or BaselineNet with mix_after"):
         pmm_saliency(torch.nn.Linear(2, 2), torch.zeros(1, 2), torch.zeros(1))
+    plain = build_model("baseline", 3, backbone="resnet18")
+    with pytest.raises(TypeError, match="must mix features"):
+        pmm_saliency(plain, torch.zeros(2, 3, 64, 32), torch.tensor([0, 1]))
+
+
+def test_the_baselines_layer_draws_its_mix_on_the_token_grid(tmp_path) -> None:
+    # A ViT's 8x4 patch grid at 128x64: the layer's 8x4 block grid of 1x1 blocks, 3 mixed.
+    model = build_model(
+        "baseline",
+        3,
+        backbone="timm/vit_tiny_patch16_224",
+        mix="a_hard_mix",
+        mix_after="blocks.9",
+        height=128,
+        width=64,
+    )
+    images, labels = torch.rand(4, 3, 128, 64), torch.tensor([0, 0, 1, 1])
+    saliencies, infos, block_sizes = pmm_saliency(model, images, labels)
+    assert saliencies == [None] and block_sizes == [(1, 1)]
+    (info,) = infos
+    assert info.mask.shape == (4, 8, 4) and info.mask.flatten(1).sum(1).eq(3).all()
+    path = tmp_path / "vit.png"
+    grid = plot_mixing(path, images, saliencies, infos, block_sizes[0])
+    assert _png(path).shape[:2] == grid.size[::-1]
 
 
 @pytest.mark.slow

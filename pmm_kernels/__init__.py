@@ -10,12 +10,13 @@ Example:
 from importlib.metadata import PackageNotFoundError, version
 
 from pmm_kernels import integrations
+from pmm_kernels.a_hard_mix_layer import AHardMix
 from pmm_kernels.functional import a_hard_mix, feature_mix, mixed_targets, saliency
 from pmm_kernels.hooks import FeatureMixHook, insert_feature_mix
 from pmm_kernels.labels import BatchLabels, feature_mix_layers, labels_from_batch, mix_labels
 from pmm_kernels.losses import SoftCrossEntropy, soft_cross_entropy
 from pmm_kernels.modes import MODES, MixInfo, MixMode
-from pmm_kernels.modules import AHardMix, FeatureMix
+from pmm_kernels.modules import FeatureMix
 from pmm_kernels.ops.feature_mix import BACKENDS
 from pmm_kernels.ops.utils import block_grid
 

@@ -1,4 +1,5 @@
-"""Drop-in layers: :class:`FeatureMix` (every mode) and :class:`AHardMix`.
+"""The drop-in layer: :class:`FeatureMix`, every mode of the family (the paper's, with the op's
+calling order: :class:`pmm_kernels.a_hard_mix_layer.AHardMix`).
 
 :mod:`pmm_kernels.hooks` puts a layer after a submodule of an existing model and gives it labels.
 """
@@ -12,16 +13,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from pmm_kernels import layer_geometry as geometry
 from pmm_kernels import validation as check
 from pmm_kernels.functional import feature_mix, mixed_targets
 from pmm_kernels.layer_state import BATCH_LABELS, Call, LabelSlot, draw_state, recomputing
 from pmm_kernels.modes import MODES, MixInfo
 from pmm_kernels.ops.feature_mix import BACKENDS, Backend
-from pmm_kernels.ops.utils import block_grid, grid_block_size
 from pmm_kernels.tokens import LAYOUTS, TokenGrid, token_norm
-
-PAPER_GRID = (8, 4)  # PMM: an 8x4 grid of 3x2 blocks on its 24x8 map
-FAR_OFF = 2.0  # warn when the mixed fraction is more than this factor off the grid's target
 
 
 @torch.compiler.disable(
@@ -144,26 +142,9 @@ class FeatureMix(nn.Module):
         super().__init__()
         check.check_choice("mode", mode, MODES)
         self.spec = MODES[mode]
-        if grid is not None and block_size is not None:
-            raise ValueError(
-                f"give grid or block_size, not both; got grid={grid!r}, block_size={block_size!r}"
-            )
-        check.check_positive_int("num_blocks", num_blocks)
-        if block_size is not None:
-            self.grid, self.block_size = (
-                None,
-                check.check_block_size(block_size),
-            )
-        else:
-            self.block_size = None
-            self.grid = check.check_int_pair(
-                "grid", PAPER_GRID if grid is None else grid, "(rows, cols)"
-            )
-            if num_blocks > self.grid[0] * self.grid[1] and self.spec.cells != "rectangle":
-                raise ValueError(
-                    f"num_blocks must be in [1, {self.grid[0] * self.grid[1]}] for a "
-                    f"{self.grid[0]}x{self.grid[1]} grid, got {num_blocks}"
-                )
+        self.grid, self.block_size = geometry.check_geometry(
+            grid, block_size, num_blocks, rectangle=self.spec.cells == "rectangle"
+        )
         if classifier is not None:
             if self.spec.cells != "salient":
                 raise ValueError(
@@ -262,45 +243,22 @@ class FeatureMix(nn.Module):
 
     def block_size_for(self, height: int, width: int) -> tuple[int, int]:
         """The block size used on a ``height x width`` map."""
-        if self.block_size is not None:
-            return self.block_size
-        return grid_block_size(height, width, self._grid())
-
-    def _grid(self) -> tuple[int, int]:
-        if self.grid is None:
-            raise ValueError("this layer pins block_size=; it has no grid")
-        return self.grid
+        return geometry.block_size_for(self.grid, self.block_size, height, width)
 
     def num_blocks_for(self, height: int, width: int) -> int:
-        """Blocks mixed per sample on a ``height x width`` map (docs/op.md#layer-geometry).
-
-        ``num_blocks`` with a pinned ``block_size``; with a grid, the same share of the map's
-        blocks as ``num_blocks`` is of ``rows * cols``, rounded half up, at least 1.
-        """
-        if self.block_size is not None or self.spec.cells == "rectangle":
+        """Blocks mixed per sample on a ``height x width`` map (docs/op.md#layer-geometry):
+        :func:`pmm_kernels.layer_geometry.num_blocks_for`."""
+        if self.spec.cells == "rectangle":
             return self.num_blocks
-        rows, cols = self._grid()
-        map_rows, map_cols = block_grid(height, width, self.block_size_for(height, width))
-        blocks = map_rows * map_cols
-        # round(num_blocks * blocks / (rows * cols)) in integers, half up.
-        share = (2 * self.num_blocks * blocks + rows * cols) // (2 * rows * cols)
-        return min(max(share, 1), blocks)
+        return geometry.num_blocks_for(self.grid, self.block_size, self.num_blocks, height, width)
 
     def _warn_if_far_off(self, height: int, width: int, num_blocks: int) -> None:
-        if self._warned_geometry or self.block_size is not None or self.spec.cells == "rectangle":
+        if self._warned_geometry or self.grid is None or self.spec.cells == "rectangle":
             return
-        rows, cols = self._grid()
-        map_rows, map_cols = block_grid(height, width, self.block_size_for(height, width))
-        fraction, target = num_blocks / (map_rows * map_cols), self.num_blocks / (rows * cols)
-        if not target / FAR_OFF <= fraction <= target * FAR_OFF:
+        message = geometry.far_off(self.grid, self.num_blocks, height, width, num_blocks)
+        if message is not None:
             self._warned_geometry = True
-            warnings.warn(
-                f"FeatureMix(grid={self.grid}, num_blocks={self.num_blocks}) mixes {num_blocks} "
-                f"of the {map_rows * map_cols} blocks of a {height}x{width} map ({fraction:.1%}), "
-                f"far from the target {target:.1%}: mix a larger map or choose the grid for "
-                "this one (warned once per layer)",
-                stacklevel=4,
-            )
+            warnings.warn(f"{message} (warned once per layer)", stacklevel=4)
 
     def _saliency_source(self, feat: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
         n, c = feat.shape[:2]
@@ -529,51 +487,3 @@ class FeatureMix(nn.Module):
             f"block_size={self.block_size}" if self.block_size is not None else f"grid={self.grid}"
         )
         return f"mode={self.mode!r}, {geometry}, num_blocks={self.num_blocks}"
-
-
-class AHardMix(FeatureMix):
-    """:class:`FeatureMix` in ``a_hard_mix`` mode, called like :func:`pmm_kernels.a_hard_mix`.
-
-    Its positional order is the op's, ``(feat, attn, labels)``, where :class:`FeatureMix` takes
-    ``(feat, labels, attn)`` because its ``attn`` is optional and most modes take none. Both
-    accept ``labels=`` and ``attn=`` as keywords, so code written for any :class:`FeatureMix`
-    calls it with keywords (:mod:`pmm_kernels.hooks` does not call ``forward`` at all).
-
-    Example:
-        >>> mix = AHardMix(block_size=(3, 2), num_blocks=3)
-        >>> feat = torch.randn(4, 16, 24, 8)
-        >>> out = mix(feat, torch.rand(4, 16), torch.tensor([0, 0, 1, 1]))
-        >>> mix.eval()(feat, torch.rand(4, 16), torch.tensor([0, 0, 1, 1])) is feat
-        True
-    """
-
-    def __init__(
-        self,
-        block_size: tuple[int, int] | None = None,
-        num_blocks: int = 3,
-        *,
-        grid: tuple[int, int] | None = None,
-        classifier: nn.Linear | None = None,
-        generator: torch.Generator | None = None,
-        backend: Backend | None = None,
-    ) -> None:
-        super().__init__(
-            "a_hard_mix",
-            grid=grid,
-            block_size=block_size,
-            num_blocks=num_blocks,
-            classifier=classifier,
-            generator=generator,
-            backend=backend,
-        )
-
-    def forward(  # type: ignore[override]  # the op's positional order, see the class docstring
-        self,
-        feat: torch.Tensor,
-        attn: torch.Tensor | None = None,
-        labels: torch.Tensor | None = None,
-        *,
-        partners: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Mixed ``feat`` in training mode, ``feat`` itself in eval mode."""
-        return super().forward(feat, labels, attn, partners=partners)

@@ -45,20 +45,20 @@ import importlib
 import json
 import multiprocessing
 import os
-import re
-import subprocess
 import sys
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from pmm_kernels.testing import cases
-
-if TYPE_CHECKING:  # imported where used: unavailable() must run first on a triton without it
-    from triton.backends.compiler import GPUTarget
+from pmm_kernels.testing.compiled_code import (
+    StandInDriver,
+    global_accesses,
+    resource_usage,
+    triton_bin,
+)
 
 CAPS = (80, 90)
 MAX_REGISTERS = 96
@@ -113,12 +113,6 @@ class Row:
     error: str | None = None
 
 
-def _triton_bin(name: str) -> str:
-    import triton
-
-    return os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", name)
-
-
 def unavailable() -> str | None:
     """Why the check can't run with this Triton, or None."""
     try:
@@ -152,8 +146,8 @@ def unavailable() -> str | None:
     if missing:
         return f"triton {triton.__version__} lacks {', '.join(missing)}"
     for tool in ("cuobjdump", "ptxas"):
-        if not os.access(_triton_bin(tool), os.X_OK):
-            return f"the triton wheel ships no {tool} at {_triton_bin(tool)}"
+        if not os.access(triton_bin(tool), os.X_OK):
+            return f"the triton wheel ships no {tool} at {triton_bin(tool)}"
     return None
 
 
@@ -279,59 +273,6 @@ def record_launches() -> list[Launch]:
     return launches
 
 
-class _StandInDriver:
-    """The few driver calls the JIT makes to compile (not launch) for a chosen target."""
-
-    def __init__(self, cap: int):
-        from triton.backends.compiler import GPUTarget
-
-        self.target = GPUTarget("cuda", cap, 32)
-
-    def get_current_target(self) -> GPUTarget:
-        return self.target
-
-    def get_current_device(self) -> int:
-        return 0
-
-    def get_current_stream(self, device: int | None = None) -> int:
-        return 0
-
-    def get_active_torch_device(self) -> torch.device:
-        return torch.device("cpu")
-
-    def is_active(self) -> bool:
-        return True
-
-
-def _resource_usage(cubin: bytes) -> tuple[int | None, int | None]:
-    """(registers, local bytes) of the kernel in ``cubin``, from ``cuobjdump -res-usage``."""
-    with tempfile.NamedTemporaryFile(suffix=".cubin") as file:
-        file.write(cubin)
-        file.flush()
-        text = subprocess.run(
-            [_triton_bin("cuobjdump"), "-res-usage", file.name],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-    registers = re.search(r"REG:(\d+)", text)
-    local = re.search(r"LOCAL:(\d+)", text)
-    stack = re.search(r"STACK:(\d+)", text)
-    return (
-        int(registers.group(1)) if registers else None,
-        int(local.group(1)) + (int(stack.group(1)) if stack else 0) if local else None,
-    )
-
-
-_WIDE = re.compile(r"\.v4\.(b32|f32|u32|s32)|\.v2\.(b64|f64|u64|s64)|\.v8\.(b32|f32)")
-
-
-def _global_accesses(ptx: str, op: str) -> tuple[int, int]:
-    """Number of ``op.global`` instructions in ``ptx`` and how many move 16 bytes or more."""
-    accesses = re.findall(rf"\b{op}\.global[^;]*", ptx)
-    return len(accesses), sum(bool(_WIDE.search(access)) for access in accesses)
-
-
 def _describe(kwargs: dict) -> str:
     keys = ("BLOCK_C", "BLOCK_HW", "BLOCK_Q", "BLOCK_P", "num_warps")
     return " ".join(f"{k}={kwargs[k]}" for k in keys if k in kwargs)
@@ -342,7 +283,7 @@ def compile_for(cap: int) -> list[dict]:
     from triton.runtime import driver
     from triton.runtime.autotuner import Autotuner
 
-    driver.set_active(_StandInDriver(cap))
+    driver.set_active(StandInDriver(cap))
     launches = record_launches()
     kernels = {
         name: obj
@@ -386,9 +327,9 @@ def compile_for(cap: int) -> list[dict]:
             if key in seen:
                 continue
             seen.add(key)
-            row.registers, row.local_bytes = _resource_usage(compiled.asm["cubin"])
-            row.loads, row.loads_16b = _global_accesses(compiled.asm["ptx"], "ld")
-            row.stores, row.stores_16b = _global_accesses(compiled.asm["ptx"], "st")
+            row.registers, row.local_bytes = resource_usage(compiled.asm["cubin"])
+            row.loads, row.loads_16b = global_accesses(compiled.asm["ptx"], "ld")
+            row.stores, row.stores_16b = global_accesses(compiled.asm["ptx"], "st")
             if launch.kernel in DENSE_STREAMS:
                 element_size = launch.args[0].element_size()
                 threads = 32 * kwargs["num_warps"]

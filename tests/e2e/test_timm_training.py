@@ -13,6 +13,7 @@ from oracles.runs import run_train
 import pmm_model.cli.evaluate as evaluate_cli
 import pmm_model.cli.export as export_cli
 import pmm_model.cli.visualize as visualize_cli
+from pmm_model.cli import train
 from pmm_model.run.checkpoint import load_model
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -84,3 +85,16 @@ def test_imagenet_weights_offline_is_one_line_and_leaves_nothing(tmp_path):
     assert run.returncode == 1 and "Traceback" not in run.stderr
     assert "pretrained='imagenet': timm could not load the weights of 'resnet18'" in last
     assert "Offline?" in last and not (tmp_path / "run").exists()
+
+
+def test_the_readme_command_builds_its_network(tmp_path):
+    # README's one-line example, as written, up to the network it trains (not 400 epochs).
+    readme = (ROOT / "README.md").read_text().replace("\n", " ")
+    command = (
+        "--model baseline --backbone timm/vit_small_patch16_224 --mix a_hard_mix "
+        "--mix-after blocks.9"
+    )
+    assert f"pmm-train {command}" in " ".join(readme.split())
+    engine = train.parse_args([*command.split(), "--output-dir", str(tmp_path / "run")])
+    model = engine.build_model(num_classes=751)
+    assert model.mixer is not None and model.backbone.patch_embed.grid_size == (24, 8)

@@ -21,7 +21,7 @@ from pmm_kernels import validation as check
 from pmm_kernels.labels import DATA_PARALLEL
 from pmm_kernels.layer_state import recomputing
 from pmm_kernels.modules import FeatureMix
-from pmm_kernels.tokens import token_grid, useless_placement
+from pmm_kernels.tokens import ancestors, token_grid, useless_placement
 
 # Containers whose forward or users' loops run every child: a layer registered there would run.
 CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
@@ -412,6 +412,8 @@ def insert_feature_mix(
         raise ValueError(f"insert_feature_mix: {useless}")
     if mix.token_grid is None:
         mix.token_grid = token_grid(model)
-    if mix.layout is None and getattr(model, "output_fmt", None) == "NHWC":  # timm Swin
+    # timm's Swin (here or inside a wrapper, a ReID network's backbone) returns NHWC stages.
+    formats = [getattr(owner, "output_fmt", None) for _, owner in ancestors(model, after)]
+    if mix.layout is None and "NHWC" in formats:
         mix.layout = "nhwc"
     return FeatureMixHook(model, after, mix, output)

@@ -28,7 +28,15 @@ from torch import nn
 
 from pmm_kernels import validation as check
 
-__all__ = ["LAYOUTS", "ClsAttention", "TokenGrid", "token_grid", "token_norm", "useless_placement"]
+__all__ = [
+    "LAYOUTS",
+    "ClsAttention",
+    "TokenGrid",
+    "ancestors",
+    "token_grid",
+    "token_norm",
+    "useless_placement",
+]
 
 # What a layer's input is: an (N, C, H, W) map, (N, P + H*W, C) tokens, or an (N, H, W, C) map.
 LAYOUTS = ("nchw", "tokens", "nhwc")
@@ -201,6 +209,18 @@ class ClsAttention:
         return row[:, self.prefix :].reshape(n, height, width).float()
 
 
+def ancestors(model: nn.Module, after: str) -> list[tuple[str, nn.Module]]:
+    """The modules that hold submodule ``after``, from ``model`` down to its parent, each with
+    its dotted name in ``model`` ("" for ``model``): a ViT inside a wrapper (a ReID network's
+    ``backbone``) is found as well as a bare one."""
+    names = after.split(".")[:-1]
+    found, module = [("", model)], model
+    for depth, name in enumerate(names, 1):
+        module = module.get_submodule(name)
+        found.append((".".join(names[:depth]), module))
+    return found
+
+
 def useless_placement(model: nn.Module, after: str) -> str | None:
     """Why mixing patch tokens after ``after`` would change nothing, or None.
 
@@ -208,23 +228,36 @@ def useless_placement(model: nn.Module, after: str) -> str | None:
       block (or its final norm) no later layer lets the patch tokens reach the cls token.
     - A TransReID model with the JPM head (``shuffle_groups``): its ``b1``/``b2`` branches run the
       last block on the cls token's row alone or on shuffled tokens, whose grid is gone.
+
+    The ViT or TransReID model may be ``model`` or any module on the way to ``after``.
     """
+    for prefix, owner in ancestors(model, after):
+        inner = after[len(prefix) + 1 :] if prefix else after
+        reason = _useless_in(owner, inner, f"{prefix}." if prefix else "")
+        if reason is not None:
+            return f"after={after!r}: {reason}"
+    return None
+
+
+def _useless_in(model: nn.Module, after: str, prefix: str) -> str | None:
+    """:func:`useless_placement` for ``model`` itself, ``after`` relative to it and ``prefix``
+    its name in the model the user gave."""
     blocks = getattr(model, "blocks", None)
     if getattr(model, "global_pool", None) == "token" and isinstance(blocks, nn.Sequential):
         last = f"blocks.{len(blocks) - 1}"
         if after == last or after.split(".")[0] in ("norm", "fc_norm", "head", "head_drop"):
             return (
-                f"after={after!r}: {type(model).__name__}'s head reads only the cls token, and no "
-                "block after this point lets the patch tokens reach it, so mixing them changes "
-                f"nothing: insert after an earlier block, e.g. after='blocks.{len(blocks) - 2}'"
+                f"{type(model).__name__}'s head reads only the cls token, and no block after "
+                "this point lets the patch tokens reach it, so mixing them changes nothing: "
+                f"insert after an earlier block, e.g. after='{prefix}blocks.{len(blocks) - 2}'"
             )
     if hasattr(model, "shuffle_groups") and after.split(".")[0] in ("b1", "b2"):
         base = getattr(model, "base", None)
         depth = len(base.blocks) if base is not None and hasattr(base, "blocks") else None
-        instead = f"'base.blocks.{depth - 2}'" if depth else "a block of 'base'"
+        instead = f"'{prefix}base.blocks.{depth - 2}'" if depth else f"a block of '{prefix}base'"
         return (
-            f"after={after!r}: the JPM branches see the cls token's row or shuffled tokens, "
-            f"whose grid is gone, so mixing there changes nothing or mixes noise: insert after "
-            f"the last block the shared trunk runs, {instead}"
+            "the JPM branches see the cls token's row or shuffled tokens, whose grid is gone, "
+            "so mixing there changes nothing or mixes noise: insert after the last block the "
+            f"shared trunk runs, {instead}"
         )
     return None

@@ -19,9 +19,11 @@ import math
 from dataclasses import dataclass, fields
 from typing import Any
 
+import torch
+
 from pmm_kernels import block_grid
 from pmm_model.nets.backbones import BACKBONES, is_timm_backbone, timm_backbone_problem
-from pmm_model.nets.models import CAM_MODES, MIX_MODES, MODELS
+from pmm_model.nets.models import CAM_MODES, MIX_MODES, MODELS, build_model
 from pmm_model.run.errors import ConfigError, IgnoredOption
 from pmm_model.run.limits import LIMITS
 
@@ -374,7 +376,22 @@ def make_config(options: dict[str, Any] | None = None, preset: str | None = None
         preset is None or preset in PRESETS, f"unknown preset {preset!r}; valid: {sorted(PRESETS)}"
     )
     given = {k: v for k, v in options.items() if v is not None}
-    return TrainConfig(**{**PRESETS.get(preset or "", {}), **given})
+    config = TrainConfig(**{**PRESETS.get(preset or "", {}), **given})
+    _check_mix_after(config)
+    return config
+
+
+def _check_mix_after(config: TrainConfig) -> None:
+    """The module ``mix_after`` names exists in the backbone: the network is built on the meta
+    device (its structure alone, no weights, no memory) before any data is read, rather than
+    after the data gave its class count."""
+    if config.mix_after is None:
+        return
+    try:
+        with torch.device("meta"):
+            build_model(config.model, 1, **(config.model_options() | {"pretrained": None}))
+    except ValueError as err:
+        raise ConfigError(str(err), "mix_after") from None
 
 
 def _same(a: Any, b: Any) -> bool:

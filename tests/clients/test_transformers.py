@@ -172,3 +172,17 @@ def test_ddp_averages_the_gradients_of_each_ranks_token_mix(tmp_path):
     for saved, (_, mask) in zip(ranks, alone, strict=True):
         assert saved["mask"].any() and torch.equal(saved["mask"], mask)
     torch.testing.assert_close(ranks[0]["grad"], (alone[0][0] + alone[1][0]) / 2)
+
+
+def test_inside_a_wrapper_the_vit_and_the_swin_are_found():
+    # A ReID network holds the ViT as its `backbone`: the last block is still refused, and a
+    # Swin stage inside a wrapper is still mixed as the NHWC map it is.
+    wrapper = torch.nn.Module()
+    wrapper.backbone = _vit("vit_small_patch16_224")
+    with pytest.raises(ValueError, match=r"e.g. after='backbone\.blocks\.10'"):
+        pmm_kernels.insert_feature_mix(wrapper, "backbone.blocks.11", pmm_kernels.FeatureMix())
+    swin = torch.nn.Module()
+    swin.backbone = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False)
+    layer = pmm_kernels.FeatureMix("cutmix")
+    pmm_kernels.insert_feature_mix(swin, "backbone.layers.2", layer)
+    assert layer.layout == "nhwc"

@@ -105,6 +105,13 @@ def test_imagenet_weights_that_cannot_be_had_say_what_to_do(monkeypatch):
         ({"backbone": "vgg16"}, "backbone", "or timm/<a timm model name>"),
         ({"mix_after": "layer3"}, "mix_after", "is for --model baseline"),
         ({"model": "baseline", "mix": "none", "mix_after": "layer3"}, "mix_after", "needs a mode"),
+        # Checked on the network's structure (meta device) before any data is read:
+        ({"model": "baseline", "mix_after": "layer9"}, "mix_after", "layer9 does not exist"),
+        (
+            {"model": "baseline", "backbone": VIT, "mix_after": "blocks.11"},
+            "mix_after",
+            "reads only the cls token",
+        ),
     ],
 )
 def test_the_configuration_refuses_what_the_network_cannot_do(options, option, message):

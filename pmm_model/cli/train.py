@@ -353,8 +353,8 @@ def parse_args(argv: Sequence[str] | None = None, engine: type[Engine] | None = 
 
 
 def _fail(status: int, message: str) -> NoReturn:
-    # Every rank gets the same error; rank 0 reports it.
-    if os.environ.get("RANK", "0") == "0":
+    # Every rank gets the same error; the first process of each node (launcher) reports it.
+    if os.environ.get("LOCAL_RANK", "0") == "0":
         print(f"{PROG}: error: {message}", file=sys.stderr)
     sys.exit(status)
 

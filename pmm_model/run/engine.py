@@ -82,7 +82,13 @@ from pmm_model.run.hooks import (
     lr_factor,
 )
 from pmm_model.run.runtime import Distributed, StopSignals, init_distributed
-from pmm_model.run.startup import AMP_DTYPES, check_ranks_agree, open_folder, start
+from pmm_model.run.startup import (
+    AMP_DTYPES,
+    check_ranks_agree,
+    check_shared_folder,
+    open_folder,
+    start,
+)
 from pmm_model.run.tensorboard import TensorBoard
 
 __all__ = [
@@ -328,9 +334,11 @@ class Engine:
         self.signals.grace = self.stop_grace if self.dist.enabled else None
         try:
             with self.signals:
-                check_ranks_agree(self)
                 self.dist.on_main(open_folder, self)
                 try:
+                    # A folder that is not shared explains a disagreeing --resume auto.
+                    check_shared_folder(self)
+                    check_ranks_agree(self)
                     entry = self._train()
                 finally:
                     if self.folder is not None:

@@ -1,20 +1,23 @@
 """A 2-process DDP job (gloo on CPU, under torchrun): same weights on both ranks, one
 checkpoint, rank 0 alone logging, and resume from a 1-process and from a 2-process checkpoint;
-then jobs whose ranks misbehave (other options, a NaN on one rank, a hang) fail clearly and fast.
+then jobs whose ranks misbehave (other options, a NaN on one rank, a hang) fail clearly and fast;
+then two torchrun launchers as two nodes of one process each, with and without a shared folder.
 """
 
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+from subprocess import PIPE
 
 import pytest
 import torch
 from oracles import tiny_run_options
-from oracles.runs import run_train
+from oracles.runs import run_train, tiny_run_argv
 
 from pmm_model.run.checkpoint import load_checkpoint
 from pmm_model.run.engine import Engine, run_training
@@ -354,3 +357,81 @@ def test_a_killed_rank_is_relaunched_by_torchrun_and_the_job_ends_as_if_not(tiny
     assert finished["epoch"] == expected["epoch"] == 2
     for name, tensor in expected["model"].items():
         assert torch.equal(finished["model"][name], tensor), name
+
+
+def _two_nodes(root, out0, out1, *extra, cwd):
+    """Two torchrun launchers, as two nodes of one process each (c10d rendezvous on
+    127.0.0.1), running the tiny run on ``root`` into ``out0`` and ``out1``: each launcher's
+    ``(status, stdout, stderr)``. A launcher that outlives 120 s fails the test."""
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    launchers = []
+    for node, out in enumerate((out0, out1)):
+        command = [
+            sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node",
+            "1", "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}",
+            "--rdzv-id", "two-nodes", "--rdzv-conf", f"is_host={int(node == 0)}",
+            "-m", "pmm_model.train", *tiny_run_argv(root, out, *extra),
+        ]  # fmt: skip
+        launchers.append(
+            subprocess.Popen(command, cwd=cwd, env=env, stdout=PIPE, stderr=PIPE, text=True)
+        )
+    outcomes = []
+    for launcher in launchers:
+        try:
+            out, err = launcher.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            for each in launchers:
+                each.kill()
+            pytest.fail(f"a launcher still ran after 120 s (it hangs): {launcher.args}")
+        outcomes.append((launcher.returncode, out, err))
+    return outcomes
+
+
+@pytest.mark.slow
+def test_two_nodes_train_evaluate_and_resume_into_one_shared_folder(tiny_root, tmp_path):
+    # Issue 26.2: two launchers (--nnodes 2 --nproc-per-node 1): both processes have local
+    # rank 0, global ranks 0 and 1; only global rank 0 writes and logs.
+    out = tmp_path / "run"
+    first = _two_nodes(tiny_root, out, out, "--resume", "auto", cwd=tmp_path)
+    assert [code for code, _, _ in first] == [0, 0], first[0][2][-3000:] + first[1][2][-3000:]
+    # One launcher shows rank 0's log; the other's process logs nothing.
+    assert sorted("epoch 1/1: loss" in stdout for _, stdout, _ in first) == [False, True]
+    assert load_checkpoint(out / "checkpoint.pt")["epoch"] == 1
+    events = out / "tensorboard"
+    assert len(list(events.glob("events.out.tfevents.*"))) == 1  # one writer: rank 0
+
+    second = _two_nodes(tiny_root, out, out, "--resume", "auto", "--epochs", "2", cwd=tmp_path)
+    assert [code for code, _, _ in second] == [0, 0], second[0][2][-3000:]
+    checkpoint = load_checkpoint(out / "checkpoint.pt")
+    assert (checkpoint["epoch"], len(checkpoint["rng"])) == (2, 2)
+    assert [m["epoch"] for m in json.loads((out / "metrics.json").read_text())] == [1, 2]
+    log = (out / "train.log").read_text()
+    assert log.count("no checkpoint in") == 1 and log.count("continuing the run in") == 1
+    assert log.count("epoch 1/1: loss") == 1 and log.count("epoch 2/2: loss") == 1
+    assert log.count("world size 2:") == 2
+    # One set of run files (no token left), one TensorBoard writer per job.
+    assert sorted(p.name for p in out.iterdir()) == [
+        ".lock", "checkpoint.pt", "metrics.json", "tensorboard", "train.log",
+    ]  # fmt: skip
+    assert len(list(events.glob("events.out.tfevents.*"))) == 2
+
+
+@pytest.mark.slow
+def test_two_nodes_without_a_shared_folder_fail_on_both_in_one_line(tiny_root, tmp_path):
+    # Issue 26.2: each node writing into a folder the other does not see (here: two folders)
+    # is refused at start on every node, before anything is written.
+    tic = time.perf_counter()
+    outcomes = _two_nodes(tiny_root, tmp_path / "a", tmp_path / "b", cwd=tmp_path)
+    assert time.perf_counter() - tic < 60  # no hang: both fail at start
+    for (code, _, err), folder in zip(outcomes, ("a", "b"), strict=True):
+        assert code == 1, err[-3000:]
+        lines = [line for line in err.splitlines() if "error: " in line]
+        assert lines == [
+            f"python -m pmm_model.train: error: output folder {str(tmp_path / folder)!r} is not "
+            "one folder shared by every process: rank 1 cannot read the file rank 0 wrote into "
+            "its --output-dir; give every node the same --output-dir on a shared file system"
+        ], err[-3000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

@@ -359,10 +359,11 @@ def test_a_killed_rank_is_relaunched_by_torchrun_and_the_job_ends_as_if_not(tiny
         assert torch.equal(finished["model"][name], tensor), name
 
 
-def _two_nodes(root, out0, out1, *extra, cwd):
+def _two_nodes(root, out0, out1, *extra, cwd, cwd1=None):
     """Two torchrun launchers, as two nodes of one process each (c10d rendezvous on
-    127.0.0.1), running the tiny run on ``root`` into ``out0`` and ``out1``: each launcher's
-    ``(status, stdout, stderr)``. A launcher that outlives 120 s fails the test."""
+    127.0.0.1), running the tiny run on ``root`` into ``out0`` and ``out1`` from ``cwd`` (the
+    second from ``cwd1`` if given): each launcher's ``(status, stdout, stderr)``. A launcher
+    that outlives 120 s fails the test."""
     with socket.socket() as free:
         free.bind(("127.0.0.1", 0))
         port = free.getsockname()[1]
@@ -376,7 +377,14 @@ def _two_nodes(root, out0, out1, *extra, cwd):
             "-m", "pmm_model.train", *tiny_run_argv(root, out, *extra),
         ]  # fmt: skip
         launchers.append(
-            subprocess.Popen(command, cwd=cwd, env=env, stdout=PIPE, stderr=PIPE, text=True)
+            subprocess.Popen(
+                command,
+                cwd=cwd1 if node and cwd1 else cwd,
+                env=env,
+                stdout=PIPE,
+                stderr=PIPE,
+                text=True,
+            )
         )
     outcomes = []
     for launcher in launchers:
@@ -420,18 +428,29 @@ def test_two_nodes_train_evaluate_and_resume_into_one_shared_folder(tiny_root, t
 
 
 @pytest.mark.slow
-def test_two_nodes_without_a_shared_folder_fail_on_both_in_one_line(tiny_root, tmp_path):
-    # Issue 26.2: each node writing into a folder the other does not see (here: two folders)
-    # is refused at start on every node, before anything is written.
+@pytest.mark.parametrize("paths", ["different", "same"])
+def test_two_nodes_without_a_shared_folder_fail_on_both_in_one_line(tiny_root, tmp_path, paths):
+    # Issue 26.2: nodes that do not share the output folder are refused at start on every
+    # node, before anything is written. Simulated on one machine by two folders: two
+    # --output-dir values, or one relative --output-dir in two working directories (the same
+    # path on two nodes, which an agreement check on the options cannot tell apart).
+    nodes = [tmp_path / "node0", tmp_path / "node1"]
+    for node in nodes:
+        node.mkdir()
     tic = time.perf_counter()
-    outcomes = _two_nodes(tiny_root, tmp_path / "a", tmp_path / "b", cwd=tmp_path)
+    if paths == "different":
+        outs = [node / "run" for node in nodes]
+        outcomes = _two_nodes(tiny_root, *outs, cwd=tmp_path)
+    else:
+        outs = [Path("run"), Path("run")]
+        outcomes = _two_nodes(tiny_root, *outs, cwd=nodes[0], cwd1=nodes[1])
     assert time.perf_counter() - tic < 60  # no hang: both fail at start
-    for (code, _, err), folder in zip(outcomes, ("a", "b"), strict=True):
+    for (code, _, err), out in zip(outcomes, outs, strict=True):
         assert code == 1, err[-3000:]
         lines = [line for line in err.splitlines() if "error: " in line]
         assert lines == [
-            f"python -m pmm_model.train: error: output folder {str(tmp_path / folder)!r} is not "
-            "one folder shared by every process: rank 1 cannot read the file rank 0 wrote into "
-            "its --output-dir; give every node the same --output-dir on a shared file system"
+            f"python -m pmm_model.train: error: output folder {str(out)!r} is not one folder "
+            "shared by every process: rank 1 cannot read the file rank 0 wrote into its "
+            "--output-dir; give every node the same --output-dir on a shared file system"
         ], err[-3000:]
-    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    assert [list(node.iterdir()) for node in nodes] == [[], []]

@@ -21,6 +21,7 @@ from oracles.runs import run_train, tiny_run_argv
 
 from pmm_model.run.checkpoint import load_checkpoint
 from pmm_model.run.engine import Engine, run_training
+from pmm_model.run.folder import RunFolder, RunFolderError, shows_token
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -454,3 +455,27 @@ def test_two_nodes_without_a_shared_folder_fail_on_both_in_one_line(tiny_root, t
             "--output-dir; give every node the same --output-dir on a shared file system"
         ], err[-3000:]
     assert [list(node.iterdir()) for node in nodes] == [[], []]
+
+
+def test_the_shared_folder_token_is_seen_in_its_folder_only_and_never_left(tmp_path):
+    # Issue 26.2, the check's parts: a token reads back through its folder (here by another
+    # path to it), not through another folder; a token a killed check left is removed when
+    # the folder is next claimed.
+    (tmp_path / "other").mkdir()
+    with RunFolder(tmp_path / "run") as folder:
+        token = folder.write_token()
+        assert shows_token(tmp_path / "other" / ".." / "run", token)
+        assert not shows_token(tmp_path / "other", token)
+        assert not shows_token(tmp_path / "missing", token)
+        folder.remove_token(token)
+        assert not shows_token(tmp_path / "run", token)
+        left = folder.write_token()  # then the check is killed
+    assert [p.name for p in (tmp_path / "run").glob(".shared-*")] == [f".shared-{left}"]
+    with RunFolder(tmp_path / "run"):
+        assert list((tmp_path / "run").glob(".shared-*")) == []
+    error = RunFolderError("not_shared", tmp_path / "run", reason="ranks 1, 2")
+    assert str(error) == (
+        f"output folder {str(tmp_path / 'run')!r} is not one folder shared by every process: "
+        "ranks 1, 2 cannot read the file rank 0 wrote into its output_dir; give every node the "
+        "same output_dir on a shared file system"
+    )

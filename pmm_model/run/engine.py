@@ -17,9 +17,9 @@ What a run guarantees:
   Rank 0 alone writes the log, checkpoints and metrics, and evaluates alone (the network is
   the same on every rank) while the others wait.
 * **Checkpoints, signals, divergence, evaluation**: see the hooks (:mod:`pmm_model.run.hooks`).
-* **Distributed jobs** check at start-up that every rank has the same configuration
-  (:class:`RanksDisagree`), and a signal ends every rank within :attr:`Engine.stop_grace`
-  seconds even when a collective hangs.
+* **Distributed jobs** check at start-up that every rank sees rank 0's output folder (one
+  folder shared by every node) and has the same configuration (:class:`RanksDisagree`), and a
+  signal ends every rank within :attr:`Engine.stop_grace` seconds even when a collective hangs.
 * **Resume** reproduces the uninterrupted run exactly (same world size; any number of loader
   workers). A changed ``epochs`` rescales the learning-rate schedule to the new length (and
   the log says so); resuming a finished run changes nothing.
@@ -325,7 +325,8 @@ class Engine:
         Raises:
             TrainingError: the run stopped (divergence, failed evaluation, signal); what
                 was saved is in the message and the attributes.
-            RunFolderError: the output folder is in use, holds another run or is unwritable.
+            RunFolderError: the output folder is in use, holds another run, is unwritable or
+                is not one folder shared by every process.
             ConfigError: an option this machine cannot run (e.g. ``sync_bn`` without CUDA).
             ValueError, FileNotFoundError: data or model options that do not work.
         """

@@ -309,6 +309,7 @@ def shows_token(path: str | os.PathLike, token: str) -> bool:
     """True when folder ``path``, as this process sees it, holds the file that
     :meth:`RunFolder.write_token` wrote for ``token``: the folder is the writer's."""
     try:
-        return (Path(path) / f"{TOKEN_PREFIX}{token}").read_text() == token
+        # Bytes, not text: nothing but OSError may stop a rank before the check's collective.
+        return (Path(path) / f"{TOKEN_PREFIX}{token}").read_bytes() == token.encode()
     except OSError:
         return False

@@ -412,7 +412,10 @@ def test_two_nodes_train_evaluate_and_resume_into_one_shared_folder(tiny_root, t
     events = out / "tensorboard"
     assert len(list(events.glob("events.out.tfevents.*"))) == 1  # one writer: rank 0
 
-    second = _two_nodes(tiny_root, out, out, "--resume", "auto", "--epochs", "2", cwd=tmp_path)
+    # The second node sees the shared folder under another path (mounted elsewhere).
+    mount = tmp_path / "mount"
+    mount.symlink_to(out, target_is_directory=True)
+    second = _two_nodes(tiny_root, out, mount, "--resume", "auto", "--epochs", "2", cwd=tmp_path)
     assert [code for code, _, _ in second] == [0, 0], second[0][2][-3000:]
     checkpoint = load_checkpoint(out / "checkpoint.pt")
     assert (checkpoint["epoch"], len(checkpoint["rng"])) == (2, 2)

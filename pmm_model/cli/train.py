@@ -386,8 +386,8 @@ def _own_folder(checkpoint: str, config: TrainConfig) -> bool:
 
 
 def _fail(status: int, message: str) -> NoReturn:
-    # Every rank gets the same error; rank 0 reports it.
-    if os.environ.get("RANK", "0") == "0":
+    # Every rank gets the same error; the first process of each node (launcher) reports it.
+    if os.environ.get("LOCAL_RANK", "0") == "0":
         print(f"{PROG}: error: {message}", file=sys.stderr)
     sys.exit(status)
 

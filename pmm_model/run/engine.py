@@ -17,9 +17,9 @@ What a run guarantees:
   Rank 0 alone writes the log, checkpoints and metrics, and evaluates alone (the network is
   the same on every rank) while the others wait.
 * **Checkpoints, signals, divergence, evaluation**: see the hooks (:mod:`pmm_model.run.hooks`).
-* **Distributed jobs** check at start-up that every rank has the same configuration
-  (:class:`RanksDisagree`), and a signal ends every rank within :attr:`Engine.stop_grace`
-  seconds even when a collective hangs.
+* **Distributed jobs** check at start-up that every rank sees rank 0's output folder (one
+  folder shared by every node) and has the same configuration (:class:`RanksDisagree`), and a
+  signal ends every rank within :attr:`Engine.stop_grace` seconds even when a collective hangs.
 * **Resume** reproduces the uninterrupted run exactly (same world size; any number of loader
   workers). A changed ``epochs`` rescales the learning-rate schedule to the new length (and
   the log says so); resuming a finished run changes nothing.
@@ -82,7 +82,13 @@ from pmm_model.run.hooks import (
     lr_factor,
 )
 from pmm_model.run.runtime import Distributed, StopSignals, init_distributed
-from pmm_model.run.startup import AMP_DTYPES, check_ranks_agree, open_folder, start
+from pmm_model.run.startup import (
+    AMP_DTYPES,
+    check_ranks_agree,
+    check_shared_folder,
+    open_folder,
+    start,
+)
 from pmm_model.run.tensorboard import TensorBoard
 
 __all__ = [
@@ -319,7 +325,8 @@ class Engine:
         Raises:
             TrainingError: the run stopped (divergence, failed evaluation, signal); what
                 was saved is in the message and the attributes.
-            RunFolderError: the output folder is in use, holds another run or is unwritable.
+            RunFolderError: the output folder is in use, holds another run, is unwritable or
+                is not one folder shared by every process.
             ConfigError: an option this machine cannot run (e.g. ``sync_bn`` without CUDA).
             ValueError, FileNotFoundError: data or model options that do not work.
         """
@@ -328,9 +335,11 @@ class Engine:
         self.signals.grace = self.stop_grace if self.dist.enabled else None
         try:
             with self.signals:
-                check_ranks_agree(self)
                 self.dist.on_main(open_folder, self)
                 try:
+                    # A folder that is not shared explains a disagreeing --resume auto.
+                    check_shared_folder(self)
+                    check_ranks_agree(self)
                     entry = self._train()
                 finally:
                     if self.folder is not None:

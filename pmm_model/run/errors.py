@@ -200,7 +200,9 @@ class RunFolderError(RuntimeError):
     Attributes:
         kind: ``"unusable"`` (``reason`` says why), ``"in_use"``, ``"holds_run"`` (the
             folder's own ``checkpoint`` could be resumed) or ``"not_its_checkpoint"``
-            (``resume_from`` would replace the folder's run).
+            (``resume_from`` would replace the folder's run), or ``"not_shared"`` (the
+            processes of a job do not all see the folder; ``reason`` names the ranks that
+            do not).
         path: the folder.
     """
 
@@ -284,6 +286,12 @@ class Words:
                 f"output folder {folder} holds another run; continue it with "
                 f"{self.option('resume')} {err.checkpoint}, or start over and replace it with "
                 f"{self.setting(overwrite, True)} (or choose another {output})"
+            )
+        if err.kind == "not_shared":
+            return (
+                f"output folder {folder} is not one folder shared by every process: {err.reason} "
+                f"cannot read the file rank 0 wrote into its {output}; give every node the same "
+                f"{output} on a shared file system"
             )
         return f"cannot use output folder {folder}: {err.reason}"
 

@@ -17,6 +17,10 @@ appended one is cut back), and a folder the start created is removed. A start ki
 :meth:`~RunFolder.started` (SIGKILL, power cut) is rolled back the same way by the next run
 on the folder. Only :meth:`~RunFolder.started` deletes the replaced files.
 
+A job of several processes (nodes) writes into one folder that every process must see: rank 0
+writes a token file with :meth:`RunFolder.write_token`, every rank checks it with
+:func:`shows_token`, and rank 0 removes it with :meth:`RunFolder.remove_token`.
+
 Example:
     >>> with RunFolder("runs/demo", overwrite=True) as folder:  # doctest: +SKIP
     ...     ...  # load the data, build the model
@@ -31,6 +35,7 @@ import errno
 import fcntl
 import logging
 import os
+import secrets
 import shutil
 import sys
 from pathlib import Path
@@ -48,6 +53,7 @@ __all__ = [
     "LogFile",
     "RunFolder",
     "RunFolderError",
+    "shows_token",
 ]
 
 # What a run folder holds: the checkpoint, one metrics.json entry per evaluation (``epoch``,
@@ -58,6 +64,9 @@ METRIC_KEYS = ("rank1", "mAP", "mINP")
 # Where a fresh start keeps the files it replaces until it has started; renamed to
 # DISCARDED before deletion so a kill during the deletion never looks like a rollback.
 PREVIOUS, DISCARDED = ".previous-run", ".previous-run.deleting"
+# The shared-folder token: ``.shared-<token>`` holding the token. A name never used before, so
+# no node's file system cache can answer for it from an earlier run's file.
+TOKEN_PREFIX = ".shared-"
 
 logger = logging.getLogger("pmm_model.run.folder")
 
@@ -189,6 +198,8 @@ class RunFolder:
         os.ftruncate(self._lock, 0)
         os.write(self._lock, f"{os.getpid()}\n".encode())
         stale = [p for name in (CHECKPOINT, METRICS) for p in remove_temp_files(self.path, name)]
+        for token_file in self.path.glob(f"{TOKEN_PREFIX}*"):  # a check killed halfway
+            token_file.unlink()
         self._setup_logging()
         if restored:
             logger.info(
@@ -211,6 +222,23 @@ class RunFolder:
             os.replace(previous, self.path / DISCARDED)
             shutil.rmtree(self.path / DISCARDED)
             logger.info("replaced the previous %s of %s", ", ".join(names), self.path)
+
+    def write_token(self) -> str:
+        """Write a new random token into the folder (``.shared-<token>``); returns it.
+
+        Raises:
+            RunFolderError: the file cannot be written (``kind="unusable"``).
+        """
+        token = secrets.token_hex(8)
+        try:
+            (self.path / f"{TOKEN_PREFIX}{token}").write_text(token)
+        except OSError as err:
+            raise RunFolderError("unusable", self.path, reason=str(err.strerror or err)) from None
+        return token
+
+    def remove_token(self, token: str) -> None:
+        """Remove the file :meth:`write_token` wrote for ``token`` (if it is there)."""
+        (self.path / f"{TOKEN_PREFIX}{token}").unlink(missing_ok=True)
 
     def _roll_back_replacement(self) -> list[str]:
         """Move the files of ``.previous-run/`` back; returns their names."""
@@ -275,3 +303,13 @@ class RunFolder:
                 self._roll_back()
             os.close(self._lock)  # releases the flock
             self._lock = None
+
+
+def shows_token(path: str | os.PathLike, token: str) -> bool:
+    """True when folder ``path``, as this process sees it, holds the file that
+    :meth:`RunFolder.write_token` wrote for ``token``: the folder is the writer's."""
+    try:
+        # Bytes, not text: nothing but OSError may stop a rank before the check's collective.
+        return (Path(path) / f"{TOKEN_PREFIX}{token}").read_bytes() == token.encode()
+    except OSError:
+        return False

@@ -9,6 +9,7 @@ import dataclasses
 import json
 import logging
 import random
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,11 +21,11 @@ from pmm_model.data.loaders import build_test_loaders, build_train_loader
 from pmm_model.run.checkpoint import ResumePoint, restore_training
 from pmm_model.run.config import ConfigError
 from pmm_model.run.errors import RanksDisagree
-from pmm_model.run.folder import RunFolder
+from pmm_model.run.folder import CHECKPOINT, RunFolder, RunFolderError, shows_token
 from pmm_model.run.hooks import Run
 from pmm_model.run.rng import rank_seed
 
-__all__ = ["AMP_DTYPES", "check_ranks_agree", "open_folder", "start"]
+__all__ = ["AMP_DTYPES", "check_ranks_agree", "check_shared_folder", "open_folder", "start"]
 
 logger = logging.getLogger("pmm_model.run.engine")
 
@@ -32,12 +33,20 @@ AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}
 
 
 def check_ranks_agree(engine: Run) -> None:
-    """Every rank must run the same configuration (one collective; no-op in one process)."""
+    """Every rank must run the same configuration (one collective; no-op in one process).
+
+    The output folder's path is not compared: nodes may mount the shared folder at different
+    paths, and :func:`check_shared_folder` checks that it is one folder.
+    """
     if not engine.dist.enabled:
         return
+    config = engine.config
+    resume = None if engine.checkpoint_path is None else str(engine.checkpoint_path)
+    if resume is not None and Path(resume) == Path(str(config.output_dir)) / CHECKPOINT:
+        resume = f"the output folder's {CHECKPOINT}"
     mine = {
-        **engine.config.to_dict(),
-        "resume": None if engine.checkpoint_path is None else str(engine.checkpoint_path),
+        **{k: v for k, v in config.to_dict().items() if k != "output_dir"},
+        "resume": resume,
         "overwrite": engine.overwrite,
     }
     differ = engine.dist.disagreement(mine)
@@ -49,6 +58,32 @@ def open_folder(engine: Run) -> None:
     engine.folder = RunFolder(
         str(engine.config.output_dir), engine.checkpoint_path, engine.overwrite
     ).__enter__()
+
+
+def check_shared_folder(engine: Run) -> None:
+    """Every rank must see the output folder rank 0 opened: rank 0 writes a token file there
+    and every rank reads it (two collectives; no-op in one process). Only rank 0 writes into
+    the folder, so a rank whose ``output_dir`` is another folder (a node that does not share
+    the file system) would train and then lose its view of the run.
+
+    Raises:
+        RunFolderError: some rank does not see the token (``kind="not_shared"``), on every
+            rank.
+    """
+    dist = engine.dist
+    if not dist.enabled:
+        return
+    folder = engine.folder
+    token = dist.on_main(lambda: folder.write_token() if folder is not None else "")
+    try:
+        seen = dist.gather(shows_token(str(engine.config.output_dir), token))
+    finally:
+        if folder is not None:
+            folder.remove_token(token)
+    blind = [str(rank) for rank, ok in enumerate(seen) if not ok]
+    if blind:
+        ranks = f"rank{'s' if len(blind) > 1 else ''} {', '.join(blind)}"
+        raise RunFolderError("not_shared", Path(str(engine.config.output_dir)), reason=ranks)
 
 
 def _seed(engine: Run) -> None:

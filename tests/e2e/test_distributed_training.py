@@ -1,23 +1,27 @@
 """A 2-process DDP job (gloo on CPU, under torchrun): same weights on both ranks, one
 checkpoint, rank 0 alone logging, and resume from a 1-process and from a 2-process checkpoint;
-then jobs whose ranks misbehave (other options, a NaN on one rank, a hang) fail clearly and fast.
+then jobs whose ranks misbehave (other options, a NaN on one rank, a hang) fail clearly and fast;
+then two torchrun launchers as two nodes of one process each, with and without a shared folder.
 """
 
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+from subprocess import PIPE
 
 import pytest
 import torch
 from oracles import tiny_run_options
-from oracles.runs import run_train
+from oracles.runs import run_train, tiny_run_argv
 
 from pmm_model.run.checkpoint import load_checkpoint
 from pmm_model.run.engine import Engine, run_training
+from pmm_model.run.folder import RunFolder, RunFolderError, shows_token
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -354,3 +358,127 @@ def test_a_killed_rank_is_relaunched_by_torchrun_and_the_job_ends_as_if_not(tiny
     assert finished["epoch"] == expected["epoch"] == 2
     for name, tensor in expected["model"].items():
         assert torch.equal(finished["model"][name], tensor), name
+
+
+def _two_nodes(root, out0, out1, *extra, cwd, cwd1=None):
+    """Two torchrun launchers, as two nodes of one process each (c10d rendezvous on
+    127.0.0.1), running the tiny run on ``root`` into ``out0`` and ``out1`` from ``cwd`` (the
+    second from ``cwd1`` if given): each launcher's ``(status, stdout, stderr)``. A launcher
+    that outlives 120 s fails the test."""
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    launchers = []
+    for node, out in enumerate((out0, out1)):
+        command = [
+            sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node",
+            "1", "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}",
+            "--rdzv-id", "two-nodes", "--rdzv-conf", f"is_host={int(node == 0)}",
+            "-m", "pmm_model.train", *tiny_run_argv(root, out, *extra),
+        ]  # fmt: skip
+        launchers.append(
+            subprocess.Popen(
+                command,
+                cwd=cwd1 if node and cwd1 else cwd,
+                env=env,
+                stdout=PIPE,
+                stderr=PIPE,
+                text=True,
+            )
+        )
+    outcomes = []
+    for launcher in launchers:
+        try:
+            out, err = launcher.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            for each in launchers:
+                each.kill()
+            pytest.fail(f"a launcher still ran after 120 s (it hangs): {launcher.args}")
+        outcomes.append((launcher.returncode, out, err))
+    return outcomes
+
+
+@pytest.mark.slow
+def test_two_nodes_train_evaluate_and_resume_into_one_shared_folder(tiny_root, tmp_path):
+    # Issue 26.2: two launchers (--nnodes 2 --nproc-per-node 1): both processes have local
+    # rank 0, global ranks 0 and 1; only global rank 0 writes and logs.
+    out = tmp_path / "run"
+    first = _two_nodes(tiny_root, out, out, "--resume", "auto", cwd=tmp_path)
+    assert [code for code, _, _ in first] == [0, 0], first[0][2][-3000:] + first[1][2][-3000:]
+    # One launcher shows rank 0's log; the other's process logs nothing.
+    assert sorted("epoch 1/1: loss" in stdout for _, stdout, _ in first) == [False, True]
+    assert load_checkpoint(out / "checkpoint.pt")["epoch"] == 1
+    events = out / "tensorboard"
+    assert len(list(events.glob("events.out.tfevents.*"))) == 1  # one writer: rank 0
+
+    # The second node sees the shared folder under another path (mounted elsewhere).
+    mount = tmp_path / "mount"
+    mount.symlink_to(out, target_is_directory=True)
+    second = _two_nodes(tiny_root, out, mount, "--resume", "auto", "--epochs", "2", cwd=tmp_path)
+    assert [code for code, _, _ in second] == [0, 0], second[0][2][-3000:]
+    checkpoint = load_checkpoint(out / "checkpoint.pt")
+    assert (checkpoint["epoch"], len(checkpoint["rng"])) == (2, 2)
+    assert [m["epoch"] for m in json.loads((out / "metrics.json").read_text())] == [1, 2]
+    log = (out / "train.log").read_text()
+    assert log.count("no checkpoint in") == 1 and log.count("continuing the run in") == 1
+    assert log.count("epoch 1/1: loss") == 1 and log.count("epoch 2/2: loss") == 1
+    assert log.count("world size 2:") == 2
+    # One set of run files (no token left), one TensorBoard writer per job.
+    assert sorted(p.name for p in out.iterdir()) == [
+        ".lock", "checkpoint.pt", "metrics.json", "tensorboard", "train.log",
+    ]  # fmt: skip
+    assert len(list(events.glob("events.out.tfevents.*"))) == 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("paths", ["different", "same"])
+def test_two_nodes_without_a_shared_folder_fail_on_both_in_one_line(tiny_root, tmp_path, paths):
+    # Issue 26.2: nodes that do not share the output folder are refused at start on every
+    # node, before anything is written. Simulated on one machine by two folders: two
+    # --output-dir values, or one relative --output-dir in two working directories (the same
+    # path on two nodes, which an agreement check on the options cannot tell apart).
+    nodes = [tmp_path / "node0", tmp_path / "node1"]
+    for node in nodes:
+        node.mkdir()
+    tic = time.perf_counter()
+    if paths == "different":
+        outs = [node / "run" for node in nodes]
+        outcomes = _two_nodes(tiny_root, *outs, cwd=tmp_path)
+    else:
+        outs = [Path("run"), Path("run")]
+        outcomes = _two_nodes(tiny_root, *outs, cwd=nodes[0], cwd1=nodes[1])
+    assert time.perf_counter() - tic < 60  # no hang: both fail at start
+    for (code, _, err), out in zip(outcomes, outs, strict=True):
+        assert code == 1, err[-3000:]
+        lines = [line for line in err.splitlines() if "error: " in line]
+        assert lines == [
+            f"python -m pmm_model.train: error: output folder {str(out)!r} is not one folder "
+            "shared by every process: rank 1 cannot read the file rank 0 wrote into its "
+            "--output-dir; give every node the same --output-dir on a shared file system"
+        ], err[-3000:]
+    assert [list(node.iterdir()) for node in nodes] == [[], []]
+
+
+def test_the_shared_folder_token_is_seen_in_its_folder_only_and_never_left(tmp_path):
+    # Issue 26.2, the check's parts: a token reads back through its folder (here by another
+    # path to it), not through another folder; a token a killed check left is removed when
+    # the folder is next claimed.
+    (tmp_path / "other").mkdir()
+    with RunFolder(tmp_path / "run") as folder:
+        token = folder.write_token()
+        assert shows_token(tmp_path / "other" / ".." / "run", token)
+        assert not shows_token(tmp_path / "other", token)
+        assert not shows_token(tmp_path / "missing", token)
+        folder.remove_token(token)
+        assert not shows_token(tmp_path / "run", token)
+        left = folder.write_token()  # then the check is killed
+    assert [p.name for p in (tmp_path / "run").glob(".shared-*")] == [f".shared-{left}"]
+    with RunFolder(tmp_path / "run"):
+        assert list((tmp_path / "run").glob(".shared-*")) == []
+    error = RunFolderError("not_shared", tmp_path / "run", reason="ranks 1, 2")
+    assert str(error) == (
+        f"output folder {str(tmp_path / 'run')!r} is not one folder shared by every process: "
+        "ranks 1, 2 cannot read the file rank 0 wrote into its output_dir; give every node the "
+        "same output_dir on a shared file system"
+    )

@@ -334,13 +334,7 @@ def parse_args(argv: Sequence[str] | None = None, engine: type[Engine] | None = 
     start = {"overwrite": explicit.pop("overwrite", False), "words": WORDS}
     try:
         if resume is None:
-            config = make_config(explicit, preset)
-            if config.model == "baseline" and config.mix_after is None and explicit.get("mix"):
-                parser.error(
-                    "argument --mix: the baseline mixes only where --mix-after says; give "
-                    "--mix-after MODULE too"
-                )
-            run = engine(config, **start)
+            run = engine(make_config(explicit, preset), **start)
         elif resume == "auto":
             if start.pop("overwrite"):
                 parser.error("argument --resume: auto never replaces a run; drop --overwrite")

@@ -56,7 +56,7 @@ def test_a_tiny_vit_trains_with_the_layer_evaluates_and_exports(tmp_path, capsys
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["--mix", "cutmix"], "argument --mix: the baseline mixes only where --mix-after says"),
+        (["--mix", "cutmix"], "argument --mix: the baseline mixes only with --mix-after"),
         (["--mix-after", "blocks.99", "--mix", "cutmix"], "mix_after='blocks.99' in " + VIT),
         (["--model", "pmm"], f"argument --backbone: {VIT} is a timm backbone, which only"),
     ],

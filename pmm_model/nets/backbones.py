@@ -117,17 +117,7 @@ def build_backbone(
         state = (
             _imagenet_state_dict(name) if pretrained == "imagenet" else _file_state_dict(pretrained)
         )
-        state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-        try:
-            missing, unexpected = resnet.load_state_dict(state, strict=False)
-        except RuntimeError as err:  # shape mismatch, e.g. resnet50 weights for resnet18
-            raise ValueError(f"pretrained={str(pretrained)!r} does not fit {name}: {err}") from None
-        missing = [k for k in missing if not k.startswith("fc.")]
-        if missing or unexpected:
-            raise ValueError(
-                f"pretrained={str(pretrained)!r} does not fit {name}: "
-                f"missing keys {missing[:5]}, unexpected keys {unexpected[:5]}"
-            )
+        _load_all_but_head(resnet, state, ("fc",), pretrained, name)
     for module in resnet.layer4[0].modules():
         if isinstance(module, nn.Conv2d) and module.stride == (2, 2):
             module.stride = (1, 1)
@@ -220,16 +210,28 @@ def _load_timm_state_dict(model: nn.Module, model_name: str, path: str | os.Path
     config: dict[str, Any] = getattr(model, "pretrained_cfg", None) or {}
     head = config.get("classifier") or ()
     heads = (head,) if isinstance(head, str) else tuple(head)
-    state = {k: v for k, v in state.items() if not k.startswith(tuple(f"{h}." for h in heads))}
+    _load_all_but_head(model, state, heads, path, f"timm {model_name}")
+
+
+def _load_all_but_head(
+    model: nn.Module,
+    state: dict[str, Tensor],
+    heads: tuple[str, ...],
+    pretrained: str | os.PathLike,
+    name: str,
+) -> None:
+    """Load ``state`` into ``model``, its classifier ``heads`` left out on both sides; any other
+    key that is missing, unexpected or of another shape is a ``ValueError`` naming the file."""
+    prefixes = tuple(f"{head}." for head in heads)
+    state = {k: v for k, v in state.items() if not k.startswith(prefixes)}
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
-    except RuntimeError as err:  # a shape mismatch
-        reason = str(err).strip().splitlines()[-1].strip()
-        raise ValueError(
-            f"pretrained={str(path)!r} does not fit timm {model_name}: {reason}"
-        ) from None
+    except RuntimeError as err:  # a shape mismatch, e.g. resnet50 weights for resnet18
+        reason = str(err).strip().splitlines()[-1].strip()  # the mismatch, not the preamble
+        raise ValueError(f"pretrained={str(pretrained)!r} does not fit {name}: {reason}") from None
+    missing = [k for k in missing if not k.startswith(prefixes)]
     if missing or unexpected:
         raise ValueError(
-            f"pretrained={str(path)!r} does not fit timm {model_name}: "
+            f"pretrained={str(pretrained)!r} does not fit {name}: "
             f"missing keys {missing[:5]}, unexpected keys {unexpected[:5]}"
         )

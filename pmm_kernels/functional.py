@@ -20,6 +20,7 @@ from pmm_kernels.ops.feature_mix import BACKENDS, Backend, mix, resolve_backend
 from pmm_kernels.ops.plan import CellSource, MixPlan
 from pmm_kernels.ops.reference import saliency_torch
 from pmm_kernels.ops.utils import batch_drop_corner, batch_drop_size, draw_uniform
+from pmm_kernels.tokens import TokenGrid
 
 __all__ = [
     "BACKENDS",
@@ -68,6 +69,7 @@ def feature_mix(
     h_ratio: float = 0.33,
     w_ratio: float = 1.0,
     backend: Backend | None = None,
+    token_grid: TokenGrid | None = None,
 ) -> tuple[torch.Tensor, MixInfo]:
     """Mix a feature map with one of the modes of docs/op.md#modes and say what was done.
 
@@ -114,9 +116,14 @@ def feature_mix(
         backend: "triton" (CUDA, or CPU under ``TRITON_INTERPRET=1``), "torch", or "auto"
             (Triton for CUDA tensors where it applies). ``None`` reads
             ``PMM_KERNELS_BACKEND``, default "auto".
+        token_grid: with a :class:`~pmm_kernels.tokens.TokenGrid`, ``feat`` is (N, P + H*W, C)
+            transformer tokens: the patch tokens are mixed as their (N, C, H, W) map (``attn``
+            and the info refer to that map), the P prefix tokens pass through unchanged, and
+            the output is tokens, written in one pass (docs/transformers.md).
 
     Returns:
-        The (N, C, H, W) output, in ``feat``'s dtype and memory format, and a :class:`MixInfo`.
+        The (N, C, H, W) output (tokens with ``token_grid``), in ``feat``'s dtype and memory
+        format, and a :class:`MixInfo`.
 
     Raises:
         TypeError: a non-tensor argument, non-floating ``feat`` or non-integer labels/partners.
@@ -130,6 +137,11 @@ def feature_mix(
         tensor([0.0938, 0.0938, 0.0938, 0.0938])
         >>> targets = mixed_targets(torch.tensor([0, 0, 1, 1]), info, num_classes=2)
     """
+    tokens = None
+    if token_grid is not None:
+        if not isinstance(token_grid, TokenGrid):
+            raise TypeError(f"token_grid must be a TokenGrid, got {check.describe(token_grid)}")
+        tokens, feat = feat, token_grid.patches(feat)
     feat = check.check_feat(feat)
     n, _, h, w = feat.shape
     spec, attn, labels, block_size, (rows, cols), h_ratio, w_ratio, generator, partners = (
@@ -161,7 +173,11 @@ def feature_mix(
     if spec.partner_rule != "none" and partners is None:
         u = draw_uniform((n,), generator, feat.device)
     plan = MixPlan(cells, labels, u, partners, block_size, num_blocks, spec.partner_rule)
-    out, chosen, blocks, mask, lam = mix(feat, plan, use_triton)
+    if tokens is None:
+        out, chosen, blocks, mask, lam = mix(feat, plan, use_triton)
+    else:
+        assert token_grid is not None
+        out, chosen, blocks, mask, lam = mix(tokens, plan, use_triton, token_grid.op_grid())
     # Read by mixed_targets: the label-keeping modes and unpaired samples keep their labels.
     label_lam = torch.where(chosen >= 0, lam, 0.0) if spec.mixes_labels else torch.zeros_like(lam)
     return out, MixInfo(chosen, blocks, mask, lam, label_lam)

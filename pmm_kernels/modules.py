@@ -308,31 +308,36 @@ class FeatureMix(nn.Module):
     ) -> torch.Tensor:
         """Mix ``x`` in its layout: a map, tokens (prefix kept) or an NHWC map."""
         layout = self.layout_of(x)
-        # Token maps' label-free saliency is the token norm (see _run), not ReLU(sum_c).
-        tokens = layout != "nchw"
-        if layout == "tokens":
-            if self.token_grid is None:
-                raise ValueError(
-                    "FeatureMix got (N, P + H*W, C) tokens but has no token grid: build it with "
-                    "token_grid=pmm_kernels.tokens.TokenGrid(H, W, prefix), or insert it with "
-                    "insert_feature_mix into a timm/TransReID ViT, which reads the grid"
-                )
-            prefix, feat = self.token_grid.split(x)
-            return self.token_grid.join(prefix, self._mix_map(feat, labels, attn, partners, tokens))
         if layout == "nhwc":
             feat = check.check_tensor("feat", x).permute(0, 3, 1, 2)
-            return self._mix_map(feat, labels, attn, partners, tokens).permute(0, 2, 3, 1)
-        return self._mix_map(x, labels, attn, partners, tokens)
+            return self._mix_map(feat, labels, attn, partners, layout).permute(0, 2, 3, 1)
+        if layout == "tokens" and self.token_grid is None:
+            raise ValueError(
+                "FeatureMix got (N, P + H*W, C) tokens but has no token grid: build it with "
+                "token_grid=pmm_kernels.tokens.TokenGrid(H, W, prefix), or insert it with "
+                "insert_feature_mix into a timm/TransReID ViT, which reads the grid"
+            )
+        return self._mix_map(x, labels, attn, partners, layout)
+
+    def _token_grid_of(self, layout: str) -> TokenGrid | None:
+        """The grid the op is given: the layer's for tokens, None for (N, C, H, W) maps."""
+        return self.token_grid if layout == "tokens" else None
+
+    def _map_of(self, x: torch.Tensor, layout: str) -> torch.Tensor:
+        """The (N, C, H, W) map that ``x`` is, or the view of its patch tokens."""
+        grid = self._token_grid_of(layout)
+        return check.check_feat(x if grid is None else grid.patches(x))
 
     def _mix_map(
         self,
-        feat: torch.Tensor,
+        x: torch.Tensor,
         labels: torch.Tensor | None,
         attn: torch.Tensor | None,
         partners: torch.Tensor | None,
-        tokens: bool = False,
+        layout: str,
     ) -> torch.Tensor:
-        feat = check.check_feat(feat)
+        """Mix the map ``x`` or, for tokens, ``x``'s patch tokens (the op writes the tokens)."""
+        feat = self._map_of(x, layout)
         if torch.jit.is_tracing():
             raise RuntimeError(
                 "torch.jit.trace of a training forward would bake this batch's mix into the "
@@ -342,13 +347,13 @@ class FeatureMix(nn.Module):
             _generator_under_compile()
         compiling = torch.compiler.is_compiling()
         if not compiling and recomputing():
-            return self._replay(feat, attn, partners, tokens)
+            return self._replay(x, attn, partners, layout)
         if not self._collecting:
             self.begin_forward(collect=False)
         labels = self._batch_labels(feat, labels)
         draw_device = self.generator.device if self.generator is not None else feat.device
         state = None if compiling else draw_state(self.generator, draw_device)
-        out, info = self._run(feat, labels, attn, partners, self.generator, tokens)
+        out, info = self._run(x, labels, attn, partners, self.generator, layout)
         self.last_info = info
         if not compiling:
             self._calls.append(Call(info, labels, state, draw_device))
@@ -357,13 +362,14 @@ class FeatureMix(nn.Module):
 
     def _run(
         self,
-        feat: torch.Tensor,
+        x: torch.Tensor,
         labels: torch.Tensor | None,
         attn: torch.Tensor | None,
         partners: torch.Tensor | None,
         generator: torch.Generator | None,
-        tokens: bool,
+        layout: str,
     ) -> tuple[torch.Tensor, MixInfo]:
+        feat = self._map_of(x, layout)
         height, width = feat.shape[2], feat.shape[3]
         num_blocks = self.num_blocks_for(height, width)
         if not torch.compiler.is_compiling():
@@ -371,12 +377,13 @@ class FeatureMix(nn.Module):
         if self.spec.cells == "salient" and attn is None:
             if self.saliency is not None:
                 attn = self.saliency(feat)
-            elif self.classifier is None and tokens:
+            elif self.classifier is None and layout != "nchw":
+                # On tokens (and NHWC stage outputs) the label-free saliency is the token norm.
                 attn = token_norm(feat)
             else:
                 attn = self._saliency_source(feat, labels)
         return feature_mix(
-            feat,
+            x if layout == "tokens" else feat,
             labels,
             attn,
             mode=self.mode,
@@ -387,14 +394,15 @@ class FeatureMix(nn.Module):
             h_ratio=self.h_ratio,
             w_ratio=self.w_ratio,
             backend=self.backend,
+            token_grid=self._token_grid_of(layout),
         )
 
     def _replay(
         self,
-        feat: torch.Tensor,
+        x: torch.Tensor,
         attn: torch.Tensor | None,
         partners: torch.Tensor | None,
-        tokens: bool,
+        layout: str,
     ) -> torch.Tensor:
         """The recompute of the training forward's call: its labels and its draws again."""
         if len(self._calls) != 1:
@@ -407,7 +415,7 @@ class FeatureMix(nn.Module):
         generator = torch.Generator(device=call.draw_device)
         if call.draw_state is not None:
             generator.set_state(call.draw_state)
-        out, info = self._run(feat, call.labels, attn, partners, generator, tokens)
+        out, info = self._run(x, call.labels, attn, partners, generator, layout)
         if not torch.equal(info.mask, call.info.mask):
             raise RuntimeError(
                 "activation checkpointing recomputed a FeatureMix whose input changed since the "

@@ -7,14 +7,16 @@ mode of the family mixes them as it mixes a CNN's map; the prefix tokens pass th
 Swin stages return (N, H, W, C) maps, seen the same way. docs/transformers.md says what each
 saliency means on tokens.
 
+The op takes the tokens themselves (``feature_mix(tokens, ..., token_grid=grid)``): it mixes the
+patch tokens into the output tokens' own positions and copies the prefix, so tokens cost the
+passes over memory that a map costs.
+
 Example:
     >>> grid = TokenGrid(height=4, width=2, prefix=1)
     >>> tokens = torch.randn(3, 1 + 8, 16)
-    >>> prefix, patches = grid.split(tokens)
+    >>> patches = grid.patches(tokens)
     >>> patches.shape, patches.data_ptr() == tokens[:, 1:].data_ptr()  # a view, no copy
     (torch.Size([3, 16, 4, 2]), True)
-    >>> torch.equal(grid.join(prefix, patches), tokens)
-    True
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pmm_kernels import validation as check
+from pmm_kernels.ops.utils import patch_view
 
 __all__ = [
     "LAYOUTS",
@@ -63,9 +66,9 @@ class TokenGrid:
         if not isinstance(self.prefix, int) or isinstance(self.prefix, bool) or self.prefix < 0:
             raise ValueError(f"prefix must be an int >= 0, got {self.prefix!r}")
 
-    def split(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(prefix tokens, patch map)``: the (N, P, C) prefix and the (N, C, H, W) view of the
-        patch tokens (no copy).
+    def patches(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The (N, C, H, W) view of the patch tokens of ``tokens`` (no copy; channels_last
+        strides with the tokens' batch stride).
 
         Raises:
             ValueError: ``tokens`` is not (N, P + H*W, C) for this grid (one line, the counts).
@@ -78,35 +81,11 @@ class TokenGrid:
                 f"for a {self.height}x{self.width} grid after {self.prefix} prefix tokens, got "
                 f"{check.describe(tokens)}: give the model's grid (token_grid=TokenGrid(...))"
             )
-        return _SplitTokens.apply(tokens, self.prefix, self.height, self.width)
+        return patch_view(tokens, self.height, self.width, self.prefix)
 
-    def join(self, prefix: torch.Tensor, patches: torch.Tensor) -> torch.Tensor:
-        """The (N, P + H*W, C) tokens of ``prefix`` and an (N, C, H, W) patch map."""
-        return torch.cat([prefix, patches.permute(0, 2, 3, 1).flatten(1, 2)], dim=1)
-
-
-class _SplitTokens(torch.autograd.Function):
-    """The prefix and the patch map of tokens, as views; the backward writes the tokens'
-    gradient in one pass (two slices' own backwards would each zero-fill a full-size gradient
-    and add them up: five passes over the tokens instead of one)."""
-
-    @staticmethod
-    def forward(
-        ctx: Any, tokens: torch.Tensor, prefix: int, height: int, width: int
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        ctx.prefix_shape = (tokens.shape[0], prefix, tokens.shape[2])
-        patches = tokens[:, prefix:].unflatten(1, (height, width)).permute(0, 3, 1, 2)
-        return tokens[:, :prefix], patches
-
-    @staticmethod
-    def backward(
-        ctx: Any, grad_prefix: torch.Tensor | None, grad_patches: torch.Tensor
-    ) -> tuple[torch.Tensor, None, None, None]:
-        if grad_prefix is None:
-            grad_prefix = grad_patches.new_zeros(ctx.prefix_shape)
-        # Differentiable ops only, so that a double backward goes through.
-        grad = torch.cat([grad_prefix, grad_patches.permute(0, 2, 3, 1).flatten(1, 2)], dim=1)
-        return grad, None, None, None
+    def op_grid(self) -> tuple[int, int, int]:
+        """``(height, width, prefix)``, as the op takes the grid."""
+        return self.height, self.width, self.prefix
 
 
 def token_grid(model: nn.Module) -> TokenGrid | None:

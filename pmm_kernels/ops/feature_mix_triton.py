@@ -213,7 +213,7 @@ def chosen_configs() -> dict[str, str]:
 
 
 def feature_mix_forward_triton(
-    feat: torch.Tensor, plan: MixPlan
+    feat: torch.Tensor, plan: MixPlan, out: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Launch the forward kernels of any feature-mix mode (docs/op.md#feature-mix-family).
 
@@ -221,6 +221,8 @@ def feature_mix_forward_triton(
         feat: (N, C, H, W) float32/float16/bfloat16 map, any strides.
         plan: the validated mix (:class:`~pmm_kernels.ops.plan.MixPlan`), tensors on feat's
             device; with ``"keys"`` cells the keys are float32.
+        out: where to write the mixed map (feat's shape and dtype, any strides, not overlapping
+            feat: the patch view of the output tokens); None allocates it in feat's format.
 
     Returns:
         ``out`` (feat's dtype and memory format), ``partners`` (N,) int64, ``blocks`` (N, k)
@@ -242,7 +244,8 @@ def feature_mix_forward_triton(
     num_blocks = 1 if plan.cells.kind == "corner" else plan.num_blocks
     device = feat.device
 
-    out = torch.empty_like(feat, memory_format=torch.preserve_format)
+    if out is None:
+        out = torch.empty_like(feat, memory_format=torch.preserve_format)
     partners = torch.empty(n, dtype=torch.int64, device=device)
     blocks = torch.empty(n, num_blocks, dtype=torch.int64, device=device)
     mask = torch.empty(n, h, w, dtype=torch.bool, device=device)
@@ -291,11 +294,15 @@ def feature_mix_forward_triton(
 
 
 def feature_mix_backward_triton(
-    grad_out: torch.Tensor, partners: torch.Tensor, mask: torch.Tensor
+    grad_out: torch.Tensor,
+    partners: torch.Tensor,
+    mask: torch.Tensor,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Launch the backward kernel of any feature-mix mode; bit-exact to the PyTorch path on CPU.
 
-    Cells zeroed (mask set, partner -1) get a zero gradient; no sample takes from -1.
+    Cells zeroed (mask set, partner -1) get a zero gradient; no sample takes from -1. Written
+    into ``out`` when given (grad_out's shape and dtype, any strides), else a new tensor.
     """
     check_sample_span("grad_out", grad_out)
     n, c, h, w = grad_out.shape
@@ -307,7 +314,9 @@ def feature_mix_backward_triton(
     counts.scatter_add_(0, partners + 1, torch.ones_like(partners))
     bucket_end = counts.cumsum(0)
 
-    grad_feat = torch.empty_like(grad_out, memory_format=torch.preserve_format)
+    grad_feat = (
+        torch.empty_like(grad_out, memory_format=torch.preserve_format) if out is None else out
+    )
     grad_out_flat, grad_feat_flat = grad_out.flatten(2), grad_feat.flatten(2)
     round_to_bf16 = grad_out.dtype == torch.bfloat16
     _feature_mix_bwd_kernel[stream_grid(n, c, hw)](

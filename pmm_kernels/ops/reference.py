@@ -43,21 +43,23 @@ def saliency_torch(feat: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
 
 
 def feature_mix_forward_torch(
-    feat: torch.Tensor, plan: MixPlan
+    feat: torch.Tensor, plan: MixPlan, out: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Mixed features and ``(partners, blocks, mask, lam)`` for every mode
     (docs/op.md#feature-mix-family).
 
     ``plan.cells`` chooses the cells: the top k blocks by saliency (``"weights"``, ``"map"``) or
     by random keys (``"keys"``), or ``batch_drop``'s rectangle of size ``plan.block_size``
-    (``"corner"``, ``blocks`` all -1). Inputs are already validated.
+    (``"corner"``, ``blocks`` all -1). Inputs are already validated. ``out``, when given, is
+    where the mixed features are written (feat's shape and dtype, any strides, not overlapping
+    ``feat``: the patch view of the output tokens); else a new tensor in feat's memory format.
     """
     n, _, h, w = feat.shape
     block_size, cells = plan.block_size, plan.cells
     partners = sample_partners(plan.u, plan.labels, plan.partner_rule, plan.given_partners)
     zeroing = not plan.from_partner
     takes = torch.ones_like(partners, dtype=torch.bool) if zeroing else partners >= 0
-    out = feat.clone(memory_format=torch.preserve_format)
+    out = feat.clone(memory_format=torch.preserve_format) if out is None else out.copy_(feat)
 
     if cells.kind == "corner":
         blocks = torch.full((n, 1), -1, dtype=torch.int64, device=feat.device)
@@ -95,12 +97,14 @@ def feature_mix_backward_torch(
     mask: torch.Tensor,
     block_size: tuple[int, int],
     from_partner: bool,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Gradient w.r.t. ``feat`` of any mode (docs/op.md#gradient); ``from_partner`` False for
-    the zeroing modes, whose cells have no source."""
+    the zeroing modes, whose cells have no source. Written into ``out`` when given (grad_out's
+    shape and dtype, any strides), else into a new tensor."""
     if not from_partner:
-        return zeroed_backward_torch(grad_out, mask)
-    return a_hard_mix_backward_torch(grad_out, partners, blocks, mask, block_size)
+        return zeroed_backward_torch(grad_out, mask, out)
+    return a_hard_mix_backward_torch(grad_out, partners, blocks, mask, block_size, out)
 
 
 def replay_mix_torch(x: torch.Tensor, partners: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -122,9 +126,10 @@ def a_hard_mix_backward_torch(
     blocks: torch.Tensor,
     mask: torch.Tensor,
     block_size: tuple[int, int],
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Gradient w.r.t. ``feat`` of every mode that takes blocks from a partner
-    (docs/op.md#gradient).
+    (docs/op.md#gradient), into ``out`` when given.
 
     Accumulates in float32 (float64 for float64): each cell starts from its own gradient where it
     was kept, then receives the gradients of the samples that took it, in ascending sample order.
@@ -134,7 +139,8 @@ def a_hard_mix_backward_torch(
     n, _, h, w = grad_out.shape
     acc = accumulation_dtype(grad_out.dtype)
     grad = grad_out.to(acc)
-    grad_feat = torch.empty_like(grad)
+    # Accumulated straight into out where it has the accumulation dtype (float32, float64).
+    grad_feat = out if out is not None and out.dtype == acc else torch.empty_like(grad)
     torch.where(mask[:, None], grad.new_zeros(()), grad, out=grad_feat)
 
     rows, columns, exists = block_cells(blocks, h, w, block_size)
@@ -147,16 +153,25 @@ def a_hard_mix_backward_torch(
 
     channels = torch.arange(grad.shape[1], device=grad.device)
     s_n, s_c, s_h, s_w = grad_feat.stride()
-    targets = (partners.clamp_min(0)[:, None] * s_n + rows * s_h + columns * s_w)[
-        ..., None
-    ] + channels * s_c
-    # grad_feat is freshly allocated and dense, so its storage is a flat array of numel elements.
-    flat = grad_feat.as_strided((grad_feat.numel(),), (1,))
+    start = grad_feat.storage_offset()
+    cell_starts = partners.clamp_min(0)[:, None] * s_n + rows * s_h + columns * s_w + start
+    targets = cell_starts[..., None] + channels * s_c
+    # Added through a flat view of grad_feat's storage, up to its last element: grad_feat may be
+    # a strided view (the patches of the tokens' gradient), and its elements do not overlap.
+    extent = zip(grad_feat.shape, grad_feat.stride(), strict=True)
+    end = start + sum((size - 1) * stride for size, stride in extent) + 1
+    flat = grad_feat.as_strided((end,), (1,), 0)
     flat.index_add_(0, targets.flatten(), taken.flatten())
-    return grad_feat.to(grad_out.dtype)
+    if grad_feat is out:
+        return out
+    return grad_feat.to(grad_out.dtype) if out is None else out.copy_(grad_feat)
 
 
-def zeroed_backward_torch(grad_out: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Gradient w.r.t. ``feat`` of the zeroing modes: ``grad_out`` where kept, 0 where zeroed."""
-    grad_feat = torch.empty_like(grad_out, memory_format=torch.preserve_format)
-    return torch.where(mask[:, None], grad_out.new_zeros(()), grad_out, out=grad_feat)
+def zeroed_backward_torch(
+    grad_out: torch.Tensor, mask: torch.Tensor, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Gradient w.r.t. ``feat`` of the zeroing modes: ``grad_out`` where kept, 0 where zeroed;
+    into ``out`` when given."""
+    if out is None:
+        out = torch.empty_like(grad_out, memory_format=torch.preserve_format)
+    return torch.where(mask[:, None], grad_out.new_zeros(()), grad_out, out=out)

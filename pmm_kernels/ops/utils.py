@@ -19,6 +19,22 @@ def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def patch_view(tokens: torch.Tensor, height: int, width: int, prefix: int) -> torch.Tensor:
+    """The (N, C, H, W) view of the patch tokens of (N, prefix + H*W, C) tokens, no copy.
+
+    The patch tokens sit in row-major order after ``prefix`` tokens (cls, distillation,
+    registers), so the view has channels_last strides with the tokens' own batch stride
+    (docs/transformers.md); the op and its kernels take it as it is.
+
+    Example:
+        >>> tokens = torch.arange(2 * (1 + 6) * 3.0).view(2, 7, 3)
+        >>> patches = patch_view(tokens, 3, 2, 1)
+        >>> patches.shape, bool(patches[0, :, 0, 1].eq(tokens[0, 2]).all())
+        (torch.Size([2, 3, 3, 2]), True)
+    """
+    return tokens[:, prefix:].unflatten(1, (height, width)).permute(0, 3, 1, 2)
+
+
 def block_grid(height: int, width: int, block_size: tuple[int, int]) -> tuple[int, int]:
     """Rows and columns of the block grid that cuts a ``height x width`` map into ``block_size``
     blocks, ``(ceil(H / bh), ceil(W / bw))``; edge blocks are clipped to the map.

@@ -160,6 +160,12 @@ def _make_feat(dtype: torch.dtype, layout: str, shape: cases.Shape) -> torch.Ten
     return cases.in_layout(torch.zeros(shape.n, shape.c, shape.h, shape.w, dtype=dtype), layout)
 
 
+def _output_for(feat: torch.Tensor, layout: str) -> torch.Tensor | None:
+    """Where the launchers write: the patch view of new output tokens for token maps (as the
+    op passes it), else None (the launchers allocate in feat's format)."""
+    return cases.in_layout(torch.zeros_like(feat), layout) if layout == "tokens" else None
+
+
 def chunked_mode() -> str:
     """How rows name the planning kernel's launch on the batch of several label chunks."""
     return f"{cases.CHUNKED_CALL.name}, N={cases.CHUNKED_LABELS.n}"
@@ -225,6 +231,7 @@ def record_launches() -> list[Launch]:
                 cut.num_blocks,
                 generator,
             ),
+            _output_for(feat, layout),
         )
 
     class Recorder:
@@ -263,7 +270,9 @@ def record_launches() -> list[Launch]:
                         forward(call, shape, feat, dtype, layout, call.name)
                     case.update(mode="backward", f=shape.replaced_fraction)
                     mask = torch.rand(shape.n, shape.h, shape.w, generator=generator) < 0.1
-                    module.feature_mix_backward_triton(feat, torch.arange(shape.n).roll(1), mask)
+                    module.feature_mix_backward_triton(
+                        feat, torch.arange(shape.n).roll(1), mask, _output_for(feat, layout)
+                    )
         shape, call = cases.CHUNKED_LABELS, cases.CHUNKED_CALL
         feat = _make_feat(torch.float32, "contiguous", shape)
         forward(call, shape, feat, torch.float32, "contiguous", chunked_mode())

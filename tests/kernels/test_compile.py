@@ -11,6 +11,7 @@ from torch import nn
 
 import pmm_kernels
 from pmm_kernels import FeatureMix, insert_feature_mix
+from pmm_kernels.tokens import TokenGrid
 
 
 @pytest.fixture(autouse=True)
@@ -134,7 +135,7 @@ def test_a_generator_under_fullgraph_says_what_to_do():
 
 
 @pytest.mark.parametrize("mode", list(pmm_kernels.MODES))
-@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "tokens"])
 def test_fake_implementations_match_the_real_outputs(mode, layout, monkeypatch):
     # opcheck compares shapes, strides and dtypes of the fake and the real outputs, as inductor
     # does; the op's arguments are captured from a real call of every mode.
@@ -147,8 +148,12 @@ def test_fake_implementations_match_the_real_outputs(mode, layout, monkeypatch):
 
     monkeypatch.setattr(pmm_kernels.ops.feature_mix, "feature_mix_forward", capture)
     feat = torch.randn(5, 3, 7, 5)
+    token_grid = None
     if layout == "channels_last":
         feat = feat.contiguous(memory_format=torch.channels_last)
+    if layout == "tokens":  # (N, 2 + 7*5, C): the op writes the output tokens itself
+        token_grid = TokenGrid(7, 5, prefix=2)
+        feat = torch.randn(5, 2 + 7 * 5, 3)
     attn = torch.rand(5, 3) if pmm_kernels.MODES[mode].cells == "salient" else None
     out, info = pmm_kernels.feature_mix(
         feat.requires_grad_(),
@@ -157,6 +162,7 @@ def test_fake_implementations_match_the_real_outputs(mode, layout, monkeypatch):
         mode=mode,
         block_size=(2, 2),
         num_blocks=4,
+        token_grid=token_grid,
     )
     (args,) = calls
     torch.library.opcheck(real, args, test_utils=("test_schema", "test_faketensor"))

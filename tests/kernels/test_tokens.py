@@ -23,23 +23,23 @@ def _tokens(dtype=torch.float32, seed=0) -> torch.Tensor:
     return torch.randn(6, GRID.prefix + 24, 10, generator=generator).to(dtype)
 
 
-def test_split_is_a_view_and_join_inverts_it():
+def test_the_patch_map_is_a_row_major_view_of_the_patch_tokens():
     tokens = _tokens()
-    prefix, patches = GRID.split(tokens)
+    patches = GRID.patches(tokens)
     assert (
         patches.shape == (6, 10, 6, 4)
         and patches.is_contiguous(memory_format=torch.channels_last) is False
     )
     assert patches.untyped_storage().data_ptr() == tokens.untyped_storage().data_ptr()
     assert torch.equal(patches[:, :, 1, 2], tokens[:, GRID.prefix + 1 * 4 + 2])  # row-major
-    assert torch.equal(GRID.join(prefix, patches), tokens)
+    assert torch.equal(patches.permute(0, 2, 3, 1).flatten(1, 2), tokens[:, GRID.prefix :])
 
 
 def test_a_token_count_off_the_grid_is_one_line():
     with pytest.raises(
         ValueError, match=r"tokens must be \(N, 2 \+ 6\*4 = 26, C\) .* got"
     ) as error:
-        GRID.split(torch.zeros(6, 25, 10))
+        GRID.patches(torch.zeros(6, 25, 10))
     assert "\n" not in str(error.value) and "tensor(" not in str(error.value)
     with pytest.raises(ValueError, match="has no token grid"):
         FeatureMix()(torch.zeros(6, 26, 10), LABELS)
@@ -53,12 +53,12 @@ def test_tokens_mix_exactly_as_their_map(mode):
     )
     mixed = layer(tokens, LABELS)
     # The same mix on a plain NCHW copy of the patch map, with the same draws and saliency.
-    _, patches = GRID.split(tokens)
+    patches = GRID.patches(tokens)
     plain = FeatureMix(mode, grid=(3, 2), generator=torch.Generator().manual_seed(1))
     attn = token_norm(patches) if pmm_kernels.MODES[mode].cells == "salient" else None
     expected = plain(patches.contiguous(), LABELS, attn)
     assert torch.equal(mixed[:, : GRID.prefix], tokens[:, : GRID.prefix])  # prefix untouched
-    assert torch.equal(GRID.split(mixed)[1], expected)
+    assert torch.equal(GRID.patches(mixed), expected)
     assert torch.equal(layer.last_info.mask, plain.last_info.mask)
     assert layer.eval()(tokens, LABELS) is tokens  # eval: the identity
 
@@ -80,7 +80,7 @@ class _FullSizeCopies(TorchDispatchMode):
 @pytest.mark.parametrize("backend", ["torch", "triton"])
 def test_the_op_copies_token_strides_no_more_than_channels_last(backend, triton_device):
     tokens = _tokens().to(triton_device)
-    _, patches = GRID.split(tokens)
+    patches = GRID.patches(tokens)
     dense = patches.contiguous(memory_format=torch.channels_last)
     weights = torch.rand(6, 10, device=triton_device)
     traces = []
@@ -146,15 +146,48 @@ def _backward_nodes(tensor: torch.Tensor) -> set[str]:
     return {type(node).__name__ for node in seen}
 
 
-def test_the_tokens_gradient_is_assembled_in_one_pass():
-    # Slicing the prefix and the patches off the tokens would give two SliceBackward0 nodes, each
-    # zero-filling a full-size gradient, then an add: five passes where one cat does.
+class _FullPasses(TorchDispatchMode):
+    """Names the ops that write at least ``numel`` elements: full passes over the patch tokens.
+
+    Views and allocations write nothing; indexed writes (``index_put_``, ``index_add_``) touch
+    only the mixed cells, even where their output is a flat view of the whole storage.
+    """
+
+    def __init__(self, numel: int) -> None:
+        super().__init__()
+        self.numel, self.ops = numel, []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        name = str(func.overloadpacket)
+        writes = not func.is_view and "empty" not in name and "index" not in name
+        results = out if isinstance(out, tuple | list) else (out,)
+        if writes and any(isinstance(r, torch.Tensor) and r.numel() >= self.numel for r in results):
+            self.ops.append(name)
+        return out
+
+
+@pytest.mark.parametrize("mode", ["a_hard_mix", "cutout"])
+def test_tokens_are_written_in_one_pass_forward_and_one_backward(mode, monkeypatch):
+    # The op writes the mixed patch tokens straight into the output tokens and the patches'
+    # gradient into the tokens' gradient: no split before it, no join (cat) after it. The
+    # custom ops' bodies run in line (their Python functions, as torch.library keeps them), so
+    # that the dispatch mode sees the aten ops inside them.
+    for name in ("feature_mix_forward", "feature_mix_backward"):
+        op = getattr(pmm_kernels.ops.feature_mix, name)
+        monkeypatch.setattr(pmm_kernels.ops.feature_mix, name, op._init_fn)
     tokens = _tokens().requires_grad_()
-    out = FeatureMix("a_hard_mix", grid=(3, 2), token_grid=GRID)(tokens, LABELS)
-    nodes = _backward_nodes(out)
-    assert "_SplitTokensBackward" in nodes and "SliceBackward0" not in nodes
-    (grad,) = torch.autograd.grad(out, tokens, torch.ones_like(out))
-    assert torch.equal(grad[:, : GRID.prefix], torch.ones(6, GRID.prefix, 10))
+    layer = FeatureMix(mode, grid=(3, 2), token_grid=GRID, backend="torch")
+    # The saliency given, so that only the mix is counted.
+    attn = torch.rand(6, 6, 4) if pmm_kernels.MODES[mode].cells == "salient" else None
+    with _FullPasses(GRID.patches(tokens).numel()) as forward:
+        out = layer(tokens, LABELS, attn)
+    grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
+    with _FullPasses(GRID.patches(tokens).numel()) as backward:
+        (grad,) = torch.autograd.grad(out, tokens, grad_out)
+    assert forward.ops == ["aten.copy_"] and backward.ops == ["aten.where"]
+    assert _backward_nodes(out) == {"FeatureMixFunctionBackward", "AccumulateGrad"}
+    assert torch.equal(grad[:, : GRID.prefix], grad_out[:, : GRID.prefix])
 
 
 def test_compiles_without_graph_breaks_and_copies_drop_nothing_needed():
@@ -197,3 +230,94 @@ def test_cls_attention_is_the_cls_row_of_the_blocks_attention():
     # The most attended 2x2 block of the 3x2 grid is the first one the layer took.
     block_scores = expected.view(6, 3, 2, 2, 2).sum((2, 4)).flatten(1)
     assert torch.equal(layer.last_info.blocks[:, 0], block_scores.argmax(1))
+
+
+@pytest.mark.parametrize("mode", list(pmm_kernels.MODES))
+def test_feature_mix_takes_tokens_and_their_gradient_is_the_maps(mode, triton_device):
+    # The op on tokens (token_grid=) against the op on a plain NCHW copy of their patch map:
+    # same output patches, prefix copied, the same gradient to the patches and the prefix's
+    # own gradient passed through; on both backends.
+    tokens = _tokens(seed=4).to(triton_device)
+    patches = GRID.patches(tokens).contiguous()
+    salient = pmm_kernels.MODES[mode].cells == "salient"
+    attn = torch.rand(6, 6, 4).to(triton_device) if salient else None
+    grad_out = torch.randn(tokens.shape, generator=torch.Generator().manual_seed(5))
+    grad_out = grad_out.to(triton_device)
+    for backend in ("torch", "triton"):
+        kwargs = dict(mode=mode, block_size=(2, 2), num_blocks=2, backend=backend)
+        leaf = tokens.clone().requires_grad_()
+        out, info = pmm_kernels.feature_mix(
+            leaf,
+            LABELS.to(triton_device),
+            attn,
+            generator=torch.Generator().manual_seed(2),
+            token_grid=GRID,
+            **kwargs,
+        )
+        plain_leaf = patches.clone().requires_grad_()
+        plain, plain_info = pmm_kernels.feature_mix(
+            plain_leaf,
+            LABELS.to(triton_device),
+            attn,
+            generator=torch.Generator().manual_seed(2),
+            **kwargs,
+        )
+        assert out.shape == tokens.shape and torch.equal(out[:, :2], tokens[:, :2])
+        assert torch.equal(GRID.patches(out), plain) and torch.equal(info.mask, plain_info.mask)
+        (grad,) = torch.autograd.grad(out, leaf, grad_out)
+        (plain_grad,) = torch.autograd.grad(plain, plain_leaf, GRID.patches(grad_out))
+        assert torch.equal(grad[:, :2], grad_out[:, :2])
+        assert torch.equal(GRID.patches(grad), plain_grad)
+
+
+def test_feature_mix_refuses_a_token_grid_that_is_not_one():
+    with pytest.raises(TypeError, match="token_grid must be a TokenGrid, got a tuple"):
+        pmm_kernels.feature_mix(_tokens(), LABELS, mode="cutout", token_grid=(6, 4, 2))
+    with pytest.raises(ValueError, match=r"tokens must be \(N, 2 \+ 6\*4 = 26, C\)"):
+        pmm_kernels.feature_mix(_tokens()[:, 1:], LABELS, mode="cutout", token_grid=GRID)
+
+
+def test_jacrev_of_the_token_mix_is_a_copy_matrix():
+    # torch.func.jacrev batches the backward op over many gradients of the tokens (its vmap
+    # rule folds them into the channels): the Jacobian is the mix as a 0/1 matrix, the identity
+    # on the prefix.
+    grid = TokenGrid(height=2, width=2, prefix=1)
+    tokens = torch.randn(4, 5, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
+
+    def mix(x):
+        out, _ = pmm_kernels.feature_mix(
+            x,
+            None,
+            mode="cutmix",
+            block_size=(1, 1),
+            num_blocks=2,
+            partners=torch.tensor([1, 2, 3, 0]),
+            generator=torch.Generator().manual_seed(0),
+            token_grid=grid,
+        )
+        return out
+
+    flat = torch.func.jacrev(mix)(tokens).reshape(tokens.numel(), tokens.numel())
+    probe = torch.randn(
+        tokens.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(7)
+    )
+    assert torch.equal((flat @ probe.flatten()).view(tokens.shape), mix(probe))
+    assert set(flat.unique().tolist()) == {0.0, 1.0}
+    prefix_rows = flat.view(4, 5, 3, -1)[:, 0].reshape(12, -1)
+    assert torch.equal(prefix_rows.sum(1), torch.ones(12, dtype=torch.float64))
+
+
+def test_opcheck_of_the_backward_op_on_tokens():
+    # The forward op's fake on tokens is checked with the others in test_compile.py; here the
+    # backward's fake, its autograd formula (the double backward) and its dispatch on tokens.
+    tokens = _tokens(seed=8)
+    out, info = pmm_kernels.feature_mix(
+        tokens,
+        LABELS,
+        mode="cutmix",
+        block_size=(2, 2),
+        token_grid=GRID,
+        generator=torch.Generator().manual_seed(0),
+    )
+    args = (torch.randn(out.shape), *info[:3], 2, 2, True, False)
+    torch.library.opcheck(pmm_kernels.ops.feature_mix.feature_mix_backward, args)

@@ -13,7 +13,14 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from oracles import LAYOUTS, SEEDS, check_against_oracle, make_feat, mix_problems
+from oracles import (
+    LAYOUTS,
+    SEEDS,
+    check_against_oracle,
+    copy_keeping_layout,
+    make_feat,
+    mix_problems,
+)
 
 from pmm_kernels import MODES, a_hard_mix, feature_mix
 from pmm_kernels.ops import reference
@@ -38,8 +45,8 @@ def run_both(feat, attn, labels, *, seed=0, **kwargs):
     grad_out = torch.randn(feat.shape, generator=torch.Generator().manual_seed(seed + 1))
     grad_out = grad_out.to(device=feat.device, dtype=feat.dtype)
     for backend, device in (("torch", torch.device("cpu")), ("triton", feat.device)):
-        # .to keeps the memory format, so both backends see the same layout.
-        x = feat.detach().to(device, copy=True).requires_grad_()
+        # Both backends see feat's own strides and offset (a token view stays one).
+        x = copy_keeping_layout(feat.detach(), device).requires_grad_()
         out, info = a_hard_mix(
             x,
             on(device, attn),
@@ -93,7 +100,7 @@ def test_triton_equals_torch(shape, attn_form, partners, triton_device):
 @pytest.mark.parametrize("attn_form", cases.ATTN_FORMS)
 def test_triton_dtypes_and_layouts(dtype, layout, attn_form, triton_device):
     n, c, h, w = 6, 35, 7, 5
-    feat = make_feat((n, c, h, w), dtype=dtype, layout=layout, device=triton_device) * 50
+    feat = make_feat((n, c, h, w), dtype=dtype, layout=layout, device=triton_device, scale=50)
     attn = torch.rand(n, c) if attn_form == "weights" else torch.rand(n, h, w, dtype=dtype)
     # Sample 0 is taken by four others: the backward adds four gradients in a fixed order.
     partners = torch.tensor([2, 0, 0, 0, 0, -1], device=triton_device)
@@ -225,26 +232,56 @@ def test_works_under_torch_compile_without_graph_breaks(backend, triton_device):
 # test_feature_mix.py.
 
 
-def check_family(feat, source, partner_rule, given, block_size, num_blocks, seed=0):
-    """Forward and backward launchers of both backends agree bit for bit."""
+def check_family(
+    feat, source, partner_rule, given, block_size, num_blocks, seed=0, into_view=False
+):
+    """Forward and backward launchers of both backends agree bit for bit; with ``into_view``
+    both write into given outputs with feat's strides and offset (the op's token path)."""
     device = feat.device
     generator = torch.Generator().manual_seed(seed)
     plan = cases.launcher_plan(source, partner_rule, given, feat, block_size, num_blocks, generator)
-    got = feature_mix_forward_triton(feat, plan)
-    expected = reference.feature_mix_forward_torch(feat.cpu(), plan.to("cpu"))
-    assert got[0].dtype == feat.dtype and got[0].stride() == feat.stride()
+
+    def output(like, on):
+        # NaN-filled, so that a cell the launcher forgot to write cannot pass.
+        if not into_view:
+            return None
+        return copy_keeping_layout(like, on, torch.full_like(like, float("nan")))
+
+    out = output(feat, device)
+    got = feature_mix_forward_triton(feat, plan, out)
+    expected = reference.feature_mix_forward_torch(
+        copy_keeping_layout(feat, "cpu"), plan.to("cpu"), output(feat, "cpu")
+    )
+    # Both backends allocate alike (feat's strides where feat is dense) or write where told.
+    assert got[0].dtype == feat.dtype and got[0].stride() == expected[0].stride()
+    if into_view or feat.is_contiguous():
+        assert got[0].stride() == feat.stride()
+    assert out is None or got[0] is out
     for name, a, b in zip(("out", "partners", "blocks", "mask", "lam"), got, expected, strict=True):
         assert a.dtype == b.dtype, name
         assert torch.equal(a.cpu(), b), name
     _, partners, blocks, mask, _ = expected
-    grad_out = torch.randn(feat.shape, generator=generator).to(dtype=feat.dtype)
+    values = torch.randn(feat.shape, generator=generator).to(dtype=feat.dtype)
     # grad_out in feat's layout, so the backward sees the strides the forward produced.
-    grad_out = torch.empty_like(feat, dtype=feat.dtype, device="cpu").copy_(grad_out)
-    grad = feature_mix_backward_triton(grad_out.to(device), partners.to(device), mask.to(device))
-    want = reference.feature_mix_backward_torch(
-        grad_out, partners, blocks, mask, block_size, partner_rule != "none"
+    grad_out = copy_keeping_layout(feat, "cpu", values)
+    grad = feature_mix_backward_triton(
+        copy_keeping_layout(grad_out, device),
+        partners.to(device),
+        mask.to(device),
+        output(grad_out, device),
     )
-    assert grad.stride() == grad_out.stride()
+    want = reference.feature_mix_backward_torch(
+        grad_out,
+        partners,
+        blocks,
+        mask,
+        block_size,
+        partner_rule != "none",
+        output(grad_out, "cpu"),
+    )
+    assert grad.stride() == want.stride()
+    if into_view or grad_out.is_contiguous():
+        assert grad.stride() == grad_out.stride()
     assert torch.equal(grad.cpu(), want)
 
 
@@ -264,9 +301,12 @@ def test_feature_mix_launchers_agree(call, shape, triton_device):
     ("source", "partner_rule"), [("keys", "any_other"), ("corner", "none"), ("weights", "none")]
 )
 def test_feature_mix_dtypes_and_layouts(source, partner_rule, dtype, layout, triton_device):
-    feat = make_feat((6, 5, 7, 5), dtype=dtype, layout=layout, device=triton_device, seed=1) * 50
+    feat = make_feat(
+        (6, 5, 7, 5), dtype=dtype, layout=layout, device=triton_device, seed=1, scale=50
+    )
     block_size, k = ((2, 5), 1) if source == "corner" else ((2, 2), 3)
-    check_family(feat, source, partner_rule, False, block_size, k)
+    # Token maps are written into the output tokens' patch view, as the op does.
+    check_family(feat, source, partner_rule, False, block_size, k, into_view=layout == "tokens")
 
 
 def test_feature_mix_keys_ties_go_to_the_lower_block(triton_device):

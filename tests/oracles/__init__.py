@@ -7,7 +7,7 @@ never from each other; fixtures live in ``tests/conftest.py``.
 
 from .checks import assert_matches_oracle, check_against_oracle
 from .data import TINY_SET, tiny_run_options, tiny_synthetic_set
-from .inputs import LAYOUTS, SEEDS, make_feat, mix_problems
+from .inputs import LAYOUTS, SEEDS, copy_keeping_layout, make_feat, mix_problems
 
 __all__ = [
     "LAYOUTS",
@@ -15,6 +15,7 @@ __all__ = [
     "TINY_SET",
     "assert_matches_oracle",
     "check_against_oracle",
+    "copy_keeping_layout",
     "make_feat",
     "mix_problems",
     "tiny_run_options",

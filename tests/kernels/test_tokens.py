@@ -236,38 +236,36 @@ def test_cls_attention_is_the_cls_row_of_the_blocks_attention():
 def test_feature_mix_takes_tokens_and_their_gradient_is_the_maps(mode, triton_device):
     # The op on tokens (token_grid=) against the op on a plain NCHW copy of their patch map:
     # same output patches, prefix copied, the same gradient to the patches and the prefix's
-    # own gradient passed through; on both backends.
-    tokens = _tokens(seed=4).to(triton_device)
-    patches = GRID.patches(tokens).contiguous()
+    # own gradient passed through; on both backends (the PyTorch path on CPU, where its
+    # index_add_ adds in a fixed order; on CUDA it adds atomically).
+    generator = torch.Generator().manual_seed(4)
+    tokens = torch.randn(6, GRID.prefix + 24, 10, generator=generator)
     salient = pmm_kernels.MODES[mode].cells == "salient"
-    attn = torch.rand(6, 6, 4).to(triton_device) if salient else None
-    grad_out = torch.randn(tokens.shape, generator=torch.Generator().manual_seed(5))
-    grad_out = grad_out.to(triton_device)
-    for backend in ("torch", "triton"):
+    attn = torch.rand(6, 6, 4, generator=generator) if salient else None
+    grad_out = torch.randn(tokens.shape, generator=generator)
+    for backend, device in (("torch", torch.device("cpu")), ("triton", triton_device)):
         kwargs = dict(mode=mode, block_size=(2, 2), num_blocks=2, backend=backend)
-        leaf = tokens.clone().requires_grad_()
-        out, info = pmm_kernels.feature_mix(
-            leaf,
-            LABELS.to(triton_device),
-            attn,
-            generator=torch.Generator().manual_seed(2),
-            token_grid=GRID,
-            **kwargs,
-        )
-        plain_leaf = patches.clone().requires_grad_()
-        plain, plain_info = pmm_kernels.feature_mix(
-            plain_leaf,
-            LABELS.to(triton_device),
-            attn,
-            generator=torch.Generator().manual_seed(2),
-            **kwargs,
-        )
-        assert out.shape == tokens.shape and torch.equal(out[:, :2], tokens[:, :2])
+        leaf = tokens.to(device).requires_grad_()
+        plain_leaf = GRID.patches(tokens).contiguous().to(device).requires_grad_()
+        mixed = []
+        for x, grid in ((leaf, GRID), (plain_leaf, None)):
+            mixed.append(
+                pmm_kernels.feature_mix(
+                    x,
+                    LABELS.to(device),
+                    None if attn is None else attn.to(device),
+                    generator=torch.Generator().manual_seed(2),
+                    token_grid=grid,
+                    **kwargs,
+                )
+            )
+        (out, info), (plain, plain_info) = mixed
+        assert out.shape == tokens.shape and torch.equal(out[:, :2].cpu(), tokens[:, :2])
         assert torch.equal(GRID.patches(out), plain) and torch.equal(info.mask, plain_info.mask)
-        (grad,) = torch.autograd.grad(out, leaf, grad_out)
-        (plain_grad,) = torch.autograd.grad(plain, plain_leaf, GRID.patches(grad_out))
-        assert torch.equal(grad[:, :2], grad_out[:, :2])
-        assert torch.equal(GRID.patches(grad), plain_grad)
+        (grad,) = torch.autograd.grad(out, leaf, grad_out.to(device))
+        (plain_grad,) = torch.autograd.grad(plain, plain_leaf, GRID.patches(grad_out).to(device))
+        assert torch.equal(grad[:, :2].cpu(), grad_out[:, :2])
+        assert torch.equal(GRID.patches(grad), plain_grad), backend
 
 
 def test_feature_mix_refuses_a_token_grid_that_is_not_one():

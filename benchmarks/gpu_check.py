@@ -25,6 +25,7 @@ Needs torch, triton, pytest and hypothesis already installed (no network, no ins
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -160,12 +161,13 @@ def time_token_rows(rows: list[dict], save: Callable[[], None]) -> None:
     """The layer on ViT-B/16 ReID tokens (benchmarks/test_tokens_bench.py's rows), float32."""
     from triton.testing import do_bench
 
-    from benchmarks.token_rows import token_call
+    from benchmarks.token_rows import SALIENCIES, token_call
 
-    for passes in ("forward", "forward_backward"):
-        row = dict(n=64, dtype="float32", attn="tokens", passes=passes, impl="layer")
+    for saliency, passes in itertools.product(SALIENCIES, ("forward", "forward_backward")):
+        attn = "tokens" if saliency == "token_norm" else "tokens, saliency given"
+        row = dict(n=64, dtype="float32", attn=attn, passes=passes, impl="layer")
         try:
-            tokens, call = token_call(passes)
+            tokens, call = token_call(passes, saliency)
             floor = do_bench(tokens.clone, return_mode="median")
             ms = do_bench(call, return_mode="median")
             token_bytes = tokens.numel() * tokens.element_size()

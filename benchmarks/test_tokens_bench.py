@@ -1,8 +1,9 @@
 """The layer on ViT-B/16 ReID tokens: ``pytest benchmarks --benchmark-only``.
 
 At N = 64, 1 + 128 tokens (a 16x8 grid at 256x128), C = 768, float32: the ``a_hard_mix`` layer
-(token-norm saliency, the 8x4 grid's 3 blocks) forward, and forward + backward, each against
-``clone()`` of the token tensor measured right before it (``x_clone``). The CPU targets are the
+(the 8x4 grid's 3 blocks) forward, and forward + backward, each against ``clone()`` of the token
+tensor measured right before it (``x_clone``); with its token-norm saliency, and with a saliency
+map given (the op's own passes). The CPU targets are the
 op's: forward <= 1.5x clone, forward + backward <= 3x clone (docs/performance.md#targets).
 ``benchmarks/gpu_check.py`` times the same rows on a GPU.
 """
@@ -12,12 +13,13 @@ from __future__ import annotations
 import pytest
 
 from benchmarks.timing import ROUNDS, WARMUP_ROUNDS, mean_seconds
-from benchmarks.token_rows import token_call
+from benchmarks.token_rows import SALIENCIES, token_call
 
 
+@pytest.mark.parametrize("saliency", SALIENCIES)
 @pytest.mark.parametrize("passes", ["forward", "forward_backward"])
-def test_layer_on_vit_b16_tokens(benchmark, passes):
-    tokens, call = token_call(passes)
+def test_layer_on_vit_b16_tokens(benchmark, passes, saliency):
+    tokens, call = token_call(passes, saliency)
     floor = mean_seconds(tokens.clone)
     benchmark.group = "FeatureMix on ViT-B/16 tokens (N=64, 1+128, C=768)"
     benchmark.pedantic(call, rounds=ROUNDS, iterations=1, warmup_rounds=WARMUP_ROUNDS)

@@ -8,7 +8,7 @@ from collections.abc import Callable
 import torch
 
 import pmm_kernels
-from pmm_kernels.tokens import TokenGrid
+from pmm_kernels.tokens import TokenGrid, token_norm
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 N, GRID, C = 64, TokenGrid(16, 8, 1), 768
@@ -20,12 +20,21 @@ def token_inputs() -> tuple[torch.Tensor, torch.Tensor]:
     return tokens.to(DEVICE), (torch.arange(N) // 4).to(DEVICE)
 
 
-def token_call(passes: str) -> tuple[torch.Tensor, Callable[[], object]]:
+# The saliency the layer ranks blocks by: its label-free default, the token norm (one more read
+# of the patch tokens), or a map given to it (as ClsAttention or classifier= would compute
+# elsewhere), which leaves the op's own passes.
+SALIENCIES = ("token_norm", "given")
+
+
+def token_call(
+    passes: str, saliency: str = "token_norm"
+) -> tuple[torch.Tensor, Callable[[], object]]:
     """The benchmarked call on fresh inputs: the layer's forward or forward + backward."""
     tokens, labels = token_inputs()
     layer = pmm_kernels.FeatureMix("a_hard_mix", token_grid=GRID)
+    attn = token_norm(GRID.patches(tokens)) if saliency == "given" else None
     if passes == "forward":
-        return tokens, lambda: layer(tokens, labels)
+        return tokens, lambda: layer(tokens, labels, attn)
     leaf = tokens.detach().requires_grad_()
     grad_out = torch.randn_like(tokens)
-    return tokens, lambda: torch.autograd.grad(layer(leaf, labels), leaf, grad_out)
+    return tokens, lambda: torch.autograd.grad(layer(leaf, labels, attn), leaf, grad_out)

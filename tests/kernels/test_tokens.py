@@ -191,13 +191,23 @@ def test_tokens_are_written_in_one_pass_forward_and_one_backward(mode, monkeypat
 
 
 def test_compiles_without_graph_breaks_and_copies_drop_nothing_needed():
-    layer = FeatureMix("cutmix", grid=(3, 2), token_grid=GRID)
-    compiled = torch.compile(lambda x: layer(x), fullgraph=True, backend="eager")
-    out = compiled(_tokens())
-    assert out.shape == (6, 26, 10) and layer.last_info.mask.any()
+    torch._dynamo.reset()
+    layer = FeatureMix("a_hard_mix", grid=(3, 2), token_grid=GRID)
+    # aot_eager: the token op through functionalization and the autograd graph, as inductor
+    # takes it; the compiled step's loss and gradient are the eager step's.
+    step = torch.compile(
+        lambda x: layer(x, LABELS).square().sum(), fullgraph=True, backend="aot_eager"
+    )
+    leaf = _tokens().requires_grad_()
+    torch.manual_seed(0)
+    (grad,) = torch.autograd.grad(loss := step(leaf), leaf)
+    assert layer.last_info.mask.any()
+    torch.manual_seed(0)
+    (eager_grad,) = torch.autograd.grad(eager_loss := layer(leaf, LABELS).square().sum(), leaf)
+    assert torch.equal(loss, eager_loss) and torch.equal(grad, eager_grad)
     for copied in (copy.deepcopy(layer), pickle.loads(pickle.dumps(layer))):
         assert copied.token_grid == GRID
-        assert copied(_tokens()).shape == (6, 26, 10)
+        assert copied(_tokens(), LABELS).shape == (6, 26, 10)
 
 
 def test_nhwc_maps_mix_as_their_nchw_view():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections.abc import Callable
 
@@ -26,10 +27,11 @@ def synchronized(fn: Callable[[], object]) -> Callable[[], object]:
 ROUNDS, WARMUP_ROUNDS = 10, 2
 
 
-def mean_seconds(
+def round_seconds(
     fn: Callable[[], object], rounds: int = ROUNDS, warmup: int = WARMUP_ROUNDS
-) -> float:
-    """Mean seconds per call, timed as ``benchmark.pedantic`` times the rows.
+) -> list[float]:
+    """Seconds of each of ``rounds`` calls after ``warmup`` calls, timed as
+    ``benchmark.pedantic`` times the rows.
 
     Each result is freed outside the timed region, as pedantic does: freeing 100 MB is not
     free, and the floor must not pay for it when the rows don't.
@@ -37,10 +39,24 @@ def mean_seconds(
     fn = synchronized(fn)
     for _ in range(warmup):
         fn()
-    total = 0.0
+    seconds = []
     for _ in range(rounds):
         start = time.perf_counter()
         result = fn()
-        total += time.perf_counter() - start
+        seconds.append(time.perf_counter() - start)
         del result
-    return total / rounds
+    return seconds
+
+
+def mean_seconds(
+    fn: Callable[[], object], rounds: int = ROUNDS, warmup: int = WARMUP_ROUNDS
+) -> float:
+    """Mean seconds per call (:func:`round_seconds`), as pytest-benchmark's ``mean``."""
+    return statistics.fmean(round_seconds(fn, rounds, warmup))
+
+
+def median_seconds(
+    fn: Callable[[], object], rounds: int = ROUNDS, warmup: int = WARMUP_ROUNDS
+) -> float:
+    """Median seconds per call (:func:`round_seconds`), as pytest-benchmark's ``median``."""
+    return statistics.median(round_seconds(fn, rounds, warmup))

@@ -14,9 +14,9 @@ DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 N, GRID, C = 64, TokenGrid(16, 8, 1), 768
 
 
-def token_inputs() -> tuple[torch.Tensor, torch.Tensor]:
+def token_inputs(channels: int = C) -> tuple[torch.Tensor, torch.Tensor]:
     generator = torch.Generator().manual_seed(0)
-    tokens = torch.randn(N, GRID.prefix + GRID.height * GRID.width, C, generator=generator)
+    tokens = torch.randn(N, GRID.prefix + GRID.height * GRID.width, channels, generator=generator)
     return tokens.to(DEVICE), (torch.arange(N) // 4).to(DEVICE)
 
 
@@ -27,10 +27,10 @@ SALIENCIES = ("token_norm", "given")
 
 
 def token_call(
-    passes: str, saliency: str = "token_norm"
+    passes: str, saliency: str = "token_norm", channels: int = C
 ) -> tuple[torch.Tensor, Callable[[], object]]:
     """The benchmarked call on fresh inputs: the layer's forward or forward + backward."""
-    tokens, labels = token_inputs()
+    tokens, labels = token_inputs(channels)
     layer = pmm_kernels.FeatureMix("a_hard_mix", token_grid=GRID)
     attn = token_norm(GRID.patches(tokens)) if saliency == "given" else None
     if passes == "forward":

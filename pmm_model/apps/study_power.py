@@ -1,0 +1,360 @@
+"""Where the noise of a study's paired difference comes from, and what a larger grid detects.
+
+A grid compares a variant with a reference seed by seed: ``d_s`` = the variant's metric minus
+the reference's, both trained with seed ``s`` and scored on one test set. ``d_s`` varies over
+seeds for two reasons: training (another seed, another network) and evaluation (a finite test
+set: 40 identities on the synthetic set). This module separates the two from per-query results:
+
+- :func:`query_results` re-evaluates a run's checkpoint the way the study did
+  (:func:`pmm_model.apps.study.evaluate_checkpoint`) and keeps each query's AP and rank-1 hit;
+  their means are the run's mAP and rank-1, so the stored metrics are reproduced or not;
+- :func:`split_noise` bootstraps the test identities (a query belongs to its identity; the same
+  resample for the variant and the reference of a seed): the variance of ``d_s`` over resamples,
+  averaged over seeds, is the *evaluation* part; what the seeds vary beyond it is *training*
+  (the observed variance over seeds minus the evaluation part, floored at 0);
+- :meth:`NoiseSplit.detectable` predicts the smallest difference a grid of ``n`` seeds and
+  ``m`` times the test identities detects, (t(0.975, n - 1) + z(0.8)) * sd / sqrt(n) with
+  sd^2 = training + evaluation / m, the definition of :mod:`pmm_model.apps.study_report`.
+
+:func:`write_power_report` does it all for a finished grid folder and writes a markdown report
+and the per-query results (JSON) beside it.
+
+Example:
+    >>> rng = np.random.default_rng(0)
+    >>> pids = np.repeat(np.arange(40), 3)
+    >>> a = {s: rng.random(120) for s in range(8)}
+    >>> b = {s: rng.random(120) for s in range(8)}
+    >>> split = split_noise(a, b, pids, resamples=500)
+    >>> split.seeds, split.identities, split.detectable(8) > split.detectable(24, 5)
+    (8, 40, True)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pmm_model.apps.study import RESULT, STUDY, collect_results, run_dir
+from pmm_model.apps.study_report import detectable_difference
+from pmm_model.data.datasets import build_dataset
+from pmm_model.data.loaders import build_test_loaders
+from pmm_model.data.occlusion import EVAL_PROTOCOLS, with_protocol
+from pmm_model.evaluation.evaluator import extract_features, pairwise_distance
+from pmm_model.evaluation.metrics import evaluate_rank
+from pmm_model.run.atomic import atomic_write
+from pmm_model.run.checkpoint import load_model
+
+__all__ = [
+    "NoiseSplit",
+    "QueryResults",
+    "grid_minutes",
+    "query_results",
+    "split_noise",
+    "write_power_report",
+]
+
+# The per-query arrays behind each metric of the study.
+METRICS = {"rank1": "hit", "mAP": "ap"}
+
+
+@dataclass(frozen=True)
+class QueryResults:
+    """One run's evaluation, query by query (the queries with a valid gallery match, in order).
+
+    Attributes:
+        pids: ``(Q,)`` int64, each query's identity.
+        ap: ``(Q,)`` float64, its average precision; the mean is the mAP.
+        hit: ``(Q,)`` float64, 1.0 where its nearest gallery image is a true match; the mean
+            is rank-1.
+        seconds: the evaluation's wall time (features and ranking).
+    """
+
+    pids: np.ndarray
+    ap: np.ndarray
+    hit: np.ndarray
+    seconds: float
+
+    def metric(self, key: str) -> np.ndarray:
+        """The per-query array of ``key`` (``rank1`` or ``mAP``)."""
+        if key not in METRICS:
+            raise ValueError(f"key must be one of {tuple(METRICS)}, got {key!r}")
+        return self.hit if key == "rank1" else self.ap
+
+
+def query_results(checkpoint: str | Path, protocol: str) -> QueryResults:
+    """Per-query AP and rank-1 hit of a run's final checkpoint under ``protocol``, on the CPU.
+
+    The evaluation is :func:`pmm_model.apps.study.evaluate_checkpoint`'s (the checkpoint's data
+    set and input size, no flip, no re-ranking, Euclidean distance); each distance row is then
+    ranked on its own by :func:`~pmm_model.evaluation.metrics.evaluate_rank`.
+    """
+    if protocol not in EVAL_PROTOCOLS:
+        raise ValueError(f"protocol must be one of {EVAL_PROTOCOLS}, got {protocol!r}")
+    tic = time.perf_counter()
+    model, config = load_model(checkpoint)
+    data = with_protocol(build_dataset(config.data, config.root), protocol)
+    query_loader, gallery_loader = build_test_loaders(data, config.height, config.width)
+    qf, q_pids, q_cams = extract_features(model, query_loader, "cpu")
+    gf, g_pids, g_cams = extract_features(model, gallery_loader, "cpu")
+    dist = pairwise_distance(qf, gf)
+    # A query without a gallery image of its identity from another camera is not scored.
+    valid = ((q_pids[:, None] == g_pids) & (q_cams[:, None] != g_cams)).any(1)
+    rows = [
+        evaluate_rank(dist[i : i + 1], q_pids[i : i + 1], g_pids, q_cams[i : i + 1], g_cams)
+        for i in np.flatnonzero(valid)
+    ]
+    return QueryResults(
+        pids=q_pids[valid],
+        ap=np.array([r.mAP for r in rows], dtype=np.float64),
+        hit=np.array([r.cmc[0] for r in rows], dtype=np.float64),
+        seconds=time.perf_counter() - tic,
+    )
+
+
+@dataclass(frozen=True)
+class NoiseSplit:
+    """The variance of a paired difference over seeds, split into evaluation and training.
+
+    Attributes:
+        seeds: seeds paired.
+        identities: test identities resampled.
+        mean: the mean paired difference.
+        observed: the sample variance (n - 1) of the paired differences over seeds.
+        evaluation: the bootstrap variance of a seed's paired difference over resamples of the
+            test identities, averaged over seeds.
+    """
+
+    seeds: int
+    identities: int
+    mean: float
+    observed: float
+    evaluation: float
+
+    @property
+    def training(self) -> float:
+        """What the seeds vary beyond evaluation: observed - evaluation, floored at 0."""
+        return max(self.observed - self.evaluation, 0.0)
+
+    @property
+    def evaluation_share(self) -> float:
+        """The evaluation part's share of evaluation + training."""
+        return self.evaluation / (self.evaluation + self.training)
+
+    def detectable(self, seeds: int, identities: float = 1.0) -> float:
+        """The smallest difference detected with 80 % power (two-sided 5 %) by ``seeds`` seeds
+        on ``identities`` times the test identities: the evaluation part shrinks as
+        1/``identities``, the training part stays."""
+        if seeds < 2 or identities <= 0:
+            raise ValueError(f"need seeds >= 2 and identities > 0, got {seeds} and {identities}")
+        return detectable_difference(math.sqrt(self.training + self.evaluation / identities), seeds)
+
+
+def split_noise(
+    variant: Mapping[int, np.ndarray],
+    reference: Mapping[int, np.ndarray],
+    pids: np.ndarray,
+    resamples: int = 2000,
+    seed: int = 0,
+) -> NoiseSplit:
+    """Split the variance of ``variant - reference`` over seeds (see :class:`NoiseSplit`).
+
+    Args:
+        variant: per seed, the variant's per-query metric (``(Q,)``, the order of ``pids``).
+        reference: the same for the reference; the seeds both have are paired.
+        pids: ``(Q,)`` the queries' identities: the bootstrap resamples identities with
+            replacement, each drawn identity bringing all of its queries.
+        resamples: bootstrap resamples (the same ones for every seed).
+        seed: seeds the numpy generator of the resamples.
+
+    Raises:
+        ValueError: fewer than 2 paired seeds or resamples, or arrays not shaped like ``pids``.
+    """
+    seeds = sorted(set(variant) & set(reference))
+    if len(seeds) < 2 or resamples < 2:
+        raise ValueError(f"need 2 paired seeds and 2 resamples, got {len(seeds)} and {resamples}")
+    ids, index = np.unique(np.asarray(pids), return_inverse=True)
+    per_id = np.bincount(index, minlength=len(ids)).astype(np.float64)
+    draws = np.random.default_rng(seed).integers(0, len(ids), size=(resamples, len(ids)))
+    # counts[b, i]: how often resample b drew identity i.
+    counts = np.stack([np.bincount(row, minlength=len(ids)) for row in draws]).astype(np.float64)
+    diffs, within = [], []
+    for s in seeds:
+        a, b = np.asarray(variant[s], np.float64), np.asarray(reference[s], np.float64)
+        if a.shape != index.shape or b.shape != index.shape:
+            raise ValueError(
+                f"seed {s}: per-query arrays must be shaped like pids {index.shape}, "
+                f"got {a.shape} and {b.shape}"
+            )
+        diffs.append(float(a.mean() - b.mean()))
+        per_id_sum = np.bincount(index, weights=a - b, minlength=len(ids))
+        within.append(float(np.var(counts @ per_id_sum / (counts @ per_id), ddof=1)))
+    return NoiseSplit(
+        seeds=len(seeds),
+        identities=len(ids),
+        mean=statistics.fmean(diffs),
+        observed=statistics.variance(diffs),
+        evaluation=statistics.fmean(within),
+    )
+
+
+def grid_minutes(
+    seeds: int,
+    variants: int,
+    run_seconds: float,
+    eval_seconds: Mapping[str, float],
+    identities: float = 1.0,
+) -> float:
+    """CPU minutes of a grid of ``variants`` x ``seeds`` runs, each trained (``run_seconds``,
+    its standard evaluation included) and evaluated once per further protocol; with
+    ``identities`` times the test identities every evaluation takes that many times as long."""
+    extra = sum(eval_seconds.values()) * identities - eval_seconds.get("standard", 0.0)
+    return seeds * variants * (run_seconds + extra) / 60
+
+
+def _collect(
+    runs: Path, variants: Sequence[str], protocols: Sequence[str]
+) -> tuple[dict[str, Any], float]:
+    """Per-query results of every finished run and the largest gap to its stored metrics."""
+    records = {(r.variant, r.seed): r for r in collect_results(runs) if r.status == "done"}
+    table: dict[str, Any] = {}
+    worst = 0.0
+    for protocol in protocols:
+        mine: dict[str, Any] = {}
+        for variant in variants:
+            for seed in sorted(s for v, s in records if v == variant):
+                q = query_results(run_dir(runs, variant, seed) / "checkpoint.pt", protocol)
+                stored = records[variant, seed].metrics_for(protocol)
+                for key in METRICS:
+                    worst = max(worst, abs(float(q.metric(key).mean()) - stored[key]))
+                mine.setdefault("pids", q.pids.tolist())
+                mine.setdefault("runs", {}).setdefault(variant, {})[str(seed)] = {
+                    "ap": q.ap.tolist(),
+                    "hit": q.hit.astype(int).tolist(),
+                    "seconds": q.seconds,
+                }
+        table[protocol] = mine
+    return table, worst
+
+
+def _report(
+    table: Mapping[str, Any],
+    variants: Sequence[str],
+    reference: str,
+    run_seconds: float,
+    resamples: int,
+    seed: int,
+) -> tuple[str, dict[str, Any]]:
+    rows, summary = [], {}
+    eval_seconds = {
+        p: statistics.fmean(r["seconds"] for v in t["runs"].values() for r in v.values())
+        for p, t in table.items()
+    }
+    splits: dict[tuple[str, str, str], NoiseSplit] = {}
+    for protocol, t in table.items():
+        for variant in (v for v in variants if v != reference):
+            for key, field in METRICS.items():
+                arrays = {
+                    name: {
+                        int(s): np.array(r[field], np.float64) for s, r in t["runs"][name].items()
+                    }
+                    for name in (variant, reference)
+                }
+                split = split_noise(arrays[variant], arrays[reference], np.array(t["pids"]),
+                                    resamples, seed)  # fmt: skip
+                splits[protocol, variant, key] = split
+                rows.append(
+                    f"| {protocol} | {variant} - {reference} | {key} | {100 * split.mean:+.1f} | "
+                    f"{100 * math.sqrt(split.observed):.1f} | "
+                    f"{100 * math.sqrt(split.evaluation):.1f} | "
+                    f"{100 * math.sqrt(split.training):.1f} | "
+                    f"{100 * split.evaluation_share:.0f} % |"
+                )
+                summary[f"{protocol}/{variant}/{key}"] = {
+                    "seeds": split.seeds, "identities": split.identities, "mean": split.mean,
+                    "observed": split.observed, "evaluation": split.evaluation,
+                    "training": split.training,
+                }  # fmt: skip
+    primary = next(v for v in variants if v != reference)
+    grid = []
+    for n in (8, 16, 24):
+        for m in (1, 2, 5):
+            cells = [
+                f"{100 * splits[p, primary, k].detectable(n, m):.1f}"
+                for p in table
+                for k in METRICS
+            ]
+            minutes = [grid_minutes(n, v, run_seconds, eval_seconds, m) for v in (2, 5)]
+            grid.append(
+                f"| {n} | {m} | {' | '.join(cells)} | {minutes[0]:.0f} | {minutes[1]:.0f} |"
+            )
+    heads = " | ".join(f"{p} {k}" for p in table for k in METRICS)
+    text = (
+        f"# Where the noise of the paired difference comes from\n\n"
+        f"Per seed s, d_s = metric(variant, s) - metric({reference}, s). Evaluation: the "
+        f"variance of d_s over {resamples} bootstrap resamples of the test identities (numpy "
+        f"seed {seed}; a query goes with its identity), averaged over seeds; training: the "
+        f"observed variance of d_s over seeds minus that, floored at 0. Standard deviations "
+        f"in points.\n\n"
+        f"| protocol | difference | metric | mean | sd observed | sd evaluation | sd training "
+        f"| evaluation share |\n|---|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n\n"
+        f"Predicted detectable difference of {primary} - {reference} (points; 80 % power, "
+        f"two-sided 5 %; sd^2 = training + evaluation / m) with n seeds and m times the test "
+        f"identities, and the CPU minutes of a grid of 2 variants (the primary pair) and of "
+        f"5 (the committed grid): a run trains in {run_seconds:.0f} s (median wall time, its "
+        f"standard evaluation included) and an evaluation takes "
+        + ", ".join(f"{s:.1f} s ({p})" for p, s in eval_seconds.items())
+        + " at m = 1, m times as long at m.\n\n"
+        f"| n | m | {heads} | minutes, 2 variants | minutes, 5 variants |\n"
+        f"|---|---|{'---|' * (2 * len(table))}---|---|\n" + "\n".join(grid) + "\n"
+    )
+    return text, {"splits": summary, "eval_seconds": eval_seconds, "run_seconds": run_seconds}
+
+
+def write_power_report(
+    runs: str | Path,
+    out: str | Path,
+    variants: Sequence[str] = ("pmm-a_hard_mix",),
+    reference: str = "pmm-none",
+    protocols: Sequence[str] = EVAL_PROTOCOLS,
+    resamples: int = 2000,
+    seed: int = 0,
+) -> tuple[Path, Path, float]:
+    """Re-evaluate a finished grid query by query and write the noise report.
+
+    Writes ``out`` (markdown: the split per protocol, metric and variant minus ``reference``,
+    and the predicted detectable difference of the first variant for larger grids) and
+    ``out`` with the suffix ``.json`` (the per-query results and the numbers of the report).
+
+    Returns:
+        The two paths and the largest absolute gap between a re-evaluated metric (rank-1,
+        mAP) and the one the grid stored: 0 when the evaluation is reproduced exactly.
+
+    Raises:
+        StudyError: ``runs`` holds no grid.
+        ValueError: no variant besides ``reference``.
+    """
+    runs, out = Path(runs), Path(out)
+    if not [v for v in variants if v != reference]:
+        raise ValueError(f"variants must name one besides the reference {reference!r}")
+    names = [reference, *(v for v in variants if v != reference)]
+    table, worst = _collect(runs, names, protocols)
+    walls = [r.wall_seconds for r in collect_results(runs) if r.status == "done" and r.wall_seconds]
+    text, numbers = _report(table, names, reference, statistics.median(walls), resamples, seed)
+    text += (
+        f"\nRe-evaluated {sum(len(v) for t in table.values() for v in t['runs'].values())} "
+        f"checkpoints x protocols of {runs / STUDY}'s grid ({RESULT} per run): the per-query "
+        f"means differ from the stored rank-1 and mAP by at most {worst:.1e}.\n"
+    )
+    numbers |= {"max_gap_to_stored": worst, "per_query": table}
+    data = out.with_suffix(".json")
+    atomic_write(out, lambda f: f.write(text.encode()))
+    atomic_write(data, lambda f: f.write((json.dumps(numbers) + "\n").encode()))
+    return out, data, worst

@@ -1,0 +1,121 @@
+"""The noise split of a paired difference on per-query arrays whose answer is known."""
+
+from __future__ import annotations
+
+import math
+import statistics
+
+import numpy as np
+import pytest
+
+from pmm_model.apps.study_power import NoiseSplit, grid_minutes, split_noise
+from pmm_model.apps.study_report import detectable_difference, paired_difference
+
+IDS, PER_ID, SEEDS = 40, 3, 8
+PIDS = np.repeat(np.arange(100, 100 + IDS), PER_ID)  # identity labels need not start at 0
+
+
+def _per_seed(rng: np.random.Generator, seeds: int = SEEDS) -> dict[int, np.ndarray]:
+    return {s: rng.random(IDS * PER_ID) for s in range(seeds)}
+
+
+def test_identical_training_outcomes_leave_only_evaluation_noise() -> None:
+    # Every seed's per-query difference is the same array: d_s does not vary over seeds, yet
+    # the test set it was measured on is finite, so all of its noise is evaluation.
+    rng = np.random.default_rng(0)
+    a, b = rng.random(IDS * PER_ID), rng.random(IDS * PER_ID)
+    split = split_noise({s: a for s in range(SEEDS)}, {s: b for s in range(SEEDS)}, PIDS)
+    assert split.observed == pytest.approx(0.0, abs=1e-20)
+    assert split.training == 0.0 and split.evaluation_share == 1.0
+    # The bootstrap variance of a mean of 40 identity means is about their variance / 40.
+    per_id = (a - b).reshape(IDS, PER_ID).mean(1)
+    assert split.evaluation == pytest.approx(np.var(per_id) / IDS, rel=0.15)
+    assert split.detectable(8, 5) == pytest.approx(split.detectable(8) / math.sqrt(5))
+
+
+def test_no_query_noise_leaves_only_training_noise() -> None:
+    # Within a seed all queries agree (the difference is a constant per seed): resampling
+    # identities changes nothing, and the seeds' spread is all training.
+    shifts = [0.03, -0.01, 0.05, 0.0, 0.02, -0.04, 0.01, 0.06]
+    base = np.random.default_rng(1).random(IDS * PER_ID)
+    split = split_noise(
+        {s: base + d for s, d in enumerate(shifts)}, {s: base for s in range(SEEDS)}, PIDS
+    )
+    assert split.evaluation == pytest.approx(0.0, abs=1e-20)
+    assert split.observed == pytest.approx(statistics.variance(shifts))
+    assert split.training == pytest.approx(split.observed)
+    assert split.evaluation_share == pytest.approx(0.0, abs=1e-12)
+    assert split.mean == pytest.approx(statistics.fmean(shifts))
+    # More test identities cannot help; the eight seeds' detectable difference is the study's.
+    assert split.detectable(8, 5) == pytest.approx(split.detectable(8))
+    d = paired_difference(
+        {s: float((base + x).mean()) for s, x in enumerate(shifts)},
+        {s: float(base.mean()) for s in range(SEEDS)},
+    )
+    assert split.detectable(8) == pytest.approx(d.detectable)
+
+
+def test_both_sources_add_up_and_the_seed_part_is_recovered() -> None:
+    # Known training sd 0.05 per seed on top of independent per-query noise: the split finds
+    # the training part near 0.05^2 and the evaluation part near the per-query noise's.
+    rng = np.random.default_rng(2)
+    seeds = 200
+    shift = rng.normal(0.0, 0.05, seeds)
+    a = {s: rng.normal(shift[s], 0.3, IDS * PER_ID) for s in range(seeds)}
+    b = {s: np.zeros(IDS * PER_ID) for s in range(seeds)}
+    split = split_noise(a, b, PIDS, resamples=500)
+    assert split.evaluation == pytest.approx(0.3**2 / (IDS * PER_ID), rel=0.1)
+    assert math.sqrt(split.training) == pytest.approx(0.05, rel=0.2)
+    assert split.training + split.evaluation == pytest.approx(split.observed)
+
+
+def test_a_query_goes_with_its_identity() -> None:
+    # The three queries of an identity move together: resampling single queries would find
+    # three times less variance than resampling identities does.
+    rng = np.random.default_rng(3)
+    per_id = np.repeat(rng.normal(0.0, 1.0, IDS), PER_ID)
+    zero = np.zeros(IDS * PER_ID)
+    grouped = split_noise({0: per_id, 1: per_id}, {0: zero, 1: zero}, PIDS)
+    assert grouped.evaluation == pytest.approx(np.var(per_id[::PER_ID]) / IDS, rel=0.15)
+    singles = split_noise({0: per_id, 1: per_id}, {0: zero, 1: zero}, np.arange(IDS * PER_ID))
+    assert grouped.evaluation / singles.evaluation == pytest.approx(PER_ID, rel=0.2)
+
+
+def test_the_split_is_seeded_and_pairs_by_seed() -> None:
+    rng = np.random.default_rng(4)
+    a, b = _per_seed(rng), _per_seed(rng)
+    first, again = split_noise(a, b, PIDS, seed=7), split_noise(a, b, PIDS, seed=7)
+    assert first == again
+    assert split_noise(a, b, PIDS, seed=8).evaluation != first.evaluation
+    # A seed only one side has is left out.
+    extra = split_noise(a | {99: np.ones(IDS * PER_ID)}, b, PIDS, seed=7)
+    assert extra == first
+
+
+def test_bad_input_is_refused() -> None:
+    rng = np.random.default_rng(5)
+    a, b = _per_seed(rng, 2), _per_seed(rng, 2)
+    with pytest.raises(ValueError, match="need 2 paired seeds and 2 resamples, got 1 and 2000"):
+        split_noise({0: a[0]}, b, PIDS)
+    with pytest.raises(ValueError, match=r"seed 0: per-query arrays must be shaped like pids"):
+        split_noise({0: a[0][:5], 1: a[1]}, b, PIDS)
+    with pytest.raises(ValueError, match=r"need seeds >= 2 and identities > 0, got 1 and 1\.0"):
+        NoiseSplit(8, 40, 0.0, 1.0, 0.5).detectable(1)
+
+
+def test_detectable_shrinks_with_seeds_and_identities_as_predicted() -> None:
+    split = NoiseSplit(seeds=8, identities=40, mean=0.0, observed=0.004, evaluation=0.003)
+    assert split.training == pytest.approx(0.001)
+    assert split.evaluation_share == pytest.approx(0.75)
+    assert split.detectable(16, 2) == pytest.approx(detectable_difference(math.sqrt(0.0025), 16))
+    # Evaluation below what the seeds show cannot exceed it: observed < evaluation floors it.
+    noisy = NoiseSplit(seeds=8, identities=40, mean=0.0, observed=0.002, evaluation=0.003)
+    assert noisy.training == 0.0 and noisy.evaluation_share == 1.0
+
+
+def test_grid_minutes_counts_runs_and_scaled_evaluations() -> None:
+    evals = {"standard": 4.0, "occluded": 3.0}
+    # 2 variants x 8 seeds x (120 s training with its standard evaluation + 3 s occluded).
+    assert grid_minutes(8, 2, 120.0, evals) == pytest.approx(16 * 123 / 60)
+    # Five times the identities: the evaluations take 5x (the standard one's extra 4 x 4 s).
+    assert grid_minutes(8, 2, 120.0, evals, 5) == pytest.approx(16 * (120 + 16 + 15) / 60)

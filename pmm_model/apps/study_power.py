@@ -36,13 +36,13 @@ import math
 import statistics
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from pmm_model.apps.study import RESULT, STUDY, collect_results, run_dir
+from pmm_model.apps.study import collect_results, run_dir
 from pmm_model.apps.study_report import detectable_difference
 from pmm_model.data.datasets import build_dataset
 from pmm_model.data.loaders import build_test_loaders
@@ -51,6 +51,7 @@ from pmm_model.evaluation.evaluator import extract_features, pairwise_distance
 from pmm_model.evaluation.metrics import evaluate_rank
 from pmm_model.run.atomic import atomic_write
 from pmm_model.run.checkpoint import load_model
+from pmm_model.run.folder import CHECKPOINT
 
 __all__ = [
     "NoiseSplit",
@@ -130,6 +131,12 @@ class NoiseSplit:
         observed: the sample variance (n - 1) of the paired differences over seeds.
         evaluation: the bootstrap variance of a seed's paired difference over resamples of the
             test identities, averaged over seeds.
+        interaction: a check of ``evaluation``: the seed x identity residual mean square of the
+            per-identity mean differences (a two-way table, seeds x identities), over the
+            number of identities. It is the part of the evaluation noise that changes from seed
+            to seed; what ``evaluation`` holds beyond it (identity effects that every seed
+            shares) moves all seeds' differences alike: a bias of this test set that more
+            seeds do not average out. Near ``evaluation``, the split is what the seeds see.
     """
 
     seeds: int
@@ -137,6 +144,7 @@ class NoiseSplit:
     mean: float
     observed: float
     evaluation: float
+    interaction: float
 
     @property
     def training(self) -> float:
@@ -178,14 +186,17 @@ def split_noise(
         ValueError: fewer than 2 paired seeds or resamples, or arrays not shaped like ``pids``.
     """
     seeds = sorted(set(variant) & set(reference))
-    if len(seeds) < 2 or resamples < 2:
-        raise ValueError(f"need 2 paired seeds and 2 resamples, got {len(seeds)} and {resamples}")
     ids, index = np.unique(np.asarray(pids), return_inverse=True)
+    if len(seeds) < 2 or len(ids) < 2 or resamples < 2:
+        raise ValueError(
+            f"need 2 paired seeds, identities and resamples, got {len(seeds)}, {len(ids)} "
+            f"and {resamples}"
+        )
     per_id = np.bincount(index, minlength=len(ids)).astype(np.float64)
     draws = np.random.default_rng(seed).integers(0, len(ids), size=(resamples, len(ids)))
     # counts[b, i]: how often resample b drew identity i.
     counts = np.stack([np.bincount(row, minlength=len(ids)) for row in draws]).astype(np.float64)
-    diffs, within = [], []
+    diffs, within, by_id = [], [], []
     for s in seeds:
         a, b = np.asarray(variant[s], np.float64), np.asarray(reference[s], np.float64)
         if a.shape != index.shape or b.shape != index.shape:
@@ -196,12 +207,17 @@ def split_noise(
         diffs.append(float(a.mean() - b.mean()))
         per_id_sum = np.bincount(index, weights=a - b, minlength=len(ids))
         within.append(float(np.var(counts @ per_id_sum / (counts @ per_id), ddof=1)))
+        by_id.append(per_id_sum / per_id)
+    table = np.stack(by_id)
+    residual = table - table.mean(1, keepdims=True) - table.mean(0) + table.mean()
+    interaction = float((residual**2).sum()) / ((len(seeds) - 1) * (len(ids) - 1)) / len(ids)
     return NoiseSplit(
         seeds=len(seeds),
         identities=len(ids),
         mean=statistics.fmean(diffs),
         observed=statistics.variance(diffs),
         evaluation=statistics.fmean(within),
+        interaction=interaction,
     )
 
 
@@ -220,102 +236,108 @@ def grid_minutes(
 
 
 def _collect(
-    runs: Path, variants: Sequence[str], protocols: Sequence[str]
-) -> tuple[dict[str, Any], float]:
-    """Per-query results of every finished run and the largest gap to its stored metrics."""
+    runs: Path, names: Sequence[str], protocols: Sequence[str]
+) -> tuple[dict[str, Any], float, float]:
+    """Per-query results of every finished run of ``names``, the largest gap between a
+    re-evaluated metric and the stored one, and the median training wall time of the grid."""
     records = {(r.variant, r.seed): r for r in collect_results(runs) if r.status == "done"}
+    for name in names:
+        if sum(v == name for v, _ in records) < 2:
+            raise ValueError(f"variants: {name!r} has fewer than 2 finished runs in {runs}")
     table: dict[str, Any] = {}
     worst = 0.0
     for protocol in protocols:
-        mine: dict[str, Any] = {}
-        for variant in variants:
-            for seed in sorted(s for v, s in records if v == variant):
-                q = query_results(run_dir(runs, variant, seed) / "checkpoint.pt", protocol)
-                stored = records[variant, seed].metrics_for(protocol)
-                for key in METRICS:
-                    worst = max(worst, abs(float(q.metric(key).mean()) - stored[key]))
-                mine.setdefault("pids", q.pids.tolist())
-                mine.setdefault("runs", {}).setdefault(variant, {})[str(seed)] = {
+        found: dict[str, Any] = {"runs": {}}
+        for name in names:
+            for seed in sorted(s for v, s in records if v == name):
+                q = query_results(run_dir(runs, name, seed) / CHECKPOINT, protocol)
+                stored = records[name, seed].metrics_for(protocol)
+                worst = max([worst, *(abs(q.metric(k).mean() - stored[k]) for k in METRICS)])
+                found.setdefault("pids", q.pids.tolist())
+                found["runs"].setdefault(name, {})[str(seed)] = {
                     "ap": q.ap.tolist(),
                     "hit": q.hit.astype(int).tolist(),
                     "seconds": q.seconds,
                 }
-        table[protocol] = mine
-    return table, worst
+        table[protocol] = found
+    walls = [r.wall_seconds for r in records.values() if r.wall_seconds is not None]
+    return table, float(worst), statistics.median(walls)
 
 
-def _report(
-    table: Mapping[str, Any],
-    variants: Sequence[str],
-    reference: str,
+def _splits(
+    table: Mapping[str, Any], names: Sequence[str], resamples: int, seed: int
+) -> dict[tuple[str, str, str], NoiseSplit]:
+    """(protocol, variant, metric) -> the split of variant minus ``names[0]``."""
+    splits = {}
+    for protocol, found in table.items():
+        for variant in names[1:]:
+            for key, field in METRICS.items():
+                a, b = (
+                    {int(s): np.array(r[field], np.float64) for s, r in found["runs"][n].items()}
+                    for n in (variant, names[0])
+                )
+                splits[protocol, variant, key] = split_noise(
+                    a, b, np.array(found["pids"]), resamples, seed
+                )
+    return splits
+
+
+def _markdown(
+    splits: Mapping[tuple[str, str, str], NoiseSplit],
+    names: Sequence[str],
+    protocols: Sequence[str],
     run_seconds: float,
+    eval_seconds: Mapping[str, float],
     resamples: int,
     seed: int,
-) -> tuple[str, dict[str, Any]]:
-    rows, summary = [], {}
-    eval_seconds = {
-        p: statistics.fmean(r["seconds"] for v in t["runs"].values() for r in v.values())
-        for p, t in table.items()
-    }
-    splits: dict[tuple[str, str, str], NoiseSplit] = {}
-    for protocol, t in table.items():
-        for variant in (v for v in variants if v != reference):
-            for key, field in METRICS.items():
-                arrays = {
-                    name: {
-                        int(s): np.array(r[field], np.float64) for s, r in t["runs"][name].items()
-                    }
-                    for name in (variant, reference)
-                }
-                split = split_noise(arrays[variant], arrays[reference], np.array(t["pids"]),
-                                    resamples, seed)  # fmt: skip
-                splits[protocol, variant, key] = split
-                rows.append(
-                    f"| {protocol} | {variant} - {reference} | {key} | {100 * split.mean:+.1f} | "
-                    f"{100 * math.sqrt(split.observed):.1f} | "
-                    f"{100 * math.sqrt(split.evaluation):.1f} | "
-                    f"{100 * math.sqrt(split.training):.1f} | "
-                    f"{100 * split.evaluation_share:.0f} % |"
-                )
-                summary[f"{protocol}/{variant}/{key}"] = {
-                    "seeds": split.seeds, "identities": split.identities, "mean": split.mean,
-                    "observed": split.observed, "evaluation": split.evaluation,
-                    "training": split.training,
-                }  # fmt: skip
-    primary = next(v for v in variants if v != reference)
-    grid = []
-    for n in (8, 16, 24):
-        for m in (1, 2, 5):
-            cells = [
-                f"{100 * splits[p, primary, k].detectable(n, m):.1f}"
-                for p in table
-                for k in METRICS
-            ]
-            minutes = [grid_minutes(n, v, run_seconds, eval_seconds, m) for v in (2, 5)]
-            grid.append(
-                f"| {n} | {m} | {' | '.join(cells)} | {minutes[0]:.0f} | {minutes[1]:.0f} |"
-            )
-    heads = " | ".join(f"{p} {k}" for p in table for k in METRICS)
-    text = (
-        f"# Where the noise of the paired difference comes from\n\n"
+) -> str:
+    def sd(variance: float) -> str:
+        return f"{100 * math.sqrt(variance):.1f}"
+
+    reference, primary = names[0], names[1]
+    lines = [
+        "# Where the noise of the paired difference comes from",
+        "",
         f"Per seed s, d_s = metric(variant, s) - metric({reference}, s). Evaluation: the "
         f"variance of d_s over {resamples} bootstrap resamples of the test identities (numpy "
-        f"seed {seed}; a query goes with its identity), averaged over seeds; training: the "
-        f"observed variance of d_s over seeds minus that, floored at 0. Standard deviations "
-        f"in points.\n\n"
-        f"| protocol | difference | metric | mean | sd observed | sd evaluation | sd training "
-        f"| evaluation share |\n|---|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n\n"
+        f"seed {seed}; each drawn identity brings its queries, the same draw for both runs of "
+        "a seed), averaged over seeds. Training: the observed variance of d_s over seeds minus "
+        "the evaluation part, floored at 0. Check: the seed x identity interaction's part of "
+        "the evaluation noise (the part that changes from seed to seed); near the bootstrap's, "
+        "the noise of this test set that all seeds share is small. Standard deviations in "
+        "points (percentage points of rank-1 or mAP).",
+        "",
+        "| protocol | difference | metric | mean | sd observed | sd evaluation | "
+        "sd seed x identity (check) | sd training | evaluation share of the variance |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for (protocol, variant, key), s in splits.items():
+        lines.append(
+            f"| {protocol} | {variant} - {reference} | {key} | {100 * s.mean:+.1f} | "
+            f"{sd(s.observed)} | {sd(s.evaluation)} | {sd(s.interaction)} | {sd(s.training)} "
+            f"| {100 * s.evaluation_share:.0f} % |"
+        )
+    heads = [f"{p} {k}" for p in protocols for k in METRICS]
+    lines += [
+        "",
         f"Predicted detectable difference of {primary} - {reference} (points; 80 % power, "
-        f"two-sided 5 %; sd^2 = training + evaluation / m) with n seeds and m times the test "
-        f"identities, and the CPU minutes of a grid of 2 variants (the primary pair) and of "
-        f"5 (the committed grid): a run trains in {run_seconds:.0f} s (median wall time, its "
-        f"standard evaluation included) and an evaluation takes "
+        "two-sided 5 %; sd^2 = training + evaluation / m) with n seeds and m times the test "
+        "identities, and the CPU minutes of a grid of the 2 variants of the comparison and of "
+        f"5 (the committed grid's): a run takes {run_seconds:.0f} s (the grid's median wall "
+        "time, its standard evaluation included) and one more evaluation "
         + ", ".join(f"{s:.1f} s ({p})" for p, s in eval_seconds.items())
-        + " at m = 1, m times as long at m.\n\n"
-        f"| n | m | {heads} | minutes, 2 variants | minutes, 5 variants |\n"
-        f"|---|---|{'---|' * (2 * len(table))}---|---|\n" + "\n".join(grid) + "\n"
-    )
-    return text, {"splits": summary, "eval_seconds": eval_seconds, "run_seconds": run_seconds}
+        + " (the fastest re-evaluation), m times as long with m times the identities.",
+        "",
+        f"| n | m | {' | '.join(heads)} | minutes, 2 variants | minutes, 5 variants |",
+        f"|---|---|{'---|' * len(heads)}---|---|",
+    ]
+    for n in (8, 16, 24):
+        for m in (1, 2, 5):
+            cells = [f"{100 * splits[p, primary, k].detectable(n, m):.1f}" for p in protocols
+                     for k in METRICS]  # fmt: skip
+            minutes = [f"{grid_minutes(n, v, run_seconds, eval_seconds, m):.0f}" for v in (2, 5)]
+            lines.append(f"| {n} | {m} | {' | '.join(cells + minutes)} |")
+    return "\n".join(lines) + "\n"
 
 
 def write_power_report(
@@ -331,7 +353,7 @@ def write_power_report(
 
     Writes ``out`` (markdown: the split per protocol, metric and variant minus ``reference``,
     and the predicted detectable difference of the first variant for larger grids) and
-    ``out`` with the suffix ``.json`` (the per-query results and the numbers of the report).
+    ``out`` with the suffix ``.json`` (the report's numbers and the per-query results).
 
     Returns:
         The two paths and the largest absolute gap between a re-evaluated metric (rank-1,
@@ -339,21 +361,32 @@ def write_power_report(
 
     Raises:
         StudyError: ``runs`` holds no grid.
-        ValueError: no variant besides ``reference``.
+        ValueError: no variant besides ``reference``, or one with fewer than 2 finished runs.
     """
     runs, out = Path(runs), Path(out)
-    if not [v for v in variants if v != reference]:
-        raise ValueError(f"variants must name one besides the reference {reference!r}")
-    names = [reference, *(v for v in variants if v != reference)]
-    table, worst = _collect(runs, names, protocols)
-    walls = [r.wall_seconds for r in collect_results(runs) if r.status == "done" and r.wall_seconds]
-    text, numbers = _report(table, names, reference, statistics.median(walls), resamples, seed)
+    names = [reference, *dict.fromkeys(v for v in variants if v != reference)]
+    if len(names) < 2:
+        raise ValueError(f"variants: name one besides the reference {reference!r}")
+    table, worst, run_seconds = _collect(runs, names, protocols)
+    eval_seconds = {
+        p: min(r["seconds"] for runs_of in found["runs"].values() for r in runs_of.values())
+        for p, found in table.items()
+    }
+    splits = _splits(table, names, resamples, seed)
+    text = _markdown(splits, names, protocols, run_seconds, eval_seconds, resamples, seed)
+    count = sum(len(r) for found in table.values() for r in found["runs"].values())
     text += (
-        f"\nRe-evaluated {sum(len(v) for t in table.values() for v in t['runs'].values())} "
-        f"checkpoints x protocols of {runs / STUDY}'s grid ({RESULT} per run): the per-query "
-        f"means differ from the stored rank-1 and mAP by at most {worst:.1e}.\n"
+        f"\nRe-evaluated: {count} evaluations (runs x protocols) of the grid in {runs}; their "
+        f"per-query means differ from the rank-1 and mAP the grid stored by at most "
+        f"{worst:.1e}.\n"
     )
-    numbers |= {"max_gap_to_stored": worst, "per_query": table}
+    numbers = {
+        "max_gap_to_stored": worst,
+        "run_seconds": run_seconds,
+        "eval_seconds": eval_seconds,
+        "splits": {"/".join(k): asdict(s) | {"training": s.training} for k, s in splits.items()},
+        "per_query": table,
+    }
     data = out.with_suffix(".json")
     atomic_write(out, lambda f: f.write(text.encode()))
     atomic_write(data, lambda f: f.write((json.dumps(numbers) + "\n").encode()))

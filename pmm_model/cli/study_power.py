@@ -95,7 +95,7 @@ def main(argv: Sequence[str] | None = None) -> float:
             args.resamples,
             args.seed,
         )
-    except StudyError as err:
+    except (StudyError, ValueError) as err:  # no grid, a variant it did not train
         parser.exit(2, f"{PROG}: error: {err}\n")
     print(f"wrote {out} and {data}; largest gap to the stored metrics {gap:.1e}")
     if gap > TOLERANCE:

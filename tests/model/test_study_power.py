@@ -31,6 +31,8 @@ def test_identical_training_outcomes_leave_only_evaluation_noise() -> None:
     per_id = (a - b).reshape(IDS, PER_ID).mean(1)
     assert split.evaluation == pytest.approx(np.var(per_id) / IDS, rel=0.15)
     assert split.detectable(8, 5) == pytest.approx(split.detectable(8) / math.sqrt(5))
+    # ... and none of it changes from seed to seed: it is this test set's, shared by all seeds.
+    assert split.interaction == pytest.approx(0.0, abs=1e-20)
 
 
 def test_no_query_noise_leaves_only_training_noise() -> None:
@@ -67,6 +69,8 @@ def test_both_sources_add_up_and_the_seed_part_is_recovered() -> None:
     assert split.evaluation == pytest.approx(0.3**2 / (IDS * PER_ID), rel=0.1)
     assert math.sqrt(split.training) == pytest.approx(0.05, rel=0.2)
     assert split.training + split.evaluation == pytest.approx(split.observed)
+    # Fresh query noise for every seed: all of the evaluation part changes with the seed.
+    assert split.interaction == pytest.approx(split.evaluation, rel=0.1)
 
 
 def test_a_query_goes_with_its_identity() -> None:
@@ -95,21 +99,23 @@ def test_the_split_is_seeded_and_pairs_by_seed() -> None:
 def test_bad_input_is_refused() -> None:
     rng = np.random.default_rng(5)
     a, b = _per_seed(rng, 2), _per_seed(rng, 2)
-    with pytest.raises(ValueError, match="need 2 paired seeds and 2 resamples, got 1 and 2000"):
+    with pytest.raises(ValueError, match="need 2 paired seeds, identities and resamples, got 1,"):
         split_noise({0: a[0]}, b, PIDS)
+    with pytest.raises(ValueError, match="identities and resamples, got 2, 1 and 2000"):
+        split_noise(a, b, np.zeros(IDS * PER_ID, dtype=int))
     with pytest.raises(ValueError, match=r"seed 0: per-query arrays must be shaped like pids"):
         split_noise({0: a[0][:5], 1: a[1]}, b, PIDS)
     with pytest.raises(ValueError, match=r"need seeds >= 2 and identities > 0, got 1 and 1\.0"):
-        NoiseSplit(8, 40, 0.0, 1.0, 0.5).detectable(1)
+        NoiseSplit(8, 40, 0.0, 1.0, 0.5, 0.5).detectable(1)
 
 
 def test_detectable_shrinks_with_seeds_and_identities_as_predicted() -> None:
-    split = NoiseSplit(seeds=8, identities=40, mean=0.0, observed=0.004, evaluation=0.003)
+    split = NoiseSplit(8, 40, 0.0, observed=0.004, evaluation=0.003, interaction=0.003)
     assert split.training == pytest.approx(0.001)
     assert split.evaluation_share == pytest.approx(0.75)
     assert split.detectable(16, 2) == pytest.approx(detectable_difference(math.sqrt(0.0025), 16))
     # Evaluation below what the seeds show cannot exceed it: observed < evaluation floors it.
-    noisy = NoiseSplit(seeds=8, identities=40, mean=0.0, observed=0.002, evaluation=0.003)
+    noisy = NoiseSplit(8, 40, 0.0, observed=0.002, evaluation=0.003, interaction=0.003)
     assert noisy.training == 0.0 and noisy.evaluation_share == 1.0
 
 

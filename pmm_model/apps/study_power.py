@@ -17,7 +17,8 @@ set: 40 identities on the synthetic set). This module separates the two from per
   sd^2 = training + evaluation / m, the definition of :mod:`pmm_model.apps.study_report`.
 
 :func:`write_power_report` does it all for a finished grid folder and writes a markdown report
-and the per-query results (JSON) beside it.
+and the per-query results (JSON) beside it; :func:`rewrite_power_report` rebuilds the report
+from that JSON alone.
 
 Example:
     >>> rng = np.random.default_rng(0)
@@ -58,6 +59,7 @@ __all__ = [
     "QueryResults",
     "grid_minutes",
     "query_results",
+    "rewrite_power_report",
     "split_noise",
     "write_power_report",
 ]
@@ -326,7 +328,8 @@ def _markdown(
         f"5 (the committed grid's): a run takes {run_seconds:.0f} s (the grid's median wall "
         "time, its standard evaluation included) and one more evaluation "
         + ", ".join(f"{s:.1f} s ({p})" for p, s in eval_seconds.items())
-        + " (the fastest re-evaluation), m times as long with m times the identities.",
+        + " (the fastest re-evaluation), m times as long with m times the identities (making "
+        "the larger test set once is not counted).",
         "",
         f"| n | m | {' | '.join(heads)} | minutes, 2 variants | minutes, 5 variants |",
         f"|---|---|{'---|' * len(heads)}---|---|",
@@ -353,7 +356,8 @@ def write_power_report(
 
     Writes ``out`` (markdown: the split per protocol, metric and variant minus ``reference``,
     and the predicted detectable difference of the first variant for larger grids) and
-    ``out`` with the suffix ``.json`` (the report's numbers and the per-query results).
+    ``out`` with the suffix ``.json`` (the report's numbers and the per-query results, from
+    which :func:`rewrite_power_report` rebuilds the report without the checkpoints).
 
     Returns:
         The two paths and the largest absolute gap between a re-evaluated metric (rank-1,
@@ -363,31 +367,61 @@ def write_power_report(
         StudyError: ``runs`` holds no grid.
         ValueError: no variant besides ``reference``, or one with fewer than 2 finished runs.
     """
-    runs, out = Path(runs), Path(out)
     names = [reference, *dict.fromkeys(v for v in variants if v != reference)]
     if len(names) < 2:
         raise ValueError(f"variants: name one besides the reference {reference!r}")
-    table, worst, run_seconds = _collect(runs, names, protocols)
+    table, worst, run_seconds = _collect(Path(runs), names, protocols)
     eval_seconds = {
         p: min(r["seconds"] for runs_of in found["runs"].values() for r in runs_of.values())
         for p, found in table.items()
     }
-    splits = _splits(table, names, resamples, seed)
-    text = _markdown(splits, names, protocols, run_seconds, eval_seconds, resamples, seed)
-    count = sum(len(r) for found in table.values() for r in found["runs"].values())
-    text += (
-        f"\nRe-evaluated: {count} evaluations (runs x protocols) of the grid in {runs}; their "
-        f"per-query means differ from the rank-1 and mAP the grid stored by at most "
-        f"{worst:.1e}.\n"
-    )
     numbers = {
+        "runs": str(runs),
+        "reference": reference,
         "max_gap_to_stored": worst,
         "run_seconds": run_seconds,
         "eval_seconds": eval_seconds,
-        "splits": {"/".join(k): asdict(s) | {"training": s.training} for k, s in splits.items()},
         "per_query": table,
+    }
+    return _write(numbers, Path(out), resamples, seed)
+
+
+def rewrite_power_report(
+    numbers: str | Path, out: str | Path, resamples: int = 2000, seed: int = 0
+) -> tuple[Path, Path, float]:
+    """:func:`write_power_report`'s report again from the ``.json`` it wrote (``numbers``):
+    the same per-query results, times and gap, no checkpoint needed.
+
+    Raises:
+        ValueError: ``numbers`` is not such a file.
+    """
+    found = json.loads(Path(numbers).read_text())
+    keys = ("runs", "reference", "max_gap_to_stored", "run_seconds", "eval_seconds", "per_query")
+    if not isinstance(found, dict) or not all(k in found for k in keys):
+        raise ValueError(f"per_query: {str(numbers)!r} is not the .json of a power report")
+    return _write(found, Path(out), resamples, seed)
+
+
+def _write(
+    numbers: dict[str, Any], out: Path, resamples: int, seed: int
+) -> tuple[Path, Path, float]:
+    table, reference = numbers["per_query"], numbers["reference"]
+    names = [reference, *(v for v in next(iter(table.values()))["runs"] if v != reference)]
+    splits = _splits(table, names, resamples, seed)
+    text = _markdown(
+        splits, names, list(table), numbers["run_seconds"], numbers["eval_seconds"], resamples,
+        seed,
+    )  # fmt: skip
+    count = sum(len(r) for found in table.values() for r in found["runs"].values())
+    text += (
+        f"\nRe-evaluated: {count} evaluations (runs x protocols) of the grid in "
+        f"{numbers['runs']}; their per-query means differ from the rank-1 and mAP the grid "
+        f"stored by at most {numbers['max_gap_to_stored']:.1e}.\n"
+    )
+    numbers = numbers | {
+        "splits": {"/".join(k): asdict(s) | {"training": s.training} for k, s in splits.items()}
     }
     data = out.with_suffix(".json")
     atomic_write(out, lambda f: f.write(text.encode()))
     atomic_write(data, lambda f: f.write((json.dumps(numbers) + "\n").encode()))
-    return out, data, worst
+    return out, data, float(numbers["max_gap_to_stored"])

@@ -13,8 +13,10 @@ Example:
             --out docs/results/study-occluded-power.md
 
 Writes ``--out`` (markdown) and the same name with ``.json`` (per-query results and the
-report's numbers). Exit status: 0 done, 1 the re-evaluation does not reproduce the stored
-metrics (the report is still written), 2 bad arguments or no grid.
+report's numbers); ``--per-query`` that ``.json`` instead of ``--runs`` rebuilds the report
+from it alone, without the checkpoints. Exit status: 0 done, 1 the re-evaluation does not
+reproduce the stored metrics (the report is still written), 2 bad arguments, no grid or no
+such file.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pmm_model.apps.study import VARIANTS, StudyError
-from pmm_model.apps.study_power import write_power_report
+from pmm_model.apps.study_power import rewrite_power_report, write_power_report
 from pmm_model.cli.args import ctrl_c_exits, int_in_range, output_file
 from pmm_model.cli.scripts import program_name
 from pmm_model.data.occlusion import EVAL_PROTOCOLS
@@ -44,27 +46,28 @@ def build_parser() -> argparse.ArgumentParser:
         "evaluation (bootstrap over test identities) and training, and predict the detectable "
         "difference of larger grids.",
     )
-    parser.add_argument(
-        "--runs", required=True, type=Path, help="the grid folder (pmm-study --out)"
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--runs", type=Path, help="the grid folder (pmm-study --out)")
+    source.add_argument(
+        "--per-query",
+        type=Path,
+        help="instead of --runs: the .json an earlier report wrote (its per-query results); "
+        "rebuilds the report without the checkpoints",
     )
     parser.add_argument("--out", required=True, type=output_file, help="the markdown to write")
     parser.add_argument(
         "--variants",
         nargs="+",
         choices=VARIANTS,
-        default=["pmm-a_hard_mix"],
-        help="variants compared with the reference; the first one gets the prediction "
-        "table (default: %(default)s)",
+        help="with --runs: variants compared with the reference; the first one gets the "
+        "prediction table (default: pmm-a_hard_mix)",
     )
-    parser.add_argument(
-        "--reference", choices=VARIANTS, default="pmm-none", help="(default: %(default)s)"
-    )
+    parser.add_argument("--reference", choices=VARIANTS, help="with --runs (default: pmm-none)")
     parser.add_argument(
         "--protocols",
         nargs="+",
         choices=EVAL_PROTOCOLS,
-        default=list(EVAL_PROTOCOLS),
-        help="evaluation protocols (default: %(default)s)",
+        help=f"with --runs: evaluation protocols (default: {' '.join(EVAL_PROTOCOLS)})",
     )
     parser.add_argument(
         "--resamples",
@@ -83,19 +86,30 @@ def main(argv: Sequence[str] | None = None) -> float:
     """Run the CLI; returns the largest gap between a re-evaluated and a stored metric."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if all(v == args.reference for v in args.variants):
-        parser.error(f"argument --variants: name one besides the reference {args.reference!r}")
+    if args.per_query is not None:
+        for flag in ("variants", "reference", "protocols"):
+            if getattr(args, flag) is not None:
+                parser.error(f"argument --{flag}: only with --runs (--per-query holds its own)")
+    reference = args.reference or "pmm-none"
+    variants = args.variants or ["pmm-a_hard_mix"]
+    if all(v == reference for v in variants):
+        parser.error(f"argument --variants: name one besides the reference {reference!r}")
     try:
-        out, data, gap = write_power_report(
-            args.runs,
-            args.out,
-            args.variants,
-            args.reference,
-            args.protocols,
-            args.resamples,
-            args.seed,
-        )
-    except (StudyError, ValueError) as err:  # no grid, a variant it did not train
+        if args.per_query is not None:
+            out, data, gap = rewrite_power_report(
+                args.per_query, args.out, args.resamples, args.seed
+            )
+        else:
+            out, data, gap = write_power_report(
+                args.runs,
+                args.out,
+                variants,
+                reference,
+                args.protocols or EVAL_PROTOCOLS,
+                args.resamples,
+                args.seed,
+            )
+    except (StudyError, ValueError, OSError) as err:  # no grid, an untrained variant, no file
         parser.exit(2, f"{PROG}: error: {err}\n")
     print(f"wrote {out} and {data}; largest gap to the stored metrics {gap:.1e}")
     if gap > TOLERANCE:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 
 import numpy as np
 import pytest
 
-from pmm_model.apps.study_power import NoiseSplit, grid_minutes, split_noise
+from pmm_model.apps.study_power import NoiseSplit, grid_minutes, rewrite_power_report, split_noise
 from pmm_model.apps.study_report import detectable_difference, paired_difference
 
 IDS, PER_ID, SEEDS = 40, 3, 8
@@ -125,3 +126,48 @@ def test_grid_minutes_counts_runs_and_scaled_evaluations() -> None:
     assert grid_minutes(8, 2, 120.0, evals) == pytest.approx(16 * 123 / 60)
     # Five times the identities: the evaluations take 5x (the standard one's extra 4 x 4 s).
     assert grid_minutes(8, 2, 120.0, evals, 5) == pytest.approx(16 * (120 + 16 + 15) / 60)
+
+
+def _numbers(rng: np.random.Generator) -> dict:
+    """What write_power_report saves, for two variants whose training outcomes are identical:
+    every seed has the same per-query results, so all of the seeds' noise is evaluation."""
+    none, mixed = rng.random(IDS * PER_ID), rng.random(IDS * PER_ID)
+    hits = [(rng.random(IDS * PER_ID) < p).astype(int).tolist() for p in (0.5, 0.6)]
+
+    def run(ap: np.ndarray, hit: list[int], s: int) -> dict:
+        return {"ap": (ap + s / 100).tolist(), "hit": hit, "seconds": 3.0}
+
+    runs = {
+        "pmm-none": {str(s): run(none, hits[0], s) for s in range(SEEDS)},
+        "pmm-a_hard_mix": {str(s): run(mixed, hits[1], s) for s in range(SEEDS)},
+    }
+    return {
+        "runs": "runs/grid",
+        "reference": "pmm-none",
+        "max_gap_to_stored": 0.0,
+        "run_seconds": 120.0,
+        "eval_seconds": {"occluded": 3.0},
+        "per_query": {"occluded": {"pids": PIDS.tolist(), "runs": runs}},
+    }
+
+
+def test_the_report_is_rebuilt_from_its_numbers(tmp_path) -> None:
+    numbers = tmp_path / "numbers.json"
+    numbers.write_text(json.dumps(_numbers(np.random.default_rng(6))))
+    out, data, gap = rewrite_power_report(numbers, tmp_path / "power.md", resamples=200)
+    text = out.read_text()
+    # Both variants gain the same s / 100 per seed: the differences do not move over seeds.
+    row = next(line for line in text.splitlines() if line.startswith("| occluded |"))
+    assert row.endswith("| 0.0 | 100 % |") and "| pmm-a_hard_mix - pmm-none | rank1 |" in row
+    # 8 seeds at m = 1 are the committed grid: 2 variants x 8 x (120 s + 3 s) = 33 minutes.
+    committed = next(line for line in text.splitlines() if line.startswith("| 8 | 1 |"))
+    assert committed.endswith("| 33 | 82 |")
+    assert gap == 0.0 and "by at most 0.0e+00" in text
+    saved = json.loads(data.read_text())
+    assert saved["splits"]["occluded/pmm-a_hard_mix/mAP"]["training"] == 0.0
+    # The report rebuilt from what it wrote is the same report.
+    again, _, _ = rewrite_power_report(data, tmp_path / "again.md", resamples=200)
+    assert again.read_text() == text
+    numbers.write_text("[]")
+    with pytest.raises(ValueError, match=r"is not the \.json of a power report"):
+        rewrite_power_report(numbers, tmp_path / "x.md")

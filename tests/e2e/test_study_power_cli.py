@@ -37,6 +37,11 @@ def test_a_real_tiny_grid_is_reevaluated_query_by_query(tiny_root, tmp_path, mon
     assert "| occluded | pmm-a_hard_mix - pmm-none | mAP |" in text and "| 24 | 5 |" in text
     assert "differ from the rank-1 and mAP the grid stored by at most 0.0e+00" in text
     assert f"wrote {out}" in capsys.readouterr().out
+    # The report again from its .json alone: the same text.
+    again = tmp_path / "again.md"
+    rebuild = ["--per-query", str(out.with_suffix(".json")), "--out", str(again)]
+    assert cli.main([*rebuild, "--resamples", "50"]) == 0.0
+    assert again.read_text() == text
     # A variant the grid did not train is refused before any report is written.
     out.unlink()
     with pytest.raises(SystemExit) as exit_info:
@@ -51,6 +56,8 @@ def test_bad_arguments_exit_2_with_one_line(tmp_path, capsys):
         (["--runs", str(tmp_path), "--out", out], "no grid in"),
         (["--runs", str(tmp_path), "--out", out, "--variants", "pmm-none"], "name one besides"),
         (["--runs", str(tmp_path), "--out", out, "--resamples", "1"], "must be >= 2, got 1"),
+        (["--per-query", out, "--out", out, "--reference", "baseline"], "only with --runs"),
+        (["--per-query", str(tmp_path / "none.json"), "--out", out], "No such file"),
     ):
         with pytest.raises(SystemExit) as exit_info:
             cli.main(argv)

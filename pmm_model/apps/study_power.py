@@ -255,7 +255,9 @@ def _collect(
                 q = query_results(run_dir(runs, name, seed) / CHECKPOINT, protocol)
                 stored = records[name, seed].metrics_for(protocol)
                 worst = max([worst, *(abs(q.metric(k).mean() - stored[k]) for k in METRICS)])
-                found.setdefault("pids", q.pids.tolist())
+                # The scored queries depend on the data set alone: one list for every run.
+                if found.setdefault("pids", q.pids.tolist()) != q.pids.tolist():
+                    raise ValueError(f"{name} seed {seed}: other queries than the first run's")
                 found["runs"].setdefault(name, {})[str(seed)] = {
                     "ap": q.ap.tolist(),
                     "hit": q.hit.astype(int).tolist(),

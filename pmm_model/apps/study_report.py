@@ -36,6 +36,7 @@ __all__ = [
     "TABLE",
     "PairedDifference",
     "VariantSummary",
+    "detectable_difference",
     "markdown_table",
     "paired_difference",
     "paired_table",
@@ -73,6 +74,18 @@ def t_quantile_975(df: int) -> float:
     return z + (z**3 + z) / (4 * df)
 
 
+def detectable_difference(sd: float, n: int) -> float:
+    """The smallest true difference that ``n`` paired seeds whose differences have standard
+    deviation ``sd`` find with 80 % power at a two-sided 5 % level:
+    (t(0.975, n - 1) + z(0.8)) * sd / sqrt(n).
+
+    Example:
+        >>> round(detectable_difference(1.0, 8), 3)
+        1.134
+    """
+    return (t_quantile_975(n - 1) + _Z_80) * sd / math.sqrt(n)
+
+
 @dataclass(frozen=True)
 class PairedDifference:
     """A variant minus a reference over the seeds both finished.
@@ -106,8 +119,7 @@ def paired_difference(
         return PairedDifference(n, mean, math.nan, math.nan, math.nan, math.nan)
     mean, sd = float(diffs.mean()), float(diffs.std(ddof=1))
     half = t_quantile_975(n - 1) * sd / math.sqrt(n)
-    detectable = (t_quantile_975(n - 1) + _Z_80) * sd / math.sqrt(n)
-    return PairedDifference(n, mean, sd, mean - half, mean + half, detectable)
+    return PairedDifference(n, mean, sd, mean - half, mean + half, detectable_difference(sd, n))
 
 
 @dataclass(frozen=True)

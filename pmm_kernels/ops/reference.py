@@ -5,12 +5,14 @@ to the host, and moves feature values only by copying them (or writing zeros), s
 is bit-exact.
 
 The forward pass copies ``feat`` and then overwrites just the selected cells
-(``num_blocks * bh * bw`` per sample), and the backward pass masks ``grad_out`` and adds the
-partners' cells back with one ordered ``index_add_``: both touch the feature map about once, as
-the Triton kernels do.
+(``num_blocks * bh * bw`` per sample), and the backward pass masks ``grad_out`` (or copies it
+and rewrites the selected cells, where channels are innermost) and adds the partners' cells back
+with one ordered ``index_add_``: both touch the feature map about once, as the Triton kernels do.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -133,38 +135,56 @@ def a_hard_mix_backward_torch(
 
     Accumulates in float32 (float64 for float64): each cell starts from its own gradient where it
     was kept, then receives the gradients of the samples that took it, in ascending sample order.
-    CPU ``index_add_`` on a 1-D tensor adds strictly in index order, which fixes that order;
-    on CUDA it adds atomically, so the last bits may vary between runs there.
+    CPU ``index_add_`` adds strictly in index order, which fixes that order; on CUDA it adds
+    atomically, so the last bits may vary between runs there.
     """
     n, _, h, w = grad_out.shape
     acc = accumulation_dtype(grad_out.dtype)
     grad = grad_out.to(acc)
     # Accumulated straight into out where it has the accumulation dtype (float32, float64).
     grad_feat = out if out is not None and out.dtype == acc else torch.empty_like(grad)
-    torch.where(mask[:, None], grad.new_zeros(()), grad, out=grad_feat)
-
     rows, columns, exists = block_cells(blocks, h, w, block_size)
     samples = torch.arange(n, device=grad.device)[:, None]
     taken = grad[samples, :, rows, columns]  # (N, cells, C)
+    if grad_feat.stride(1) != 1:
+        # Channels outside the cells (NCHW): one masked pass, the mask read once per plane.
+        torch.where(mask[:, None], grad.new_zeros(()), grad, out=grad_feat)
+    else:
+        # Channels innermost (tokens, channels_last), where a mask broadcast along them costs
+        # 2.5 copies on CPU: one copy, then only the selected cells rewritten (the mask holds
+        # no cell outside them: the forward made it from them).
+        grad_feat.copy_(grad)
+        given_away = mask[samples, rows, columns][..., None]
+        grad_feat[samples, :, rows, columns] = taken.masked_fill(given_away, 0)
     # Adding -0.0 leaves every value, -0.0 included, exactly as it was: the padding cells and the
     # unmixed samples contribute nothing without a data-dependent (host-syncing) filter.
     contributes = exists & (partners >= 0)[:, None]
     taken.masked_fill_(~contributes[..., None], -0.0)
-
-    channels = torch.arange(grad.shape[1], device=grad.device)
-    s_n, s_c, s_h, s_w = grad_feat.stride()
-    start = grad_feat.storage_offset()
-    cell_starts = partners.clamp_min(0)[:, None] * s_n + rows * s_h + columns * s_w + start
-    targets = cell_starts[..., None] + channels * s_c
-    # Added through a flat view of grad_feat's storage, up to its last element: grad_feat may be
-    # a strided view (the patches of the tokens' gradient), and its elements do not overlap.
-    extent = zip(grad_feat.shape, grad_feat.stride(), strict=True)
-    end = start + sum((size - 1) * stride for size, stride in extent) + 1
-    flat = grad_feat.as_strided((end,), (1,), 0)
-    flat.index_add_(0, targets.flatten(), taken.flatten())
+    cells, cell_unit = _cell_vectors(grad_feat)
+    s_n, _, s_h, s_w = grad_feat.stride()
+    cell_starts = partners.clamp_min(0)[:, None] * s_n + rows * s_h + columns * s_w
+    # index_add_ on CPU adds in index order: each cell's gradients in ascending sample order.
+    cells.index_add_(0, (cell_starts // cell_unit).flatten(), taken.flatten(0, 1))
     if grad_feat is out:
         return out
     return grad_feat.to(grad_out.dtype) if out is None else out.copy_(grad_feat)
+
+
+def _cell_vectors(x: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """The cells of an (N, C, H, W) map as rows of a 2-D view of its storage, and the unit of
+    their row index: cell ``(n, h, w)`` is row ``(n * s_n + h * s_h + w * s_w) // unit``, its C
+    channels that row's elements.
+
+    Any strides whose elements do not overlap (NCHW, channels_last, the patches of tokens): the
+    unit is the greatest common divisor of the cell strides, so every cell starts on a row.
+    Rows that are not cells may overlap cells (NCHW, unit 1): write only the cells' rows.
+    """
+    channels = x.shape[1]
+    s_n, s_c, s_h, s_w = x.stride()
+    unit = math.gcd(s_n, s_h, s_w) or 1  # all three 0 only for a single cell
+    extent = sum((size - 1) * stride for size, stride in zip(x.shape, x.stride(), strict=True))
+    last_cell = extent - (channels - 1) * s_c
+    return x.as_strided((last_cell // unit + 1, channels), (unit, s_c), x.storage_offset()), unit
 
 
 def zeroed_backward_torch(

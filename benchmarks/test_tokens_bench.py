@@ -3,22 +3,29 @@
 At N = 64, 1 + 128 tokens (a 16x8 grid at 256x128), C = 768, float32: the ``a_hard_mix`` layer
 (the 8x4 grid's 3 blocks) forward, and forward + backward, each against ``clone()`` of the token
 tensor measured right before it (``x_clone``); with its token-norm saliency, and with a saliency
-map given (the op's own passes); and the forward with C = 8, the layer's fixed cost per call.
-The CPU targets are the
-op's: forward <= 1.5x clone, forward + backward <= 3x clone (docs/performance.md#targets).
+map given (the op's own passes); the forward with C = 8, the layer's fixed cost per call; and the
+token norm alone, the read that the label-free forward adds to its write. Each row records the
+minor page faults per call (``faults_per_call``; the floor's beside it): a fresh 25 MB buffer
+that the C library maps anew is faulted in page by page, which a ``clone()`` reusing its freed
+block does not pay. The CPU targets are the op's: forward <= 1.5x clone, forward + backward <= 3x
+clone (docs/performance.md#targets).
 ``benchmarks/gpu_check.py`` times the same rows on a GPU.
 """
 
 from __future__ import annotations
 
+import resource
+from collections.abc import Callable
+
 import pytest
 
 from benchmarks.timing import WARMUP_ROUNDS, median_seconds
-from benchmarks.token_rows import SALIENCIES, token_call
+from benchmarks.token_rows import GRID, SALIENCIES, token_call, token_inputs
+from pmm_kernels.tokens import token_norm
 
-# A few milliseconds a call, against a floor that allocates and faults in 25 MB each time, on a
-# VM whose timings come in bursts: the means of ten rounds moved the ratio 2x from run to run,
-# so these rows take 50 rounds and compare medians.
+# A few milliseconds a call, against a floor of about one, on a VM whose timings come in bursts:
+# the means of ten rounds moved the ratio 2x from run to run, so these rows take 50 rounds and
+# compare medians.
 TOKEN_ROUNDS = 50
 
 
@@ -26,12 +33,13 @@ TOKEN_ROUNDS = 50
 @pytest.mark.parametrize("passes", ["forward", "forward_backward"])
 def test_layer_on_vit_b16_tokens(benchmark, passes, saliency):
     tokens, call = token_call(passes, saliency)
-    floor = median_seconds(tokens.clone, rounds=TOKEN_ROUNDS)
-    benchmark.group = "FeatureMix on ViT-B/16 tokens (N=64, 1+128, C=768)"
-    benchmark.pedantic(call, rounds=TOKEN_ROUNDS, iterations=1, warmup_rounds=WARMUP_ROUNDS)
-    benchmark.extra_info.update(
-        clone_seconds=floor, x_clone=round(benchmark.stats.stats.median / floor, 2)
-    )
+    _against_clone(benchmark, tokens, call)
+
+
+def test_token_norm_read(benchmark):
+    # The label-free saliency on its own: the forward's one read beyond its write.
+    tokens, _ = token_inputs()
+    _against_clone(benchmark, tokens, lambda: token_norm(GRID.patches(tokens)))
 
 
 def test_layer_fixed_cost_per_call(benchmark):
@@ -40,3 +48,25 @@ def test_layer_fixed_cost_per_call(benchmark):
     _, call = token_call("forward", channels=8)
     benchmark.group = "FeatureMix on ViT-B/16 tokens (N=64, 1+128, C=768)"
     benchmark.pedantic(call, rounds=TOKEN_ROUNDS, iterations=1, warmup_rounds=WARMUP_ROUNDS)
+
+
+def _minor_faults() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def _against_clone(benchmark, tokens, call: Callable[[], object]) -> None:
+    """Time ``call`` against ``tokens.clone()`` measured right before it, the ratio of medians,
+    with each one's minor page faults per call."""
+    calls = TOKEN_ROUNDS + WARMUP_ROUNDS
+    before = _minor_faults()
+    floor = median_seconds(tokens.clone, rounds=TOKEN_ROUNDS)
+    clone_faults = (_minor_faults() - before) / calls
+    benchmark.group = "FeatureMix on ViT-B/16 tokens (N=64, 1+128, C=768)"
+    before = _minor_faults()
+    benchmark.pedantic(call, rounds=TOKEN_ROUNDS, iterations=1, warmup_rounds=WARMUP_ROUNDS)
+    benchmark.extra_info.update(
+        clone_seconds=floor,
+        x_clone=round(benchmark.stats.stats.median / floor, 2),
+        faults_per_call=round((_minor_faults() - before) / calls),
+        clone_faults_per_call=round(clone_faults),
+    )

@@ -155,8 +155,11 @@ class NoiseSplit:
 
     @property
     def evaluation_share(self) -> float:
-        """The evaluation part's share of evaluation + training."""
-        return self.evaluation / (self.evaluation + self.training)
+        """The evaluation part's share of evaluation + training; NaN where the paired
+        difference does not vary at all (two variants that score every query alike), which
+        leaves nothing to split."""
+        total = self.evaluation + self.training
+        return self.evaluation / total if total > 0 else math.nan
 
     def detectable(self, seeds: int, identities: float = 1.0) -> float:
         """The smallest difference detected with 80 % power (two-sided 5 %) by ``seeds`` seeds
@@ -286,6 +289,10 @@ def _splits(
     return splits
 
 
+def _percent(share: float) -> str:
+    return "no variance" if math.isnan(share) else f"{100 * share:.0f} %"
+
+
 def _markdown(
     splits: Mapping[tuple[str, str, str], NoiseSplit],
     names: Sequence[str],
@@ -319,7 +326,7 @@ def _markdown(
         lines.append(
             f"| {protocol} | {variant} - {reference} | {key} | {100 * s.mean:+.1f} | "
             f"{sd(s.observed)} | {sd(s.evaluation)} | {sd(s.interaction)} | {sd(s.training)} "
-            f"| {100 * s.evaluation_share:.0f} % |"
+            f"| {_percent(s.evaluation_share)} |"
         )
     heads = [f"{p} {k}" for p in protocols for k in METRICS]
     lines += [

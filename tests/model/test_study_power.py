@@ -120,6 +120,22 @@ def test_detectable_shrinks_with_seeds_and_identities_as_predicted() -> None:
     assert noisy.training == 0.0 and noisy.evaluation_share == 1.0
 
 
+def test_variants_that_score_every_query_alike_leave_nothing_to_split(tmp_path) -> None:
+    # A tiny grid can do this (both variants find every query): no variance at all, so no
+    # share of it. The report says so instead of dividing by zero.
+    a = np.random.default_rng(7).random(IDS * PER_ID)
+    split = split_noise({s: a for s in range(SEEDS)}, {s: a for s in range(SEEDS)}, PIDS)
+    assert split.observed == split.evaluation == split.training == 0.0
+    assert math.isnan(split.evaluation_share) and split.detectable(8) == 0.0
+    numbers = _numbers(np.random.default_rng(8))
+    runs = numbers["per_query"]["occluded"]["runs"]
+    runs["pmm-a_hard_mix"] = runs["pmm-none"]
+    (tmp_path / "numbers.json").write_text(json.dumps(numbers))
+    out, _, _ = rewrite_power_report(tmp_path / "numbers.json", tmp_path / "power.md", 50)
+    row = next(line for line in out.read_text().splitlines() if line.startswith("| occluded |"))
+    assert row.endswith("| 0.0 | no variance |")
+
+
 def test_grid_minutes_counts_runs_and_scaled_evaluations() -> None:
     evals = {"standard": 4.0, "occluded": 3.0}
     # 2 variants x 8 seeds x (120 s training with its standard evaluation + 3 s occluded).

@@ -185,8 +185,8 @@ def test_tokens_are_written_in_one_pass_forward_and_one_backward(mode, monkeypat
     grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
     with _FullPasses(GRID.patches(tokens).numel()) as backward:
         (grad,) = torch.autograd.grad(out, tokens, grad_out)
-    # The backward's one pass: a copy of grad_out where blocks move (only the selected cells
-    # rewritten after it), a masked select where they are zeroed.
+    # The backward's one full pass: for the modes that move blocks, a copy of grad_out (only
+    # the selected cells rewritten after it); for the zeroing modes, a where on the mask.
     one_pass = "aten.copy_" if mode == "a_hard_mix" else "aten.where"
     assert forward.ops == ["aten.copy_"] and backward.ops == [one_pass]
     assert _backward_nodes(out) == {"FeatureMixFunctionBackward", "AccumulateGrad"}

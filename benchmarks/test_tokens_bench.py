@@ -6,9 +6,9 @@ tensor measured right before it (``x_clone``); with its token-norm saliency, and
 map given (the op's own passes); the forward with C = 8, the layer's fixed cost per call; and the
 token norm alone, the read that the label-free forward adds to its write. Each row records the
 minor page faults per call (``faults_per_call``; the floor's beside it): a fresh 25 MB buffer
-that the C library maps anew is faulted in page by page, which a ``clone()`` reusing its freed
-block does not pay. The CPU targets are the op's: forward <= 1.5x clone, forward + backward <= 3x
-clone (docs/performance.md#targets).
+that the C library maps anew is faulted in page by page, which a ``clone()`` mostly avoids by
+reusing its freed block. The CPU targets are the op's: forward <= 1.5x clone, forward +
+backward <= 3x clone (docs/performance.md#targets).
 ``benchmarks/gpu_check.py`` times the same rows on a GPU.
 """
 

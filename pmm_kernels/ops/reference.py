@@ -160,31 +160,32 @@ def a_hard_mix_backward_torch(
     # unmixed samples contribute nothing without a data-dependent (host-syncing) filter.
     contributes = exists & (partners >= 0)[:, None]
     taken.masked_fill_(~contributes[..., None], -0.0)
-    cells, cell_unit = _cell_vectors(grad_feat)
-    s_n, _, s_h, s_w = grad_feat.stride()
-    cell_starts = partners.clamp_min(0)[:, None] * s_n + rows * s_h + columns * s_w
+    cells, index = _cell_rows(grad_feat, partners.clamp_min(0)[:, None], rows, columns)
     # index_add_ on CPU adds in index order: each cell's gradients in ascending sample order.
-    cells.index_add_(0, (cell_starts // cell_unit).flatten(), taken.flatten(0, 1))
+    cells.index_add_(0, index, taken.flatten(0, 1))
     if grad_feat is out:
         return out
     return grad_feat.to(grad_out.dtype) if out is None else out.copy_(grad_feat)
 
 
-def _cell_vectors(x: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """The cells of an (N, C, H, W) map as rows of a 2-D view of its storage, and the unit of
-    their row index: cell ``(n, h, w)`` is row ``(n * s_n + h * s_h + w * s_w) // unit``, its C
-    channels that row's elements.
+def _cell_rows(
+    x: torch.Tensor, samples: torch.Tensor, rows: torch.Tensor, columns: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The cells of an (N, C, H, W) map as rows of a 2-D view of its storage (a row's elements
+    are the cell's C channels), and the flat row index of the cells ``(samples[i], rows[i, k],
+    columns[i, k])`` in (i, k) order.
 
-    Any strides whose elements do not overlap (NCHW, channels_last, the patches of tokens): the
-    unit is the greatest common divisor of the cell strides, so every cell starts on a row.
-    Rows that are not cells may overlap cells (NCHW, unit 1): write only the cells' rows.
+    Any strides whose elements do not overlap (NCHW, channels_last, the patches of tokens): a
+    row starts every ``gcd`` of the cell strides, so every cell starts on one. Rows that are
+    not cells may overlap cells (NCHW, a row per element): write only the cells' rows.
     """
     channels = x.shape[1]
     s_n, s_c, s_h, s_w = x.stride()
     unit = math.gcd(s_n, s_h, s_w) or 1  # all three 0 only for a single cell
     extent = sum((size - 1) * stride for size, stride in zip(x.shape, x.stride(), strict=True))
     last_cell = extent - (channels - 1) * s_c
-    return x.as_strided((last_cell // unit + 1, channels), (unit, s_c), x.storage_offset()), unit
+    view = x.as_strided((last_cell // unit + 1, channels), (unit, s_c), x.storage_offset())
+    return view, ((samples * s_n + rows * s_h + columns * s_w) // unit).flatten()
 
 
 def zeroed_backward_torch(

@@ -3,8 +3,10 @@
 At N = 64, 1 + 128 tokens (a 16x8 grid at 256x128), C = 768, float32: the ``a_hard_mix`` layer
 (the 8x4 grid's 3 blocks) forward, and forward + backward, each against ``clone()`` of the token
 tensor measured right before it (``x_clone``); with its token-norm saliency, and with a saliency
-map given (the op's own passes); the forward with C = 8, the layer's fixed cost per call; and the
-token norm alone, the read that the label-free forward adds to its write. Each row records the
+map given (the op's own passes); the forward with C = 8, the layer's fixed cost per call, and the
+op's share of it (the op alone, with C = 8), each also in units of one small eager PyTorch op
+(``x_small_op``), the dispatch that the fixed cost is made of; and the token norm alone, the read
+that the label-free forward adds to its write. Each row records the
 minor page faults per call (``faults_per_call``; the floor's beside it): a fresh 25 MB buffer
 that the C library maps anew is faulted in page by page, which a ``clone()`` mostly avoids by
 reusing its freed block. The CPU targets are the op's: forward <= 1.5x clone, forward +
@@ -18,9 +20,10 @@ import resource
 from collections.abc import Callable
 
 import pytest
+import torch
 
 from benchmarks.timing import WARMUP_ROUNDS, median_seconds
-from benchmarks.token_rows import GRID, SALIENCIES, token_call, token_inputs
+from benchmarks.token_rows import GRID, SALIENCIES, op_call, token_call, token_inputs
 from pmm_kernels.tokens import token_norm
 
 # A few milliseconds a call, against a floor of about one, on a VM whose timings come in bursts:
@@ -46,8 +49,26 @@ def test_layer_fixed_cost_per_call(benchmark):
     # The same call on the same grid with 8 channels: what the layer costs whatever the data
     # (checks, draws, planning, bookkeeping), against which the rows above are read.
     _, call = token_call("forward", channels=8)
+    _against_small_op(benchmark, call)
+
+
+def test_op_fixed_cost_per_call(benchmark):
+    # The op alone, as the layer calls it, with 8 channels: the share of the fixed cost that
+    # is the op's (its checks, draws and planning), not the layer's bookkeeping.
+    _against_small_op(benchmark, op_call(channels=8))
+
+
+def _against_small_op(benchmark, call: Callable[[], object]) -> None:
+    """Time ``call`` and give it in units of one small eager op (an add of 64 floats, about
+    what each of the op's planning steps costs to dispatch), measured right before it."""
+    small = torch.zeros(64)
+    floor = median_seconds(lambda: small.add(1), rounds=10 * TOKEN_ROUNDS)
     benchmark.group = "FeatureMix on ViT-B/16 tokens (N=64, 1+128, C=768)"
     benchmark.pedantic(call, rounds=TOKEN_ROUNDS, iterations=1, warmup_rounds=WARMUP_ROUNDS)
+    benchmark.extra_info.update(
+        small_op_seconds=floor,
+        x_small_op=round(benchmark.stats.stats.median / floor),
+    )
 
 
 def _minor_faults() -> int:

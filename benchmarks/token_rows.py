@@ -38,3 +38,20 @@ def token_call(
     leaf = tokens.detach().requires_grad_()
     grad_out = torch.randn_like(tokens)
     return tokens, lambda: torch.autograd.grad(layer(leaf, labels, attn), leaf, grad_out)
+
+
+def op_call(channels: int = C) -> Callable[[], object]:
+    """The op that the layer calls, alone: :func:`pmm_kernels.feature_mix` with the layer's
+    blocks and a saliency map given (its checks, draws, planning and mix), forward."""
+    tokens, labels = token_inputs(channels)
+    layer = pmm_kernels.FeatureMix("a_hard_mix", token_grid=GRID)
+    attn = token_norm(GRID.patches(tokens))
+    return lambda: pmm_kernels.feature_mix(
+        tokens,
+        labels,
+        attn,
+        mode="a_hard_mix",
+        block_size=layer.block_size_for(GRID.height, GRID.width),
+        num_blocks=layer.num_blocks_for(GRID.height, GRID.width),
+        token_grid=GRID,
+    )

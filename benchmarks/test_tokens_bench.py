@@ -4,9 +4,12 @@ At N = 64, 1 + 128 tokens (a 16x8 grid at 256x128), C = 768, float32: the ``a_ha
 (the 8x4 grid's 3 blocks) forward, and forward + backward, each against ``clone()`` of the token
 tensor measured right before it (``x_clone``); with its token-norm saliency, and with a saliency
 map given (the op's own passes); the forward with C = 8, the layer's fixed cost per call, and the
-op's share of it (the op alone, with C = 8), each also in units of one small eager PyTorch op
-(``x_small_op``), the dispatch that the fixed cost is made of; and the token norm alone, the read
-that the label-free forward adds to its write. Each row records the
+shares of it that are the op's (the op alone) and the op's planning (its body alone: no checks,
+draws, custom-op dispatch nor autograd), each with C = 8 and also in units of one small eager
+PyTorch op (``x_small_op``); and the token norm alone, the read
+that the label-free forward adds to its write. Last, the forward's PyTorch path compiled by
+``torch.compile`` (inductor's fused C++ loops on CPU), the route past eager PyTorch's passes
+and per-op cost that needs no compiled code of our own. Each row records the
 minor page faults per call (``faults_per_call``; the floor's beside it): a fresh 25 MB buffer
 that the C library maps anew is faulted in page by page, which a ``clone()`` mostly avoids by
 reusing its freed block. The CPU targets are the op's: forward <= 1.5x clone, forward +
@@ -23,7 +26,15 @@ import pytest
 import torch
 
 from benchmarks.timing import WARMUP_ROUNDS, median_seconds
-from benchmarks.token_rows import GRID, SALIENCIES, op_call, token_call, token_inputs
+from benchmarks.token_rows import (
+    GRID,
+    SALIENCIES,
+    compiled_path_call,
+    op_body,
+    op_call,
+    token_call,
+    token_inputs,
+)
 from pmm_kernels.tokens import token_norm
 
 # A few milliseconds a call, against a floor of about one, on a VM whose timings come in bursts:
@@ -36,6 +47,13 @@ TOKEN_ROUNDS = 50
 @pytest.mark.parametrize("passes", ["forward", "forward_backward"])
 def test_layer_on_vit_b16_tokens(benchmark, passes, saliency):
     tokens, call = token_call(passes, saliency)
+    _against_clone(benchmark, tokens, call)
+
+
+@pytest.mark.parametrize("saliency", SALIENCIES)
+def test_compiled_torch_path_forward(benchmark, saliency):
+    tokens, call, expected = compiled_path_call(saliency)
+    assert torch.equal(call(), expected)  # compiled outside the timing, and the same bits
     _against_clone(benchmark, tokens, call)
 
 
@@ -56,6 +74,13 @@ def test_op_fixed_cost_per_call(benchmark):
     # The op alone, as the layer calls it, with 8 channels: the share of the fixed cost that
     # is the op's (its checks, draws and planning), not the layer's bookkeeping.
     _against_small_op(benchmark, op_call(channels=8))
+
+
+def test_planning_cost_per_call(benchmark):
+    # The op's body alone, with 8 channels: the planning (partners, block scores, the sort,
+    # the cells, the mask) and the mix, without what wraps them.
+    tokens, forward = op_body(channels=8)
+    _against_small_op(benchmark, lambda: forward(tokens))
 
 
 def _against_small_op(benchmark, call: Callable[[], object]) -> None:

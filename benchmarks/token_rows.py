@@ -8,6 +8,8 @@ from collections.abc import Callable
 import torch
 
 import pmm_kernels
+from pmm_kernels.ops import feature_mix
+from pmm_kernels.ops.plan import CellSource, MixPlan
 from pmm_kernels.tokens import TokenGrid, token_norm
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -55,3 +57,37 @@ def op_call(channels: int = C) -> Callable[[], object]:
         num_blocks=layer.num_blocks_for(GRID.height, GRID.width),
         token_grid=GRID,
     )
+
+
+def op_body(
+    saliency: str = "given", channels: int = C
+) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
+    """The forward op's Python body on the PyTorch path, as ``(tokens, forward)``: the layer's
+    plan for fixed draws, the token norm computed in ``forward`` with ``saliency="token_norm"``,
+    and none of the checks, draws, custom-op dispatch or autograd around the op."""
+    tokens, labels = token_inputs(channels)
+    layer = pmm_kernels.FeatureMix("a_hard_mix", token_grid=GRID)
+    u = torch.rand(N, generator=torch.Generator().manual_seed(1)).to(DEVICE)
+    block_size = layer.block_size_for(GRID.height, GRID.width)
+    num_blocks = layer.num_blocks_for(GRID.height, GRID.width)
+    given = token_norm(GRID.patches(tokens))
+    # The custom op's Python function, which torch.compile can trace (the op is opaque to it).
+    body = feature_mix.feature_mix_forward._init_fn
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        attn = token_norm(GRID.patches(x)) if saliency == "token_norm" else given
+        plan = MixPlan(
+            CellSource.saliency(attn), labels, u, None, block_size, num_blocks, "different_label"
+        )
+        return body(x, *plan.op_args(), False, [GRID.height, GRID.width, GRID.prefix])[0]
+
+    return tokens, forward
+
+
+def compiled_path_call(saliency: str) -> tuple[torch.Tensor, Callable[[], object], torch.Tensor]:
+    """:func:`op_body` compiled by ``torch.compile`` (on CPU, inductor's C++ loops: the fused
+    program PyTorch offers in place of eager ops), as ``(tokens, call, expected)``:
+    ``expected`` is the eager body's output, which the compiled call must equal."""
+    tokens, forward = op_body(saliency)
+    compiled = torch.compile(forward, dynamic=False)
+    return tokens, lambda: compiled(tokens), forward(tokens)

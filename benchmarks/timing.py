@@ -31,20 +31,28 @@ def round_seconds(
     fn: Callable[[], object], rounds: int = ROUNDS, warmup: int = WARMUP_ROUNDS
 ) -> list[float]:
     """Seconds of each of ``rounds`` calls after ``warmup`` calls, timed as
-    ``benchmark.pedantic`` times the rows.
+    ``benchmark.pedantic`` times the rows (``iterations=1``).
 
-    Each result is freed outside the timed region, as pedantic does: freeing 100 MB is not
-    free, and the floor must not pay for it when the rows don't.
+    Pedantic keeps each round's result until the next round's replaces it, so every timed call
+    runs while its predecessor's output is alive (a 25-100 MB output is then written to a buffer
+    other than the one just freed) and frees that output outside the timed region. A floor must
+    be timed in that state too: freeing each result before the next call would let a
+    ``clone()`` write into the block it just freed, warm in the cache, and make every row's
+    ratio to it larger than the work it measures (1.1-1.6 ms against 0.8-0.9 ms for a clone of
+    ViT-B/16 tokens on the 2-core VM of benchmarks/results/cpu/).
     """
     fn = synchronized(fn)
     for _ in range(warmup):
         fn()
     seconds = []
+    held = None
     for _ in range(rounds):
         start = time.perf_counter()
         result = fn()
         seconds.append(time.perf_counter() - start)
+        held = result  # frees the previous round's result, after the timer, as pedantic does
         del result
+    del held
     return seconds
 
 

@@ -38,8 +38,7 @@ def round_seconds(
     other than the one just freed) and frees that output outside the timed region. A floor must
     be timed in that state too: freeing each result before the next call would let a
     ``clone()`` write into the block it just freed, warm in the cache, and make every row's
-    ratio to it larger than the work it measures (1.1-1.6 ms against 0.8-0.9 ms for a clone of
-    ViT-B/16 tokens on the 2-core VM of benchmarks/results/cpu/).
+    ratio to it larger than the work it measures (docs/performance.md#measured-on-this-machine).
     """
     fn = synchronized(fn)
     for _ in range(warmup):

@@ -3,18 +3,19 @@
 At N = 64, 1 + 128 tokens (a 16x8 grid at 256x128), C = 768, float32: the ``a_hard_mix`` layer
 (the 8x4 grid's 3 blocks) forward, and forward + backward, each against ``clone()`` of the token
 tensor measured right before it (``x_clone``); with its token-norm saliency, and with a saliency
-map given (the op's own passes); the forward with C = 8, the layer's fixed cost per call, and the
-shares of it that are the op's (the op alone) and the op's planning (its body alone: no checks,
-draws, custom-op dispatch nor autograd), each with C = 8 and also in units of one small eager
-PyTorch op (``x_small_op``); and the token norm alone, the read
-that the label-free forward adds to its write. Last, the forward's PyTorch path compiled by
-``torch.compile`` (inductor's fused C++ loops on CPU), the route past eager PyTorch's passes
-and per-op cost that needs no compiled code of our own. Each row records the
-minor page faults per call (``faults_per_call``; the floor's beside it): a fresh 25 MB buffer
-that the C library maps anew is faulted in page by page, which a ``clone()`` mostly avoids by
-reusing its freed block. The CPU targets are the op's: forward <= 1.5x clone, forward +
-backward <= 3x clone (docs/performance.md#targets).
-``benchmarks/gpu_check.py`` times the same rows on a GPU.
+map given (the op's own passes). Then what those rows are made of: the token norm alone, the
+read that the label-free forward adds to its write; the forward with C = 8, the layer's fixed
+cost per call, and the shares of it that are the op's (the op alone) and the op's planning (its
+body alone: no checks, draws, custom-op dispatch nor autograd), each also in units of one small
+eager PyTorch op (``x_small_op``); and the forward's PyTorch path under ``torch.compile``
+(inductor's fused C++ loops on CPU), the one route past eager PyTorch's passes and per-op costs
+that needs no compiled code of our own.
+
+The rows against ``clone()`` record the minor page faults per call (``faults_per_call``; the
+floor's beside it): a fresh 25 MB buffer that the C library maps anew is faulted in page by
+page, which a ``clone()`` mostly avoids by reusing the block freed the round before last. The
+CPU targets are the op's: forward <= 1.5x clone, forward + backward <= 3x clone
+(docs/performance.md#targets). ``benchmarks/gpu_check.py`` times the layer's rows on a GPU.
 """
 
 from __future__ import annotations
@@ -84,8 +85,8 @@ def test_planning_cost_per_call(benchmark):
 
 
 def _against_small_op(benchmark, call: Callable[[], object]) -> None:
-    """Time ``call`` and give it in units of one small eager op (an add of 64 floats, about
-    what each of the op's planning steps costs to dispatch), measured right before it."""
+    """Time ``call`` and give it in units of one small eager op, an add of 64 floats (about
+    the cost of dispatching an op that does almost nothing), measured right before it."""
     small = torch.zeros(64)
     floor = median_seconds(lambda: small.add(1), rounds=10 * TOKEN_ROUNDS)
     benchmark.group = "FeatureMix on ViT-B/16 tokens (N=64, 1+128, C=768)"

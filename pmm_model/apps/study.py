@@ -64,13 +64,14 @@ from pmm_model.data.datasets import build_dataset
 from pmm_model.data.loaders import build_test_loaders
 from pmm_model.data.occlusion import EVAL_PROTOCOLS, with_protocol
 from pmm_model.evaluation.evaluator import evaluate
+from pmm_model.evaluation.metrics import METRIC_KEYS
 from pmm_model.nets.backbones import is_timm_backbone
 from pmm_model.nets.models import MIX_MODES
 from pmm_model.run.atomic import atomic_write
 from pmm_model.run.checkpoint import load_model
 from pmm_model.run.config import DEFAULTS, make_config, upgrade_saved_config
 from pmm_model.run.engine import TrainingInterrupted, run_training
-from pmm_model.run.folder import CHECKPOINT, METRIC_KEYS
+from pmm_model.run.folder import CHECKPOINT
 from pmm_model.run.limits import SEED_MAX
 
 __all__ = [
@@ -326,7 +327,7 @@ def evaluate_checkpoint(checkpoint: str | Path, protocol: str) -> dict[str, floa
     query_loader, gallery_loader = build_test_loaders(data, config.height, config.width)
     with torch.random.fork_rng(devices=[]):
         result = evaluate(model, query_loader, gallery_loader, "cpu")
-    return {"rank1": float(result.cmc[0]), "mAP": float(result.mAP), "mINP": float(result.mINP)}
+    return result.metrics()
 
 
 def _evaluate_protocols(out: str | Path, variant: str, seed: int, protocols: list[str]) -> None:

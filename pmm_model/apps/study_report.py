@@ -27,8 +27,8 @@ import numpy as np
 from pmm_model.apps.plots import plot_bars
 from pmm_model.apps.study import STUDY, VARIANTS, RunRecord, collect_results
 from pmm_model.data.occlusion import EVAL_PROTOCOLS
+from pmm_model.evaluation.metrics import METRIC_KEYS
 from pmm_model.run.atomic import atomic_write
-from pmm_model.run.folder import METRIC_KEYS
 
 __all__ = [
     "CHART",

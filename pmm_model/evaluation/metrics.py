@@ -24,13 +24,16 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["RankAccumulator", "RankResult", "evaluate_rank"]
+__all__ = ["METRIC_KEYS", "RankAccumulator", "RankResult", "evaluate_rank"]
 
 ArrayLike = np.ndarray | torch.Tensor
 
 # Elements of one (rows x gallery) block ranked at a time: the sort values, indices and the
 # gathered pids cost ~25 bytes each, so ~100 MB per block whatever the query count.
 DEFAULT_BLOCK_ELEMENTS = 1 << 22
+
+# The metrics that a run records after each evaluation and a study compares, as fractions.
+METRIC_KEYS = ("rank1", "mAP", "mINP")
 
 
 @dataclass
@@ -57,6 +60,11 @@ class RankResult:
             "mINP": self.mINP,
             "num_valid_queries": self.num_valid_queries,
         }
+
+    def metrics(self) -> dict[str, float]:
+        """Rank-1, mAP and mINP as Python floats, keyed by :data:`METRIC_KEYS`."""
+        values = (float(self.cmc[0]), float(self.mAP), float(self.mINP))
+        return dict(zip(METRIC_KEYS, values, strict=True))
 
 
 def _as_tensor(x: ArrayLike, name: str, ndim: int, integer: bool) -> torch.Tensor:

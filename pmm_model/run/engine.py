@@ -52,6 +52,7 @@ from tqdm import tqdm
 from pmm_model.data.datasets import ReIDDataset, build_dataset
 from pmm_model.data.sampler import PKSampler
 from pmm_model.evaluation.evaluator import evaluate
+from pmm_model.evaluation.metrics import METRIC_KEYS
 from pmm_model.nets.losses import PMMLoss
 from pmm_model.nets.models import build_model
 from pmm_model.run.checkpoint import (
@@ -69,7 +70,7 @@ from pmm_model.run.errors import (
     TrainingInterrupted,
     Words,
 )
-from pmm_model.run.folder import CHECKPOINT, METRIC_KEYS, METRICS, RunFolder
+from pmm_model.run.folder import CHECKPOINT, METRICS, RunFolder
 from pmm_model.run.hooks import (
     Checkpointer,
     DivergenceWatch,
@@ -311,8 +312,7 @@ class Engine:
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             result = evaluate(self.model, query_loader, gallery_loader, self.device)
-        values = (float(result.cmc[0]), float(result.mAP), float(result.mINP))
-        return dict(zip(METRIC_KEYS, values, strict=True))
+        return result.metrics()
 
     # ---- the run ------------------------------------------------------------------------
 

@@ -48,7 +48,6 @@ __all__ = [
     "CHECKPOINT",
     "LOG",
     "METRICS",
-    "METRIC_KEYS",
     "RUN_FILES",
     "LogFile",
     "RunFolder",
@@ -57,10 +56,9 @@ __all__ = [
 ]
 
 # What a run folder holds: the checkpoint, one metrics.json entry per evaluation (``epoch``,
-# the METRIC_KEYS as fractions, ``seconds_per_epoch``) and the log.
+# the evaluation.metrics.METRIC_KEYS as fractions, ``seconds_per_epoch``) and the log.
 CHECKPOINT, METRICS, LOG = "checkpoint.pt", "metrics.json", "train.log"
 RUN_FILES = (CHECKPOINT, METRICS, LOG)
-METRIC_KEYS = ("rank1", "mAP", "mINP")
 # Where a fresh start keeps the files it replaces until it has started; renamed to
 # DISCARDED before deletion so a kill during the deletion never looks like a rollback.
 PREVIOUS, DISCARDED = ".previous-run", ".previous-run.deleting"

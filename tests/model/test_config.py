@@ -19,6 +19,7 @@ from oracles.deploy import make_checkpoint
 
 from pmm_model.apps import study
 from pmm_model.apps.study import StudyError, run_study
+from pmm_model.evaluation.metrics import METRIC_KEYS
 from pmm_model.run.checkpoint import checkpoint_config, load_checkpoint
 from pmm_model.run.config import (
     DEFAULTS,
@@ -28,7 +29,6 @@ from pmm_model.run.config import (
     make_config,
     resume_config,
 )
-from pmm_model.run.folder import METRIC_KEYS
 
 
 def test_the_old_keys_are_gone_from_the_defaults():

@@ -4,7 +4,12 @@ import numpy as np
 import pytest
 import torch
 
-from pmm_model.evaluation.metrics import RankAccumulator, _stable_order, evaluate_rank
+from pmm_model.evaluation.metrics import (
+    METRIC_KEYS,
+    RankAccumulator,
+    _stable_order,
+    evaluate_rank,
+)
 
 
 def slow_evaluate(dist, q_pids, g_pids, q_camids, g_camids, max_rank):
@@ -57,6 +62,14 @@ def test_hand_example():
     np.testing.assert_allclose(r.cmc, [0, 0, 0.5, 0.5, 1, 1])
     assert r.mAP == pytest.approx(17 / 60)
     assert r.mINP == pytest.approx(3 / 10)
+
+
+def test_metrics_are_the_recorded_floats():
+    # What runs write to metrics.json and studies compare: rank-1 is cmc[0], not a later rank.
+    metrics = evaluate_rank(hand_dist, q_pids, g_pids, q_camids, g_camids, max_rank=6).metrics()
+    assert metrics == pytest.approx({"rank1": 0.0, "mAP": 17 / 60, "mINP": 3 / 10})
+    assert tuple(metrics) == METRIC_KEYS
+    assert all(type(value) is float for value in metrics.values())  # JSON-ready, not numpy
 
 
 def test_cmc_padded_past_a_small_gallery():

@@ -42,6 +42,7 @@ from pmm_kernels.tokens import token_norm
 # the means of ten rounds moved the ratio 2x from run to run, so these rows take 50 rounds and
 # compare medians.
 TOKEN_ROUNDS = 50
+GROUP = "FeatureMix on ViT-B/16 tokens (N=64, 1+128, C=768)"
 
 
 @pytest.mark.parametrize("saliency", SALIENCIES)
@@ -89,12 +90,16 @@ def _against_small_op(benchmark, call: Callable[[], object]) -> None:
     the cost of dispatching an op that does almost nothing), measured right before it."""
     small = torch.zeros(64)
     floor = median_seconds(lambda: small.add(1), rounds=10 * TOKEN_ROUNDS)
-    benchmark.group = "FeatureMix on ViT-B/16 tokens (N=64, 1+128, C=768)"
-    benchmark.pedantic(call, rounds=TOKEN_ROUNDS, iterations=1, warmup_rounds=WARMUP_ROUNDS)
+    _time(benchmark, call)
     benchmark.extra_info.update(
         small_op_seconds=floor,
         x_small_op=round(benchmark.stats.stats.median / floor),
     )
+
+
+def _time(benchmark, call: Callable[[], object]) -> None:
+    benchmark.group = GROUP
+    benchmark.pedantic(call, rounds=TOKEN_ROUNDS, iterations=1, warmup_rounds=WARMUP_ROUNDS)
 
 
 def _minor_faults() -> int:
@@ -108,9 +113,8 @@ def _against_clone(benchmark, tokens, call: Callable[[], object]) -> None:
     before = _minor_faults()
     floor = median_seconds(tokens.clone, rounds=TOKEN_ROUNDS)
     clone_faults = (_minor_faults() - before) / calls
-    benchmark.group = "FeatureMix on ViT-B/16 tokens (N=64, 1+128, C=768)"
     before = _minor_faults()
-    benchmark.pedantic(call, rounds=TOKEN_ROUNDS, iterations=1, warmup_rounds=WARMUP_ROUNDS)
+    _time(benchmark, call)
     benchmark.extra_info.update(
         clone_seconds=floor,
         x_clone=round(benchmark.stats.stats.median / floor, 2),

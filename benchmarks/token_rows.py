@@ -46,16 +46,25 @@ def op_call(channels: int = C) -> Callable[[], object]:
     """The op that the layer calls, alone: :func:`pmm_kernels.feature_mix` with the layer's
     blocks and a saliency map given (its checks, draws, planning and mix), forward."""
     tokens, labels = token_inputs(channels)
-    layer = pmm_kernels.FeatureMix("a_hard_mix", token_grid=GRID)
     attn = token_norm(GRID.patches(tokens))
+    block_size, num_blocks = _layer_blocks()
     return lambda: pmm_kernels.feature_mix(
         tokens,
         labels,
         attn,
         mode="a_hard_mix",
-        block_size=layer.block_size_for(GRID.height, GRID.width),
-        num_blocks=layer.num_blocks_for(GRID.height, GRID.width),
+        block_size=block_size,
+        num_blocks=num_blocks,
         token_grid=GRID,
+    )
+
+
+def _layer_blocks() -> tuple[tuple[int, int], int]:
+    """The block size and block count that the rows' layer uses on the token grid."""
+    layer = pmm_kernels.FeatureMix("a_hard_mix", token_grid=GRID)
+    return (
+        layer.block_size_for(GRID.height, GRID.width),
+        layer.num_blocks_for(GRID.height, GRID.width),
     )
 
 
@@ -66,10 +75,8 @@ def op_body(
     plan for fixed draws, the token norm computed in ``forward`` with ``saliency="token_norm"``,
     and none of the checks, draws, custom-op dispatch or autograd around the op."""
     tokens, labels = token_inputs(channels)
-    layer = pmm_kernels.FeatureMix("a_hard_mix", token_grid=GRID)
     u = torch.rand(N, generator=torch.Generator().manual_seed(1)).to(DEVICE)
-    block_size = layer.block_size_for(GRID.height, GRID.width)
-    num_blocks = layer.num_blocks_for(GRID.height, GRID.width)
+    block_size, num_blocks = _layer_blocks()
     given = token_norm(GRID.patches(tokens))
     # The custom op's Python function, which torch.compile can trace (the op is opaque to it).
     body = feature_mix.feature_mix_forward._init_fn
